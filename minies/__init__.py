@@ -1,0 +1,41 @@
+"""minies: an embedded event store and CQRS engine in one SQLite file."""
+
+from minies._aggregate import Aggregate
+from minies._audit import VerifyReport
+from minies._errors import (
+    ConcurrencyError,
+    DuplicateEventError,
+    MiniesError,
+    NotFound,
+    ProjectionError,
+    SchemaError,
+    StorageError,
+)
+from minies._events import ANY, Event, Recorded, metadata_scope
+from minies._projections import Database, Projection, RebuildReport
+from minies._store import EventStore
+from minies._subscriptions import DeadLetter, Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANY",
+    "Aggregate",
+    "ConcurrencyError",
+    "Database",
+    "DeadLetter",
+    "DuplicateEventError",
+    "Event",
+    "EventStore",
+    "MiniesError",
+    "NotFound",
+    "Projection",
+    "ProjectionError",
+    "RebuildReport",
+    "Recorded",
+    "SchemaError",
+    "StorageError",
+    "Subscription",
+    "VerifyReport",
+    "metadata_scope",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from minies._cli import main
+
+sys.exit(main())

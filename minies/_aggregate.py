@@ -1,0 +1,62 @@
+"""Aggregates: state rebuilt from events, commands that record new ones."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from minies._events import Event
+
+
+class Aggregate(msgspec.Struct, kw_only=True, dict=True):
+    """A consistency boundary: its state is a fold of its events; commands record new ones.
+
+    Subclass it with your state's fields (defaults make a fresh aggregate), an ``apply`` that
+    evolves the state from one event (no I/O, no checks: the event already happened), and
+    command methods that check rules and call ``record``.
+
+    Attributes:
+        id: the aggregate's id (its stream in the log).
+        version: the version of the last event applied, recorded ones included.
+        aggregate_type: ClassVar, stored with each event; defaults to the class name.
+        snapshot_every: ClassVar, save a snapshot whenever a save crosses a multiple of it.
+        snapshot_version: ClassVar, bump it when ``apply`` changes meaning so old snapshots
+            are ignored (field and type changes are detected without it).
+    """
+
+    id: str
+    version: int = 0
+
+    aggregate_type: ClassVar[str] = "Aggregate"
+    snapshot_every: ClassVar[int | None] = None
+    snapshot_version: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "aggregate_type" not in cls.__dict__:
+            cls.aggregate_type = cls.__name__
+
+    def apply(self, event: Event) -> None:
+        """Evolve the state by one event. Override it."""
+        raise NotImplementedError(f"{type(self).__name__}.apply is not defined")
+
+    def record(self, event: Event) -> None:
+        """Apply a new event and queue it for the next ``store.save``.
+
+        Raises:
+            TypeError: ``event`` is not a ``minies.Event``.
+        """
+        if not isinstance(event, Event):
+            raise TypeError(f"record() takes a minies.Event, got {type(event).__name__}: {event!r:.80}")
+        self.apply(event)
+        self.version += 1
+        self.__dict__.setdefault("_pending", []).append(event)
+
+    @property
+    def pending(self) -> tuple[Event, ...]:
+        """Events recorded since the aggregate was loaded or last saved."""
+        return tuple(self.__dict__.get("_pending", ()))
+
+    def _clear_pending(self) -> None:
+        self.__dict__.pop("_pending", None)

@@ -1,0 +1,169 @@
+"""The hash chain that makes the file tamper-evident, and ``verify``.
+
+The canonical encoding (stable across versions; the README repeats it for auditors)::
+
+    hash(n) = SHA-256( hash(n-1) || netstring(position) || netstring(event_id)
+                       || netstring(aggregate_id) || netstring(aggregate_type)
+                       || netstring(event_type) || netstring(version) || netstring(data)
+                       || netstring(metadata) || netstring(created_at) )
+
+    hash(0)      = 32 zero bytes
+    netstring(s) = <byte length of UTF-8(s), decimal ASCII> ":" UTF-8(s) ","
+    integers (position, version) are written in decimal ASCII; data, metadata and created_at
+    are the exact column text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import apsw
+import msgspec
+
+from minies import _schema
+
+GENESIS: Final = bytes(32)
+_sha256 = hashlib.sha256
+
+
+def _net(text: str) -> str:
+    n = len(text) if text.isascii() else len(text.encode())
+    return f"{n}:{text},"
+
+
+def chain_hash(
+    previous: bytes,
+    position: int,
+    event_id: str,
+    aggregate_id: str,
+    aggregate_type: str,
+    event_type: str,
+    version: int,
+    data: str,
+    metadata: str,
+    created_at: str,
+) -> bytes:
+    """The hash of one event, chained to the previous event's hash."""
+    p = str(position)
+    v = str(version)
+    text = (
+        f"{len(p)}:{p},{_net(event_id)}{_net(aggregate_id)}{_net(aggregate_type)}"
+        f"{_net(event_type)}{len(v)}:{v},{_net(data)}{_net(metadata)}{_net(created_at)}"
+    )
+    return _sha256(previous + text.encode()).digest()
+
+
+class VerifyReport(msgspec.Struct, frozen=True):
+    """What ``EventStore.verify`` found.
+
+    Attributes:
+        ok: True if every check passed.
+        events_checked: how many events were re-hashed.
+        first_bad_position: the first position that failed a check, or None.
+        reason: why the file failed, or "" when ok.
+        head_position: the last position checked (0 for an empty log).
+        head_hash: that event's hash in hex ("" for an empty log); publish it, then
+            ``verify(expect_head=...)`` later proves the file still extends that history.
+    """
+
+    ok: bool
+    events_checked: int
+    first_bad_position: int | None
+    reason: str
+    head_position: int
+    head_hash: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+_CHUNK: Final = 4096
+
+
+def verify(
+    conn: apsw.Connection,
+    *,
+    expect_head: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Re-check the whole file. Streams the log in chunks, so memory stays constant."""
+    total = conn.execute("SELECT coalesce(max(position), 0) FROM events").get or 0
+    expected_hash = _parse_head(expect_head) if expect_head else None
+    previous = GENESIS
+    checked = 0
+    position = 0
+    bad: tuple[int, str] | None = None
+    seen_expected = expected_hash is None
+    for rows in _chunks(conn):
+        for row in rows:
+            pos = row[0]
+            if pos != position + 1:
+                bad = (position + 1, f"position {position + 1} is missing (next stored is {pos})")
+                break
+            digest = chain_hash(previous, *row[:9])
+            if digest != row[9]:
+                bad = (pos, f"event at position {pos} does not match its hash (altered, inserted or reordered)")
+                break
+            if not seen_expected and digest == expected_hash:
+                seen_expected = True
+            previous = digest
+            position = pos
+            checked += 1
+        if bad:
+            break
+        if progress:
+            progress(checked, total)
+    if bad is None:
+        bad = _structure(conn, position)
+    if bad is None and not seen_expected:
+        bad = (position + 1, f"the expected head {expect_head} is not in this history (rewritten or truncated)")
+    first, reason = bad if bad else (None, "")
+    return VerifyReport(
+        ok=bad is None,
+        events_checked=checked,
+        first_bad_position=first,
+        reason=reason,
+        head_position=position,
+        head_hash=previous.hex() if position else "",
+    )
+
+
+def _chunks(conn: apsw.Connection) -> Iterator[list[tuple[object, ...]]]:
+    after = 0
+    while True:
+        rows = conn.execute(_schema.CHAIN, (after, _CHUNK)).fetchall()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
+
+def _structure(conn: apsw.Connection, head: int) -> tuple[int, str] | None:
+    """Checks beyond the chain: version continuity, triggers, SQLite's own integrity."""
+    gap = conn.execute(_schema.VERSION_GAPS).fetchone()
+    if gap:
+        aggregate_id, count, low, high = gap
+        return (
+            head,
+            f"aggregate {aggregate_id!r} has {count} events with versions {low}..{high}: not contiguous",
+        )
+    triggers = {name for (name,) in conn.execute(_schema.TRIGGER_SQL)}
+    missing = _schema.TRIGGERS - triggers
+    if missing:
+        return (head, f"immutability triggers are missing: {', '.join(sorted(missing))}")
+    problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    if problems != ["ok"]:
+        return (head, "SQLite integrity check failed: " + "; ".join(map(str, problems[:3])))
+    return None
+
+
+def _parse_head(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise ValueError(f"expect_head must be a 64-character hex SHA-256, got {text!r}")
+    return value

@@ -1,0 +1,247 @@
+"""The ``minies`` command line: look into, verify, export and back up a minies file.
+
+Exit codes: 0 success (``verify``: the file is intact), 1 ``verify`` found a problem,
+2 an error (bad arguments, missing or foreign file, damaged file), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import IO, Any
+
+import msgspec
+
+from minies import _schema
+from minies._errors import MiniesError
+from minies._events import Recorded
+from minies._store import EventStore
+
+_encode = msgspec.json.Encoder().encode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (MiniesError, OSError, ValueError) as e:
+        print(f"minies: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minies", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(run=run)
+        sub.add_argument("file", help="the minies database file")
+        return sub
+
+    command("demo", _demo, "write a small shop to FILE and show what happened")
+    command("info", _info, "counts, aggregates, event types, projections, head, schema version")
+    events = command("events", _events, "list events (a table, or JSON Lines with --json)")
+    _filters(events)
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    verify = command("verify", _verify, "re-check the hash chain and the file (exit 1 if not intact)")
+    verify.add_argument("--expect-head", metavar="HASH", help="fail unless the log still contains this head")
+    export = command("export", _export, "every event as JSON Lines (or CSV), streamed")
+    _filters(export)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    command("head", _head, "print the last position and its chain hash")
+    backup = command("backup", _backup, "write a consistent single-file copy")
+    backup.add_argument("output", metavar="OUT", help="the new file (must not exist)")
+    snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
+    snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
+    return parser
+
+
+def _filters(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--aggregate", metavar="ID", help="only this aggregate")
+    sub.add_argument("--type", metavar="EVENT_TYPE", action="append", help="only this event type (repeatable)")
+    sub.add_argument("--after", metavar="POSITION", type=int, default=0, help="only positions after this one")
+    sub.add_argument("--limit", metavar="N", type=int, help="at most N events")
+    sub.add_argument("--since", metavar="ISO_TIME", type=_time, help="only events at or after this time")
+    sub.add_argument("--until", metavar="ISO_TIME", type=_time, help="only events before this time")
+
+
+def _time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        from datetime import timezone
+
+        value = value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _open(args: argparse.Namespace) -> EventStore:
+    return EventStore(args.file, readonly=True)
+
+
+def _selected(store: EventStore, args: argparse.Namespace) -> Iterator[Recorded]:
+    if args.aggregate is not None:
+        records: Iterator[Recorded] = (r for r in store.read(args.aggregate) if r.position > args.after)
+        if args.type:
+            records = (r for r in records if r.event_type in args.type)
+    else:
+        records = store.read_all(after=args.after, event_types=args.type)
+    count = 0
+    for record in records:
+        if args.since is not None and record.timestamp < args.since:
+            continue
+        if args.until is not None and record.timestamp >= args.until:
+            continue
+        if args.limit is not None and count >= args.limit:
+            return
+        count += 1
+        yield record
+
+
+def _progress(label: str) -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        print(f"\r{label} {done:,}/{total:,}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    return show
+
+
+# ---------------------------------------------------------------------------- commands
+def _demo(args: argparse.Namespace) -> int:
+    from minies import _demo
+
+    _demo.run(args.file)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        conn = store._open()
+        events, aggregates, _ = conn.execute(_schema.COUNTS).fetchone()
+        position, digest = store.head()
+        out = sys.stdout.write
+        out(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)\n")
+        out(f"schema version  {conn.pragma('user_version')}\n")
+        out(f"events          {events:,} in {aggregates:,} aggregates\n")
+        out(f"head            {position} {digest or '-'}\n")
+        out("event types\n")
+        for event_type, count in conn.execute(_schema.TYPE_COUNTS):
+            out(f"  {event_type:<30} {count:>10,}\n")
+        out("projections\n")
+        for name, version, at, updated in conn.execute(_schema.PROJECTIONS):
+            out(f"  {name:<30} v{version:<4} at position {at:,} (updated {updated})\n")
+        out("subscriptions\n")
+        for name, at, updated in conn.execute(_schema.SUBSCRIPTIONS):
+            out(f"  {name:<30} at position {at:,} (updated {updated})\n")
+        out("snapshots\n")
+        for aggregate_type, count, size in store.snapshot_stats():
+            out(f"  {aggregate_type:<30} {count:>10,} ({size:,} bytes)\n")
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        out = sys.stdout
+        if args.json:
+            for record in _selected(store, args):
+                out.write(_encode(record).decode())
+                out.write("\n")
+            return 0
+        out.write(f"{'position':>8}  {'time (UTC)':<26} {'aggregate':<20} {'version':>7}  {'type':<24} data\n")
+        for r in _selected(store, args):
+            data = _encode(r.data).decode()
+            data = data if len(data) <= 60 else data[:59] + "…"
+            stamp = r.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f")
+            out.write(f"{r.position:>8}  {stamp:<26} {r.aggregate_id[:20]:<20} {r.version:>7}  {r.event_type[:24]:<24} {data}\n")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        report = store.verify(expect_head=args.expect_head, progress=_progress("verifying"))
+    if report.ok:
+        print(f"ok: {report.events_checked:,} events verified; head {report.head_position} {report.head_hash or '-'}")
+        return 0
+    print(
+        f"NOT OK: first bad position {report.first_bad_position}: {report.reason} "
+        f"({report.events_checked:,} events verified before it)",
+    )
+    return 1
+
+
+_CSV_COLUMNS = ("position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version", "timestamp", "data", "metadata")
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        target: IO[str]
+        if args.output:
+            if os.path.exists(args.output):
+                raise ValueError(f"{args.output!r} already exists; choose another output file")
+            target = open(args.output, "x", encoding="utf-8", newline="")
+        else:
+            target = sys.stdout
+        try:
+            if args.format == "jsonl":
+                for record in _selected(store, args):
+                    target.write(_encode(record).decode())
+                    target.write("\n")
+            else:
+                writer = csv.writer(target)
+                writer.writerow(_CSV_COLUMNS)
+                for r in _selected(store, args):
+                    writer.writerow(_csv_row(r))
+        finally:
+            if target is not sys.stdout:
+                target.close()
+    return 0
+
+
+def _csv_row(r: Recorded) -> list[Any]:
+    return [
+        r.position, r.event_id, r.aggregate_id, r.aggregate_type, r.event_type, r.version,
+        r.timestamp.isoformat(), _encode(r.data).decode(), _encode(r.metadata).decode(),
+    ]
+
+
+def _head(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        position, digest = store.head()
+    print(f"{position} {digest or '-'}")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        store.backup(args.output)
+    print(f"backed up {args.file} to {args.output}")
+    return 0
+
+
+def _snapshots(args: argparse.Namespace) -> int:
+    if args.drop:
+        with EventStore(args.file) as store:
+            print(f"dropped {store.drop_snapshots(args.drop):,} snapshots of {args.drop}")
+        return 0
+    with _open(args) as store:
+        for aggregate_type, count, size in store.snapshot_stats():
+            print(f"{aggregate_type:<30} {count:>10,} snapshots {size:>14,} bytes")
+    return 0

@@ -1,0 +1,85 @@
+"""The exception tree. Every error minies raises on purpose is a ``MiniesError``::
+
+    MiniesError
+    ├── ConcurrencyError      the aggregate moved on since you read it; reload and retry
+    ├── DuplicateEventError   an event id was reused for a different event   (also ValueError)
+    ├── NotFound              no events for that aggregate                  (also LookupError)
+    ├── SchemaError           not a minies file, a newer schema, or an event type/class mismatch
+    ├── ProjectionError       a projection failed while setting up or catching up
+    └── StorageError          the file cannot be written: disk full, read-only, locked, damaged
+
+Wrong argument types and values raise the builtin ``TypeError``/``ValueError`` before
+anything is written.
+"""
+
+from __future__ import annotations
+
+
+class MiniesError(Exception):
+    """Base class of every error minies raises on purpose."""
+
+
+class ConcurrencyError(MiniesError):
+    """The aggregate is not at the version the caller expected.
+
+    Attributes:
+        aggregate_id: the aggregate that was appended to.
+        expected: the version the caller expected.
+        actual: the version the aggregate is really at.
+    """
+
+    def __init__(self, aggregate_id: str, expected: int, actual: int) -> None:
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"aggregate {aggregate_id!r} is at version {actual}, expected {expected}; "
+            "reload it and retry"
+        )
+
+    def __reduce__(self) -> tuple[type[ConcurrencyError], tuple[str, int, int]]:
+        return (type(self), (self.aggregate_id, self.expected, self.actual))
+
+
+class DuplicateEventError(MiniesError, ValueError):
+    """An event id is already recorded for a different event.
+
+    Attributes:
+        event_id: the reused id.
+    """
+
+    def __init__(self, event_id: str, detail: str) -> None:
+        self.event_id = event_id
+        self.detail = detail
+        super().__init__(f"event id {event_id!r} is already used {detail}; pick a new id")
+
+    def __reduce__(self) -> tuple[type[DuplicateEventError], tuple[str, str]]:
+        return (type(self), (self.event_id, self.detail))
+
+
+class NotFound(MiniesError, LookupError):
+    """The aggregate has no events (at or below the requested version)."""
+
+
+class SchemaError(MiniesError):
+    """The file is not a minies database, is from a newer minies, or does not match the code."""
+
+
+class ProjectionError(MiniesError):
+    """A projection failed while it was being set up, caught up or rebuilt.
+
+    Attributes:
+        projection: the projection's name.
+    """
+
+    def __init__(self, projection: str, message: str) -> None:
+        self.projection = projection
+        self.message = message
+        super().__init__(f"projection {projection!r}: {message}")
+
+    def __reduce__(self) -> tuple[type[ProjectionError], tuple[str, str]]:
+        return (type(self), (self.projection, self.message))
+
+
+class StorageError(MiniesError):
+    """The database file cannot be read or written: disk full, read-only, locked or damaged."""

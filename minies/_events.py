@@ -1,0 +1,130 @@
+"""Events, their registry, the recorded envelope, and the ``ANY`` sentinel."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, ClassVar, Final, Literal
+
+import msgspec
+
+from minies._errors import SchemaError
+
+__all__ = ["ANY", "Event", "Recorded", "metadata_scope", "registry"]
+
+_EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,199}")
+
+registry: dict[str, type[Event]] = {}
+"""``event_type`` → the class that decodes it. Mutated only by ``Event`` subclassing."""
+
+generation = 0
+"""Bumped on every registration, so caches keyed on the registry know to refresh."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """A domain event: a frozen, keyword-only msgspec Struct, registered by ``event_type``.
+
+    Subclass it with the event's fields. ``event_type`` defaults to the class name; set the
+    ClassVar to keep a stable stored name when you rename the class.
+
+    Raises:
+        SchemaError: another class already claims the same ``event_type``.
+    """
+
+    event_type: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "event_type" not in cls.__dict__:
+            cls.event_type = cls.__name__
+        _register(cls)
+
+
+def _register(cls: type[Event]) -> None:
+    global generation
+    name = cls.event_type
+    if not isinstance(name, str) or not _EVENT_TYPE.fullmatch(name):
+        raise SchemaError(
+            f"{cls.__qualname__}.event_type = {name!r} is not a valid event type; use letters, "
+            "digits and _ . : - (at most 200 characters, not starting with a digit)"
+        )
+    old = registry.get(name)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise SchemaError(
+            f"event type {name!r} is already registered by {old.__module__}.{old.__qualname__}; "
+            f"give {cls.__module__}.{cls.__qualname__} another event_type"
+        )
+    registry[name] = cls
+    generation += 1
+
+
+class Recorded(msgspec.Struct, frozen=True, gc=False):
+    """An event as stored: the payload plus its envelope. Immutable.
+
+    Attributes:
+        position: global order in the file; starts at 1, gap-free, never reused.
+        event_id: the event's UUID string.
+        aggregate_id: the aggregate (stream) the event belongs to.
+        aggregate_type: the aggregate's type name.
+        event_type: the registered name of the payload's type.
+        version: the event's number within its aggregate; starts at 1, no gaps.
+        timestamp: when the event was committed (timezone-aware, UTC).
+        data: the ``Event`` instance, or a ``dict`` if no class is registered for the type.
+        metadata: who and why: ``user_id``, ``correlation_id``, ``causation_id``, anything else.
+    """
+
+    position: int
+    event_id: str
+    aggregate_id: str
+    aggregate_type: str
+    event_type: str
+    version: int
+    timestamp: datetime
+    data: Any
+    metadata: dict[str, Any]
+
+
+class _Any(enum.Enum):
+    ANY = "ANY"
+
+    def __repr__(self) -> str:
+        return "minies.ANY"
+
+
+ANY: Final = _Any.ANY
+"""``expected_version=ANY``: append whatever version the aggregate is at."""
+
+AnyVersion = Literal[_Any.ANY]
+
+
+_scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("minies_metadata", default={})
+
+
+@contextlib.contextmanager
+def metadata_scope(**metadata: Any) -> Iterator[dict[str, Any]]:
+    """Add metadata to every event appended inside the block (this thread/task only).
+
+    Typical keys are ``correlation_id``, ``causation_id`` and ``user_id``; scopes nest, the
+    inner value winning, and ``metadata=`` passed to ``append``/``save`` wins over both::
+
+        with minies.metadata_scope(correlation_id=request.id, user_id=user.id):
+            store.save(order)
+
+    Yields:
+        The merged metadata now in force.
+    """
+    merged = {**_scope.get(), **metadata}
+    token = _scope.set(merged)
+    try:
+        yield merged
+    finally:
+        _scope.reset(token)
+
+
+def current_metadata() -> dict[str, Any]:
+    """The metadata set by the enclosing ``metadata_scope`` blocks (shared; do not mutate)."""
+    return _scope.get()

@@ -1,0 +1,269 @@
+"""Projections: read models kept in the same file, updated inside the append's transaction.
+
+Invariant this module relies on: positions are assigned as last + 1 inside SQLite's single
+write transaction, so the log has no gaps and commits in position order. A checkpoint
+"applied up to position P" therefore means "applied every event <= P", and catching up from
+P can never skip an event committed by another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import apsw
+import msgspec
+
+from minies import _codec, _schema
+from minies._log import read_log
+from minies._errors import MiniesError, ProjectionError
+from minies._events import Event, Recorded
+
+
+class Projection:
+    """A read model: SQL tables in the store's file, fed by events.
+
+    Override ``setup`` to create the tables (it always runs on a fresh slate) and either
+    ``handle`` for every event, or methods named ``on_<EventType>`` for the types you care
+    about; with the latter the projection only ever sees those types.
+
+    Attributes:
+        name: ClassVar, the checkpoint's key; defaults to the class name.
+        version: ClassVar, bump it after changing setup or handlers: the projection is rebuilt.
+        event_types: ClassVar, only these types reach ``handle`` (None: all, unless
+            ``on_<EventType>`` methods say otherwise).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    event_types: ClassVar[Collection[str | type[Event]] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
+
+    def setup(self, db: Database) -> None:
+        """Create the read model's tables and indexes. No ``IF NOT EXISTS`` needed."""
+
+    def handle(self, db: Database, event: Recorded) -> None:
+        """Apply one event to the read model (runs inside the writer's transaction)."""
+        method = getattr(self, "on_" + _method_suffix(event.event_type), None)
+        if method is not None:
+            method(db, event)
+
+    def wanted_types(self) -> frozenset[str] | None:
+        """The event types this projection sees, or None for all of them."""
+        if self.event_types is not None:
+            return frozenset(t if isinstance(t, str) else t.event_type for t in self.event_types)
+        if type(self).handle is Projection.handle:
+            return frozenset(
+                name[3:] for name in dir(self) if name.startswith("on_") and callable(getattr(self, name))
+            )
+        return None
+
+
+_NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _method_suffix(event_type: str) -> str:
+    return _NOT_IDENTIFIER.sub("_", event_type)
+
+
+# https://sqlite.org/c3ref/c_alter_table.html
+_REFUSED_ACTIONS = frozenset(
+    {apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}
+)
+_WRITES = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE, apsw.SQLITE_DROP_TABLE})
+
+
+class Database:
+    """What a projection may do with the file: run SQL inside the writer's transaction.
+
+    There is no commit, rollback or close: the transaction belongs to the append. Statements
+    that would end it, attach files or write to minies' own tables are refused.
+    """
+
+    __slots__ = ("_conn", "active")
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+        self.active = False
+        conn.set_authorizer(self._authorize)
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement and return its rows (an empty list for writes)."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except apsw.AuthError:
+            raise _refused(sql) from None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row."""
+        try:
+            self._conn.executemany(sql, rows)
+        except apsw.AuthError:
+            raise _refused(sql) from None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark projection code as running: the guard below applies until the block ends."""
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+
+    def _authorize(self, action: int, name: str | None, _2: str | None, _db: str | None, _trig: str | None) -> int:
+        if not self.active:
+            return apsw.SQLITE_OK
+        if action in _REFUSED_ACTIONS:
+            return apsw.SQLITE_DENY
+        if action in _WRITES and name and (name == "events" or name.startswith("minies_")):
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+
+def _refused(sql: str) -> MiniesError:
+    return MiniesError(
+        f"a projection may not run {sql!r:.200}: it would end the append's transaction, attach a "
+        "file, or write the log or minies' own tables"
+    )
+
+
+
+
+class RebuildReport(msgspec.Struct, frozen=True):
+    """What a rebuild did: ``events`` applied in ``seconds`` (``events_per_second``)."""
+
+    name: str
+    events: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+Progress = Callable[[int, int], None]
+
+
+class Projector:
+    """Runs a store's projections: inline on append, catch-up on open, rebuild on demand.
+
+    Every method runs inside a write transaction the store opened.
+    """
+
+    def __init__(self, projections: Iterable[Projection]) -> None:
+        self.projections: dict[str, Projection] = {}
+        for projection in projections:
+            if not isinstance(projection, Projection):
+                raise TypeError(
+                    f"projections must be minies.Projection instances, got {type(projection).__name__}"
+                )
+            name = projection.name
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"projection name must be a non-empty str, got {name!r}")
+            if name in self.projections:
+                raise ValueError(f"two projections are named {name!r}; names must be unique")
+            self.projections[name] = projection
+        self._types = {name: p.wanted_types() for name, p in self.projections.items()}
+        self._positions: dict[str, int] = {}
+        self._known_head: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.projections)
+
+    def forget(self) -> None:
+        """Drop cached checkpoints (after a rollback, or when another writer moved the log)."""
+        self._known_head = None
+
+    # ------------------------------------------------------------------ inline
+    def apply(self, conn: apsw.Connection, db: Database, records: list[Recorded], head_before: int) -> None:
+        """Apply freshly appended ``records`` (the log was at ``head_before`` before them)."""
+        if self._known_head != head_before:
+            self._positions = dict(conn.execute(_schema.PROJECTION_POSITIONS).fetchall())
+        for name, projection in self.projections.items():
+            position = self._positions.get(name, 0)
+            if position < head_before:
+                self._replay(conn, db, projection, position, None)
+            wanted = self._types[name]
+            with db.running():
+                for record in records:
+                    if wanted is None or record.event_type in wanted:
+                        try:
+                            projection.handle(db, record)
+                        except Exception as e:
+                            e.add_note(f"in projection {name!r} handling position {record.position}")
+                            raise
+        head = records[-1].position
+        now = _codec.now_text()
+        conn.executemany(_schema.ADVANCE_PROJECTION, [(head, now, name) for name in self.projections])
+        self._positions = dict.fromkeys(self.projections, head)
+        self._known_head = head
+
+    # ------------------------------------------------------------------ catch-up and rebuild
+    def catch_up(self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport | None:
+        """Bring one projection up to the head; rebuild it if it is new or its version changed."""
+        projection = self.projections[name]
+        state = conn.execute(_schema.PROJECTION_STATE, (name,)).fetchone()
+        head = conn.execute("SELECT coalesce(max(position), 0) FROM events").get
+        if state is None or state[0] != projection.version:
+            return self.rebuild(conn, db, name, progress)
+        if state[1] < head:
+            started = time.perf_counter()
+            count = self._replay(conn, db, projection, state[1], progress)
+            conn.execute(_schema.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
+            self._known_head = None
+            return RebuildReport(name, count, time.perf_counter() - started)
+        return None
+
+    def rebuild(self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport:
+        """Drop what the projection created, run ``setup`` again, replay the whole log."""
+        projection = self.projections[name]
+        started = time.perf_counter()
+        state = conn.execute(_schema.PROJECTION_STATE, (name,)).fetchone()
+        for kind, object_name in reversed(msgspec.json.decode(state[2]) if state else []):
+            conn.execute(f'DROP {kind.upper()} IF EXISTS "{object_name}"')
+        before = set(conn.execute(_schema.SCHEMA_OBJECTS).fetchall())
+        try:
+            with db.running():
+                projection.setup(db)
+        except Exception as e:
+            raise ProjectionError(name, f"setup failed: {type(e).__name__}: {e}") from e
+        created = [row for row in conn.execute(_schema.SCHEMA_OBJECTS).fetchall() if row not in before]
+        created.sort(key=lambda row: ("table", "view", "index", "trigger").index(row[0]))
+        count = self._replay(conn, db, projection, 0, progress)
+        head = conn.execute("SELECT coalesce(max(position), 0) FROM events").get
+        conn.execute(
+            _schema.SAVE_PROJECTION,
+            (name, projection.version, head, msgspec.json.encode(created).decode(), _codec.now_text()),
+        )
+        self._known_head = None
+        return RebuildReport(name, count, time.perf_counter() - started)
+
+    def _replay(self, conn: apsw.Connection, db: Database, projection: Projection, after: int, progress: Progress | None) -> int:
+        wanted = self._types[projection.name]
+        total = conn.execute(
+            "SELECT coalesce(max(position), 0) FROM events"
+        ).get
+        count = 0
+        position = after
+        try:
+            for record in read_log(conn, after, wanted):
+                position = record.position
+                with db.running():
+                    projection.handle(db, record)
+                count += 1
+                if progress is not None and count % 10_000 == 0:
+                    progress(position, total)
+        except Exception as e:
+            raise ProjectionError(
+                projection.name, f"failed at position {position}: {type(e).__name__}: {e}"
+            ) from e
+        if progress is not None:
+            progress(total, total)
+        return count

@@ -1,0 +1,259 @@
+"""Every SQL statement minies runs, the file's identity, and its migrations.
+
+All SQL text lives here as module constants: apsw's statement cache always hits, and a second
+backend would replace this module and nothing else.
+
+The file identifies itself through two header fields (https://sqlite.org/fileformat.html):
+``PRAGMA application_id`` = ``APPLICATION_ID`` says "minies", ``PRAGMA user_version`` is the
+schema version. Neither needs a table, so a foreign file is recognised without writing to it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import apsw
+
+from minies._errors import SchemaError
+
+APPLICATION_ID: Final = 0x6D696E69  # "mini"
+SCHEMA_VERSION: Final = 1
+
+# ---------------------------------------------------------------------------- the schema
+# `position` is the rowid (an INTEGER PRIMARY KEY keeps its values through VACUUM). minies
+# assigns it as last + 1 inside the writer's IMMEDIATE transaction, so positions are
+# gap-free and in commit order. The UNIQUE (aggregate_id, version) constraint is both the
+# optimistic-concurrency guard and the (aggregate_id, version) index every load uses; a
+# second index on the same columns would only double the write cost.
+_CREATE_V1: Final = (
+    """
+    CREATE TABLE events (
+        position       INTEGER PRIMARY KEY,
+        event_id       TEXT    NOT NULL UNIQUE,
+        aggregate_id   TEXT    NOT NULL,
+        aggregate_type TEXT    NOT NULL,
+        event_type     TEXT    NOT NULL,
+        version        INTEGER NOT NULL CHECK (version >= 1),
+        data           TEXT    NOT NULL,
+        metadata       TEXT    NOT NULL DEFAULT '{}',
+        created_at     TEXT    NOT NULL,
+        hash           BLOB    NOT NULL,
+        UNIQUE (aggregate_id, version)
+    )""",
+    # The file itself refuses changes to history, whichever client connects.
+    """
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; UPDATE is refused'); END""",
+    """
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; DELETE is refused'); END""",
+    # Appends only: a row must take the next position (this also stops INSERT OR REPLACE
+    # from overwriting an existing position).
+    """
+    CREATE TRIGGER events_append_only BEFORE INSERT ON events
+    WHEN NEW.position IS NOT (SELECT coalesce(max(position), 0) + 1 FROM events)
+    BEGIN SELECT RAISE(ABORT, 'minies: events are append-only; a new event must take the next position'); END""",
+    """
+    CREATE TABLE minies_event_types (
+        event_type   TEXT PRIMARY KEY,
+        python_class TEXT NOT NULL,
+        json_schema  TEXT NOT NULL,
+        first_seen   TEXT NOT NULL
+    )""",
+    """
+    CREATE TABLE minies_snapshots (
+        aggregate_id   TEXT    NOT NULL,
+        version        INTEGER NOT NULL,
+        aggregate_type TEXT    NOT NULL,
+        fingerprint    TEXT    NOT NULL,
+        state          TEXT    NOT NULL,
+        created_at     TEXT    NOT NULL,
+        PRIMARY KEY (aggregate_id, version)
+    ) WITHOUT ROWID""",
+    """
+    CREATE TABLE minies_projections (
+        name       TEXT    PRIMARY KEY,
+        version    INTEGER NOT NULL,
+        position   INTEGER NOT NULL,
+        objects    TEXT    NOT NULL,
+        updated_at TEXT    NOT NULL
+    )""",
+    """
+    CREATE TABLE minies_subscriptions (
+        name       TEXT    PRIMARY KEY,
+        position   INTEGER NOT NULL,
+        updated_at TEXT    NOT NULL
+    )""",
+    """
+    CREATE TABLE minies_dead_letters (
+        subscription TEXT    NOT NULL,
+        position     INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL,
+        error        TEXT    NOT NULL,
+        parked_at    TEXT    NOT NULL,
+        PRIMARY KEY (subscription, position)
+    )""",
+)
+
+TRIGGERS: Final = {"events_no_update", "events_no_delete", "events_append_only"}
+
+# Statements that bring schema version N-1 to N, run in one transaction on open.
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+# ---------------------------------------------------------------------------- the events
+EVENT_COLUMNS: Final = (
+    "position, event_id, aggregate_id, aggregate_type, event_type, version, created_at, data, metadata"
+)
+INSERT_EVENT: Final = (
+    "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
+    " data, metadata, created_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+AGGREGATE_VERSION: Final = (
+    "SELECT version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+)
+AGGREGATE_TYPE: Final = "SELECT aggregate_type FROM events WHERE aggregate_id = ? LIMIT 1"
+HEAD: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+EVENT_BY_ID: Final = (
+    "SELECT aggregate_id, version, event_type, data FROM events WHERE event_id = ?"
+)
+READ_AGGREGATE: Final = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
+    " ORDER BY version LIMIT ?"
+)
+# One row holding the aggregate's events as a JSON array of [event_type, data] pairs: SQLite
+# assembles it in C and msgspec splits it in one call, instead of one Python step per row.
+READ_AGGREGATE_PAYLOADS: Final = (
+    "SELECT '[' || group_concat('[\"' || event_type || '\",' || data || ']', ',' ORDER BY version)"
+    " || ']', max(version), count(*), min(aggregate_type), max(aggregate_type)"
+    " FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
+)
+READ_ALL: Final = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+READ_ALL_TYPES: Final = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ?"
+    " AND event_type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
+)
+CHAIN: Final = (
+    "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
+    " metadata, created_at, hash FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"
+VERSION_GAPS: Final = (
+    "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"
+    " HAVING min(version) != 1 OR max(version) != count(*) LIMIT 1"
+)
+TRIGGER_SQL: Final = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+COUNTS: Final = "SELECT count(*), count(DISTINCT aggregate_id), max(position) FROM events"
+TYPE_COUNTS: Final = "SELECT event_type, count(*) FROM events GROUP BY event_type ORDER BY event_type"
+
+# ---------------------------------------------------------------------------- event types
+KNOWN_TYPES: Final = "SELECT event_type FROM minies_event_types"
+ADD_TYPE: Final = (
+    "INSERT OR IGNORE INTO minies_event_types (event_type, python_class, json_schema, first_seen)"
+    " VALUES (?, ?, ?, ?)"
+)
+TYPE_SCHEMAS: Final = "SELECT event_type, python_class, json_schema FROM minies_event_types"
+
+# ---------------------------------------------------------------------------- snapshots
+SAVE_SNAPSHOT: Final = (
+    "INSERT OR REPLACE INTO minies_snapshots"
+    " (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+LATEST_SNAPSHOT: Final = (
+    "SELECT version, fingerprint, state FROM minies_snapshots"
+    " WHERE aggregate_id = ? AND version <= ? ORDER BY version DESC LIMIT ?"
+)
+PRUNE_SNAPSHOTS: Final = (
+    "DELETE FROM minies_snapshots WHERE aggregate_id = ? AND version < ("
+    " SELECT min(version) FROM (SELECT version FROM minies_snapshots WHERE aggregate_id = ?"
+    " ORDER BY version DESC LIMIT ?))"
+)
+SNAPSHOT_STATS: Final = (
+    "SELECT aggregate_type, count(*), coalesce(sum(length(state)), 0) FROM minies_snapshots"
+    " GROUP BY aggregate_type ORDER BY aggregate_type"
+)
+DROP_SNAPSHOTS: Final = "DELETE FROM minies_snapshots WHERE aggregate_type = ?"
+
+# ---------------------------------------------------------------------------- projections
+PROJECTION_STATE: Final = "SELECT version, position, objects FROM minies_projections WHERE name = ?"
+PROJECTION_POSITIONS: Final = "SELECT name, position FROM minies_projections"
+PROJECTIONS: Final = "SELECT name, version, position, updated_at FROM minies_projections ORDER BY name"
+SAVE_PROJECTION: Final = (
+    "INSERT OR REPLACE INTO minies_projections (name, version, position, objects, updated_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+ADVANCE_PROJECTION: Final = "UPDATE minies_projections SET position = ?, updated_at = ? WHERE name = ?"
+SCHEMA_OBJECTS: Final = (
+    "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index', 'view', 'trigger')"
+    " AND name NOT LIKE 'sqlite_%'"
+)
+
+# ---------------------------------------------------------------------------- subscriptions
+SUBSCRIPTION_POSITION: Final = "SELECT position FROM minies_subscriptions WHERE name = ?"
+SAVE_SUBSCRIPTION: Final = (
+    "INSERT OR REPLACE INTO minies_subscriptions (name, position, updated_at) VALUES (?, ?, ?)"
+)
+PARK: Final = (
+    "INSERT OR REPLACE INTO minies_dead_letters (subscription, position, attempts, error, parked_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+DEAD_LETTERS: Final = (
+    "SELECT position, attempts, error, parked_at FROM minies_dead_letters"
+    " WHERE subscription = ? ORDER BY position"
+)
+SUBSCRIPTIONS: Final = "SELECT name, position, updated_at FROM minies_subscriptions ORDER BY name"
+
+# ---------------------------------------------------------------------------- transactions
+BEGIN: Final = "BEGIN IMMEDIATE"
+COMMIT: Final = "COMMIT"
+ROLLBACK: Final = "ROLLBACK"
+SAVEPOINT: Final = "SAVEPOINT minies"
+RELEASE: Final = "RELEASE minies"
+ROLLBACK_TO: Final = "ROLLBACK TO minies; RELEASE minies"
+
+
+def identify(conn: apsw.Connection, where: str) -> int:
+    """Check the file is a minies database this code can use; return its schema version.
+
+    Returns 0 for a brand-new (empty) database. Only reads.
+
+    Raises:
+        SchemaError: a SQLite file of another application, or a newer minies schema.
+    """
+    app_id = conn.pragma("application_id")
+    version = conn.pragma("user_version")
+    if app_id == 0 and version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").get
+        if tables:
+            raise SchemaError(
+                f"{where} is a SQLite database but not a minies one (it has tables and no minies "
+                "application id); open another path"
+            )
+        return 0
+    if app_id != APPLICATION_ID:
+        raise SchemaError(
+            f"{where} is a SQLite database of another application (application_id {app_id:#x}), "
+            "not a minies one"
+        )
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{where} was written by a newer minies (schema version {version}, this one knows "
+            f"up to {SCHEMA_VERSION}); upgrade minies to open it"
+        )
+    return int(version)
+
+
+def create_or_migrate(conn: apsw.Connection, version: int) -> None:
+    """Bring a database at schema ``version`` (0 = empty) to ``SCHEMA_VERSION``.
+
+    Runs inside the caller's write transaction.
+    """
+    if version == 0:
+        for statement in _CREATE_V1:
+            conn.execute(statement)
+        version = 1
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[target]:
+            conn.execute(statement)
+    conn.pragma("application_id", APPLICATION_ID)
+    conn.pragma("user_version", SCHEMA_VERSION)

@@ -1,0 +1,82 @@
+"""Snapshots: an aggregate's encoded state at a version, kept beside the log.
+
+A snapshot is trusted only if it was written for the same class shape. The shape's
+fingerprint is derived from the class's msgspec JSON Schema (every field and type) plus its
+``snapshot_version``, and is compared *before* decoding; a mismatch or a failed decode means
+"no snapshot", never a half-decoded state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final, TypeVar
+
+import apsw
+import msgspec
+
+from minies import _codec, _schema
+from minies._aggregate import Aggregate
+
+A = TypeVar("A", bound=Aggregate)
+
+KEEP: Final = 3
+"""Snapshots kept per aggregate; older ones are pruned when a new one is written."""
+
+_fingerprints: dict[type[Aggregate], str] = {}
+
+
+def fingerprint(cls: type[Aggregate]) -> str:
+    """A short hash of the class's shape: qualified name, fields, types, snapshot_version."""
+    value = _fingerprints.get(cls)
+    if value is None:
+        shape = msgspec.json.encode(
+            [cls.__module__, cls.__qualname__, cls.snapshot_version, msgspec.json.schema(cls)],
+            order="sorted",
+        )
+        value = _fingerprints[cls] = hashlib.sha256(shape).hexdigest()[:32]
+    return value
+
+
+def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
+    """Store ``aggregate``'s state at its version and prune older snapshots."""
+    cls = type(aggregate)
+    conn.execute(
+        _schema.SAVE_SNAPSHOT,
+        (
+            aggregate.id,
+            aggregate.version,
+            cls.aggregate_type,
+            fingerprint(cls),
+            _codec.encode(aggregate).decode(),
+            _codec.now_text(),
+        ),
+    )
+    conn.execute(_schema.PRUNE_SNAPSHOTS, (aggregate.id, aggregate.id, KEEP))
+
+
+def latest(conn: apsw.Connection, cls: type[A], aggregate_id: str, upto: int) -> A | None:
+    """The newest usable snapshot at or below ``upto``, decoded, or None."""
+    wanted = fingerprint(cls)
+    for version, stored_fingerprint, state in conn.execute(
+        _schema.LATEST_SNAPSHOT, (aggregate_id, upto, KEEP)
+    ):
+        if stored_fingerprint != wanted:
+            continue
+        try:
+            aggregate = msgspec.json.decode(state, type=cls)
+        except msgspec.DecodeError:
+            continue
+        if aggregate.id == aggregate_id and aggregate.version == version:
+            return aggregate
+    return None
+
+
+def stats(conn: apsw.Connection) -> list[tuple[str, int, int]]:
+    """(aggregate_type, snapshot count, bytes of state) per aggregate type."""
+    return conn.execute(_schema.SNAPSHOT_STATS).fetchall()
+
+
+def drop(conn: apsw.Connection, aggregate_type: str) -> int:
+    """Delete every snapshot of one aggregate type; return how many were deleted."""
+    conn.execute(_schema.DROP_SNAPSHOTS, (aggregate_type,))
+    return conn.changes()

@@ -1,0 +1,712 @@
+"""The EventStore: one SQLite connection, the append path, reads, and error translation.
+
+This is the only module that turns apsw's exceptions into minies' errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, NoReturn, TypeVar
+
+import apsw
+import msgspec
+
+from minies import _audit, _codec, _schema, _snapshots
+from minies._aggregate import Aggregate
+from minies._audit import VerifyReport
+from minies._errors import (
+    ConcurrencyError,
+    DuplicateEventError,
+    MiniesError,
+    NotFound,
+    ProjectionError,
+    SchemaError,
+    StorageError,
+)
+from minies._events import ANY, AnyVersion, Event, Recorded
+from minies._log import read_aggregate, read_log
+from minies._projections import Database, Projection, Projector, RebuildReport
+from minies._subscriptions import Subscription
+
+A = TypeVar("A", bound=Aggregate)
+S = TypeVar("S")
+
+Durability = Literal["full", "normal"]
+_SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
+_LAST_VERSION: Final = (1 << 63) - 1
+_LOAD_CHUNK: Final = 20_000
+
+_decode_pairs = msgspec.json.Decoder(list[tuple[str, msgspec.Raw]]).decode
+
+
+class EventStore:
+    """An event log, its snapshots and its read models, in one SQLite file.
+
+    Args:
+        path: a file path (created with the schema if missing) or ``":memory:"``.
+        projections: read models kept up to date inside every append's transaction.
+        durability: ``"full"`` survives power loss (SQLite synchronous=FULL); ``"normal"``
+            survives process crashes and is faster (synchronous=NORMAL).
+        timeout: seconds a writer waits for another connection's write lock before giving up.
+        readonly: open without writing anything to the file (for auditors and the CLI).
+        snapshot_every: per-aggregate-class override of ``Aggregate.snapshot_every``.
+        skip_failed_projections: open even if a projection's setup or catch-up fails; the
+            failed ones are left out (see ``failed_projections``) instead of raising.
+
+    Raises:
+        SchemaError: the file is not a minies database, or was written by a newer minies.
+        ProjectionError: a projection failed to set up or catch up (nothing was changed).
+        StorageError: the file cannot be opened (missing directory, permissions, damaged).
+
+    A store may be shared by threads: operations on it are serialised. Several stores, in
+    one process or many, may open the same file; SQLite serialises their writers.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        projections: Iterable[Projection] = (),
+        durability: Durability = "full",
+        timeout: float = 30.0,
+        readonly: bool = False,
+        snapshot_every: Mapping[type[Aggregate], int | None] | None = None,
+        skip_failed_projections: bool = False,
+    ) -> None:
+        if durability not in _SYNCHRONOUS:
+            raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
+        if not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self.path = os.fspath(path)
+        self.durability = durability
+        self.readonly = readonly
+        self._timeout = float(timeout)
+        self._snapshot_every = dict(snapshot_every or {})
+        self._projector = Projector(projections)
+        if readonly and self._projector:
+            raise ValueError("a read-only store cannot maintain projections; open it without them")
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._known_types: set[str] = set()
+        self._changed = threading.Condition(self._lock)
+        self.failed_projections: dict[str, ProjectionError] = {}
+        self._conn = self._connect()
+        self._db = Database(self._conn)
+        try:
+            self._prepare()
+            self._open_projections(skip_failed_projections)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ------------------------------------------------------------------ opening
+    def _connect(self) -> apsw.Connection:
+        where = self.path
+        memory = where == ":memory:" or where == ""
+        if not memory and not self.readonly:
+            parent = os.path.dirname(os.path.abspath(where))
+            if not os.path.isdir(parent):
+                raise StorageError(f"cannot create {where!r}: the directory {parent!r} does not exist")
+        if self.readonly and not memory and not os.path.exists(where):
+            raise StorageError(f"cannot open {where!r}: no such file")
+        flags = apsw.SQLITE_OPEN_READONLY if self.readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        try:
+            conn = apsw.Connection(where, flags=flags)
+            conn.set_busy_timeout(int(self._timeout * 1000))
+        except apsw.Error as e:
+            self._raise(e, f"cannot open {where!r}")
+        return conn
+
+    def _prepare(self) -> None:
+        conn = self._conn
+        with self._translate(f"cannot open {self.path!r}"):
+            version = _schema.identify(conn, repr(self.path))
+            if self.readonly:
+                if version == 0:
+                    raise SchemaError(f"{self.path!r} is empty, not a minies database")
+                if version != _schema.SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"{self.path!r} has schema version {version}; open it writable once to migrate"
+                    )
+            else:
+                if self.path not in (":memory:", ""):
+                    mode = conn.pragma("journal_mode", "wal")
+                    if mode != "wal":
+                        raise StorageError(f"cannot switch {self.path!r} to WAL mode (got {mode!r})")
+                conn.pragma("synchronous", _SYNCHRONOUS[self.durability])
+                conn.pragma("journal_size_limit", 64 * 1024 * 1024)
+                if version != _schema.SCHEMA_VERSION:
+                    with self._lock, self._write():
+                        # Another process may have created or migrated it while we waited.
+                        version = _schema.identify(conn, repr(self.path))
+                        _schema.create_or_migrate(conn, version)
+            self._known_types = {name for (name,) in conn.execute(_schema.KNOWN_TYPES)}
+
+    def _open_projections(self, skip_failed: bool) -> None:
+        for name in list(self._projector.projections):
+            try:
+                with self._lock, self._write():
+                    self._projector.catch_up(self._conn, self._db, name)
+            except ProjectionError as e:
+                if not skip_failed:
+                    raise
+                self.failed_projections[name] = e
+                del self._projector.projections[name]
+        self._projector.forget()
+
+    
+    # ------------------------------------------------------------------ errors
+    def _raise(self, e: apsw.Error, doing: str) -> NoReturn:
+        if isinstance(e, (apsw.BusyError, apsw.LockedError)):
+            raise StorageError(
+                f"{doing}: the database is locked by another connection and stayed locked for "
+                f"{self._timeout:g}s; retry later or raise timeout="
+            ) from None
+        if isinstance(e, apsw.FullError):
+            raise StorageError(
+                f"{doing}: the disk is full (or the file reached its size limit); nothing from "
+                "this call was written, free some space and retry"
+            ) from None
+        if isinstance(e, apsw.ReadOnlyError):
+            raise StorageError(f"{doing}: the file or its directory is read-only") from None
+        if isinstance(e, apsw.NotADBError):
+            raise SchemaError(f"{doing}: it is not a SQLite database (nor a minies one)") from None
+        if isinstance(e, apsw.CorruptError):
+            raise StorageError(f"{doing}: the file is damaged ({e}); restore it from a backup") from None
+        if isinstance(e, apsw.CantOpenError):
+            raise StorageError(f"{doing}: the file cannot be opened (missing, a directory, or no permission)") from None
+        if isinstance(e, (apsw.IOError, apsw.PermissionsError, apsw.NoMemError)):
+            raise StorageError(f"{doing}: {e}") from None
+        raise StorageError(f"{doing}: {type(e).__name__}: {e}") from e
+
+    @contextlib.contextmanager
+    def _translate(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except apsw.Error as e:
+            if isinstance(e, (apsw.SQLError, apsw.ConstraintError, apsw.AuthError)):
+                raise
+            self._raise(e, doing)
+
+    # ------------------------------------------------------------------ transactions
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """A write transaction (``BEGIN IMMEDIATE``), or a savepoint when already inside one.
+
+        Callers hold ``self._lock``.
+        """
+        if self._conn is None:
+            raise MiniesError("the store is closed")
+        conn = self._conn
+        if self._depth:
+            self._depth += 1
+            conn.execute(_schema.SAVEPOINT, can_cache=False)
+            try:
+                yield
+            except BaseException:
+                if not conn.get_autocommit():
+                    conn.execute(_schema.ROLLBACK_TO, can_cache=False)
+                raise
+            else:
+                conn.execute(_schema.RELEASE, can_cache=False)
+            finally:
+                self._depth -= 1
+            return
+        # IMMEDIATE takes the write lock up front: a writer waits (busy timeout) instead of
+        # failing later when it tries to upgrade a read lock. https://sqlite.org/lang_transaction.html
+        with self._translate("cannot start a write"):
+            conn.execute(_schema.BEGIN, can_cache=False)
+        self._depth = 1
+        try:
+            yield
+            with self._translate("cannot commit"):
+                conn.execute(_schema.COMMIT, can_cache=False)
+        except BaseException:
+            if not conn.get_autocommit():
+                conn.execute(_schema.ROLLBACK, can_cache=False)
+            self._projector.forget()
+            raise
+        finally:
+            self._depth = 0
+        self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[EventStore]:
+        """Commit every append and save inside the block atomically, or none of them.
+
+        Blocks nest (inner ones are savepoints). Other threads using this store wait until
+        the block ends.
+
+        Raises:
+            StorageError: the write lock could not be taken, or the commit failed.
+        """
+        with self._lock, self._write():
+            yield self
+
+    # ------------------------------------------------------------------ appending
+    def append(
+        self,
+        aggregate_id: str,
+        events: Sequence[Event],
+        *,
+        aggregate_type: str,
+        expected_version: int | AnyVersion = ANY,
+        metadata: Mapping[str, Any] | None = None,
+        event_ids: Sequence[str] | None = None,
+    ) -> int:
+        """Append events to one aggregate atomically and return its new version.
+
+        Args:
+            aggregate_id: the aggregate (stream) to append to.
+            events: one or more ``Event`` instances.
+            aggregate_type: the aggregate's type, stored with every event.
+            expected_version: the version the aggregate must be at now (0: must not exist),
+                or ``ANY``.
+            metadata: stored with every event, merged over the enclosing ``metadata_scope``.
+            event_ids: UUID strings, one per event, to make a retry idempotent.
+
+        Raises:
+            ConcurrencyError: the aggregate is not at ``expected_version``; nothing was written.
+            DuplicateEventError: an id in ``event_ids`` is recorded for a different event.
+            TypeError, ValueError: bad arguments; nothing was written.
+            StorageError: the file cannot be written (disk full, read-only, locked).
+        """
+        rows_in = self._check_append(aggregate_id, events, aggregate_type, expected_version, event_ids)
+        meta = _codec.encode_metadata(metadata)
+        with self._lock, self._write():
+            return self._append(aggregate_id, aggregate_type, expected_version, meta, *rows_in)
+
+    def _check_append(
+        self,
+        aggregate_id: object,
+        events: object,
+        aggregate_type: object,
+        expected_version: object,
+        event_ids: object,
+    ) -> tuple[list[Event], list[str], list[str] | None]:
+        if not isinstance(aggregate_id, str):
+            raise TypeError(f"aggregate_id must be a str, got {type(aggregate_id).__name__}: {aggregate_id!r:.80}")
+        if not aggregate_id:
+            raise ValueError("aggregate_id must not be empty")
+        if not isinstance(aggregate_type, str) or not aggregate_type:
+            raise TypeError(f"aggregate_type must be a non-empty str, got {aggregate_type!r:.80}")
+        if isinstance(events, Event):
+            raise TypeError("events must be a sequence of events; wrap a single event in a list")
+        if not isinstance(events, (list, tuple)):
+            if isinstance(events, (str, bytes, Mapping)) or not isinstance(events, Iterable):
+                raise TypeError(f"events must be a list of minies.Event, got {type(events).__name__}")
+            events = list(events)
+        if not events:
+            raise ValueError(f"nothing to append to {aggregate_id!r}: the batch of events is empty")
+        if expected_version is not ANY and (
+            not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 0
+        ):
+            raise TypeError(f"expected_version must be an int >= 0 or minies.ANY, got {expected_version!r}")
+        datas = [_codec.encode_event(e) for e in events]
+        ids: list[str] | None = None
+        if event_ids is not None:
+            if isinstance(event_ids, str) or not isinstance(event_ids, Sequence):
+                raise TypeError("event_ids must be a list of UUID strings, one per event")
+            if len(event_ids) != len(events):
+                raise ValueError(f"event_ids has {len(event_ids)} ids for {len(events)} events; give one per event")
+            ids = []
+            for value in event_ids:
+                try:
+                    ids.append(str(uuid.UUID(value)) if isinstance(value, str) else _bad_id(value))
+                except ValueError:
+                    raise ValueError(f"event id {value!r} is not a UUID string") from None
+            if len(set(ids)) != len(ids):
+                raise ValueError("event_ids contains the same id twice")
+        return list(events), datas, ids
+
+    def _append(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        expected: int | AnyVersion,
+        meta: str,
+        events: list[Event],
+        datas: list[str],
+        ids: list[str] | None,
+    ) -> int:
+        conn = self._conn
+        n = len(events)
+        current = conn.execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0
+        if ids is not None:
+            done = self._already_appended(aggregate_id, expected, events, datas, ids)
+            if done is not None:
+                return done
+        else:
+            ids = _codec.new_event_ids(n)
+        if expected is not ANY and expected != current:
+            raise ConcurrencyError(aggregate_id, expected, current)
+        head = conn.execute(_schema.HEAD).fetchone()
+        head_position, previous = head if head else (0, _audit.GENESIS)
+        created = _codec.now_text()
+        chain = _audit.chain_hash
+        rows = []
+        position = head_position
+        version = current
+        for event, data, event_id in zip(events, datas, ids):
+            position += 1
+            version += 1
+            event_type = event.event_type
+            previous = chain(previous, position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created)
+            rows.append((position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created, previous))
+        try:
+            conn.executemany(_schema.INSERT_EVENT, rows)
+        except apsw.ConstraintError as e:
+            # The UNIQUE constraints are the last line of defence behind the checks above.
+            if "event_id" in str(e):
+                raise DuplicateEventError(ids[0], "by another event") from None
+            raise ConcurrencyError(aggregate_id, current, conn.execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0) from None
+        except apsw.Error as e:
+            self._raise(e, f"cannot append to {aggregate_id!r}")
+        for event in events:
+            if event.event_type not in self._known_types:
+                self._remember_type(type(event))
+        if self._projector:
+            timestamp = _codec.parse_timestamp(created)
+            metadata = _codec.decode_metadata(meta)
+            records = [
+                Recorded(r[0], r[1], aggregate_id, aggregate_type, r[4], r[5], timestamp, e, metadata)
+                for r, e in zip(rows, events)
+            ]
+            self._projector.apply(conn, self._db, records, head_position)
+        return version
+
+    def _already_appended(
+        self, aggregate_id: str, expected: int | AnyVersion, events: list[Event], datas: list[str], ids: list[str]
+    ) -> int | None:
+        """The version an identical earlier append reached, None if none; raise on a clash."""
+        found = [self._conn.execute(_schema.EVENT_BY_ID, (i,)).fetchone() for i in ids]
+        if all(row is None for row in found):
+            return None
+        first = found[0]
+        for k, (row, event, data, event_id) in enumerate(zip(found, events, datas, ids)):
+            if row is None:
+                raise DuplicateEventError(ids[0], "by an earlier append that held only part of this batch")
+            stored_aggregate, version, event_type, stored_data = row
+            if stored_aggregate != aggregate_id:
+                raise DuplicateEventError(event_id, f"by an event of aggregate {stored_aggregate!r}")
+            if event_type != event.event_type or stored_data != data:
+                raise DuplicateEventError(event_id, f"by a different event ({event_type} at version {version})")
+            if first is None or version != first[1] + k:
+                raise DuplicateEventError(event_id, "by an append with a different batch")
+        assert first is not None
+        if expected is not ANY and first[1] != expected + 1:
+            raise DuplicateEventError(ids[0], f"by an append at version {first[1]}, not {expected + 1}")
+        return int(first[1]) + len(ids) - 1
+
+    def _remember_type(self, cls: type[Event]) -> None:
+        try:
+            schema = msgspec.json.encode(msgspec.json.schema(cls)).decode()
+        except Exception:  # a type msgspec cannot describe still stores fine
+            schema = "{}"
+        self._conn.execute(
+            _schema.ADD_TYPE, (cls.event_type, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
+        )
+        self._known_types.add(cls.event_type)
+
+    # ------------------------------------------------------------------ reading
+    def read(self, aggregate_id: str, *, after: int = 0, upto: int | None = None) -> Iterator[Recorded]:
+        """One aggregate's events with ``after < version <= upto``, in version order."""
+        _check_str("aggregate_id", aggregate_id)
+        after, upto = _check_range(after, upto)
+        return read_aggregate(self._open(), aggregate_id, after, upto, self._lock)
+
+    def read_all(
+        self,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        event_types: Iterable[str | type[Event]] | None = None,
+    ) -> Iterator[Recorded]:
+        """Every event with position > ``after``, in global order.
+
+        Args:
+            after: a position already seen (0: from the start).
+            limit: at most this many events.
+            event_types: only these types (names or Event classes).
+        """
+        _check_range(after, None)
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        types = None
+        if event_types is not None:
+            if isinstance(event_types, str):
+                event_types = [event_types]
+            types = frozenset(t if isinstance(t, str) else t.event_type for t in event_types)
+        return read_log(self._open(), after, types, limit, self._lock)
+
+    def version(self, aggregate_id: str) -> int:
+        """The aggregate's current version, 0 if it has no events."""
+        _check_str("aggregate_id", aggregate_id)
+        with self._lock, self._translate("cannot read"):
+            return int(self._open().execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
+
+    def head(self) -> tuple[int, str]:
+        """The last position and its chain hash in hex: ``(0, "")`` for an empty log."""
+        with self._lock, self._translate("cannot read"):
+            row = self._open().execute(_schema.HEAD).fetchone()
+        return (int(row[0]), bytes(row[1]).hex()) if row else (0, "")
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only SQL query (typically on a projection's tables) and return the rows.
+
+        Raises:
+            MiniesError: the SQL is invalid, or tries to write (nothing is changed).
+        """
+        _check_str("sql", sql)
+        with self._lock:
+            conn = self._open()
+            conn.pragma("query_only", True)
+            try:
+                return conn.execute(sql, params).fetchall()
+            except apsw.ReadOnlyError:
+                raise MiniesError(f"store.query is read-only; this SQL tries to write: {sql!r:.200}") from None
+            except apsw.SQLError as e:
+                raise MiniesError(f"invalid SQL {sql!r:.200}: {e}") from None
+            except apsw.BindingsError as e:
+                raise MiniesError(f"wrong parameters for {sql!r:.200}: {e}") from None
+            finally:
+                conn.pragma("query_only", False)
+
+    # ------------------------------------------------------------------ aggregates
+    def save(self, aggregate: Aggregate, metadata: Mapping[str, Any] | None = None) -> int:
+        """Append the aggregate's pending events, expecting the version it was loaded at.
+
+        Writes a snapshot in the same transaction when the save crosses a multiple of the
+        aggregate's ``snapshot_every``. A save with nothing pending returns the version.
+
+        Raises:
+            ConcurrencyError: someone else appended to the aggregate since it was loaded.
+            StorageError: the file cannot be written.
+        """
+        if not isinstance(aggregate, Aggregate):
+            raise TypeError(f"save() takes a minies.Aggregate, got {type(aggregate).__name__}")
+        pending = aggregate.pending
+        if not pending:
+            return aggregate.version
+        cls = type(aggregate)
+        loaded_at = aggregate.version - len(pending)
+        every = self._snapshot_every.get(cls, cls.snapshot_every)
+        meta = _codec.encode_metadata(metadata)
+        rows_in = self._check_append(aggregate.id, pending, cls.aggregate_type, loaded_at, None)
+        with self._lock, self._write():
+            version = self._append(aggregate.id, cls.aggregate_type, loaded_at, meta, *rows_in)
+            if every and version // every != loaded_at // every:
+                _snapshots.write(self._conn, aggregate)
+        aggregate._clear_pending()
+        return version
+
+    def load(self, cls: type[A], aggregate_id: str, *, upto: int | None = None) -> A:
+        """Rebuild an aggregate from its latest usable snapshot plus later events.
+
+        Args:
+            cls: the Aggregate subclass.
+            aggregate_id: the aggregate's id.
+            upto: the state as of this version (default: the latest).
+
+        Raises:
+            NotFound: the aggregate has no events (at or below ``upto``).
+            SchemaError: the events belong to another aggregate type.
+        """
+        if not (isinstance(cls, type) and issubclass(cls, Aggregate)):
+            raise TypeError(f"load() takes an Aggregate subclass, got {cls!r}")
+        _check_str("aggregate_id", aggregate_id)
+        _, last = _check_range(0, upto)
+        with self._lock, self._translate("cannot read"):
+            aggregate = _snapshots.latest(self._open(), cls, aggregate_id, last)
+        if aggregate is None:
+            aggregate = cls(id=aggregate_id)
+        found = self._replay(aggregate_id, cls.aggregate_type, aggregate.version, last, aggregate.apply)
+        if found == 0 and aggregate.version == 0:
+            raise NotFound(f"aggregate {aggregate_id!r} has no events" + (f" at or below version {upto}" if upto is not None else ""))
+        aggregate.version += found
+        return aggregate
+
+    def fold(
+        self,
+        aggregate_id: str,
+        evolve: Callable[[S, Event], S],
+        initial: S,
+        *,
+        aggregate_type: str | None = None,
+        upto: int | None = None,
+    ) -> tuple[S, int]:
+        """The functional face of ``load``: fold ``evolve`` over the aggregate's events.
+
+        Returns:
+            ``(state, version)``.
+
+        Raises:
+            NotFound: the aggregate has no events (at or below ``upto``).
+            SchemaError: ``aggregate_type`` is given and the events are of another type.
+        """
+        _check_str("aggregate_id", aggregate_id)
+        _, last = _check_range(0, upto)
+        state = [initial]
+
+        def step(event: Event) -> None:
+            state[0] = evolve(state[0], event)
+
+        found = self._replay(aggregate_id, aggregate_type, 0, last, step)
+        if found == 0:
+            raise NotFound(f"aggregate {aggregate_id!r} has no events")
+        return state[0], found
+
+    def _replay(self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]) -> int:
+        """Feed events ``after < version <= upto`` to ``step``; return how many there were.
+
+        SQLite assembles each chunk into one JSON array, so the per-event Python work is
+        the decode and ``step`` alone.
+        """
+        decoders = _codec.decoders()
+        total = 0
+        while after < upto:
+            with self._lock, self._translate("cannot read"):
+                text, high, count, low_type, high_type = self._open().execute(
+                    _schema.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK))
+                ).fetchone()
+            if not count:
+                break
+            if aggregate_type is not None and (low_type != aggregate_type or high_type != aggregate_type):
+                raise SchemaError(
+                    f"aggregate {aggregate_id!r} holds {low_type} events, not {aggregate_type}; "
+                    "load it with the matching class"
+                )
+            version = after
+            try:
+                for event_type, raw in _decode_pairs(text):
+                    version += 1
+                    step(decoders[event_type](raw))
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                raise SchemaError(
+                    f"event {version} of aggregate {aggregate_id!r} does not decode with the current class: {e}"
+                ) from e
+            except Exception as e:
+                e.add_note(f"while applying event {version} of aggregate {aggregate_id!r}")
+                raise
+            total += count
+            after = high
+            if count < _LOAD_CHUNK:
+                break
+        return total
+
+    # ------------------------------------------------------------------ read models
+    def rebuild(self, name: str, *, progress: Callable[[int, int], None] | None = None) -> RebuildReport:
+        """Drop one projection's tables and rebuild them from the log, atomically.
+
+        Args:
+            name: the projection's name.
+            progress: called as ``progress(position, head)`` every 10,000 events.
+
+        Raises:
+            ProjectionError: setup or a handler failed; the old read model is kept.
+        """
+        if name not in self._projector.projections:
+            raise NotFound(f"no projection named {name!r}; this store has {sorted(self._projector.projections)}")
+        with self._lock, self._write():
+            return self._projector.rebuild(self._conn, self._db, name, progress)
+
+    def subscription(self, name: str, *, max_attempts: int = 3) -> Subscription:
+        """A durable, named consumer of the log, outside the write transaction.
+
+        See ``Subscription`` for delivery guarantees.
+        """
+        _check_str("name", name)
+        return Subscription(self, name, max_attempts=max_attempts)
+
+    # ------------------------------------------------------------------ audit
+    def verify(self, *, expect_head: str | None = None, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """Re-check the hash chain, version continuity, triggers and SQLite's integrity.
+
+        Args:
+            expect_head: a head hash published earlier; the check fails unless the log still
+                contains that exact history.
+            progress: called as ``progress(events_checked, total)`` while checking.
+        """
+        with self._lock:
+            conn = self._open()
+            try:
+                with conn:  # one read transaction: a consistent view while others append
+                    return _audit.verify(conn, expect_head=expect_head, progress=progress)
+            except apsw.CorruptError as e:
+                return VerifyReport(False, 0, None, f"the file is damaged: {e}", 0, "")
+            except apsw.Error as e:
+                self._raise(e, "cannot verify")
+
+    def backup(self, path: str | os.PathLike[str]) -> None:
+        """Write a consistent single-file copy (no ``-wal`` needed) to ``path``.
+
+        Raises:
+            StorageError: ``path`` exists or cannot be written.
+        """
+        target = os.fspath(path)
+        if os.path.exists(target):
+            raise StorageError(f"cannot back up to {target!r}: it already exists")
+        with self._lock, self._translate(f"cannot back up to {target!r}"):
+            self._open().execute("VACUUM INTO ?", (target,))
+
+    def snapshot_stats(self) -> list[tuple[str, int, int]]:
+        """(aggregate_type, snapshots, bytes) for each aggregate type that has snapshots."""
+        with self._lock, self._translate("cannot read"):
+            return _snapshots.stats(self._open())
+
+    def drop_snapshots(self, aggregate_type: str | type[Aggregate]) -> int:
+        """Delete every snapshot of one aggregate type (they are rewritten on later saves)."""
+        name = aggregate_type if isinstance(aggregate_type, str) else aggregate_type.aggregate_type
+        with self._lock, self._write():
+            return _snapshots.drop(self._conn, name)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _open(self) -> apsw.Connection:
+        if self._conn is None:
+            raise MiniesError("the store is closed")
+        return self._conn
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close. Safe to call twice."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            if not self.readonly and self.path not in (":memory:", ""):
+                with contextlib.suppress(apsw.Error):
+                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            conn.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else self.durability
+        return f"<minies.EventStore {self.path!r} ({state})>"
+
+
+def _bad_id(value: object) -> NoReturn:
+    raise ValueError(f"event id {value!r} is not a UUID string")
+
+
+def _check_str(what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r:.80}")
+
+
+def _check_range(after: object, upto: object) -> tuple[int, int]:
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise ValueError(f"after must be an int >= 0, got {after!r}")
+    if upto is None:
+        return after, _LAST_VERSION
+    if not isinstance(upto, int) or isinstance(upto, bool) or upto < 0:
+        raise ValueError(f"upto must be an int >= 0 or None, got {upto!r}")
+    return after, upto
