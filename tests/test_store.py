@@ -1,0 +1,463 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from domain import AccountOpened, MoneyDeposited, MoneyWithdrawn, OrderPlaced
+
+import minies
+from conftest import run_python
+
+
+def deposit(n: int = 1) -> list[minies.Event]:
+    return [MoneyDeposited(amount=i + 1) for i in range(n)]
+
+
+def all_rows(store: minies.EventStore) -> list[tuple[object, ...]]:
+    return [(r.position, r.aggregate_id, r.version, r.event_type) for r in store.read_all()]
+
+
+# ---------------------------------------------------------------------------- append and read
+def test_append_returns_new_version_and_reads_back(store: minies.EventStore) -> None:
+    assert store.append("acc-1", [AccountOpened(owner="ann", balance=10)], aggregate_type="Account") == 1
+    assert store.append("acc-1", deposit(2), aggregate_type="Account", expected_version=1) == 3
+    events = list(store.read("acc-1"))
+    assert [e.version for e in events] == [1, 2, 3]
+    assert [e.position for e in events] == [1, 2, 3]
+    assert events[0].data == AccountOpened(owner="ann", balance=10)
+    assert events[1].data == MoneyDeposited(amount=1)
+    assert {e.aggregate_type for e in events} == {"Account"}
+    assert all(e.timestamp.tzinfo is not None and e.timestamp.utcoffset().total_seconds() == 0 for e in events)
+    assert abs((datetime.now(timezone.utc) - events[0].timestamp).total_seconds()) < 60
+    assert all(uuid.UUID(e.event_id).version == 7 for e in events)
+    assert store.version("acc-1") == 3
+    assert store.version("nobody") == 0
+
+
+def test_recorded_is_immutable(store: minies.EventStore) -> None:
+    store.append("a", deposit(), aggregate_type="Account")
+    (record,) = store.read("a")
+    with pytest.raises(AttributeError):
+        record.version = 5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        record.data.amount = 5  # type: ignore[misc]
+
+
+def test_read_ranges(store: minies.EventStore) -> None:
+    store.append("a", deposit(10), aggregate_type="Account")
+    assert [e.version for e in store.read("a", after=3, upto=6)] == [4, 5, 6]
+    assert [e.version for e in store.read("a", upto=0)] == []
+    assert list(store.read("missing")) == []
+
+
+def test_read_all_order_filters_and_limit(store: minies.EventStore) -> None:
+    store.append("a", deposit(2), aggregate_type="Account")
+    store.append("o", [OrderPlaced(customer_id="c", total=1.5)], aggregate_type="Order")
+    store.append("a", [MoneyWithdrawn(amount=1)], aggregate_type="Account")
+    assert [r.position for r in store.read_all()] == [1, 2, 3, 4]
+    assert [r.position for r in store.read_all(after=2)] == [3, 4]
+    assert [r.position for r in store.read_all(limit=3)] == [1, 2, 3]
+    assert [r.event_type for r in store.read_all(event_types=[OrderPlaced, "MoneyWithdrawn"])] == [
+        "OrderPlaced",
+        "MoneyWithdrawn",
+    ]
+
+
+def test_read_all_pages_through_large_logs(store: minies.EventStore) -> None:
+    for i in range(5):
+        store.append(f"a{i}", deposit(1000), aggregate_type="Account")
+    positions = [r.position for r in store.read_all()]
+    assert positions == list(range(1, 5001))
+    assert len(list(store.read_all(after=1500, limit=2500))) == 2500
+    assert [r.version for r in store.read("a4", after=990)] == list(range(991, 1001))
+
+
+def test_iterators_do_not_block_writers(file_store: minies.EventStore, db_path: str) -> None:
+    file_store.append("a", deposit(5000), aggregate_type="Account")
+    reader = file_store.read_all()
+    next(reader)
+    with minies.EventStore(db_path, timeout=1) as other:
+        other.append("b", deposit(), aggregate_type="Account")
+    file_store.append("a", deposit(), aggregate_type="Account")
+    assert sum(1 for _ in reader) == 5001  # it even sees what was appended while it paused
+
+
+def test_metadata_is_stored_and_scoped(store: minies.EventStore) -> None:
+    with minies.metadata_scope(correlation_id="req-1", user_id="u1"):
+        with minies.metadata_scope(causation_id="cmd-1"):
+            store.append("a", deposit(), aggregate_type="Account", metadata={"user_id": "u2", "ip": "::1"})
+        store.append("a", deposit(), aggregate_type="Account")
+    store.append("a", deposit(), aggregate_type="Account")
+    first, second, third = (r.metadata for r in store.read("a"))
+    assert first == {"correlation_id": "req-1", "user_id": "u2", "causation_id": "cmd-1", "ip": "::1"}
+    assert second == {"correlation_id": "req-1", "user_id": "u1"}
+    assert third == {}
+
+
+def test_unknown_event_types_read_as_dicts(db_path: str) -> None:
+    run_python(
+        "import minies, sys\n"
+        "class Secret(minies.Event, frozen=True):\n    code: str\n    n: int\n"
+        "with minies.EventStore(sys.argv[1]) as s:\n"
+        "    s.append('x', [Secret(code='abc', n=1)], aggregate_type='Vault')\n",
+        db_path,
+    )
+    with minies.EventStore(db_path) as store:
+        (record,) = store.read("x")
+    assert record.event_type == "Secret"
+    assert record.data == {"code": "abc", "n": 1}
+
+
+# ---------------------------------------------------------------------------- concurrency control
+def test_expected_version_mismatch_raises_and_writes_nothing(store: minies.EventStore) -> None:
+    store.append("a", deposit(3), aggregate_type="Account")
+    with pytest.raises(minies.ConcurrencyError, match="is at version 3, expected 1; reload it and retry") as info:
+        store.append("a", deposit(), aggregate_type="Account", expected_version=1)
+    assert (info.value.aggregate_id, info.value.expected, info.value.actual) == ("a", 1, 3)
+    with pytest.raises(minies.ConcurrencyError):
+        store.append("b", deposit(), aggregate_type="Account", expected_version=2)
+    with pytest.raises(minies.ConcurrencyError):
+        store.append("a", deposit(), aggregate_type="Account", expected_version=0)
+    assert store.version("a") == 3 and store.version("b") == 0
+    assert len(all_rows(store)) == 3
+
+
+def test_unique_constraint_is_the_last_line_of_defence(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposit(), aggregate_type="Account")
+        store._conn.execute("DROP TRIGGER events_append_only")  # let a raw insert reach the constraint
+    con = sqlite3.connect(db_path)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        con.execute(
+            "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
+            " metadata, created_at, hash) VALUES (2, 'x', 'a', 'Account', 'MoneyDeposited', 1, '{}', '{}', '', x'00')"
+        )
+    con.close()
+
+
+def test_idempotent_retry_with_event_ids(store: minies.EventStore) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    assert store.append("a", deposit(3), aggregate_type="Account", event_ids=ids, expected_version=0) == 3
+    store.append("a", deposit(), aggregate_type="Account")
+    # A retry after a timeout: same ids, same batch -> no-op, same version.
+    assert store.append("a", deposit(3), aggregate_type="Account", event_ids=ids, expected_version=0) == 3
+    assert store.append("a", deposit(3), aggregate_type="Account", event_ids=ids) == 3
+    assert store.version("a") == 4
+    assert [r.event_id for r in store.read("a", upto=3)] == ids
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "events", "ids", "expected"),
+    [
+        ("a", [MoneyDeposited(amount=99)], [0], minies.ANY),  # same id, different event
+        ("other", [MoneyDeposited(amount=1)], [0], minies.ANY),  # same id, another aggregate
+        ("a", [MoneyDeposited(amount=1), MoneyDeposited(amount=5)], [0, None], minies.ANY),  # partial overlap
+        ("a", [MoneyDeposited(amount=1)], [0], 3),  # same event, claimed at another version
+    ],
+)
+def test_reused_event_id_for_something_else_is_an_error(
+    store: minies.EventStore, aggregate: str, events: list[minies.Event], ids: list[int | None], expected: object
+) -> None:
+    stored = [str(uuid.uuid4()), str(uuid.uuid4())]
+    store.append("a", deposit(2), aggregate_type="Account", event_ids=stored)
+    event_ids = [stored[i] if i is not None else str(uuid.uuid4()) for i in ids]
+    with pytest.raises(minies.DuplicateEventError, match=stored[0]):
+        store.append(aggregate, events, aggregate_type="Account", event_ids=event_ids, expected_version=expected)  # type: ignore[arg-type]
+    assert len(all_rows(store)) == 2
+
+
+# ---------------------------------------------------------------------------- bad input
+class NotAnEvent:
+    amount = 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"aggregate_id": 42}, TypeError, "aggregate_id must be a str, got int: 42"),
+        ({"aggregate_id": ""}, ValueError, "must not be empty"),
+        ({"events": []}, ValueError, "batch of events is empty"),
+        ({"events": [NotAnEvent()]}, TypeError, "expected a minies.Event instance, got NotAnEvent"),
+        ({"events": [MoneyDeposited(amount=1), {"amount": 2}]}, TypeError, "got dict"),
+        ({"events": MoneyDeposited(amount=1)}, TypeError, "wrap a single event in a list"),
+        ({"events": [MoneyDeposited(amount=object())]}, TypeError, "cannot be stored as JSON"),  # type: ignore[arg-type]
+        ({"aggregate_type": None}, TypeError, "aggregate_type"),
+        ({"expected_version": -1}, TypeError, "expected_version"),
+        ({"expected_version": "1"}, TypeError, "expected_version"),
+        ({"expected_version": True}, TypeError, "expected_version"),
+        ({"metadata": {"x": object()}}, TypeError, "metadata cannot be stored as JSON"),
+        ({"metadata": {1: "x"}}, TypeError, "metadata keys must be str"),
+        ({"metadata": ["x"]}, TypeError, "metadata must be a dict"),
+        ({"event_ids": ["not-a-uuid"]}, ValueError, "is not a UUID string"),
+        ({"event_ids": [str(uuid.uuid4())] * 2, "events": deposit(2)}, ValueError, "same id twice"),
+        ({"event_ids": [str(uuid.uuid4())] * 2}, ValueError, "2 ids for 1 events"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(
+    file_store: minies.EventStore, kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    file_store.append("a", deposit(), aggregate_type="Account")
+    call = {"aggregate_id": "a", "events": deposit(), "aggregate_type": "Account", **kwargs}
+    aggregate_id = call.pop("aggregate_id")
+    events = call.pop("events")
+    with pytest.raises(error, match=message):
+        file_store.append(aggregate_id, events, **call)  # type: ignore[arg-type]
+    assert all_rows(file_store) == [(1, "a", 1, "MoneyDeposited")]
+
+
+def test_integers_beyond_64_bits_round_trip(store: minies.EventStore) -> None:
+    store.append("a", [MoneyDeposited(amount=2**70), MoneyDeposited(amount=-(2**65))], aggregate_type="Account")
+    assert [r.data.amount for r in store.read("a")] == [2**70, -(2**65)]
+
+
+def test_nan_and_infinity_become_null_never_a_corrupt_row(store: minies.EventStore) -> None:
+    store.append("o", [OrderPlaced(customer_id="c", total=float("nan"))], aggregate_type="Order")
+    with pytest.raises(minies.SchemaError, match="position 1"):
+        list(store.read("o"))  # null does not decode as a float: a clear error, not garbage
+    assert store.query("SELECT json_extract(data, '$.total') FROM events") == [(None,)]
+
+
+def test_closed_store_says_so(db_path: str) -> None:
+    store = minies.EventStore(db_path)
+    store.close()
+    store.close()
+    with pytest.raises(minies.MiniesError, match="closed"):
+        store.append("a", deposit(), aggregate_type="Account")
+    with pytest.raises(minies.MiniesError, match="closed"):
+        store.version("a")
+
+
+# ---------------------------------------------------------------------------- transactions
+def test_transaction_commits_several_appends_atomically(store: minies.EventStore) -> None:
+    with store.transaction():
+        store.append("a", deposit(), aggregate_type="Account")
+        store.append("b", deposit(), aggregate_type="Account")
+    assert store.version("a") == store.version("b") == 1
+    with pytest.raises(RuntimeError, match="boom"), store.transaction():
+        store.append("a", deposit(), aggregate_type="Account")
+        store.append("c", deposit(), aggregate_type="Account")
+        raise RuntimeError("boom")
+    assert store.version("a") == 1 and store.version("c") == 0
+    assert len(all_rows(store)) == 2
+
+
+def test_failed_append_inside_a_transaction_rolls_back_only_itself(store: minies.EventStore) -> None:
+    with store.transaction():
+        store.append("a", deposit(), aggregate_type="Account")
+        with pytest.raises(minies.ConcurrencyError):
+            store.append("a", deposit(), aggregate_type="Account", expected_version=0)
+        store.append("a", deposit(), aggregate_type="Account", expected_version=1)
+    assert [r.version for r in store.read("a")] == [1, 2]
+    assert [r.position for r in store.read_all()] == [1, 2]
+
+
+# ---------------------------------------------------------------------------- files
+def test_file_is_wal_and_identifies_itself(db_path: str) -> None:
+    minies.EventStore(db_path).close()
+    con = sqlite3.connect(db_path)
+    assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert con.execute("PRAGMA application_id").fetchone() == (0x6D696E69,)
+    assert con.execute("PRAGMA user_version").fetchone() == (1,)
+    columns = [row[1] for row in con.execute("PRAGMA table_info(events)")]
+    assert columns[:9] == [
+        "position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version", "data", "metadata",
+        "created_at",
+    ]
+    indexes = {
+        tuple(col[2] for col in con.execute(f"PRAGMA index_info('{name}')"))
+        for _, name, unique, *_ in con.execute("PRAGMA index_list(events)")
+        if unique
+    }
+    assert ("aggregate_id", "version") in indexes and ("event_id",) in indexes
+    con.close()
+
+
+def test_durability_sets_synchronous(db_path: str) -> None:
+    with minies.EventStore(db_path) as full, minies.EventStore(db_path, durability="normal") as normal:
+        assert full._conn.pragma("synchronous") == 2
+        assert normal._conn.pragma("synchronous") == 1
+    with pytest.raises(ValueError, match="durability"):
+        minies.EventStore(db_path, durability="fast")  # type: ignore[arg-type]
+
+
+def test_events_survive_reopen_and_vacuum(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        for i in range(50):
+            store.append(f"a{i % 7}", deposit(3), aggregate_type="Account")
+        before = [(r.position, r.event_id) for r in store.read_all()]
+    con = sqlite3.connect(db_path)
+    con.execute("VACUUM")
+    con.close()
+    with minies.EventStore(db_path) as store:
+        assert [(r.position, r.event_id) for r in store.read_all()] == before
+        assert store.append("a0", deposit(), aggregate_type="Account") == 25
+        assert store.verify().ok
+
+
+def test_the_stock_sqlite3_module_cannot_change_history(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("o1", [OrderPlaced(customer_id="c1", total=129.99)], aggregate_type="Order")
+    con = sqlite3.connect(db_path)
+    assert con.execute("SELECT json_extract(data, '$.total') FROM events").fetchone() == (129.99,)
+    for statement in (
+        "UPDATE events SET data = '{\"total\": 0}'",
+        "DELETE FROM events",
+        "INSERT OR REPLACE INTO events SELECT * FROM events",
+        "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
+        " metadata, created_at, hash) VALUES (7, 'x', 'o1', 'Order', 'OrderPlaced', 2, '{}', '{}', '', x'00')",
+    ):
+        with pytest.raises(sqlite3.IntegrityError, match="minies: events are"):
+            con.execute(statement)
+    con.close()
+    with minies.EventStore(db_path) as store:
+        assert [r.data for r in store.read("o1")] == [OrderPlaced(customer_id="c1", total=129.99)]
+
+
+def bytes_of(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: object, db_path: str) -> None:
+    with open(db_path, "wb") as f:
+        f.write(b"hello, this is a text file, not a database" * 100)
+    before = bytes_of(db_path)
+    with pytest.raises(minies.SchemaError, match="not a SQLite database"):
+        minies.EventStore(db_path)
+    assert bytes_of(db_path) == before
+    assert not os.path.exists(db_path + "-wal")
+
+
+def test_a_foreign_sqlite_file_is_refused_untouched(db_path: str) -> None:
+    con = sqlite3.connect(db_path)
+    con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    con.commit()
+    con.close()
+    before = bytes_of(db_path)
+    with pytest.raises(minies.SchemaError, match="not a minies one"):
+        minies.EventStore(db_path)
+    assert bytes_of(db_path) == before
+    con = sqlite3.connect(db_path)
+    con.execute("PRAGMA application_id = 12345")
+    con.close()
+    before = bytes_of(db_path)
+    with pytest.raises(minies.SchemaError, match="another application"):
+        minies.EventStore(db_path)
+    assert bytes_of(db_path) == before
+
+
+def test_a_newer_schema_is_refused_untouched(db_path: str) -> None:
+    minies.EventStore(db_path).close()
+    con = sqlite3.connect(db_path)
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    before = bytes_of(db_path)
+    with pytest.raises(minies.SchemaError, match="newer minies .schema version 99"):
+        minies.EventStore(db_path)
+    assert bytes_of(db_path) == before
+
+
+def test_missing_directory_and_read_only_files(tmp_path: object, db_path: str) -> None:
+    with pytest.raises(minies.StorageError, match="does not exist"):
+        minies.EventStore(os.path.join(db_path, "nope", "x.db"))
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposit(), aggregate_type="Account")
+    with minies.EventStore(db_path, readonly=True) as reader:
+        assert reader.version("a") == 1
+        with pytest.raises(minies.StorageError, match="read-only"):
+            reader.append("a", deposit(), aggregate_type="Account")
+        assert reader.version("a") == 1
+    with pytest.raises(minies.StorageError, match="no such file"):
+        minies.EventStore(db_path + ".missing", readonly=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposit(10), aggregate_type="Account")
+        pages = store._conn.pragma("page_count")
+        store._conn.pragma("max_page_count", pages + 2)
+        big = [OrderPlaced(customer_id="x" * 2000, total=1.0) for _ in range(200)]
+        with pytest.raises(minies.StorageError, match="disk is full"):
+            store.append("o", big, aggregate_type="Order")
+        assert store.version("o") == 0
+        assert store.version("a") == 10
+        store._conn.pragma("max_page_count", 1 << 30)  # space freed: usable again
+        assert store.append("o", big, aggregate_type="Order") == 200
+        assert store.verify().ok
+
+
+# ---------------------------------------------------------------------------- threads and processes
+def test_one_store_shared_by_threads(db_path: str) -> None:
+    errors: list[BaseException] = []
+    with minies.EventStore(db_path, durability="normal") as store:
+
+        def work(worker: int) -> None:
+            try:
+                for i in range(100):
+                    store.append(f"t{worker}", deposit(), aggregate_type="Account", expected_version=i)
+                    with store.transaction():
+                        v = store.version("shared")
+                        store.append("shared", deposit(), aggregate_type="Account", expected_version=v)
+                    list(store.read(f"t{worker}"))
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert [store.version(f"t{w}") for w in range(4)] == [100] * 4
+        assert [r.version for r in store.read("shared")] == list(range(1, 401))
+        assert [r.position for r in store.read_all()] == list(range(1, 801))
+
+
+WRITER = """
+import sys, minies
+from domain import MoneyDeposited
+path, worker, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+retries = 0
+with minies.EventStore(path, durability="normal") as store:
+    for i in range(rounds):
+        store.append(f"own-{worker}", [MoneyDeposited(amount=i)], aggregate_type="Account", expected_version=i)
+        while True:
+            v = store.version("shared")
+            try:
+                store.append("shared", [MoneyDeposited(amount=int(worker))], aggregate_type="Account",
+                             expected_version=v)
+                break
+            except minies.ConcurrencyError:
+                retries += 1
+print(retries)
+"""
+
+
+def test_processes_appending_to_one_file(db_path: str) -> None:
+    import subprocess
+    import sys
+
+    minies.EventStore(db_path).close()
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    rounds = 150
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, db_path, str(w), str(rounds)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for w in range(4)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    with minies.EventStore(db_path) as store:
+        for w in range(4):
+            assert [r.data.amount for r in store.read(f"own-{w}")] == list(range(rounds))
+        shared = list(store.read("shared"))
+        assert [r.version for r in shared] == list(range(1, 4 * rounds + 1))
+        assert sorted(r.data.amount for r in shared) == sorted(list(range(4)) * rounds)
+        records = list(store.read_all())
+        assert [r.position for r in records] == list(range(1, 8 * rounds + 1))
+        assert len({r.event_id for r in records}) == len(records)
+        assert store.verify().ok
