@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+from domain import Account, AccountOpened, AccountRenamed, MoneyDeposited, MoneyWithdrawn, OrderPlaced
+
+import minies
+
+
+def opened(store: minies.EventStore, account_id: str = "acc-1", balance: int = 1000) -> Account:
+    account = Account(id=account_id)
+    account.record(AccountOpened(owner="ann", balance=balance))
+    store.save(account)
+    return account
+
+
+def test_record_applies_and_queues(store: minies.EventStore) -> None:
+    account = Account(id="acc-1")
+    assert account.version == 0 and account.pending == ()
+    account.record(AccountOpened(owner="ann", balance=1000))
+    account.deposit(500)
+    assert (account.balance, account.version, len(account.pending)) == (1500, 2, 2)
+    assert store.save(account) == 2
+    assert account.pending == ()
+    assert store.save(account) == 2  # nothing pending: a no-op
+    assert store.version("acc-1") == 2
+    assert {r.aggregate_type for r in store.read("acc-1")} == {"Account"}
+
+
+def test_load_rebuilds_state_and_history(store: minies.EventStore) -> None:
+    account = opened(store)
+    for amount in (500, 250):
+        account.deposit(amount)
+    account.record(MoneyWithdrawn(amount=100))
+    account.record(AccountRenamed(name="savings"))
+    store.save(account)
+    loaded = store.load(Account, "acc-1")
+    assert isinstance(loaded, Account)
+    assert (loaded.balance, loaded.version, loaded.name, loaded.pending) == (1650, 5, "savings", ())
+    assert store.load(Account, "acc-1", upto=1).balance == 1000
+    assert store.load(Account, "acc-1", upto=3).balance == 1750
+    assert store.load(Account, "acc-1", upto=99).version == 5
+
+
+def test_not_found(store: minies.EventStore) -> None:
+    with pytest.raises(minies.NotFound, match="'nobody' has no events"):
+        store.load(Account, "nobody")
+    assert isinstance(minies.NotFound("x"), LookupError)
+    opened(store)
+    with pytest.raises(minies.NotFound, match="at or below version 0"):
+        store.load(Account, "acc-1", upto=0)
+
+
+def test_save_detects_conflicts(store: minies.EventStore) -> None:
+    opened(store)
+    first = store.load(Account, "acc-1")
+    second = store.load(Account, "acc-1")
+    first.deposit(1)
+    store.save(first)
+    second.deposit(2)
+    with pytest.raises(minies.ConcurrencyError) as info:
+        store.save(second)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    assert store.load(Account, "acc-1").balance == 1001
+
+
+def test_saving_several_aggregates_in_one_transaction(store: minies.EventStore) -> None:
+    a, b = opened(store, "a"), opened(store, "b")
+    with pytest.raises(ValueError), store.transaction():
+        a.deposit(5)
+        store.save(a)
+        b.deposit(-1)  # a rule breaks half-way: a's save is rolled back too
+    assert store.version("a") == 1 and store.load(Account, "a").balance == 1000
+
+
+def test_wrong_class_is_a_clear_error(store: minies.EventStore) -> None:
+    store.append("o-1", [OrderPlaced(customer_id="c", total=1.0)], aggregate_type="Order")
+    with pytest.raises(minies.SchemaError, match="holds Order events, not Account"):
+        store.load(Account, "o-1")
+
+
+def test_apply_that_raises_names_the_aggregate_and_version(store: minies.EventStore) -> None:
+    class Fragile(minies.Aggregate):
+        def apply(self, event: minies.Event) -> None:
+            if isinstance(event, MoneyDeposited) and event.amount == 13:
+                raise ArithmeticError("unlucky")
+
+    for amount in (1, 2, 13):
+        store.append("f", [MoneyDeposited(amount=amount)], aggregate_type="Fragile")
+    with pytest.raises(ArithmeticError, match="event 3 of aggregate 'f'"):
+        store.load(Fragile, "f")
+    assert store.version("f") == 3
+
+
+def test_record_refuses_non_events() -> None:
+    with pytest.raises(TypeError, match="record\\(\\) takes a minies.Event"):
+        Account(id="a").record({"amount": 1})  # type: ignore[arg-type]
+
+
+def test_custom_aggregate_type(store: minies.EventStore) -> None:
+    class Wallet(minies.Aggregate):
+        aggregate_type: ClassVar[str] = "wallet.v1"
+        total: int = 0
+
+        def apply(self, event: minies.Event) -> None:
+            if isinstance(event, MoneyDeposited):
+                self.total += event.amount
+
+    wallet = Wallet(id="w")
+    wallet.record(MoneyDeposited(amount=3))
+    store.save(wallet)
+    assert [r.aggregate_type for r in store.read("w")] == ["wallet.v1"]
+    assert store.load(Wallet, "w").total == 3
+
+
+def test_functional_fold_shares_the_load_path(store: minies.EventStore) -> None:
+    opened(store)
+    store.append("acc-1", [MoneyDeposited(amount=5), MoneyWithdrawn(amount=2)], aggregate_type="Account")
+
+    def evolve(balance: int, event: minies.Event) -> int:
+        match event:
+            case AccountOpened(balance=b):
+                return b
+            case MoneyDeposited(amount=a):
+                return balance + a
+            case MoneyWithdrawn(amount=a):
+                return balance - a
+        return balance
+
+    assert store.fold("acc-1", evolve, 0) == (1003, 3)
+    assert store.fold("acc-1", evolve, 0, upto=2) == (1005, 2)
+    with pytest.raises(minies.SchemaError):
+        store.fold("acc-1", evolve, 0, aggregate_type="Order")
+    with pytest.raises(minies.NotFound):
+        store.fold("nobody", evolve, 0)
+
+
+def test_two_stores_load_modify_save_the_same_aggregate(db_path: str) -> None:
+    with minies.EventStore(db_path) as one, minies.EventStore(db_path) as two:
+        opened(one)
+        conflicts = 0
+        for i in range(50):
+            store, rival = (one, two) if i % 2 else (two, one)
+            account = store.load(Account, "acc-1")
+            interloper = rival.load(Account, "acc-1")
+            account.deposit(1)
+            interloper.deposit(10)
+            rival.save(interloper)  # the rival wins the race
+            while True:
+                try:
+                    store.save(account)
+                    break
+                except minies.ConcurrencyError:
+                    conflicts += 1
+                    account = store.load(Account, "acc-1")
+                    account.deposit(1)
+        final = two.load(Account, "acc-1")
+        assert conflicts == 50
+        assert final.version == 101
+        assert final.balance == 1000 + 50 * 11
+        assert [r.version for r in one.read("acc-1")] == list(range(1, 102))

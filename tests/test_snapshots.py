@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+from domain import Account, AccountOpened, AccountRenamed, MoneyDeposited, MoneyWithdrawn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minies
+from conftest import run_python
+from minies import _snapshots
+
+
+class Snappy(Account):
+    snapshot_every: ClassVar[int | None] = 3
+
+
+def snapshot_versions(store: minies.EventStore, aggregate_id: str) -> list[int]:
+    return [v for (v,) in store._conn.execute(
+        "SELECT version FROM minies_snapshots WHERE aggregate_id = ? ORDER BY version", (aggregate_id,))]
+
+
+def test_snapshot_written_when_a_save_crosses_a_multiple(store: minies.EventStore) -> None:
+    account = Snappy(id="s")
+    account.record(AccountOpened(owner="o", balance=0))
+    store.save(account)  # v1
+    assert snapshot_versions(store, "s") == []
+    account.deposit(1)
+    account.deposit(1)
+    store.save(account)  # v3: crosses 3
+    assert snapshot_versions(store, "s") == [3]
+    for _ in range(4):
+        account.deposit(1)
+    store.save(account)  # v7: crosses 6 -> snapshot of the state at 7
+    assert snapshot_versions(store, "s") == [3, 7]
+
+
+def test_old_snapshots_are_pruned(store: minies.EventStore) -> None:
+    account = Snappy(id="s")
+    account.record(AccountOpened(owner="o", balance=0))
+    for _ in range(30):
+        account.deposit(1)
+        store.save(account)
+    assert snapshot_versions(store, "s") == [24, 27, 30]
+
+
+def test_load_uses_the_snapshot(store: minies.EventStore) -> None:
+    account = Snappy(id="s")
+    account.record(AccountOpened(owner="o", balance=0))
+    for _ in range(5):
+        account.deposit(1)
+    store.save(account)  # snapshot at 6
+    # Doctor the snapshot: if load uses it, the doctored balance shows.
+    store._conn.execute("UPDATE minies_snapshots SET state = json_set(state, '$.balance', 100) WHERE version = 6")
+    assert store.load(Snappy, "s").balance == 100
+    assert store.load(Snappy, "s", upto=5).balance == 4  # below the snapshot: replay
+    store.append("s", [MoneyDeposited(amount=1)], aggregate_type="Snappy")
+    loaded = store.load(Snappy, "s")
+    assert (loaded.balance, loaded.version) == (101, 7)
+
+
+def test_store_level_override(db_path: str) -> None:
+    with minies.EventStore(db_path, snapshot_every={Account: 2}) as store:
+        account = Account(id="a")
+        account.record(AccountOpened(owner="o", balance=0))
+        account.deposit(1)
+        store.save(account)
+        assert snapshot_versions(store, "a") == [2]
+        assert store.snapshot_stats() == [("Account", 1, pytest.approx(60, abs=40))]
+        assert store.drop_snapshots(Account) == 1
+        assert store.snapshot_stats() == []
+
+
+def test_a_snapshot_that_fails_to_decode_is_ignored(store: minies.EventStore) -> None:
+    account = Snappy(id="s")
+    account.record(AccountOpened(owner="o", balance=7))
+    account.deposit(1)
+    account.deposit(1)
+    store.save(account)
+    store._conn.execute("UPDATE minies_snapshots SET state = '{\"balance\": \"lots\"}'")
+    assert store.load(Snappy, "s").balance == 9
+
+
+def test_snapshot_version_bump_invalidates(store: minies.EventStore) -> None:
+    class V1(Account):
+        snapshot_every: ClassVar[int | None] = 1
+
+    class V2(Account):
+        snapshot_every: ClassVar[int | None] = 1
+        snapshot_version: ClassVar[int] = 2
+
+    V2.__qualname__ = V1.__qualname__
+    assert _snapshots.fingerprint(V1) != _snapshots.fingerprint(V2)
+
+
+CHANGING_CLASS = """
+import sys, minies
+from typing import ClassVar
+from domain import AccountOpened, MoneyDeposited
+shape = sys.argv[2]
+if shape == "old":
+    class Ledger(minies.Aggregate):
+        snapshot_every: ClassVar[int] = 2
+        total: int = 0
+        def apply(self, e):
+            self.total += getattr(e, "amount", 0) or getattr(e, "balance", 0)
+else:  # the field was renamed and one added: old snapshots must not be decoded into it
+    class Ledger(minies.Aggregate):
+        snapshot_every: ClassVar[int] = 2
+        sum: int = 0
+        deposits: int = 0
+        def apply(self, e):
+            self.sum += getattr(e, "amount", 0) or getattr(e, "balance", 0)
+            self.deposits += isinstance(e, MoneyDeposited)
+with minies.EventStore(sys.argv[1]) as store:
+    if shape == "old":
+        ledger = Ledger(id="L")
+        ledger.record(AccountOpened(owner="x", balance=10))
+        for i in range(5):
+            ledger.record(MoneyDeposited(amount=1))
+        store.save(ledger)
+        print(store.load(Ledger, "L").total)
+    else:
+        ledger = store.load(Ledger, "L")
+        print(ledger.sum, ledger.deposits, ledger.version)
+        ledger.record(MoneyDeposited(amount=1))
+        ledger.record(MoneyDeposited(amount=1))
+        store.save(ledger)  # crosses 8: a snapshot of the new shape beside the old ones
+        print(store._conn.execute("SELECT count(DISTINCT fingerprint) FROM minies_snapshots").get)
+"""
+
+
+def test_stale_snapshots_are_ignored_after_the_class_changes(db_path: str) -> None:
+    assert run_python(CHANGING_CLASS, db_path, "old").stdout.split() == ["15"]
+    assert run_python(CHANGING_CLASS, db_path, "new").stdout.split() == ["15", "5", "6", "2"]
+
+
+events_strategy = st.lists(
+    st.one_of(
+        st.builds(MoneyDeposited, amount=st.integers(-10**6, 10**6)),
+        st.builds(MoneyWithdrawn, amount=st.integers(0, 10**6)),
+        st.builds(AccountRenamed, name=st.text(max_size=8)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=events_strategy, every=st.integers(1, 7), batch=st.integers(1, 5))
+def test_snapshot_load_equals_full_replay_at_every_version(events: list[minies.Event], every: int, batch: int) -> None:
+    with minies.EventStore(":memory:", snapshot_every={Account: every}) as snapped, minies.EventStore(":memory:") as plain:
+        for store in (snapped, plain):
+            account = Account(id="a")
+            account.record(AccountOpened(owner="o", balance=0))
+            for i, event in enumerate(events, 1):
+                account.record(event)
+                if i % batch == 0:
+                    store.save(account)
+            store.save(account)
+        assert snapshot_versions(snapped, "a") or len(events) + 1 < every
+        for upto in range(1, len(events) + 2):
+            assert snapped.load(Account, "a", upto=upto) == plain.load(Account, "a", upto=upto)
+        assert snapped.load(Account, "a") == plain.load(Account, "a")
