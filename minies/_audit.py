@@ -89,7 +89,7 @@ def verify(
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Re-check the whole file. Streams the log in chunks, so memory stays constant."""
-    total = conn.execute("SELECT coalesce(max(position), 0) FROM events").get or 0
+    total = conn.execute(_schema.HEAD_POSITION).get or 0
     expected_hash = _parse_head(expect_head) if expect_head else None
     previous = GENESIS
     checked = 0

@@ -18,6 +18,7 @@ from minies._errors import SchemaError
 from minies._events import Recorded
 
 PAGE: Final = 2000
+LAST: Final = (1 << 63) - 1
 _NO_LOCK: Final = nullcontext()
 
 
@@ -71,12 +72,13 @@ def read_log(
     types: frozenset[str] | None = None,
     limit: int | None = None,
     lock: AbstractContextManager[Any] = _NO_LOCK,
+    upto: int = LAST,
 ) -> Iterator[Recorded]:
-    """Every event after position ``after``, in position order, optionally of some types only."""
+    """Events with ``after < position <= upto`` in position order, optionally of some types only."""
     if types is None:
-        return _records(conn, _schema.READ_ALL, lambda a, n: (a, n), after, 0, limit, lock)
+        return _records(conn, _schema.READ_ALL, lambda a, n: (a, upto, n), after, 0, limit, lock)
     type_list = msgspec.json.encode(sorted(types)).decode()
-    return _records(conn, _schema.READ_ALL_TYPES, lambda a, n: (a, type_list, n), after, 0, limit, lock)
+    return _records(conn, _schema.READ_ALL_TYPES, lambda a, n: (a, upto, type_list, n), after, 0, limit, lock)
 
 
 def read_aggregate(

@@ -18,7 +18,7 @@ import apsw
 import msgspec
 
 from minies import _codec, _schema
-from minies._log import read_log
+from minies._log import LAST, read_log
 from minies._errors import MiniesError, ProjectionError
 from minies._events import Event, Recorded
 
@@ -38,12 +38,16 @@ class Projection:
     """
 
     name: ClassVar[str]
+    _named: ClassVar[bool] = False
     version: ClassVar[int] = 1
     event_types: ClassVar[Collection[str | type[Event]] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "name" not in cls.__dict__:
+        # An explicit name is inherited like any attribute; the class-name default is not.
+        if "name" in cls.__dict__:
+            cls._named = True
+        elif not cls._named:
             cls.name = cls.__name__
 
     def setup(self, db: Database) -> None:
@@ -189,7 +193,7 @@ class Projector:
         for name, projection in self.projections.items():
             position = self._positions.get(name, 0)
             if position < head_before:
-                self._replay(conn, db, projection, position, None)
+                self._replay(conn, db, projection, position, None, upto=head_before)
             wanted = self._types[name]
             with db.running():
                 for record in records:
@@ -210,7 +214,7 @@ class Projector:
         """Bring one projection up to the head; rebuild it if it is new or its version changed."""
         projection = self.projections[name]
         state = conn.execute(_schema.PROJECTION_STATE, (name,)).fetchone()
-        head = conn.execute("SELECT coalesce(max(position), 0) FROM events").get
+        head = conn.execute(_schema.HEAD_POSITION).get
         if state is None or state[0] != projection.version:
             return self.rebuild(conn, db, name, progress)
         if state[1] < head:
@@ -237,7 +241,7 @@ class Projector:
         created = [row for row in conn.execute(_schema.SCHEMA_OBJECTS).fetchall() if row not in before]
         created.sort(key=lambda row: ("table", "view", "index", "trigger").index(row[0]))
         count = self._replay(conn, db, projection, 0, progress)
-        head = conn.execute("SELECT coalesce(max(position), 0) FROM events").get
+        head = conn.execute(_schema.HEAD_POSITION).get
         conn.execute(
             _schema.SAVE_PROJECTION,
             (name, projection.version, head, msgspec.json.encode(created).decode(), _codec.now_text()),
@@ -245,15 +249,21 @@ class Projector:
         self._known_head = None
         return RebuildReport(name, count, time.perf_counter() - started)
 
-    def _replay(self, conn: apsw.Connection, db: Database, projection: Projection, after: int, progress: Progress | None) -> int:
+    def _replay(
+        self,
+        conn: apsw.Connection,
+        db: Database,
+        projection: Projection,
+        after: int,
+        progress: Progress | None,
+        upto: int = LAST,
+    ) -> int:
         wanted = self._types[projection.name]
-        total = conn.execute(
-            "SELECT coalesce(max(position), 0) FROM events"
-        ).get
+        total = min(upto, conn.execute(_schema.HEAD_POSITION).get)
         count = 0
         position = after
         try:
-            for record in read_log(conn, after, wanted):
+            for record in read_log(conn, after, wanted, upto=upto):
                 position = record.position
                 with db.running():
                     projection.handle(db, record)

@@ -127,15 +127,18 @@ READ_AGGREGATE_PAYLOADS: Final = (
     " || ']', max(version), count(*), min(aggregate_type), max(aggregate_type)"
     " FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
 )
-READ_ALL: Final = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+READ_ALL: Final = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+)
 READ_ALL_TYPES: Final = (
-    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ?"
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ?"
     " AND event_type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
 )
 CHAIN: Final = (
     "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
     " metadata, created_at, hash FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )
+HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
 HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"
 VERSION_GAPS: Final = (
     "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"

@@ -1,0 +1,262 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from domain import AccountOpened, Balances, MoneyDeposited, MoneyWithdrawn, OrderPlaced, OrderShipped, OrderSummaries
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minies
+
+
+def order(store: minies.EventStore, order_id: str, total: float = 10.0) -> None:
+    store.append(order_id, [OrderPlaced(customer_id="c1", total=total)], aggregate_type="Order", expected_version=0)
+
+
+def test_seed_order_summary_projection_placed_then_shipped(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[OrderSummaries()]) as store:
+        order(store, "o1", 129.99)
+        assert store.query("SELECT status, total FROM order_summaries WHERE order_id = ?", ("o1",)) == [
+            ("placed", 129.99)
+        ]
+        store.append("o1", [OrderShipped(carrier="DHL")], aggregate_type="Order", expected_version=1)
+        assert store.query("SELECT status FROM order_summaries WHERE order_id = 'o1'") == [("shipped",)]
+        (shipped_at,) = store.query("SELECT shipped_at FROM order_summaries")[0]
+        assert shipped_at.startswith("20")
+
+
+def test_a_failing_handler_rolls_back_the_append(store: minies.EventStore) -> None:
+    class Picky(minies.Projection):
+        def setup(self, db: minies.Database) -> None:
+            db.execute("CREATE TABLE seen (position INTEGER)")
+
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            db.execute("INSERT INTO seen VALUES (?)", (event.position,))
+            if getattr(event.data, "total", 0) < 0:
+                raise ValueError("negative total")
+
+    with minies.EventStore(":memory:", projections=[Picky()]) as store:
+        order(store, "o1")
+        with pytest.raises(ValueError, match="negative total") as info:
+            order(store, "o2", -1)
+        assert "Picky" in "".join(info.value.__notes__)
+        assert store.version("o2") == 0
+        assert store.query("SELECT position FROM seen") == [(1,)]
+        order(store, "o3")
+        assert store.query("SELECT position FROM seen") == [(1,), (2,)]
+
+
+def test_per_type_handlers_only_see_their_types(store: minies.EventStore) -> None:
+    seen: list[str] = []
+
+    class Spy(Balances):
+        def on_AccountOpened(self, db: minies.Database, event: minies.Recorded) -> None:
+            seen.append(event.event_type)
+            super().on_AccountOpened(db, event)
+
+    assert Spy().wanted_types() == frozenset({"AccountOpened", "MoneyDeposited", "MoneyWithdrawn"})
+    with minies.EventStore(":memory:", projections=[Spy()]) as store:
+        store.append("a", [AccountOpened(owner="x", balance=5), MoneyDeposited(amount=3)], aggregate_type="Account")
+        order(store, "o1")
+        store.append("a", [MoneyWithdrawn(amount=1)], aggregate_type="Account")
+        assert store.query("SELECT * FROM balances") == [("a", 7)]
+    assert seen == ["AccountOpened"]
+
+
+def test_projection_added_to_an_existing_log_catches_up(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        for i in range(10):
+            order(store, f"o{i}", i)
+    with minies.EventStore(db_path, projections=[OrderSummaries()]) as store:
+        assert store.query("SELECT count(*), sum(total) FROM order_summaries") == [(10, 45.0)]
+    # A writer without the projection moves the log on; the next open catches up.
+    with minies.EventStore(db_path) as store:
+        order(store, "late", 100)
+    with minies.EventStore(db_path, projections=[OrderSummaries()]) as store:
+        assert store.query("SELECT count(*) FROM order_summaries") == [(11,)]
+
+
+def test_projection_catches_up_inline_after_another_writer(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[OrderSummaries()]) as mine, minies.EventStore(db_path) as bare:
+        order(mine, "o1")
+        order(bare, "o2")  # a process that does not know the projection
+        order(mine, "o3")
+        assert mine.query("SELECT order_id FROM order_summaries ORDER BY order_id") == [("o1",), ("o2",), ("o3",)]
+
+
+def test_two_stores_with_the_same_projection_never_double_apply(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Balances()]) as one, minies.EventStore(
+        db_path, projections=[Balances()]
+    ) as two:
+        one.append("a", [AccountOpened(owner="x", balance=0)], aggregate_type="Account")
+        for i in range(20):
+            (one if i % 3 else two).append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert one.query("SELECT balance FROM balances") == [(20,)]
+
+
+def test_version_bump_rebuilds_from_a_fresh_slate(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[OrderSummaries()]) as store:
+        order(store, "o1", 1)
+        order(store, "o2", 2)
+
+    class OrderSummariesV2(OrderSummaries):
+        name = "order_summaries"
+        version = 2
+
+        def setup(self, db: minies.Database) -> None:
+            super().setup(db)  # the same CREATE TABLE, with no IF NOT EXISTS: it was dropped first
+            db.execute("CREATE INDEX order_totals ON order_summaries (total)")
+
+    with minies.EventStore(db_path, projections=[OrderSummariesV2()]) as store:
+        assert store.query("SELECT order_id FROM order_summaries ORDER BY 1") == [("o1",), ("o2",)]
+        assert store.query("SELECT version FROM minies_projections") == [(2,)]
+        report = store.rebuild("order_summaries")
+        assert (report.name, report.events) == ("order_summaries", 2)
+        assert report.events_per_second > 0
+        assert store.query("SELECT name FROM sqlite_master WHERE name = 'order_totals'") == [("order_totals",)]
+
+
+def test_rebuild_reports_progress_and_is_atomic(store: minies.EventStore) -> None:
+    class Breakable(OrderSummaries):
+        broken = False
+
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            if self.broken and event.position == 15_000:
+                raise RuntimeError("bad day")
+            super().handle(db, event)
+
+    projection = Breakable()
+    with minies.EventStore(":memory:", projections=[projection]) as store:
+        for i in range(25):
+            store.append(f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] + [OrderShipped()] * 999, aggregate_type="Order")
+        calls: list[tuple[int, int]] = []
+        store.rebuild("order_summaries", progress=lambda done, total: calls.append((done, total)))
+        assert calls[0] == (10_000, 25_000) and calls[-1] == (25_000, 25_000)
+        projection.broken = True
+        with pytest.raises(minies.ProjectionError, match="failed at position 15000: RuntimeError: bad day"):
+            store.rebuild("order_summaries")
+        assert store.query("SELECT count(*) FROM order_summaries WHERE status = 'shipped'") == [(25,)]
+        with pytest.raises(minies.NotFound, match="no projection named 'nope'"):
+            store.rebuild("nope")
+
+
+def test_setup_failure_names_the_projection(db_path: str) -> None:
+    class Broken(minies.Projection):
+        name = "broken"
+
+        def setup(self, db: minies.Database) -> None:
+            db.execute("CREATE TABLE oops (")
+
+    with minies.EventStore(db_path) as store:
+        order(store, "o1")
+    with pytest.raises(minies.ProjectionError, match="projection 'broken': setup failed"):
+        minies.EventStore(db_path, projections=[Broken()])
+    with minies.EventStore(db_path, projections=[Broken(), OrderSummaries()], skip_failed_projections=True) as store:
+        assert list(store.failed_projections) == ["broken"]
+        order(store, "o2")
+        assert store.query("SELECT count(*) FROM order_summaries") == [(2,)]
+    with minies.EventStore(db_path) as store:
+        assert store.version("o1") == 1 and store.verify().ok
+
+
+def test_duplicate_names_and_bad_projections() -> None:
+    with pytest.raises(ValueError, match="two projections are named 'order_summaries'"):
+        minies.EventStore(":memory:", projections=[OrderSummaries(), OrderSummaries()])
+    with pytest.raises(TypeError, match="must be minies.Projection"):
+        minies.EventStore(":memory:", projections=[object()])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["COMMIT", "  commit; ", "/* sneaky */ ROLLBACK", "BEGIN", "SAVEPOINT x", "ATTACH ':memory:' AS other",
+     "DELETE FROM minies_projections", "UPDATE events SET version = 0", "INSERT INTO minies_snapshots VALUES (1,2,3,4,5,6)"],
+)
+def test_projection_cannot_escape_its_transaction(sql: str) -> None:
+    class Rogue(minies.Projection):
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            db.execute(sql)
+
+    with minies.EventStore(":memory:", projections=[Rogue()]) as store:
+        with pytest.raises(minies.MiniesError, match="a projection may not run"):
+            order(store, "o1")
+        assert store.version("o1") == 0
+        order_free = store.query("SELECT count(*) FROM events")
+        assert order_free == [(0,)]
+
+
+def test_query_is_read_only_and_explains_bad_sql(store: minies.EventStore) -> None:
+    order(store, "o1")
+    with pytest.raises(minies.MiniesError, match="read-only"):
+        store.query("INSERT INTO minies_subscriptions VALUES ('x', 1, 'now')")
+    with pytest.raises(minies.MiniesError, match="read-only"):
+        store.query("CREATE TABLE t (x)")
+    with pytest.raises(minies.MiniesError, match="invalid SQL 'SELEC 1'"):
+        store.query("SELEC 1")
+    assert store.query("SELECT count(*) FROM minies_subscriptions") == [(0,)]
+    assert store.query("SELECT count(*) FROM events WHERE aggregate_id = :id", {"id": "o1"}) == [(1,)]
+    order(store, "o2")  # writes still work afterwards
+
+
+log_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.lists(st.one_of(st.builds(MoneyDeposited, amount=st.integers(0, 100)),
+                           st.builds(MoneyWithdrawn, amount=st.integers(0, 100))), min_size=1, max_size=4),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(log=log_strategy)
+def test_inline_projection_equals_its_rebuild(log: list[tuple[str, list[minies.Event]]]) -> None:
+    with minies.EventStore(":memory:", projections=[Balances()]) as store:
+        for account_id in ("a", "b", "c"):
+            store.append(account_id, [AccountOpened(owner="o", balance=0)], aggregate_type="Account")
+        for account_id, events in log:
+            store.append(account_id, events, aggregate_type="Account")
+        live = store.query("SELECT * FROM balances ORDER BY account_id")
+        store.rebuild("Balances")
+        assert store.query("SELECT * FROM balances ORDER BY account_id") == live
+
+
+REBUILDER = """
+import sys, minies
+from domain import OrderSummaries
+class Slow(OrderSummaries):
+    name = "order_summaries"
+    version = int(sys.argv[2])
+    def handle(self, db, event):
+        if event.position == 100_000:
+            print("half-way", flush=True)
+        super().handle(db, event)
+minies.EventStore(sys.argv[1], projections=[Slow()], durability="normal").close()
+print("done", flush=True)
+"""
+
+
+def test_kill_during_a_rebuild_leaves_the_old_read_model(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[OrderSummaries()], durability="normal") as store:
+        for i in range(200):
+            store.append(f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] + [OrderShipped()] * 999,
+                         aggregate_type="Order")
+        before = store.query("SELECT * FROM order_summaries ORDER BY order_id")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    proc = subprocess.Popen([sys.executable, "-c", REBUILDER, db_path, "2"], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "half-way"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    con = minies.EventStore(db_path)  # no projections: look at what is on disk
+    assert con.query("SELECT version FROM minies_projections") == [(1,)]
+    assert con.query("SELECT * FROM order_summaries ORDER BY order_id") == before
+    assert con.verify().ok
+    con.close()
+    with minies.EventStore(db_path, projections=[OrderSummaries()]) as store:
+        assert store.query("SELECT * FROM order_summaries ORDER BY order_id") == before
