@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+
+import pytest
+from domain import MoneyDeposited, OrderPlaced
+
+import minies
+
+
+def build(path: str, n: int = 30) -> str:
+    with minies.EventStore(path) as store:
+        with minies.metadata_scope(user_id="ünïcødé"):
+            for i in range(n):
+                store.append(f"acc-{i % 3}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+        store.append("o1", [OrderPlaced(customer_id="c-€", total=1.5)], aggregate_type="Order")
+        return store.head()[1]
+
+
+def independent_chain_check(path: str) -> tuple[bool, int | None]:
+    """Straight from the README's canonical encoding, with the stock sqlite3 module."""
+    def net(value: object) -> bytes:
+        raw = str(value).encode("utf-8")
+        return str(len(raw)).encode() + b":" + raw + b","
+
+    con = sqlite3.connect(path)
+    previous = bytes(32)
+    expected_position = 1
+    for row in con.execute(
+        "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data, metadata,"
+        " created_at, hash FROM events ORDER BY position"
+    ):
+        if row[0] != expected_position:
+            return False, expected_position
+        digest = hashlib.sha256(previous + b"".join(net(v) for v in row[:9])).digest()
+        if digest != row[9]:
+            return False, row[0]
+        previous = digest
+        expected_position += 1
+    con.close()
+    return True, None
+
+
+def tamper(path: str, *statements: str) -> None:
+    con = sqlite3.connect(path)
+    for statement in statements:
+        con.execute(statement)
+    con.commit()
+    con.close()
+
+
+def report(path: str, **kwargs: object) -> minies.VerifyReport:
+    with minies.EventStore(path) as store:
+        return store.verify(**kwargs)  # type: ignore[arg-type]
+
+
+def test_intact_file_verifies_and_matches_the_independent_check(db_path: str) -> None:
+    build(db_path)
+    result = report(db_path)
+    assert result.ok and result.events_checked == 31 and result.first_bad_position is None and result.reason == ""
+    assert independent_chain_check(db_path) == (True, None)
+
+
+DROP = "DROP TRIGGER events_no_update; DROP TRIGGER events_no_delete; DROP TRIGGER events_append_only"
+RESTORE = [
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'x'); END",
+    "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'x'); END",
+    "CREATE TRIGGER events_append_only BEFORE INSERT ON events WHEN 0 BEGIN SELECT 1; END",
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "bad_position", "reason"),
+    [
+        (["UPDATE events SET data = '{\"amount\":1000}' WHERE position = 7"], 7, "does not match its hash"),
+        (["UPDATE events SET event_type = 'MoneyWithdrawn' WHERE position = 4"], 4, "does not match its hash"),
+        (["UPDATE events SET metadata = '{}' WHERE position = 2"], 2, "does not match its hash"),
+        (["UPDATE events SET created_at = '2000-01-01T00:00:00.000000Z' WHERE position = 9"], 9, "does not match"),
+        (["DELETE FROM events WHERE position = 12"], 12, "position 12 is missing"),
+        (["DELETE FROM events WHERE position = 31"], None, ""),  # dropping the tail: see expect_head
+        (["INSERT INTO events SELECT 32, 'x', aggregate_id, aggregate_type, event_type, 99, data, metadata,"
+          " created_at, hash FROM events WHERE position = 31"], 32, "does not match its hash"),
+        (["UPDATE events SET position = 1000 WHERE position = 5", "UPDATE events SET position = 5 WHERE position = 6",
+          "UPDATE events SET position = 6 WHERE position = 1000"], 5, "does not match its hash"),
+    ],
+)
+def test_every_kind_of_tampering_is_detected(db_path: str, edit: list[str], bad_position: int | None, reason: str) -> None:
+    head = build(db_path)
+    tamper(db_path, *DROP.split("; "), *edit, *RESTORE)
+    if bad_position is None:
+        assert not report(db_path, expect_head=head).ok  # a truncated tail breaks the published head
+        return
+    result = report(db_path)
+    assert not result.ok
+    assert result.first_bad_position == bad_position
+    assert reason in result.reason
+    assert independent_chain_check(db_path) == (False, bad_position)
+
+
+def test_missing_triggers_are_reported(db_path: str) -> None:
+    build(db_path)
+    tamper(db_path, "DROP TRIGGER events_no_delete")
+    result = report(db_path)
+    assert not result.ok and "events_no_delete" in result.reason
+
+
+def test_version_gaps_are_reported(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="A")
+        # A forged but correctly chained event that skips a version.
+        position, previous = store.head()
+        from minies._audit import chain_hash
+
+        digest = chain_hash(bytes.fromhex(previous), 2, "id-2", "a", "A", "MoneyDeposited", 5, "{}", "{}", "t")
+        store._conn.execute(
+            "INSERT INTO events VALUES (2, 'id-2', 'a', 'A', 'MoneyDeposited', 5, '{}', '{}', 't', ?)", (digest,)
+        )
+        result = store.verify()
+    assert not result.ok and "not contiguous" in result.reason
+
+
+def test_expect_head_proves_append_only_growth(db_path: str) -> None:
+    head = build(db_path)
+    assert report(db_path, expect_head=head).ok
+    with minies.EventStore(db_path) as store:
+        store.append("acc-9", [MoneyDeposited(amount=1)], aggregate_type="Account")
+    assert report(db_path, expect_head=head).ok  # growth is fine
+    assert not report(db_path, expect_head="ab" * 32).ok
+    with pytest.raises(ValueError, match="64-character hex"):
+        report(db_path, expect_head="nothex")
+
+
+def test_flipped_bytes_in_a_page(db_path: str) -> None:
+    build(db_path, 2000)
+    size = os.path.getsize(db_path)
+    with open(db_path, "r+b") as f:
+        f.seek(size - 4096 * 3 + 200)
+        f.write(os.urandom(64))
+    try:
+        result = report(db_path)
+    except minies.MiniesError as e:  # damaged beyond opening: still a clear error
+        assert "damaged" in str(e) or "not a" in str(e)
+        return
+    assert not result.ok
+
+
+def test_truncated_file(db_path: str) -> None:
+    build(db_path, 2000)
+    size = os.path.getsize(db_path)
+    with open(db_path, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(minies.MiniesError, match="damaged|not a"):
+        result = report(db_path)
+        assert not result.ok
+        raise minies.StorageError("damaged: verify said so")
+
+
+def test_verify_progress(db_path: str) -> None:
+    build(db_path, 10_000)
+    calls: list[tuple[int, int]] = []
+    with minies.EventStore(db_path) as store:
+        assert store.verify(progress=lambda done, total: calls.append((done, total))).ok
+    assert calls[-1] == (10_001, 10_001) and len(calls) > 1
+
+
+def test_close_leaves_one_complete_file(db_path: str, tmp_path: object) -> None:
+    head = build(db_path)
+    assert not os.path.exists(db_path + "-wal") or os.path.getsize(db_path + "-wal") == 0
+    copy = str(db_path) + ".shipped"
+    with open(db_path, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    with minies.EventStore(copy, readonly=True) as store:
+        assert store.head()[1] == head and store.verify().ok
+
+
+def test_backup_while_another_process_writes(db_path: str) -> None:
+    import subprocess
+    import sys
+
+    build(db_path)
+    writer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, minies\nfrom domain import MoneyDeposited\n"
+         "with minies.EventStore(sys.argv[1], durability='normal') as s:\n"
+         "    for i in range(400): s.append('busy', [MoneyDeposited(amount=i)], aggregate_type='A')\n", db_path],
+        env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)},
+    )
+    copies = []
+    with minies.EventStore(db_path) as store:
+        for k in range(5):
+            target = f"{db_path}.backup{k}"
+            store.backup(target)
+            copies.append(target)
+        with pytest.raises(minies.StorageError, match="already exists"):
+            store.backup(copies[0])
+    writer.wait(60)
+    for copy in copies:
+        assert not os.path.exists(copy + "-wal")
+        with minies.EventStore(copy, readonly=True) as backup:
+            assert backup.verify().ok

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from domain import MoneyDeposited
+
+import minies
+
+
+def fill(store: minies.EventStore, n: int, aggregate_id: str = "a") -> None:
+    store.append(aggregate_id, [MoneyDeposited(amount=i) for i in range(n)], aggregate_type="Account")
+
+
+def test_poll_delivers_in_order_and_resumes_from_the_checkpoint(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        fill(store, 250)
+        seen: list[int] = []
+        sub = store.subscription("mailer")
+        assert sub.poll(lambda r: seen.append(r.position), limit=120) == 120
+        assert sub.position == 120
+    with minies.EventStore(db_path) as store:  # a new process would do the same
+        sub = store.subscription("mailer")
+        assert sub.poll(lambda r: seen.append(r.position)) == 130
+        assert sub.poll(lambda r: seen.append(r.position)) == 0
+    assert seen == list(range(1, 251))
+
+
+def test_a_crash_before_the_ack_redelivers(store: minies.EventStore) -> None:
+    fill(store, 10)
+    sub = store.subscription("s")
+
+    def crash(record: minies.Recorded) -> None:
+        if record.position == 5:
+            raise KeyboardInterrupt  # not an Exception: the consumer dies, no retry, no ack
+
+    with pytest.raises(KeyboardInterrupt):
+        sub.poll(crash)
+    assert sub.position == 0
+    seen: list[int] = []
+    sub.poll(lambda r: seen.append(r.position))
+    assert seen == list(range(1, 11))  # at-least-once
+
+
+def test_poison_events_are_retried_then_parked(store: minies.EventStore) -> None:
+    fill(store, 5)
+    attempts: dict[int, int] = {}
+    delivered: list[int] = []
+
+    def handler(record: minies.Recorded) -> None:
+        attempts[record.position] = attempts.get(record.position, 0) + 1
+        if record.position == 3:
+            raise ValueError("cannot send mail")
+        delivered.append(record.position)
+
+    sub = store.subscription("mailer", max_attempts=3)
+    assert sub.poll(handler) == 5
+    assert delivered == [1, 2, 4, 5]
+    assert attempts[3] == 3
+    (letter,) = sub.dead_letters()
+    assert (letter.position, letter.attempts) == (3, 3)
+    assert "ValueError: cannot send mail" in letter.error
+    assert sub.position == 5
+    with pytest.raises(ValueError):
+        store.subscription("x", max_attempts=0)
+
+
+FOLLOWER = """
+import sys, minies
+with minies.EventStore(sys.argv[1]) as store:
+    seen = []
+    store.subscription("follower").follow(lambda r: seen.append(r.position), idle_timeout=float(sys.argv[2]))
+    print(len(seen), seen == list(range(1, len(seen) + 1)))
+"""
+
+
+def test_follow_sees_another_process_appending(db_path: str) -> None:
+    minies.EventStore(db_path).close()
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    follower = subprocess.Popen([sys.executable, "-c", FOLLOWER, db_path, "3"], env=env,
+                                stdout=subprocess.PIPE, text=True)
+    with minies.EventStore(db_path, durability="normal") as store:
+        for i in range(200):
+            store.append(f"a{i % 5}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+    out, _ = follower.communicate(timeout=60)
+    assert out.split() == ["200", "True"]
+
+
+def test_follow_wakes_for_same_store_writers_and_stops(store: minies.EventStore) -> None:
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        store.subscription("live").follow(lambda r: seen.append(r.position), stop=stop)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    for _ in range(20):
+        fill(store, 5)
+    while len(seen) < 100:
+        threading.Event().wait(0.01)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert seen == list(range(1, 101))
+
+
+def test_gap_free_positions_under_concurrent_writers_never_skip(db_path: str) -> None:
+    """The invariant subscriptions and catch-up rely on, checked while 3 processes write."""
+    minies.EventStore(db_path).close()
+    writer = (
+        "import sys, minies\nfrom domain import MoneyDeposited\n"
+        "with minies.EventStore(sys.argv[1], durability='normal') as s:\n"
+        "    for i in range(150): s.append(sys.argv[2], [MoneyDeposited(amount=i)] * (1 + i % 3), aggregate_type='A')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    procs = [subprocess.Popen([sys.executable, "-c", writer, db_path, f"w{w}"], env=env) for w in range(3)]
+    seen: list[int] = []
+    with minies.EventStore(db_path) as store:
+        sub = store.subscription("checker")
+        while any(p.poll() is None for p in procs):
+            sub.poll(lambda r: seen.append(r.position))
+        sub.poll(lambda r: seen.append(r.position))
+        total = store.query("SELECT count(*) FROM events")[0][0]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert total == 3 * sum(1 + i % 3 for i in range(150))
+    assert seen == list(range(1, total + 1))
