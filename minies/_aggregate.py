@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 import msgspec
 
 from minies._events import Event
 
 
-class Aggregate(msgspec.Struct, kw_only=True, dict=True):
+class _AggregateMeta(msgspec.StructMeta):
+    # Keyword-only fields for every subclass, so state fields may be declared in any order.
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any) -> Any:
+        options.setdefault("kw_only", True)
+        return super().__new__(mcls, name, bases, namespace, **options)
+
+
+@dataclass_transform(kw_only_default=True, field_specifiers=(msgspec.field,))
+class Aggregate(msgspec.Struct, kw_only=True, dict=True, metaclass=_AggregateMeta):
     """A consistency boundary: its state is a fold of its events; commands record new ones.
 
     Subclass it with your state's fields (defaults make a fresh aggregate), an ``apply`` that

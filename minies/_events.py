@@ -8,7 +8,7 @@ import enum
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, dataclass_transform
 
 import msgspec
 
@@ -25,7 +25,17 @@ generation = 0
 """Bumped on every registration, so caches keyed on the registry know to refresh."""
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+class _EventMeta(msgspec.StructMeta):
+    # msgspec applies frozen/kw_only to the class that sets them, not to its subclasses;
+    # every event class must be both, so they are the default for each one.
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any) -> Any:
+        options.setdefault("frozen", True)
+        options.setdefault("kw_only", True)
+        return super().__new__(mcls, name, bases, namespace, **options)
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(msgspec.field,))
+class Event(msgspec.Struct, frozen=True, kw_only=True, metaclass=_EventMeta):
     """A domain event: a frozen, keyword-only msgspec Struct, registered by ``event_type``.
 
     Subclass it with the event's fields. ``event_type`` defaults to the class name; set the

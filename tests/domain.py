@@ -7,30 +7,30 @@ from typing import ClassVar
 import minies
 
 
-class AccountOpened(minies.Event, frozen=True):
+class AccountOpened(minies.Event):
     owner: str
     balance: int
 
 
-class MoneyDeposited(minies.Event, frozen=True):
+class MoneyDeposited(minies.Event):
     amount: int
 
 
-class MoneyWithdrawn(minies.Event, frozen=True):
+class MoneyWithdrawn(minies.Event):
     amount: int
 
 
-class AccountRenamed(minies.Event, frozen=True):
+class AccountRenamed(minies.Event):
     event_type: ClassVar[str] = "Renamed"
     name: str
 
 
-class OrderPlaced(minies.Event, frozen=True):
+class OrderPlaced(minies.Event):
     customer_id: str
     total: float
 
 
-class OrderShipped(minies.Event, frozen=True):
+class OrderShipped(minies.Event):
     carrier: str = "post"
 
 

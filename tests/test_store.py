@@ -101,7 +101,7 @@ def test_metadata_is_stored_and_scoped(store: minies.EventStore) -> None:
 def test_unknown_event_types_read_as_dicts(db_path: str) -> None:
     run_python(
         "import minies, sys\n"
-        "class Secret(minies.Event, frozen=True):\n    code: str\n    n: int\n"
+        "class Secret(minies.Event):\n    code: str\n    n: int\n"
         "with minies.EventStore(sys.argv[1]) as s:\n"
         "    s.append('x', [Secret(code='abc', n=1)], aggregate_type='Vault')\n",
         db_path,

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from domain import MoneyDeposited, OrderPlaced
+
+import minies
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "minies", *args], capture_output=True, text=True, input=stdin, timeout=120)
+
+
+@pytest.fixture
+def shop(db_path: str) -> str:
+    with minies.EventStore(db_path) as store:
+        for i in range(20):
+            store.append(f"acc-{i % 4}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+        store.append("o1", [OrderPlaced(customer_id="c\n\"1\"", total=9.5)], aggregate_type="Order")
+    return db_path
+
+
+def test_demo_runs_on_a_fresh_file_and_again(tmp_path: object, db_path: str) -> None:
+    first = cli("demo", db_path)
+    assert first.returncode == 0, first.stderr
+    assert "shipped" in first.stdout and "verify: ok=True" in first.stdout
+    second = cli("demo", db_path)
+    assert second.returncode == 0 and "run 2" in second.stdout
+    assert cli("verify", db_path).returncode == 0
+
+
+def test_events_json_lines_parse(shop: str) -> None:
+    result = cli("events", shop, "--json")
+    assert result.returncode == 0
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["position"] for line in lines] == list(range(1, 22))
+    assert lines[-1]["data"] == {"customer_id": "c\n\"1\"", "total": 9.5}
+    assert set(lines[0]) == {"position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version",
+                             "timestamp", "data", "metadata"}
+
+
+def test_events_filters_and_table(shop: str) -> None:
+    only = cli("events", shop, "--json", "--aggregate", "acc-1", "--after", "5")
+    assert [json.loads(x)["position"] for x in only.stdout.splitlines()] == [6, 10, 14, 18]
+    typed = cli("events", shop, "--json", "--type", "OrderPlaced")
+    assert [json.loads(x)["aggregate_id"] for x in typed.stdout.splitlines()] == ["o1"]
+    assert len(cli("events", shop, "--json", "--limit", "3").stdout.splitlines()) == 3
+    assert cli("events", shop, "--json", "--since", "2999-01-01").stdout == ""
+    table = cli("events", shop)
+    assert table.returncode == 0 and "MoneyDeposited" in table.stdout and "position" in table.stdout.splitlines()[0]
+
+
+def test_export_jsonl_and_csv(shop: str, tmp_path: object) -> None:
+    out = str(shop) + ".jsonl"
+    assert cli("export", shop, "-o", out).returncode == 0
+    with open(out) as f:
+        assert len([json.loads(line) for line in f]) == 21
+    again = cli("export", shop, "-o", out)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    rows = list(csv.reader(io.StringIO(cli("export", shop, "--format", "csv").stdout)))
+    assert rows[0][:3] == ["position", "event_id", "aggregate_id"] and len(rows) == 22
+    assert json.loads(rows[-1][7])["customer_id"] == "c\n\"1\""
+
+
+def test_verify_head_and_info(shop: str) -> None:
+    head = cli("head", shop).stdout.split()
+    assert head[0] == "21" and len(head[1]) == 64
+    ok = cli("verify", shop, "--expect-head", head[1])
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: 21 events")
+    info = cli("info", shop)
+    assert info.returncode == 0 and "21 in 5 aggregates" in info.stdout and head[1] in info.stdout
+    con = sqlite3.connect(shop)
+    con.execute("DROP TRIGGER events_no_update")
+    con.execute("UPDATE events SET data = '{\"amount\":5000}' WHERE position = 3")
+    con.commit()
+    con.close()
+    bad = cli("verify", shop)
+    assert bad.returncode == 1 and "first bad position 3" in bad.stdout
+    assert cli("verify", shop, "--expect-head", head[1]).returncode == 1
+
+
+def test_backup_and_snapshots(shop: str) -> None:
+    out = shop + ".copy"
+    result = cli("backup", shop, out)
+    assert result.returncode == 0 and os.path.exists(out)
+    assert cli("verify", out).returncode == 0
+    assert cli("snapshots", shop).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "no such file"),
+        ("text", "not a SQLite database"),
+        ("foreign", "not a minies one"),
+        ("directory", "cannot"),
+    ],
+)
+def test_errors_are_one_clear_line(tmp_path: object, db_path: str, setup: str, message: str) -> None:
+    if setup == "text":
+        with open(db_path, "w") as f:
+            f.write("just text" * 200)
+    elif setup == "foreign":
+        con = sqlite3.connect(db_path)
+        con.execute("CREATE TABLE t (x)")
+        con.close()
+    elif setup == "directory":
+        os.mkdir(db_path)
+    for command in ("info", "events", "verify", "export", "head"):
+        result = cli(command, db_path)
+        assert result.returncode == 2, (command, result)
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_bad_arguments(shop: str) -> None:
+    result = cli("events", shop, "--since", "yesterday")
+    assert result.returncode == 2 and "not an ISO-8601 time" in result.stderr
+    assert cli("verify", shop, "--expect-head", "zz").returncode == 2
+    assert cli().returncode == 2
+
+
+def test_console_script_is_installed() -> None:
+    script = os.path.join(os.path.dirname(sys.executable), "minies")
+    if not os.path.exists(script):
+        pytest.skip("minies is not installed as a package in this environment")
+    assert subprocess.run([script, "--help"], capture_output=True, text=True).returncode == 0
