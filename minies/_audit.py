@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import apsw
 import msgspec
@@ -89,7 +89,7 @@ def verify(
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Re-check the whole file. Streams the log in chunks, so memory stays constant."""
-    total = conn.execute(_schema.HEAD_POSITION).get or 0
+    total: int = conn.execute(_schema.HEAD_POSITION).get
     expected_hash = _parse_head(expect_head) if expect_head else None
     previous = GENESIS
     checked = 0
@@ -130,10 +130,10 @@ def verify(
     )
 
 
-def _chunks(conn: apsw.Connection) -> Iterator[list[tuple[object, ...]]]:
+def _chunks(conn: apsw.Connection) -> Iterator[list[Any]]:
     after = 0
     while True:
-        rows = conn.execute(_schema.CHAIN, (after, _CHUNK)).fetchall()
+        rows: list[Any] = conn.execute(_schema.CHAIN, (after, _CHUNK)).fetchall()
         if not rows:
             return
         yield rows

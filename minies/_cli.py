@@ -7,11 +7,12 @@ Exit codes: 0 success (``verify``: the file is intact), 1 ``verify`` found a pro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import msgspec
@@ -42,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minies", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="minies", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -85,9 +88,7 @@ def _time(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
     if value.tzinfo is None:
-        from datetime import timezone
-
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value
 
 
@@ -135,7 +136,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     with _open(args) as store:
         conn = store._open()
-        events, aggregates, _ = conn.execute(_schema.COUNTS).fetchone()
+        counts: Any = conn.execute(_schema.COUNTS).fetchone()
+        events, aggregates, _ = counts
         position, digest = store.head()
         out = sys.stdout.write
         out(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)\n")
@@ -170,7 +172,8 @@ def _events(args: argparse.Namespace) -> int:
             data = _encode(r.data).decode()
             data = data if len(data) <= 60 else data[:59] + "…"
             stamp = r.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f")
-            out.write(f"{r.position:>8}  {stamp:<26} {r.aggregate_id[:20]:<20} {r.version:>7}  {r.event_type[:24]:<24} {data}\n")
+            aggregate, event_type = r.aggregate_id[:20], r.event_type[:24]
+            out.write(f"{r.position:>8}  {stamp:<26} {aggregate:<20} {r.version:>7}  {event_type:<24} {data}\n")
     return 0
 
 
@@ -187,38 +190,49 @@ def _verify(args: argparse.Namespace) -> int:
     return 1
 
 
-_CSV_COLUMNS = ("position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version", "timestamp", "data", "metadata")
+_CSV_COLUMNS = (
+    "position",
+    "event_id",
+    "aggregate_id",
+    "aggregate_type",
+    "event_type",
+    "version",
+    "timestamp",
+    "data",
+    "metadata",
+)
 
 
 def _export(args: argparse.Namespace) -> int:
-    with _open(args) as store:
-        target: IO[str]
+    with _open(args) as store, contextlib.ExitStack() as closing:
+        target: IO[str] = sys.stdout
         if args.output:
             if os.path.exists(args.output):
                 raise ValueError(f"{args.output!r} already exists; choose another output file")
-            target = open(args.output, "x", encoding="utf-8", newline="")
+            target = closing.enter_context(open(args.output, "x", encoding="utf-8", newline=""))
+        if args.format == "jsonl":
+            for record in _selected(store, args):
+                target.write(_encode(record).decode())
+                target.write("\n")
         else:
-            target = sys.stdout
-        try:
-            if args.format == "jsonl":
-                for record in _selected(store, args):
-                    target.write(_encode(record).decode())
-                    target.write("\n")
-            else:
-                writer = csv.writer(target)
-                writer.writerow(_CSV_COLUMNS)
-                for r in _selected(store, args):
-                    writer.writerow(_csv_row(r))
-        finally:
-            if target is not sys.stdout:
-                target.close()
+            writer = csv.writer(target)
+            writer.writerow(_CSV_COLUMNS)
+            for r in _selected(store, args):
+                writer.writerow(_csv_row(r))
     return 0
 
 
 def _csv_row(r: Recorded) -> list[Any]:
     return [
-        r.position, r.event_id, r.aggregate_id, r.aggregate_type, r.event_type, r.version,
-        r.timestamp.isoformat(), _encode(r.data).decode(), _encode(r.metadata).decode(),
+        r.position,
+        r.event_id,
+        r.aggregate_id,
+        r.aggregate_type,
+        r.event_type,
+        r.version,
+        r.timestamp.isoformat(),
+        _encode(r.data).decode(),
+        _encode(r.metadata).decode(),
     ]
 
 

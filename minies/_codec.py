@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -88,9 +88,7 @@ def encode_event(event: Event) -> str:
         TypeError: ``event`` is not an ``Event`` or holds a value JSON cannot carry.
     """
     if not isinstance(event, Event):
-        raise TypeError(
-            f"expected a minies.Event instance, got {type(event).__name__}: {event!r:.80}"
-        )
+        raise TypeError(f"expected a minies.Event instance, got {type(event).__name__}: {event!r:.80}")
     try:
         return encode(event).decode()
     except (TypeError, ValueError, OverflowError) as e:
@@ -99,7 +97,7 @@ def encode_event(event: Event) -> str:
 
 def now_text() -> str:
     """The current UTC time as stored in ``created_at``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 _parsed: dict[str, datetime] = {}

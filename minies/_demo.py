@@ -91,7 +91,11 @@ def run(path: str) -> None:
                 order_id = f"order-{run_no}-{n + 1}"
                 store.append(
                     order_id,
-                    [OrderPlaced(customer_id=f"cust-{n}", items=[{"sku": sku, "qty": qty, "price": price}], total=qty * price)],
+                    [
+                        OrderPlaced(
+                            customer_id=f"cust-{n}", items=[{"sku": sku, "qty": qty, "price": price}], total=qty * price
+                        )
+                    ],
                     aggregate_type="Order",
                     expected_version=0,
                 )
@@ -116,7 +120,10 @@ def run(path: str) -> None:
 
         loaded = store.load(Account, account_id)
         first = store.load(Account, account_id, upto=1)
-        say(f"\naccount {account_id}: balance {loaded.balance} at version {loaded.version} (was {first.balance} at version 1)")
+        say(
+            f"\naccount {account_id}: balance {loaded.balance} at version {loaded.version}"
+            f" (was {first.balance} at version 1)"
+        )
         stale = store.load(Account, account_id)
         loaded.deposit(1)
         store.save(loaded)
@@ -128,10 +135,12 @@ def run(path: str) -> None:
 
         say("\nthe log of that account:")
         for event in store.read(account_id):
-            say(f"  #{event.position:<5} v{event.version}  {event.event_type:<15} {msgspec.json.encode(event.data).decode()}")
+            say(
+                f"  #{event.position:<5} v{event.version}  {event.event_type:<15}"
+                f" {msgspec.json.encode(event.data).decode()}"
+            )
 
         report = store.verify()
         position, digest = store.head()
         say(f"\nverify: ok={report.ok}, {report.events_checked} events re-hashed; head {position} {digest[:16]}…")
         say(f"try:  minies info {path}   minies events {path} --aggregate {account_id}   minies verify {path}")
-

@@ -32,10 +32,7 @@ class ConcurrencyError(MiniesError):
         self.aggregate_id = aggregate_id
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"aggregate {aggregate_id!r} is at version {actual}, expected {expected}; "
-            "reload it and retry"
-        )
+        super().__init__(f"aggregate {aggregate_id!r} is at version {actual}, expected {expected}; reload it and retry")
 
     def __reduce__(self) -> tuple[type[ConcurrencyError], tuple[str, int, int]]:
         return (type(self), (self.aggregate_id, self.expected, self.actual))

@@ -111,7 +111,8 @@ ANY: Final = _Any.ANY
 AnyVersion = Literal[_Any.ANY]
 
 
-_scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("minies_metadata", default={})
+_NO_METADATA: Final[dict[str, Any]] = {}
+_scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("minies_metadata")
 
 
 @contextlib.contextmanager
@@ -127,7 +128,7 @@ def metadata_scope(**metadata: Any) -> Iterator[dict[str, Any]]:
     Yields:
         The merged metadata now in force.
     """
-    merged = {**_scope.get(), **metadata}
+    merged = {**_scope.get(_NO_METADATA), **metadata}
     token = _scope.set(merged)
     try:
         yield merged
@@ -137,4 +138,4 @@ def metadata_scope(**metadata: Any) -> Iterator[dict[str, Any]]:
 
 def current_metadata() -> dict[str, Any]:
     """The metadata set by the enclosing ``metadata_scope`` blocks (shared; do not mutate)."""
-    return _scope.get()
+    return _scope.get(_NO_METADATA)

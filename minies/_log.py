@@ -38,7 +38,7 @@ def _records(
     while remaining is None or remaining > 0:
         page = PAGE if remaining is None else min(PAGE, remaining)
         with lock:
-            rows = conn.execute(sql, args(after, page)).fetchall()
+            rows: list[Any] = conn.execute(sql, args(after, page)).fetchall()
         try:
             records = [
                 Recorded(p, i, a, at, t, v, parse(c), decoders[t](d), metadata(m))
@@ -89,6 +89,4 @@ def read_aggregate(
     lock: AbstractContextManager[Any] = _NO_LOCK,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
-    return _records(
-        conn, _schema.READ_AGGREGATE, lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock
-    )
+    return _records(conn, _schema.READ_AGGREGATE, lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock)

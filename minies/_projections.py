@@ -18,9 +18,9 @@ import apsw
 import msgspec
 
 from minies import _codec, _schema
-from minies._log import LAST, read_log
 from minies._errors import MiniesError, ProjectionError
 from minies._events import Event, Recorded
+from minies._log import LAST, read_log
 
 
 class Projection:
@@ -64,9 +64,7 @@ class Projection:
         if self.event_types is not None:
             return frozenset(t if isinstance(t, str) else t.event_type for t in self.event_types)
         if type(self).handle is Projection.handle:
-            return frozenset(
-                name[3:] for name in dir(self) if name.startswith("on_") and callable(getattr(self, name))
-            )
+            return frozenset(name[3:] for name in dir(self) if name.startswith("on_") and callable(getattr(self, name)))
         return None
 
 
@@ -78,9 +76,7 @@ def _method_suffix(event_type: str) -> str:
 
 
 # https://sqlite.org/c3ref/c_alter_table.html
-_REFUSED_ACTIONS = frozenset(
-    {apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}
-)
+_REFUSED_ACTIONS = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH})
 _WRITES = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE, apsw.SQLITE_DROP_TABLE})
 
 
@@ -138,8 +134,6 @@ def _refused(sql: str) -> MiniesError:
     )
 
 
-
-
 class RebuildReport(msgspec.Struct, frozen=True):
     """What a rebuild did: ``events`` applied in ``seconds`` (``events_per_second``)."""
 
@@ -165,9 +159,7 @@ class Projector:
         self.projections: dict[str, Projection] = {}
         for projection in projections:
             if not isinstance(projection, Projection):
-                raise TypeError(
-                    f"projections must be minies.Projection instances, got {type(projection).__name__}"
-                )
+                raise TypeError(f"projections must be minies.Projection instances, got {type(projection).__name__}")
             name = projection.name
             if not isinstance(name, str) or not name:
                 raise ValueError(f"projection name must be a non-empty str, got {name!r}")
@@ -189,7 +181,8 @@ class Projector:
     def apply(self, conn: apsw.Connection, db: Database, records: list[Recorded], head_before: int) -> None:
         """Apply freshly appended ``records`` (the log was at ``head_before`` before them)."""
         if self._known_head != head_before:
-            self._positions = dict(conn.execute(_schema.PROJECTION_POSITIONS).fetchall())
+            rows: list[Any] = conn.execute(_schema.PROJECTION_POSITIONS).fetchall()
+            self._positions = dict(rows)
         for name, projection in self.projections.items():
             position = self._positions.get(name, 0)
             if position < head_before:
@@ -210,7 +203,9 @@ class Projector:
         self._known_head = head
 
     # ------------------------------------------------------------------ catch-up and rebuild
-    def catch_up(self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport | None:
+    def catch_up(
+        self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None
+    ) -> RebuildReport | None:
         """Bring one projection up to the head; rebuild it if it is new or its version changed."""
         projection = self.projections[name]
         state = conn.execute(_schema.PROJECTION_STATE, (name,)).fetchone()
@@ -225,7 +220,9 @@ class Projector:
             return RebuildReport(name, count, time.perf_counter() - started)
         return None
 
-    def rebuild(self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport:
+    def rebuild(
+        self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None
+    ) -> RebuildReport:
         """Drop what the projection created, run ``setup`` again, replay the whole log."""
         projection = self.projections[name]
         started = time.perf_counter()
@@ -271,9 +268,7 @@ class Projector:
                 if progress is not None and count % 10_000 == 0:
                     progress(position, total)
         except Exception as e:
-            raise ProjectionError(
-                projection.name, f"failed at position {position}: {type(e).__name__}: {e}"
-            ) from e
+            raise ProjectionError(projection.name, f"failed at position {position}: {type(e).__name__}: {e}") from e
         if progress is not None:
             progress(total, total)
         return count

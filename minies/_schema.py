@@ -108,14 +108,10 @@ INSERT_EVENT: Final = (
     "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
     " data, metadata, created_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-AGGREGATE_VERSION: Final = (
-    "SELECT version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
-)
+AGGREGATE_VERSION: Final = "SELECT version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
 AGGREGATE_TYPE: Final = "SELECT aggregate_type FROM events WHERE aggregate_id = ? LIMIT 1"
 HEAD: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
-EVENT_BY_ID: Final = (
-    "SELECT aggregate_id, version, event_type, data FROM events WHERE event_id = ?"
-)
+EVENT_BY_ID: Final = "SELECT aggregate_id, version, event_type, data FROM events WHERE event_id = ?"
 READ_AGGREGATE: Final = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
     " ORDER BY version LIMIT ?"
@@ -127,9 +123,7 @@ READ_AGGREGATE_PAYLOADS: Final = (
     " || ']', max(version), count(*), min(aggregate_type), max(aggregate_type)"
     " FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
 )
-READ_ALL: Final = (
-    f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
-)
+READ_ALL: Final = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
 READ_ALL_TYPES: Final = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ?"
     " AND event_type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
@@ -151,8 +145,7 @@ TYPE_COUNTS: Final = "SELECT event_type, count(*) FROM events GROUP BY event_typ
 # ---------------------------------------------------------------------------- event types
 KNOWN_TYPES: Final = "SELECT event_type FROM minies_event_types"
 ADD_TYPE: Final = (
-    "INSERT OR IGNORE INTO minies_event_types (event_type, python_class, json_schema, first_seen)"
-    " VALUES (?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO minies_event_types (event_type, python_class, json_schema, first_seen) VALUES (?, ?, ?, ?)"
 )
 TYPE_SCHEMAS: Final = "SELECT event_type, python_class, json_schema FROM minies_event_types"
 
@@ -182,8 +175,7 @@ PROJECTION_STATE: Final = "SELECT version, position, objects FROM minies_project
 PROJECTION_POSITIONS: Final = "SELECT name, position FROM minies_projections"
 PROJECTIONS: Final = "SELECT name, version, position, updated_at FROM minies_projections ORDER BY name"
 SAVE_PROJECTION: Final = (
-    "INSERT OR REPLACE INTO minies_projections (name, version, position, objects, updated_at)"
-    " VALUES (?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO minies_projections (name, version, position, objects, updated_at) VALUES (?, ?, ?, ?, ?)"
 )
 ADVANCE_PROJECTION: Final = "UPDATE minies_projections SET position = ?, updated_at = ? WHERE name = ?"
 SCHEMA_OBJECTS: Final = (
@@ -193,16 +185,13 @@ SCHEMA_OBJECTS: Final = (
 
 # ---------------------------------------------------------------------------- subscriptions
 SUBSCRIPTION_POSITION: Final = "SELECT position FROM minies_subscriptions WHERE name = ?"
-SAVE_SUBSCRIPTION: Final = (
-    "INSERT OR REPLACE INTO minies_subscriptions (name, position, updated_at) VALUES (?, ?, ?)"
-)
+SAVE_SUBSCRIPTION: Final = "INSERT OR REPLACE INTO minies_subscriptions (name, position, updated_at) VALUES (?, ?, ?)"
 PARK: Final = (
     "INSERT OR REPLACE INTO minies_dead_letters (subscription, position, attempts, error, parked_at)"
     " VALUES (?, ?, ?, ?, ?)"
 )
 DEAD_LETTERS: Final = (
-    "SELECT position, attempts, error, parked_at FROM minies_dead_letters"
-    " WHERE subscription = ? ORDER BY position"
+    "SELECT position, attempts, error, parked_at FROM minies_dead_letters WHERE subscription = ? ORDER BY position"
 )
 SUBSCRIPTIONS: Final = "SELECT name, position, updated_at FROM minies_subscriptions ORDER BY name"
 
@@ -235,8 +224,7 @@ def identify(conn: apsw.Connection, where: str) -> int:
         return 0
     if app_id != APPLICATION_ID:
         raise SchemaError(
-            f"{where} is a SQLite database of another application (application_id {app_id:#x}), "
-            "not a minies one"
+            f"{where} is a SQLite database of another application (application_id {app_id:#x}), not a minies one"
         )
     if version > SCHEMA_VERSION:
         raise SchemaError(

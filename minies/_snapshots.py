@@ -57,9 +57,7 @@ def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
 def latest(conn: apsw.Connection, cls: type[A], aggregate_id: str, upto: int) -> A | None:
     """The newest usable snapshot at or below ``upto``, decoded, or None."""
     wanted = fingerprint(cls)
-    for version, stored_fingerprint, state in conn.execute(
-        _schema.LATEST_SNAPSHOT, (aggregate_id, upto, KEEP)
-    ):
+    for version, stored_fingerprint, state in conn.execute(_schema.LATEST_SNAPSHOT, (aggregate_id, upto, KEEP)):
         if stored_fingerprint != wanted:
             continue
         try:
@@ -73,7 +71,8 @@ def latest(conn: apsw.Connection, cls: type[A], aggregate_id: str, upto: int) ->
 
 def stats(conn: apsw.Connection) -> list[tuple[str, int, int]]:
     """(aggregate_type, snapshot count, bytes of state) per aggregate type."""
-    return conn.execute(_schema.SNAPSHOT_STATS).fetchall()
+    rows: list[tuple[str, int, int]] = conn.execute(_schema.SNAPSHOT_STATS).fetchall()  # type: ignore[assignment]
+    return rows
 
 
 def drop(conn: apsw.Connection, aggregate_type: str) -> int:

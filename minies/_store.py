@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, NoReturn, TypeVar
@@ -95,6 +94,7 @@ class EventStore:
         self._known_types: set[str] = set()
         self._changed = threading.Condition(self._lock)
         self.failed_projections: dict[str, ProjectionError] = {}
+        self._closed = False
         self._conn = self._connect()
         self._db = Database(self._conn)
         try:
@@ -130,9 +130,7 @@ class EventStore:
                 if version == 0:
                     raise SchemaError(f"{self.path!r} is empty, not a minies database")
                 if version != _schema.SCHEMA_VERSION:
-                    raise SchemaError(
-                        f"{self.path!r} has schema version {version}; open it writable once to migrate"
-                    )
+                    raise SchemaError(f"{self.path!r} has schema version {version}; open it writable once to migrate")
             else:
                 if self.path not in (":memory:", ""):
                     mode = conn.pragma("journal_mode", "wal")
@@ -159,7 +157,6 @@ class EventStore:
                 del self._projector.projections[name]
         self._projector.forget()
 
-    
     # ------------------------------------------------------------------ errors
     def _raise(self, e: apsw.Error, doing: str) -> NoReturn:
         if isinstance(e, (apsw.BusyError, apsw.LockedError)):
@@ -200,7 +197,7 @@ class EventStore:
 
         Callers hold ``self._lock``.
         """
-        if self._conn is None:
+        if self._closed:
             raise MiniesError("the store is closed")
         conn = self._conn
         if self._depth:
@@ -352,19 +349,25 @@ class EventStore:
         rows = []
         position = head_position
         version = current
-        for event, data, event_id in zip(events, datas, ids):
+        for event, data, event_id in zip(events, datas, ids, strict=True):
             position += 1
             version += 1
             event_type = event.event_type
-            previous = chain(previous, position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created)
-            rows.append((position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created, previous))
+            previous = chain(
+                previous, position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created
+            )
+            rows.append(
+                (position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created, previous)
+            )
         try:
             conn.executemany(_schema.INSERT_EVENT, rows)
         except apsw.ConstraintError as e:
             # The UNIQUE constraints are the last line of defence behind the checks above.
             if "event_id" in str(e):
                 raise DuplicateEventError(ids[0], "by another event") from None
-            raise ConcurrencyError(aggregate_id, current, conn.execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0) from None
+            raise ConcurrencyError(
+                aggregate_id, current, conn.execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0
+            ) from None
         except apsw.Error as e:
             self._raise(e, f"cannot append to {aggregate_id!r}")
         for event in events:
@@ -375,7 +378,7 @@ class EventStore:
             metadata = _codec.decode_metadata(meta)
             records = [
                 Recorded(r[0], r[1], aggregate_id, aggregate_type, r[4], r[5], timestamp, e, metadata)
-                for r, e in zip(rows, events)
+                for r, e in zip(rows, events, strict=True)
             ]
             self._projector.apply(conn, self._db, records, head_position)
         return version
@@ -388,7 +391,7 @@ class EventStore:
         if all(row is None for row in found):
             return None
         first = found[0]
-        for k, (row, event, data, event_id) in enumerate(zip(found, events, datas, ids)):
+        for k, (row, event, data, event_id) in enumerate(zip(found, events, datas, ids, strict=True)):
             if row is None:
                 raise DuplicateEventError(ids[0], "by an earlier append that held only part of this batch")
             stored_aggregate, version, event_type, stored_data = row
@@ -527,7 +530,10 @@ class EventStore:
             aggregate = cls(id=aggregate_id)
         found = self._replay(aggregate_id, cls.aggregate_type, aggregate.version, last, aggregate.apply)
         if found == 0 and aggregate.version == 0:
-            raise NotFound(f"aggregate {aggregate_id!r} has no events" + (f" at or below version {upto}" if upto is not None else ""))
+            raise NotFound(
+                f"aggregate {aggregate_id!r} has no events"
+                + (f" at or below version {upto}" if upto is not None else "")
+            )
         aggregate.version += found
         return aggregate
 
@@ -561,7 +567,9 @@ class EventStore:
             raise NotFound(f"aggregate {aggregate_id!r} has no events")
         return state[0], found
 
-    def _replay(self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]) -> int:
+    def _replay(
+        self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]
+    ) -> int:
         """Feed events ``after < version <= upto`` to ``step``; return how many there were.
 
         SQLite assembles each chunk into one JSON array, so the per-event Python work is
@@ -571,9 +579,12 @@ class EventStore:
         total = 0
         while after < upto:
             with self._lock, self._translate("cannot read"):
-                text, high, count, low_type, high_type = self._open().execute(
-                    _schema.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK))
-                ).fetchone()
+                row: Any = (
+                    self._open()
+                    .execute(_schema.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK)))
+                    .fetchone()
+                )
+            text, high, count, low_type, high_type = row
             if not count:
                 break
             if aggregate_type is not None and (low_type != aggregate_type or high_type != aggregate_type):
@@ -624,7 +635,9 @@ class EventStore:
         return Subscription(self, name, max_attempts=max_attempts)
 
     # ------------------------------------------------------------------ audit
-    def verify(self, *, expect_head: str | None = None, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    def verify(
+        self, *, expect_head: str | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> VerifyReport:
         """Re-check the hash chain, version continuity, triggers and SQLite's integrity.
 
         Args:
@@ -636,11 +649,12 @@ class EventStore:
             conn = self._open()
             try:
                 with conn:  # one read transaction: a consistent view while others append
-                    return _audit.verify(conn, expect_head=expect_head, progress=progress)
+                    report = _audit.verify(conn, expect_head=expect_head, progress=progress)
             except apsw.CorruptError as e:
-                return VerifyReport(False, 0, None, f"the file is damaged: {e}", 0, "")
+                report = VerifyReport(False, 0, None, f"the file is damaged: {e}", 0, "")
             except apsw.Error as e:
                 self._raise(e, "cannot verify")
+        return report
 
     def backup(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent single-file copy (no ``-wal`` needed) to ``path``.
@@ -667,16 +681,17 @@ class EventStore:
 
     # ------------------------------------------------------------------ lifecycle
     def _open(self) -> apsw.Connection:
-        if self._conn is None:
+        if self._closed:
             raise MiniesError("the store is closed")
         return self._conn
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close. Safe to call twice."""
         with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is None:
+            if self._closed:
                 return
+            self._closed = True
+            conn = self._conn
             if not self.readonly and self.path not in (":memory:", ""):
                 with contextlib.suppress(apsw.Error):
                     conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
@@ -689,7 +704,7 @@ class EventStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._conn is None else self.durability
+        state = "closed" if self._closed else self.durability
         return f"<minies.EventStore {self.path!r} ({state})>"
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -137,5 +137,5 @@ class Subscription:
     def dead_letters(self) -> list[DeadLetter]:
         """Events parked after ``max_attempts`` failures, oldest first."""
         with self.store._lock:
-            rows = self.store._open().execute(_schema.DEAD_LETTERS, (self.name,)).fetchall()
+            rows: list[Any] = self.store._open().execute(_schema.DEAD_LETTERS, (self.name,)).fetchall()
         return [DeadLetter(*row) for row in rows]

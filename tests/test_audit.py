@@ -21,6 +21,7 @@ def build(path: str, n: int = 30) -> str:
 
 def independent_chain_check(path: str) -> tuple[bool, int | None]:
     """Straight from the README's canonical encoding, with the stock sqlite3 module."""
+
     def net(value: object) -> bytes:
         raw = str(value).encode("utf-8")
         return str(len(raw)).encode() + b":" + raw + b","
@@ -80,13 +81,28 @@ RESTORE = [
         (["UPDATE events SET created_at = '2000-01-01T00:00:00.000000Z' WHERE position = 9"], 9, "does not match"),
         (["DELETE FROM events WHERE position = 12"], 12, "position 12 is missing"),
         (["DELETE FROM events WHERE position = 31"], None, ""),  # dropping the tail: see expect_head
-        (["INSERT INTO events SELECT 32, 'x', aggregate_id, aggregate_type, event_type, 99, data, metadata,"
-          " created_at, hash FROM events WHERE position = 31"], 32, "does not match its hash"),
-        (["UPDATE events SET position = 1000 WHERE position = 5", "UPDATE events SET position = 5 WHERE position = 6",
-          "UPDATE events SET position = 6 WHERE position = 1000"], 5, "does not match its hash"),
+        (
+            [
+                "INSERT INTO events SELECT 32, 'x', aggregate_id, aggregate_type, event_type, 99, data, metadata,"
+                " created_at, hash FROM events WHERE position = 31"
+            ],
+            32,
+            "does not match its hash",
+        ),
+        (
+            [
+                "UPDATE events SET position = 1000 WHERE position = 5",
+                "UPDATE events SET position = 5 WHERE position = 6",
+                "UPDATE events SET position = 6 WHERE position = 1000",
+            ],
+            5,
+            "does not match its hash",
+        ),
     ],
 )
-def test_every_kind_of_tampering_is_detected(db_path: str, edit: list[str], bad_position: int | None, reason: str) -> None:
+def test_every_kind_of_tampering_is_detected(
+    db_path: str, edit: list[str], bad_position: int | None, reason: str
+) -> None:
     head = build(db_path)
     tamper(db_path, *DROP.split("; "), *edit, *RESTORE)
     if bad_position is None:
@@ -181,10 +197,14 @@ def test_backup_while_another_process_writes(db_path: str) -> None:
 
     build(db_path)
     writer = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, minies\nfrom domain import MoneyDeposited\n"
-         "with minies.EventStore(sys.argv[1], durability='normal') as s:\n"
-         "    for i in range(400): s.append('busy', [MoneyDeposited(amount=i)], aggregate_type='A')\n", db_path],
+        [
+            sys.executable,
+            "-c",
+            "import sys, minies\nfrom domain import MoneyDeposited\n"
+            "with minies.EventStore(sys.argv[1], durability='normal') as s:\n"
+            "    for i in range(400): s.append('busy', [MoneyDeposited(amount=i)], aggregate_type='A')\n",
+            db_path,
+        ],
         env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)},
     )
     copies = []

@@ -15,7 +15,9 @@ import minies
 
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "minies", *args], capture_output=True, text=True, input=stdin, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "minies", *args], capture_output=True, text=True, input=stdin, timeout=120
+    )
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def shop(db_path: str) -> str:
     with minies.EventStore(db_path) as store:
         for i in range(20):
             store.append(f"acc-{i % 4}", [MoneyDeposited(amount=i)], aggregate_type="Account")
-        store.append("o1", [OrderPlaced(customer_id="c\n\"1\"", total=9.5)], aggregate_type="Order")
+        store.append("o1", [OrderPlaced(customer_id='c\n"1"', total=9.5)], aggregate_type="Order")
     return db_path
 
 
@@ -41,9 +43,18 @@ def test_events_json_lines_parse(shop: str) -> None:
     assert result.returncode == 0
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["position"] for line in lines] == list(range(1, 22))
-    assert lines[-1]["data"] == {"customer_id": "c\n\"1\"", "total": 9.5}
-    assert set(lines[0]) == {"position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version",
-                             "timestamp", "data", "metadata"}
+    assert lines[-1]["data"] == {"customer_id": 'c\n"1"', "total": 9.5}
+    assert set(lines[0]) == {
+        "position",
+        "event_id",
+        "aggregate_id",
+        "aggregate_type",
+        "event_type",
+        "version",
+        "timestamp",
+        "data",
+        "metadata",
+    }
 
 
 def test_events_filters_and_table(shop: str) -> None:
@@ -66,7 +77,7 @@ def test_export_jsonl_and_csv(shop: str, tmp_path: object) -> None:
     assert again.returncode == 2 and "already exists" in again.stderr
     rows = list(csv.reader(io.StringIO(cli("export", shop, "--format", "csv").stdout)))
     assert rows[0][:3] == ["position", "event_id", "aggregate_id"] and len(rows) == 22
-    assert json.loads(rows[-1][7])["customer_id"] == "c\n\"1\""
+    assert json.loads(rows[-1][7])["customer_id"] == 'c\n"1"'
 
 
 def test_verify_head_and_info(shop: str) -> None:

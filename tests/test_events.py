@@ -32,7 +32,8 @@ def test_events_are_frozen_keyword_only_structs() -> None:
 
 def test_two_classes_claiming_one_event_type_is_an_error() -> None:
     with pytest.raises(minies.SchemaError, match="'MoneyDeposited' is already registered by domain.MoneyDeposited"):
-        class MoneyDeposited(minies.Event):  # noqa: F811 - the clash is the point
+
+        class MoneyDeposited(minies.Event):
             amount: int
 
 
@@ -66,6 +67,7 @@ def test_redefining_the_same_class_replaces_it(store: minies.EventStore) -> None
 @pytest.mark.parametrize("bad", ["", "1abc", "has space", "x" * 201, 'quote"'])
 def test_invalid_event_type_names(bad: str) -> None:
     with pytest.raises(minies.SchemaError, match="not a valid event type"):
+
         class Bad(minies.Event):
             event_type: ClassVar[str] = bad
 

@@ -89,9 +89,10 @@ def test_projection_catches_up_inline_after_another_writer(db_path: str) -> None
 
 
 def test_two_stores_with_the_same_projection_never_double_apply(db_path: str) -> None:
-    with minies.EventStore(db_path, projections=[Balances()]) as one, minies.EventStore(
-        db_path, projections=[Balances()]
-    ) as two:
+    with (
+        minies.EventStore(db_path, projections=[Balances()]) as one,
+        minies.EventStore(db_path, projections=[Balances()]) as two,
+    ):
         one.append("a", [AccountOpened(owner="x", balance=0)], aggregate_type="Account")
         for i in range(20):
             (one if i % 3 else two).append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
@@ -132,7 +133,9 @@ def test_rebuild_reports_progress_and_is_atomic(store: minies.EventStore) -> Non
     projection = Breakable()
     with minies.EventStore(":memory:", projections=[projection]) as store:
         for i in range(25):
-            store.append(f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] + [OrderShipped()] * 999, aggregate_type="Order")
+            store.append(
+                f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] + [OrderShipped()] * 999, aggregate_type="Order"
+            )
         calls: list[tuple[int, int]] = []
         store.rebuild("order_summaries", progress=lambda done, total: calls.append((done, total)))
         assert calls[0] == (10_000, 25_000) and calls[-1] == (25_000, 25_000)
@@ -172,8 +175,17 @@ def test_duplicate_names_and_bad_projections() -> None:
 
 @pytest.mark.parametrize(
     "sql",
-    ["COMMIT", "  commit; ", "/* sneaky */ ROLLBACK", "BEGIN", "SAVEPOINT x", "ATTACH ':memory:' AS other",
-     "DELETE FROM minies_projections", "UPDATE events SET version = 0", "INSERT INTO minies_snapshots VALUES (1,2,3,4,5,6)"],
+    [
+        "COMMIT",
+        "  commit; ",
+        "/* sneaky */ ROLLBACK",
+        "BEGIN",
+        "SAVEPOINT x",
+        "ATTACH ':memory:' AS other",
+        "DELETE FROM minies_projections",
+        "UPDATE events SET version = 0",
+        "INSERT INTO minies_snapshots VALUES (1,2,3,4,5,6)",
+    ],
 )
 def test_projection_cannot_escape_its_transaction(sql: str) -> None:
     class Rogue(minies.Projection):
@@ -204,8 +216,14 @@ def test_query_is_read_only_and_explains_bad_sql(store: minies.EventStore) -> No
 log_strategy = st.lists(
     st.tuples(
         st.sampled_from(["a", "b", "c"]),
-        st.lists(st.one_of(st.builds(MoneyDeposited, amount=st.integers(0, 100)),
-                           st.builds(MoneyWithdrawn, amount=st.integers(0, 100))), min_size=1, max_size=4),
+        st.lists(
+            st.one_of(
+                st.builds(MoneyDeposited, amount=st.integers(0, 100)),
+                st.builds(MoneyWithdrawn, amount=st.integers(0, 100)),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
     ),
     max_size=25,
 )
@@ -242,8 +260,9 @@ print("done", flush=True)
 def test_kill_during_a_rebuild_leaves_the_old_read_model(db_path: str) -> None:
     with minies.EventStore(db_path, projections=[OrderSummaries()], durability="normal") as store:
         for i in range(200):
-            store.append(f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] + [OrderShipped()] * 999,
-                         aggregate_type="Order")
+            store.append(
+                f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] + [OrderShipped()] * 999, aggregate_type="Order"
+            )
         before = store.query("SELECT * FROM order_summaries ORDER BY order_id")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
     proc = subprocess.Popen([sys.executable, "-c", REBUILDER, db_path, "2"], env=env, stdout=subprocess.PIPE, text=True)

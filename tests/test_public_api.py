@@ -12,8 +12,14 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_error_tree() -> None:
-    for error in (minies.ConcurrencyError, minies.DuplicateEventError, minies.NotFound, minies.SchemaError,
-                  minies.ProjectionError, minies.StorageError):
+    for error in (
+        minies.ConcurrencyError,
+        minies.DuplicateEventError,
+        minies.NotFound,
+        minies.SchemaError,
+        minies.ProjectionError,
+        minies.StorageError,
+    ):
         assert issubclass(error, minies.MiniesError)
     assert issubclass(minies.NotFound, LookupError)
     assert issubclass(minies.DuplicateEventError, ValueError)
@@ -22,8 +28,11 @@ def test_error_tree() -> None:
 def test_errors_pickle() -> None:
     import pickle
 
-    for error in (minies.ConcurrencyError("a", 1, 2), minies.ProjectionError("p", "broke"),
-                  minies.DuplicateEventError("id", "by x")):
+    for error in (
+        minies.ConcurrencyError("a", 1, 2),
+        minies.ProjectionError("p", "broke"),
+        minies.DuplicateEventError("id", "by x"),
+    ):
         copy = pickle.loads(pickle.dumps(error))
         assert str(copy) == str(error) and type(copy) is type(error)
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
+from conftest import run_python
 from domain import Account, AccountOpened, AccountRenamed, MoneyDeposited, MoneyWithdrawn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minies
-from conftest import run_python
 from minies import _snapshots
 
 
@@ -17,8 +17,12 @@ class Snappy(Account):
 
 
 def snapshot_versions(store: minies.EventStore, aggregate_id: str) -> list[int]:
-    return [v for (v,) in store._conn.execute(
-        "SELECT version FROM minies_snapshots WHERE aggregate_id = ? ORDER BY version", (aggregate_id,))]
+    return [
+        v
+        for (v,) in store._conn.execute(
+            "SELECT version FROM minies_snapshots WHERE aggregate_id = ? ORDER BY version", (aggregate_id,)
+        )
+    ]
 
 
 def test_snapshot_written_when_a_save_crosses_a_multiple(store: minies.EventStore) -> None:
@@ -78,7 +82,7 @@ def test_a_snapshot_that_fails_to_decode_is_ignored(store: minies.EventStore) ->
     account.deposit(1)
     account.deposit(1)
     store.save(account)
-    store._conn.execute("UPDATE minies_snapshots SET state = '{\"balance\": \"lots\"}'")
+    store._conn.execute('UPDATE minies_snapshots SET state = \'{"balance": "lots"}\'')
     assert store.load(Snappy, "s").balance == 9
 
 
@@ -138,7 +142,7 @@ def test_stale_snapshots_are_ignored_after_the_class_changes(db_path: str) -> No
 
 events_strategy = st.lists(
     st.one_of(
-        st.builds(MoneyDeposited, amount=st.integers(-10**6, 10**6)),
+        st.builds(MoneyDeposited, amount=st.integers(-(10**6), 10**6)),
         st.builds(MoneyWithdrawn, amount=st.integers(0, 10**6)),
         st.builds(AccountRenamed, name=st.text(max_size=8)),
     ),
@@ -150,7 +154,10 @@ events_strategy = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(events=events_strategy, every=st.integers(1, 7), batch=st.integers(1, 5))
 def test_snapshot_load_equals_full_replay_at_every_version(events: list[minies.Event], every: int, batch: int) -> None:
-    with minies.EventStore(":memory:", snapshot_every={Account: every}) as snapped, minies.EventStore(":memory:") as plain:
+    with (
+        minies.EventStore(":memory:", snapshot_every={Account: every}) as snapped,
+        minies.EventStore(":memory:") as plain,
+    ):
         for store in (snapped, plain):
             account = Account(id="a")
             account.record(AccountOpened(owner="o", balance=0))

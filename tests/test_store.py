@@ -4,13 +4,13 @@ import os
 import sqlite3
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from conftest import run_python
 from domain import AccountOpened, MoneyDeposited, MoneyWithdrawn, OrderPlaced
 
 import minies
-from conftest import run_python
 
 
 def deposit(n: int = 1) -> list[minies.Event]:
@@ -32,7 +32,7 @@ def test_append_returns_new_version_and_reads_back(store: minies.EventStore) -> 
     assert events[1].data == MoneyDeposited(amount=1)
     assert {e.aggregate_type for e in events} == {"Account"}
     assert all(e.timestamp.tzinfo is not None and e.timestamp.utcoffset().total_seconds() == 0 for e in events)
-    assert abs((datetime.now(timezone.utc) - events[0].timestamp).total_seconds()) < 60
+    assert abs((datetime.now(UTC) - events[0].timestamp).total_seconds()) < 60
     assert all(uuid.UUID(e.event_id).version == 7 for e in events)
     assert store.version("acc-1") == 3
     assert store.version("nobody") == 0
@@ -264,7 +264,14 @@ def test_file_is_wal_and_identifies_itself(db_path: str) -> None:
     assert con.execute("PRAGMA user_version").fetchone() == (1,)
     columns = [row[1] for row in con.execute("PRAGMA table_info(events)")]
     assert columns[:9] == [
-        "position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version", "data", "metadata",
+        "position",
+        "event_id",
+        "aggregate_id",
+        "aggregate_type",
+        "event_type",
+        "version",
+        "data",
+        "metadata",
         "created_at",
     ]
     indexes = {
@@ -445,8 +452,13 @@ def test_processes_appending_to_one_file(db_path: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
     rounds = 150
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, db_path, str(w), str(rounds)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, db_path, str(w), str(rounds)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for w in range(4)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
