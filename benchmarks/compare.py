@@ -1,0 +1,235 @@
+"""minies vs raw apsw + msgspec vs the `eventsourcing` library, measured in ONE run.
+
+    python benchmarks/compare.py            # prints a Markdown table (events/s and ratios)
+
+Every system writes a fresh file in the same temporary directory, with synchronous=FULL
+(the `eventsourcing` library's default). Each figure is the best of ROUNDS runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Final
+
+import apsw
+import workloads as w
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+import minies
+
+ROUNDS: Final = 3
+
+
+def best(run: Callable[[str], int]) -> float:
+    """Events per second: the best of ROUNDS runs, each on a fresh file."""
+    rates = []
+    for _ in range(ROUNDS):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "bench.db")
+            rates.append(run(path))
+    return max(rates)
+
+
+def timed(events: int, body: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    body()
+    return events / (time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------- minies
+def minies_single(path: str) -> float:
+    with minies.EventStore(path) as store:
+        store.append("acc", [w.Opened(owner="ann")], aggregate_type="Account")
+
+        def body() -> None:
+            for v in range(1, w.SINGLE_COMMANDS + 1):
+                store.append("acc", [w.Deposited(amount=v)], aggregate_type="Account", expected_version=v)
+
+        return timed(w.SINGLE_COMMANDS, body)
+
+
+def minies_batch(path: str) -> float:
+    with minies.EventStore(path) as store:
+        batches = [w.deposits(w.BATCH_SIZE) for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE)]
+
+        def body() -> None:
+            for i, batch in enumerate(batches):
+                store.append(f"acc-{i}", batch, aggregate_type="Account", expected_version=0)
+
+        return timed(w.BATCH_TOTAL, body)
+
+
+def minies_replay(path: str) -> float:
+    with minies.EventStore(path, durability="normal") as store:
+        store.append("acc", [w.Opened(owner="ann"), *w.deposits(w.REPLAY_EVENTS - 1)], aggregate_type="Account")
+        store.load(w.Account, "acc")  # warm the page cache, as the others get
+        return timed(w.REPLAY_EVENTS, lambda: store.load(w.Account, "acc"))
+
+
+def minies_scan(path: str) -> float:
+    with minies.EventStore(path, durability="normal") as store:
+        for i in range(w.SCAN_EVENTS // w.BATCH_SIZE):
+            store.append(f"acc-{i}", w.deposits(w.BATCH_SIZE), aggregate_type="Account")
+        sum(1 for _ in store.read_all())
+        return timed(w.SCAN_EVENTS, lambda: sum(1 for _ in store.read_all()))
+
+
+# ---------------------------------------------------------------------------- raw apsw + msgspec
+def raw_single(path: str) -> float:
+    conn = w.raw_connect(path)
+    w.raw_append(conn, "acc", [w.Opened(owner="ann")], 1)
+    events = [w.Deposited(amount=v) for v in range(1, w.SINGLE_COMMANDS + 1)]
+
+    def body() -> None:
+        for v, event in enumerate(events, 2):
+            w.raw_append(conn, "acc", [event], v)
+
+    rate = timed(w.SINGLE_COMMANDS, body)
+    conn.close()
+    return rate
+
+
+def raw_batch(path: str) -> float:
+    conn = w.raw_connect(path)
+    batches = [w.deposits(w.BATCH_SIZE) for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE)]
+
+    def body() -> None:
+        for i, batch in enumerate(batches):
+            w.raw_append(conn, f"acc-{i}", batch, 1)
+
+    rate = timed(w.BATCH_TOTAL, body)
+    conn.close()
+    return rate
+
+
+def raw_replay(path: str) -> float:
+    conn = w.raw_connect(path)
+    w.raw_append(conn, "acc", [w.Opened(owner="ann"), *w.deposits(w.REPLAY_EVENTS - 1)], 1)
+    w.raw_replay(conn, "acc")
+    rate = timed(w.REPLAY_EVENTS, lambda: w.raw_replay(conn, "acc"))
+    conn.close()
+    return rate
+
+
+def raw_scan(path: str) -> float:
+    conn = w.raw_connect(path)
+    for i in range(w.SCAN_EVENTS // w.BATCH_SIZE):
+        w.raw_append(conn, f"acc-{i}", w.deposits(w.BATCH_SIZE), 1)
+    w.raw_scan(conn)
+    rate = timed(w.SCAN_EVENTS, lambda: w.raw_scan(conn))
+    conn.close()
+    return rate
+
+
+# ---------------------------------------------------------------------------- eventsourcing
+def es_app(path: str) -> Application:
+    return Application(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path})
+
+
+class ESAccount(Aggregate):
+    @event("Opened")
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.balance = 0
+
+    @event("Deposited")
+    def deposit(self, amount: int) -> None:
+        self.balance += amount
+
+
+def es_single(path: str) -> float:
+    app = es_app(path)
+    account = ESAccount("ann")
+    app.save(account)
+
+    def body() -> None:
+        for v in range(w.SINGLE_COMMANDS):
+            account.deposit(v)
+            app.save(account)
+
+    return timed(w.SINGLE_COMMANDS, body)
+
+
+def es_batch(path: str) -> float:
+    app = es_app(path)
+    accounts = []
+    for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE):
+        account = ESAccount("ann")
+        for v in range(w.BATCH_SIZE - 1):
+            account.deposit(v)
+        accounts.append(account)
+
+    def body() -> None:
+        for account in accounts:
+            app.save(account)
+
+    return timed(w.BATCH_TOTAL, body)
+
+
+def es_replay(path: str) -> float:
+    app = es_app(path)
+    account = ESAccount("ann")
+    for v in range(w.REPLAY_EVENTS - 1):
+        account.deposit(v)
+    app.save(account)
+    app.repository.get(account.id)
+    return timed(w.REPLAY_EVENTS, lambda: app.repository.get(account.id))
+
+
+def es_scan(path: str) -> float:
+    app = es_app(path)
+    for _ in range(w.SCAN_EVENTS // w.BATCH_SIZE):
+        account = ESAccount("ann")
+        for v in range(w.BATCH_SIZE - 1):
+            account.deposit(v)
+        app.save(account)
+
+    def body() -> None:
+        recorder, mapper = app.recorder, app.mapper
+        start = 1
+        while True:
+            page = recorder.select_notifications(start=start, limit=1000)
+            for notification in page:
+                mapper.to_domain_event(notification)
+            if len(page) < 1000:
+                return
+            start = page[-1].id + 1
+
+    body()
+    return timed(w.SCAN_EVENTS, body)
+
+
+WORKLOADS: Final = [
+    ("single-event commands (FULL)", minies_single, raw_single, es_single),
+    (f"batch append ({w.BATCH_SIZE:,}/call, {w.BATCH_TOTAL:,} events)", minies_batch, raw_batch, es_batch),
+    (f"replay one {w.REPLAY_EVENTS:,}-event aggregate", minies_replay, raw_replay, es_replay),
+    (f"scan {w.SCAN_EVENTS:,} events in global order", minies_scan, raw_scan, es_scan),
+]
+
+
+def main() -> None:
+    from importlib.metadata import version
+    only = sys.argv[1:]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}")
+    print(
+        f"python {platform.python_version()}, SQLite {apsw.sqlite_lib_version()}, apsw {apsw.apsw_version()},"
+        f" minies {minies.__version__}, eventsourcing {version('eventsourcing')}"
+    )
+    print()
+    print("| workload | minies ev/s | raw apsw ev/s | eventsourcing ev/s | minies / raw | minies / eventsourcing |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, mine, raw, es in WORKLOADS:
+        if only and not any(o in name for o in only):
+            continue
+        m, r, e = best(mine), best(raw), best(es)
+        print(f"| {name} | {m:,.0f} | {r:,.0f} | {e:,.0f} | {m / r:.2f}× | {m / e:.1f}× |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
