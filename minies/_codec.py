@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -95,9 +95,18 @@ def encode_event(event: Event) -> str:
         raise TypeError(f"{type(event).__name__} cannot be stored as JSON: {e}") from None
 
 
+_second = -1
+_second_text = ""
+
+
 def now_text() -> str:
-    """The current UTC time as stored in ``created_at``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current UTC time as stored in ``created_at``: ``2026-03-04T15:23:47.123456Z``."""
+    global _second, _second_text
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    if second != _second:  # strftime once a second, not once an append
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    return f"{_second_text}.{micros:06d}Z"
 
 
 _parsed: dict[str, datetime] = {}
@@ -119,13 +128,12 @@ def new_event_ids(n: int) -> list[str]:
     Random uuid4 ids scatter inserts over the whole ``event_id`` index; time-ordered ids
     keep it append-only and roughly double insert speed on large files.
     """
-    ms = time.time_ns() // 1_000_000
-    rand = os.urandom(10 * n)
+    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
+    prefix = f"{stamp[:8]}-{stamp[8:]}-7"
+    r = os.urandom(10 * n).hex()
     ids = []
-    for i in range(n):
-        r = int.from_bytes(rand[i * 10 : i * 10 + 10], "big")
-        # 48-bit ms | version 7 | 12 random bits | variant 0b10 | 62 random bits
-        value = (ms << 80) | (0x7 << 76) | ((r >> 68) & 0xFFF) << 64 | (0b10 << 62) | (r & ((1 << 62) - 1))
-        h = f"{value:032x}"
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    # 48-bit milliseconds | version 7 | 12 random bits | variant 0b10 | 62 random bits
+    for i in range(0, 20 * n, 20):
+        variant = "89ab"[int(r[i + 3], 16) & 3]
+        ids.append(f"{prefix}{r[i : i + 3]}-{variant}{r[i + 4 : i + 7]}-{r[i + 7 : i + 19]}")
     return ids

@@ -91,6 +91,7 @@ class EventStore:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
         self._depth = 0
+        self._tip = _Tip()
         self._known_types: set[str] = set()
         self._changed = threading.Condition(self._lock)
         self.failed_projections: dict[str, ProjectionError] = {}
@@ -157,6 +158,11 @@ class EventStore:
                 del self._projector.projections[name]
         self._projector.forget()
 
+    def _forget(self) -> None:
+        """After a rollback: cached knowledge of the log may describe writes that never happened."""
+        self._tip.clear()
+        self._projector.forget()
+
     # ------------------------------------------------------------------ errors
     def _raise(self, e: apsw.Error, doing: str) -> NoReturn:
         if isinstance(e, (apsw.BusyError, apsw.LockedError)):
@@ -191,46 +197,14 @@ class EventStore:
             self._raise(e, doing)
 
     # ------------------------------------------------------------------ transactions
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[None]:
+    def _write(self) -> _Write:
         """A write transaction (``BEGIN IMMEDIATE``), or a savepoint when already inside one.
 
         Callers hold ``self._lock``.
         """
         if self._closed:
             raise MiniesError("the store is closed")
-        conn = self._conn
-        if self._depth:
-            self._depth += 1
-            conn.execute(_schema.SAVEPOINT, can_cache=False)
-            try:
-                yield
-            except BaseException:
-                if not conn.get_autocommit():
-                    conn.execute(_schema.ROLLBACK_TO, can_cache=False)
-                raise
-            else:
-                conn.execute(_schema.RELEASE, can_cache=False)
-            finally:
-                self._depth -= 1
-            return
-        # IMMEDIATE takes the write lock up front: a writer waits (busy timeout) instead of
-        # failing later when it tries to upgrade a read lock. https://sqlite.org/lang_transaction.html
-        with self._translate("cannot start a write"):
-            conn.execute(_schema.BEGIN, can_cache=False)
-        self._depth = 1
-        try:
-            yield
-            with self._translate("cannot commit"):
-                conn.execute(_schema.COMMIT, can_cache=False)
-        except BaseException:
-            if not conn.get_autocommit():
-                conn.execute(_schema.ROLLBACK, can_cache=False)
-            self._projector.forget()
-            raise
-        finally:
-            self._depth = 0
-        self._changed.notify_all()
+        return _Write(self)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[EventStore]:
@@ -333,7 +307,14 @@ class EventStore:
     ) -> int:
         conn = self._conn
         n = len(events)
-        current = conn.execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0
+        tip = self._tip
+        known = tip.lookup(conn, aggregate_id) if self._depth == 1 else None
+        if known is None:
+            state: Any = conn.execute(_schema.APPEND_STATE, (aggregate_id,)).fetchone()
+            current, head_position, previous = state if state else (0, 0, _audit.GENESIS)
+            current = current or 0
+        else:
+            current, head_position, previous = known
         if ids is not None:
             done = self._already_appended(aggregate_id, expected, events, datas, ids)
             if done is not None:
@@ -342,8 +323,6 @@ class EventStore:
             ids = _codec.new_event_ids(n)
         if expected is not ANY and expected != current:
             raise ConcurrencyError(aggregate_id, expected, current)
-        head = conn.execute(_schema.HEAD).fetchone()
-        head_position, previous = head if head else (0, _audit.GENESIS)
         created = _codec.now_text()
         chain = _audit.chain_hash
         rows = []
@@ -370,6 +349,7 @@ class EventStore:
             ) from None
         except apsw.Error as e:
             self._raise(e, f"cannot append to {aggregate_id!r}")
+        tip.stage(aggregate_id, version, position, previous, self._depth == 1)
         for event in events:
             if event.event_type not in self._known_types:
                 self._remember_type(type(event))
@@ -592,16 +572,17 @@ class EventStore:
                     f"aggregate {aggregate_id!r} holds {low_type} events, not {aggregate_type}; "
                     "load it with the matching class"
                 )
-            version = after
+            pairs = _decode_pairs(text)
+            pair = None
             try:
-                for event_type, raw in _decode_pairs(text):
-                    version += 1
-                    step(decoders[event_type](raw))
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
-                raise SchemaError(
-                    f"event {version} of aggregate {aggregate_id!r} does not decode with the current class: {e}"
-                ) from e
+                for pair in pairs:
+                    step(decoders[pair[0]](pair[1]))
             except Exception as e:
+                version = after + 1 + next(i for i, p in enumerate(pairs) if p is pair)
+                if isinstance(e, msgspec.ValidationError | msgspec.DecodeError):
+                    raise SchemaError(
+                        f"event {version} of aggregate {aggregate_id!r} does not decode with the current class: {e}"
+                    ) from e
                 e.add_note(f"while applying event {version} of aggregate {aggregate_id!r}")
                 raise
             total += count
@@ -706,6 +687,106 @@ class EventStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.durability
         return f"<minies.EventStore {self.path!r} ({state})>"
+
+
+class _Tip:
+    """What this store knows of the log's tip: the head and recent aggregates' versions.
+
+    An append must know the head (position and hash) and the aggregate's version; querying
+    them costs more than the rest of a single-event append. The cache is valid only while no
+    other connection has committed since our last commit, which SQLite's data version tells
+    for free (https://sqlite.org/c3ref/c_fcntl_begin_atomic_write.html#sqlitefcntldataversion).
+    Only a store's own top-level appends fill it; anything else empties it.
+    """
+
+    __slots__ = ("_data_version", "_head", "_staged", "_versions")
+    _LIMIT: Final = 10_000
+
+    def __init__(self) -> None:
+        self._data_version: int | None = None
+        self._head: tuple[int, bytes] = (0, _audit.GENESIS)
+        self._versions: dict[str, int] = {}
+        self._staged: tuple[str, int, int, bytes] | None = None
+
+    def lookup(self, conn: apsw.Connection, aggregate_id: str) -> tuple[int, int, bytes] | None:
+        """(version, head position, head hash), or None if the cache cannot vouch for them."""
+        if self._data_version != conn.data_version():
+            self._data_version = None
+            return None
+        version = self._versions.get(aggregate_id)
+        return None if version is None else (version, *self._head)
+
+    def stage(self, aggregate_id: str, version: int, position: int, digest: bytes, alone: bool) -> None:
+        """Note an append in progress; ``alone``: the transaction is the append's own."""
+        self._staged = (aggregate_id, version, position, digest) if alone else None
+        if not alone:
+            self._data_version = None
+
+    def committed(self, conn: apsw.Connection) -> None:
+        staged, self._staged = self._staged, None
+        if staged is None or (self._data_version is None and self._versions):
+            self.clear()
+            if staged is None:
+                return
+        aggregate_id, version, position, digest = staged
+        if len(self._versions) >= self._LIMIT:
+            self._versions.clear()
+        self._versions[aggregate_id] = version
+        self._head = (position, digest)
+        self._data_version = conn.data_version()
+
+    def clear(self) -> None:
+        self._data_version = None
+        self._staged = None
+        self._versions.clear()
+
+
+class _Write:
+    """The context manager behind ``EventStore._write`` (a class: this is every append's path)."""
+
+    __slots__ = ("_nested", "_store")
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._nested = store._depth > 0
+
+    def __enter__(self) -> None:
+        store = self._store
+        if self._nested:
+            store._conn.execute(_schema.SAVEPOINT)
+        else:
+            # IMMEDIATE takes the write lock up front: a writer waits (busy timeout) instead of
+            # failing later when it upgrades a read lock. https://sqlite.org/lang_transaction.html
+            try:
+                store._conn.execute(_schema.BEGIN)
+            except apsw.Error as e:
+                store._raise(e, "cannot start a write")
+        store._depth += 1
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        store = self._store
+        conn = store._conn
+        store._depth -= 1
+        if self._nested:
+            if kind is None:
+                conn.execute(_schema.RELEASE)
+            elif not conn.get_autocommit():
+                conn.execute(_schema.ROLLBACK_TO)
+            return
+        if kind is None:
+            try:
+                conn.execute(_schema.COMMIT)
+            except apsw.Error as e:
+                if not conn.get_autocommit():
+                    conn.execute(_schema.ROLLBACK)
+                store._forget()
+                store._raise(e, "cannot commit")
+            store._tip.committed(conn)
+            store._changed.notify_all()
+            return
+        if not conn.get_autocommit():
+            conn.execute(_schema.ROLLBACK)
+        store._forget()
 
 
 def _bad_id(value: object) -> NoReturn:

@@ -473,3 +473,22 @@ def test_processes_appending_to_one_file(db_path: str) -> None:
         assert [r.position for r in records] == list(range(1, 8 * rounds + 1))
         assert len({r.event_id for r in records}) == len(records)
         assert store.verify().ok
+
+
+def test_cached_tip_notices_other_writers_and_rollbacks(db_path: str) -> None:
+    with minies.EventStore(db_path) as one, minies.EventStore(db_path) as two:
+        for _ in range(3):
+            one.append("x", deposit(), aggregate_type="Account")  # one now caches x's version and the head
+        two.append("x", deposit(2), aggregate_type="Account")
+        two.append("y", deposit(), aggregate_type="Account")
+        assert one.append("x", deposit(), aggregate_type="Account") == 6
+        with pytest.raises(RuntimeError), one.transaction():
+            one.append("x", deposit(), aggregate_type="Account")
+            raise RuntimeError
+        assert one.append("x", deposit(), aggregate_type="Account", expected_version=6) == 7
+        with one.transaction():
+            one.append("x", deposit(), aggregate_type="Account")
+            one.append("z", deposit(), aggregate_type="Account")
+        assert one.append("x", deposit(), aggregate_type="Account") == 9
+        assert [r.position for r in two.read_all()] == list(range(1, 12))
+        assert one.verify().ok
