@@ -23,17 +23,21 @@ from eventsourcing.domain import Aggregate, event
 
 import minies
 
-ROUNDS: Final = 3
+ROUNDS: Final = 5
 
 
-def best(run: Callable[[str], int]) -> float:
-    """Events per second: the best of ROUNDS runs, each on a fresh file."""
-    rates = []
+def measure(runs: tuple[Callable[[str], float], ...]) -> list[float]:
+    """Events per second for each system: the best of ROUNDS runs, each on a fresh file.
+
+    The systems take turns within every round, so a slow patch of a noisy machine hits
+    all of them alike.
+    """
+    rates: list[list[float]] = [[] for _ in runs]
     for _ in range(ROUNDS):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "bench.db")
-            rates.append(run(path))
-    return max(rates)
+        for i, run in enumerate(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                rates[i].append(run(os.path.join(tmp, "bench.db")))
+    return [max(r) for r in rates]
 
 
 def timed(events: int, body: Callable[[], object]) -> float:
@@ -227,7 +231,7 @@ def main() -> None:
     for name, mine, raw, es in WORKLOADS:
         if only and not any(o in name for o in only):
             continue
-        m, r, e = best(mine), best(raw), best(es)
+        m, r, e = measure((mine, raw, es))
         print(f"| {name} | {m:,.0f} | {r:,.0f} | {e:,.0f} | {m / r:.2f}× | {m / e:.1f}× |", flush=True)
 
 

@@ -109,17 +109,18 @@ def now_text() -> str:
     return f"{_second_text}.{micros:06d}Z"
 
 
-_parsed: dict[str, datetime] = {}
+class _Timestamps(dict[str, datetime]):
+    """``created_at`` text → datetime, parsed once: every event of a batch shares one."""
+
+    def __missing__(self, text: str) -> datetime:
+        if len(self) > 4096:
+            self.clear()
+        value = self[text] = datetime.fromisoformat(text)
+        return value
 
 
-def parse_timestamp(text: str) -> datetime:
-    """Parse a ``created_at`` value (cached: a batch shares one timestamp)."""
-    value = _parsed.get(text)
-    if value is None:
-        if len(_parsed) > 4096:
-            _parsed.clear()
-        value = _parsed[text] = datetime.fromisoformat(text)
-    return value
+timestamps = _Timestamps()
+parse_timestamp = timestamps.__getitem__
 
 
 def new_event_ids(n: int) -> list[str]:

@@ -121,14 +121,15 @@ READ_AGGREGATE: Final = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
     " ORDER BY version LIMIT ?"
 )
-# One row holding the aggregate's events as a JSON array of [event_type, data] pairs: SQLite
-# assembles it in C and msgspec splits it in one call, instead of one Python step per row.
+# One row holding a run of the aggregate's payloads as one JSON array, and their event types
+# joined by commas (which an event type cannot contain): SQLite assembles both in C and
+# msgspec splits the array in one call, instead of one Python step per row.
 # INDEXED BY pins the scan to the UNIQUE (aggregate_id, version) index (the table's second
 # unique constraint, hence its name), so rows reach group_concat in version order without
 # the temp B-tree an ORDER BY inside the aggregate would cost (https://sqlite.org/lang_indexedby.html).
 AGGREGATE_INDEX: Final = "sqlite_autoindex_events_2"
 READ_AGGREGATE_PAYLOADS: Final = (
-    "SELECT '[' || group_concat('[\"' || event_type || '\",' || data || ']', ',') || ']',"
+    "SELECT '[' || group_concat(data, ',') || ']', group_concat(event_type, ','),"
     " max(version), count(*), min(aggregate_type), max(aggregate_type)"
     f" FROM events INDEXED BY {AGGREGATE_INDEX} WHERE aggregate_id = ? AND version > ? AND version <= ?"
 )

@@ -40,7 +40,7 @@ _SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
 _LAST_VERSION: Final = (1 << 63) - 1
 _LOAD_CHUNK: Final = 20_000
 
-_decode_pairs = msgspec.json.Decoder(list[tuple[str, msgspec.Raw]]).decode
+_decode_raws = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
 class EventStore:
@@ -564,7 +564,7 @@ class EventStore:
                     .execute(_schema.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK)))
                     .fetchone()
                 )
-            text, high, count, low_type, high_type = row
+            payloads, types, high, count, low_type, high_type = row
             if not count:
                 break
             if aggregate_type is not None and (low_type != aggregate_type or high_type != aggregate_type):
@@ -572,13 +572,16 @@ class EventStore:
                     f"aggregate {aggregate_id!r} holds {low_type} events, not {aggregate_type}; "
                     "load it with the matching class"
                 )
-            pairs = _decode_pairs(text)
-            pair = None
+            raws = _decode_raws(payloads)
+            event_types = types.split(",")
+            if len(raws) != count or len(event_types) != count:
+                raise SchemaError(f"the events of aggregate {aggregate_id!r} after version {after} are damaged")
+            raw = None
             try:
-                for pair in pairs:
-                    step(decoders[pair[0]](pair[1]))
+                for event_type, raw in zip(event_types, raws):  # noqa: B905 - lengths checked above
+                    step(decoders[event_type](raw))
             except Exception as e:
-                version = after + 1 + next(i for i, p in enumerate(pairs) if p is pair)
+                version = after + 1 + next(i for i, r in enumerate(raws) if r is raw)
                 if isinstance(e, msgspec.ValidationError | msgspec.DecodeError):
                     raise SchemaError(
                         f"event {version} of aggregate {aggregate_id!r} does not decode with the current class: {e}"
