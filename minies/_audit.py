@@ -32,6 +32,43 @@ def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+def _net(text: str) -> str:
+    return f"{len(text) if text.isascii() else len(text.encode())}:{text},"
+
+
+def chain_batch(
+    previous: bytes,
+    position: int,
+    event_ids: list[str],
+    aggregate_id: str,
+    aggregate_type: str,
+    event_types: list[str],
+    version: int,
+    datas: list[str],
+    metadata: str,
+    created_at: str,
+) -> list[bytes]:
+    """``chain_hash`` for a batch of one aggregate's events (positions and versions counting
+    up from the given ones), encoding the fields the batch shares once.
+
+    The ``event_ids`` must be canonical UUID strings (ASCII), as ``append`` guarantees.
+    """
+    shared = _net(aggregate_id) + _net(aggregate_type)
+    tail = _net(metadata) + _net(created_at)
+    types = {t: _net(t) for t in set(event_types)}
+    digests = []
+    for event_id, event_type, data in zip(event_ids, event_types, datas, strict=True):
+        p = str(position)
+        v = str(version)
+        size = len(data) if data.isascii() else len(data.encode())
+        text = f"{len(p)}:{p},36:{event_id},{shared}{types[event_type]}{len(v)}:{v},{size}:{data},{tail}"
+        previous = _sha256(previous + text.encode()).digest()
+        digests.append(previous)
+        position += 1
+        version += 1
+    return digests
+
+
 def chain_hash(
     previous: bytes,
     position: int,

@@ -324,20 +324,15 @@ class EventStore:
         if expected is not ANY and expected != current:
             raise ConcurrencyError(aggregate_id, expected, current)
         created = _codec.now_text()
-        chain = _audit.chain_hash
-        rows = []
-        position = head_position
-        version = current
-        for event, data, event_id in zip(events, datas, ids, strict=True):
-            position += 1
-            version += 1
-            event_type = event.event_type
-            previous = chain(
-                previous, position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created
-            )
-            rows.append(
-                (position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created, previous)
-            )
+        types = [event.event_type for event in events]
+        digests = _audit.chain_batch(
+            previous, head_position + 1, ids, aggregate_id, aggregate_type, types, current + 1, datas, meta, created
+        )
+        rows = [
+            (head_position + k, event_id, aggregate_id, aggregate_type, event_type, current + k, data, meta, created, h)
+            for k, event_id, event_type, data, h in zip(range(1, n + 1), ids, types, datas, digests, strict=True)
+        ]
+        position, version, previous = head_position + n, current + n, digests[-1]
         try:
             conn.executemany(_schema.INSERT_EVENT, rows)
         except apsw.ConstraintError as e:
