@@ -94,6 +94,7 @@ class EventStore:
         self._tip = _Tip()
         self._known_types: set[str] = set()
         self._changed = threading.Condition(self._lock)
+        self._followers = 0  # subscriptions waiting on _changed; commits notify only if any
         self.failed_projections: dict[str, ProjectionError] = {}
         self._closed = False
         self._conn = self._connect()
@@ -780,7 +781,8 @@ class _Write:
                 store._forget()
                 store._raise(e, "cannot commit")
             store._tip.committed(conn)
-            store._changed.notify_all()
+            if store._followers:
+                store._changed.notify_all()
             return
         if not conn.get_autocommit():
             conn.execute(_schema.ROLLBACK)

@@ -98,9 +98,9 @@ class Subscription:
     ) -> int:
         """Deliver events as they are appended, by this process or any other.
 
-        Waits without polling the disk: a commit through this store wakes it at once; other
-        connections' commits are noticed through SQLite's ``data_version``, checked with a
-        backoff of up to ``max_wait`` seconds.
+        Waits without re-reading the log: a commit through this store wakes it at once; other
+        connections' commits are noticed through ``PRAGMA data_version`` (a look at the WAL
+        index in shared memory), checked with a backoff of up to ``max_wait`` seconds.
 
         Args:
             handler: called once per event, in position order.
@@ -115,23 +115,30 @@ class Subscription:
         idle_since = time.monotonic()
         wait = 0.005
         seen = -1
-        while stop is None or not stop.is_set():
+        with store._lock:
+            store._followers += 1
+        try:
+            while stop is None or not stop.is_set():
+                with store._lock:
+                    # Changes when another connection commits (https://sqlite.org/pragma.html#pragma_data_version)
+                    version = store._open().pragma("data_version")
+                if version != seen:
+                    seen = version
+                    n = self.poll(handler)
+                    if n:
+                        delivered += n
+                        idle_since = time.monotonic()
+                        wait = 0.005
+                        continue
+                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                    break
+                with store._changed:
+                    if store._changed.wait(wait):
+                        seen = -1
+                wait = min(wait * 2, max_wait)
+        finally:
             with store._lock:
-                version = store._open().data_version()
-            if version != seen:
-                seen = version
-                n = self.poll(handler)
-                if n:
-                    delivered += n
-                    idle_since = time.monotonic()
-                    wait = 0.005
-                    continue
-            if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
-                break
-            with store._changed:
-                if store._changed.wait(wait):
-                    seen = -1
-            wait = min(wait * 2, max_wait)
+                store._followers -= 1
         return delivered
 
     def dead_letters(self) -> list[DeadLetter]:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from domain import MoneyDeposited
@@ -80,14 +81,20 @@ with minies.EventStore(sys.argv[1]) as store:
 def test_follow_sees_another_process_appending(db_path: str) -> None:
     minies.EventStore(db_path).close()
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
-    follower = subprocess.Popen(
-        [sys.executable, "-c", FOLLOWER, db_path, "3"], env=env, stdout=subprocess.PIPE, text=True
-    )
+    follower = subprocess.Popen([sys.executable, "-c", FOLLOWER, db_path, "5"], env=env, stdout=subprocess.PIPE, text=True)
     with minies.EventStore(db_path, durability="normal") as store:
+        deadline = time.monotonic() + 30
+        while not store.query("SELECT 1 FROM minies_subscriptions WHERE name = 'follower'"):
+            store.append("warm-up", [MoneyDeposited(amount=0)], aggregate_type="Account")  # until it follows
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # it is idle now, waiting for news from another process
         for i in range(200):
             store.append(f"a{i % 5}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+        total = store.query("SELECT count(*) FROM events")[0][0]
     out, _ = follower.communicate(timeout=60)
-    assert out.split() == ["200", "True"]
+    assert follower.stdout is not None
+    assert out.split() == [str(total), "True"]
 
 
 def test_follow_wakes_for_same_store_writers_and_stops(store: minies.EventStore) -> None:
