@@ -16,6 +16,7 @@ The canonical encoding (stable across versions; the README repeats it for audito
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -26,10 +27,6 @@ from minies import _schema
 
 GENESIS: Final = bytes(32)
 _sha256 = hashlib.sha256
-
-
-def _size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _net(text: str) -> str:
@@ -69,36 +66,6 @@ def chain_batch(
     return digests
 
 
-def chain_hash(
-    previous: bytes,
-    position: int,
-    event_id: str,
-    aggregate_id: str,
-    aggregate_type: str,
-    event_type: str,
-    version: int,
-    data: str,
-    metadata: str,
-    created_at: str,
-) -> bytes:
-    """The hash of one event, chained to the previous event's hash."""
-    p = str(position)
-    v = str(version)
-    # str.isascii() is O(1): the byte length is the str length for nearly every field.
-    text = (
-        f"{len(p)}:{p},"
-        f"{len(event_id) if event_id.isascii() else _size(event_id)}:{event_id},"
-        f"{len(aggregate_id) if aggregate_id.isascii() else _size(aggregate_id)}:{aggregate_id},"
-        f"{len(aggregate_type) if aggregate_type.isascii() else _size(aggregate_type)}:{aggregate_type},"
-        f"{len(event_type) if event_type.isascii() else _size(event_type)}:{event_type},"
-        f"{len(v)}:{v},"
-        f"{len(data) if data.isascii() else _size(data)}:{data},"
-        f"{len(metadata) if metadata.isascii() else _size(metadata)}:{metadata},"
-        f"{len(created_at) if created_at.isascii() else _size(created_at)}:{created_at},"
-    )
-    return _sha256(previous + text.encode()).digest()
-
-
 class VerifyReport(msgspec.Struct, frozen=True):
     """What ``EventStore.verify`` found.
 
@@ -128,45 +95,51 @@ _CHUNK: Final = 4096
 
 def verify(
     conn: apsw.Connection,
+    integrity_check: Callable[[], list[str]],
     *,
     expect_head: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Re-check the whole file. Streams the log in chunks, so memory stays constant."""
+    """Re-check the whole file. Streams the log in chunks, so memory stays constant.
+
+    ``integrity_check`` runs SQLite's own check (the caller may run it on another thread
+    and connection meanwhile: it does not depend on the chain).
+    """
     total: int = conn.execute(_schema.HEAD_POSITION).get
     expected_hash = _parse_head(expect_head) if expect_head else None
+    sha256 = _sha256
     previous = GENESIS
-    checked = 0
     position = 0
     bad: tuple[int, str] | None = None
     seen_expected = expected_hash is None
     for rows in _chunks(conn):
-        for row in rows:
-            pos = row[0]
+        for pos, stored, typed, canonical in rows:
             if pos != position + 1:
                 bad = (position + 1, f"position {position + 1} is missing (next stored is {pos})")
                 break
-            digest = chain_hash(previous, *row[:9])
-            if digest != row[9]:
+            if not typed:
+                bad = (pos, f"event at position {pos} has a column of the wrong type (altered)")
+                break
+            digest = sha256(previous + canonical).digest()
+            if digest != stored:
                 bad = (pos, f"event at position {pos} does not match its hash (altered, inserted or reordered)")
                 break
             if not seen_expected and digest == expected_hash:
                 seen_expected = True
             previous = digest
             position = pos
-            checked += 1
         if bad:
             break
         if progress:
-            progress(checked, total)
+            progress(position, total)
     if bad is None:
-        bad = _structure(conn, position)
+        bad = _structure(conn, position, integrity_check)
     if bad is None and not seen_expected:
         bad = (position + 1, f"the expected head {expect_head} is not in this history (rewritten or truncated)")
     first, reason = bad if bad else (None, "")
     return VerifyReport(
         ok=bad is None,
-        events_checked=checked,
+        events_checked=position,
         first_bad_position=first,
         reason=reason,
         head_position=position,
@@ -184,7 +157,9 @@ def _chunks(conn: apsw.Connection) -> Iterator[list[Any]]:
         after = rows[-1][0]
 
 
-def _structure(conn: apsw.Connection, head: int) -> tuple[int, str] | None:
+def _structure(
+    conn: apsw.Connection, head: int, integrity_check: Callable[[], list[str]]
+) -> tuple[int, str] | None:
     """Checks beyond the chain: version continuity, triggers, SQLite's own integrity."""
     gap = conn.execute(_schema.VERSION_GAPS).fetchone()
     if gap:
@@ -197,10 +172,42 @@ def _structure(conn: apsw.Connection, head: int) -> tuple[int, str] | None:
     missing = _schema.TRIGGERS - triggers
     if missing:
         return (head, f"immutability triggers are missing: {', '.join(sorted(missing))}")
-    problems = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    problems = integrity_check()
     if problems != ["ok"]:
         return (head, "SQLite integrity check failed: " + "; ".join(map(str, problems[:3])))
     return None
+
+
+def integrity_check(conn: apsw.Connection) -> list[str]:
+    """SQLite's own check of every page and index: ``["ok"]`` or the problems found."""
+    return [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+
+
+def integrity_check_in_background(path: str) -> Callable[[], list[str]]:
+    """Start ``integrity_check`` on a connection and thread of its own; call the result to wait.
+
+    SQLite releases the GIL, so on two cores the check costs the verify little wall time.
+    """
+    result: list[str] = []
+
+    def run() -> None:
+        try:
+            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            try:
+                result.extend(integrity_check(conn))
+            finally:
+                conn.close()
+        except apsw.Error as e:
+            result.append(f"cannot run the integrity check: {e}")
+
+    thread = threading.Thread(target=run, name="minies-integrity-check", daemon=True)
+    thread.start()
+
+    def wait() -> list[str]:
+        thread.join()
+        return result
+
+    return wait
 
 
 def _parse_head(text: str) -> bytes:

@@ -138,9 +138,20 @@ READ_ALL_TYPES: Final = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ?"
     " AND event_type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
 )
+
+# Per event: its position, stored hash, whether every column has its proper type, and the
+# canonical encoding (see _audit) built by SQLite in C with one printf, ready to be hashed.
+_CHAINED: Final = (
+    "position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version", "data", "metadata",
+    "created_at",
+)
 CHAIN: Final = (
-    "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
-    " metadata, created_at, hash FROM events WHERE position > ? ORDER BY position LIMIT ?"
+    "SELECT position, hash, typeof(event_id) = 'text' AND typeof(aggregate_id) = 'text'"
+    " AND typeof(aggregate_type) = 'text' AND typeof(event_type) = 'text' AND typeof(version) = 'integer'"
+    " AND typeof(data) = 'text' AND typeof(metadata) = 'text' AND typeof(created_at) = 'text'"
+    " AND typeof(hash) = 'blob',"
+    f" CAST(printf('{'%d:%s,' * len(_CHAINED)}', {', '.join(f'octet_length({c}), {c}' for c in _CHAINED)}) AS BLOB)"
+    " FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
 HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"

@@ -6,6 +6,7 @@ This is the only module that turns apsw's exceptions into minies' errors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import uuid
@@ -627,9 +628,14 @@ class EventStore:
         """
         with self._lock:
             conn = self._open()
+            check: Callable[[], list[str]]
+            if self.path in (":memory:", ""):
+                check = functools.partial(_audit.integrity_check, conn)
+            else:
+                check = _audit.integrity_check_in_background(self.path)
             try:
                 with conn:  # one read transaction: a consistent view while others append
-                    report = _audit.verify(conn, expect_head=expect_head, progress=progress)
+                    report = _audit.verify(conn, check, expect_head=expect_head, progress=progress)
             except apsw.CorruptError as e:
                 report = VerifyReport(False, 0, None, f"the file is damaged: {e}", 0, "")
             except apsw.Error as e:

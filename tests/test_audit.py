@@ -19,12 +19,18 @@ def build(path: str, n: int = 30) -> str:
         return store.head()[1]
 
 
-def independent_chain_check(path: str) -> tuple[bool, int | None]:
-    """Straight from the README's canonical encoding, with the stock sqlite3 module."""
+def spec_hash(previous: bytes, fields: tuple[object, ...]) -> bytes:
+    """Straight from the README's canonical encoding."""
 
     def net(value: object) -> bytes:
         raw = str(value).encode("utf-8")
         return str(len(raw)).encode() + b":" + raw + b","
+
+    return hashlib.sha256(previous + b"".join(net(v) for v in fields)).digest()
+
+
+def independent_chain_check(path: str) -> tuple[bool, int | None]:
+    """The chain check re-implemented with the stock sqlite3 module."""
 
     con = sqlite3.connect(path)
     previous = bytes(32)
@@ -35,7 +41,7 @@ def independent_chain_check(path: str) -> tuple[bool, int | None]:
     ):
         if row[0] != expected_position:
             return False, expected_position
-        digest = hashlib.sha256(previous + b"".join(net(v) for v in row[:9])).digest()
+        digest = spec_hash(previous, row[:9])
         if digest != row[9]:
             return False, row[0]
         previous = digest
@@ -127,9 +133,7 @@ def test_version_gaps_are_reported(db_path: str) -> None:
         store.append("a", [MoneyDeposited(amount=1)], aggregate_type="A")
         # A forged but correctly chained event that skips a version.
         position, previous = store.head()
-        from minies._audit import chain_hash
-
-        digest = chain_hash(bytes.fromhex(previous), 2, "id-2", "a", "A", "MoneyDeposited", 5, "{}", "{}", "t")
+        digest = spec_hash(bytes.fromhex(previous), (2, "id-2", "a", "A", "MoneyDeposited", 5, "{}", "{}", "t"))
         store._conn.execute(
             "INSERT INTO events VALUES (2, 'id-2', 'a', 'A', 'MoneyDeposited', 5, '{}', '{}', 't', ?)", (digest,)
         )
