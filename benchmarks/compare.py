@@ -91,8 +91,8 @@ def raw_single(path: str) -> float:
     events = [w.Deposited(amount=v) for v in range(1, w.SINGLE_COMMANDS + 1)]
 
     def body() -> None:
-        for v, event in enumerate(events, 2):
-            w.raw_append(conn, "acc", [event], v)
+        for v, deposited in enumerate(events, 2):
+            w.raw_append(conn, "acc", [deposited], v)
 
     rate = timed(w.SINGLE_COMMANDS, body)
     conn.close()
@@ -219,6 +219,7 @@ WORKLOADS: Final = [
 
 def main() -> None:
     from importlib.metadata import version
+
     only = sys.argv[1:]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}")
     print(
@@ -232,7 +233,10 @@ def main() -> None:
         if only and not any(o in name for o in only):
             continue
         m, r, e = measure((mine, raw, es))
-        print(f"| {name} | {m:,.0f} | {r:,.0f} | {e:,.0f} | {m / r:.2f}× | {m / e:.1f}× |", flush=True)
+        print(
+            f"| {name} | {m:,.0f} | {r:,.0f} | {e:,.0f} | {m / r:.2f}\N{MULTIPLICATION SIGN} | {m / e:.1f}\N{MULTIPLICATION SIGN} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

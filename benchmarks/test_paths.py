@@ -57,14 +57,20 @@ class Snapshotted(w.Account):
 @pytest.mark.benchmark(group="append single (FULL)")
 def test_append_single(benchmark: Any, store: minies.EventStore) -> None:
     versions = itertools.count()
-    benchmark(lambda: store.append("acc", [w.Deposited(amount=1)], aggregate_type="Account", expected_version=next(versions)))
+    benchmark(
+        lambda: store.append("acc", [w.Deposited(amount=1)], aggregate_type="Account", expected_version=next(versions))
+    )
 
 
 @pytest.mark.benchmark(group="append single (FULL)")
 def test_append_single_with_inline_projection(benchmark: Any, path: str) -> None:
     with minies.EventStore(path, projections=[Totals()]) as store:
         versions = itertools.count()
-        benchmark(lambda: store.append("acc", [w.Deposited(amount=1)], aggregate_type="Account", expected_version=next(versions)))
+        benchmark(
+            lambda: store.append(
+                "acc", [w.Deposited(amount=1)], aggregate_type="Account", expected_version=next(versions)
+            )
+        )
 
 
 @pytest.mark.benchmark(group="append batch of 1,000")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import apsw
@@ -71,7 +71,7 @@ def raw_connect(path: str) -> apsw.Connection:
 
 
 def raw_rows(aggregate_id: str, events: list[minies.Event], first_version: int) -> list[tuple[Any, ...]]:
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return [
         (str(uuid.uuid4()), aggregate_id, "Account", e.event_type, first_version + i, _encode(e).decode(), "{}", now)
         for i, e in enumerate(events)

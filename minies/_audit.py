@@ -157,9 +157,7 @@ def _chunks(conn: apsw.Connection) -> Iterator[list[Any]]:
         after = rows[-1][0]
 
 
-def _structure(
-    conn: apsw.Connection, head: int, integrity_check: Callable[[], list[str]]
-) -> tuple[int, str] | None:
+def _structure(conn: apsw.Connection, head: int, integrity_check: Callable[[], list[str]]) -> tuple[int, str] | None:
     """Checks beyond the chain: version continuity, triggers, SQLite's own integrity."""
     gap = conn.execute(_schema.VERSION_GAPS).fetchone()
     if gap:

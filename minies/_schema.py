@@ -142,7 +142,14 @@ READ_ALL_TYPES: Final = (
 # Per event: its position, stored hash, whether every column has its proper type, and the
 # canonical encoding (see _audit) built by SQLite in C with one printf, ready to be hashed.
 _CHAINED: Final = (
-    "position", "event_id", "aggregate_id", "aggregate_type", "event_type", "version", "data", "metadata",
+    "position",
+    "event_id",
+    "aggregate_id",
+    "aggregate_type",
+    "event_type",
+    "version",
+    "data",
+    "metadata",
     "created_at",
 )
 CHAIN: Final = (

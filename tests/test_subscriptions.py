@@ -81,7 +81,9 @@ with minies.EventStore(sys.argv[1]) as store:
 def test_follow_sees_another_process_appending(db_path: str) -> None:
     minies.EventStore(db_path).close()
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
-    follower = subprocess.Popen([sys.executable, "-c", FOLLOWER, db_path, "5"], env=env, stdout=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        [sys.executable, "-c", FOLLOWER, db_path, "5"], env=env, stdout=subprocess.PIPE, text=True
+    )
     with minies.EventStore(db_path, durability="normal") as store:
         deadline = time.monotonic() + 30
         while not store.query("SELECT 1 FROM minies_subscriptions WHERE name = 'follower'"):

@@ -1,0 +1,52 @@
+"""The README's examples run, in order, exactly as written (in a fresh process and folder)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_python_examples_run(tmp_path: Path) -> None:
+    script = "\n\n".join(blocks("python"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "[('shipped', 129.99)]" in result.stdout
+    assert "would e-mail about order_1" in result.stdout
+
+
+def test_command_line_examples_run(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", "\n\n".join(blocks("python"))], cwd=tmp_path, check=True, timeout=120)
+    (cli_block,) = [b for b in blocks("sh") if "minies info" in b]
+    for line in cli_block.splitlines():
+        command = shlex.split(line.split("#")[0])
+        assert command[0] == "minies"
+        result = subprocess.run(
+            [sys.executable, "-m", "minies", *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, (line, result.stderr)
+
+
+def test_sql_examples_run(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", "\n\n".join(blocks("python"))], cwd=tmp_path, check=True, timeout=120)
+    con = sqlite3.connect(tmp_path / "shop.db")
+    sql = re.sub(r"--[^\n]*", "", blocks("sql")[0])
+    rows = [con.execute(statement).fetchall() for statement in sql.split(";") if statement.strip()]
+    assert rows[0][0][4] == 129.99 and rows[1]
+    con.close()
+
+
+def test_top_commands_are_the_ci_commands() -> None:
+    first, second = blocks("sh")[0].strip().splitlines()[:2]
+    assert first.split("#")[0].strip() == "pip install . && python -m minies demo shop.db"
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert second.split("#")[0].strip() in ci
