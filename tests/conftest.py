@@ -19,9 +19,9 @@ def db_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store() -> Iterator[minies.EventStore]:
-    with minies.EventStore(":memory:") as s:
-        yield s
+def store(minies_store: minies.EventStore) -> minies.EventStore:
+    """An in-memory store (the fixture minies' pytest plugin gives every user)."""
+    return minies_store
 
 
 @pytest.fixture

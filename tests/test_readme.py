@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
 
@@ -16,16 +18,36 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
+EXAMPLES = "\n\n".join(b for b in blocks("python") if "minies.testing" not in b)
+
+
 def test_python_examples_run(tmp_path: Path) -> None:
-    script = "\n\n".join(blocks("python"))
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", EXAMPLES], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "[('shipped', 129.99)]" in result.stdout
     assert "would e-mail about order_1" in result.stdout
 
 
+def test_testing_example_passes_under_pytest(tmp_path: Path) -> None:
+    python = blocks("python")
+    domain = "\n\n".join(python[:2])  # the classes the test example uses
+    (tool,) = [b for b in python if "minies.testing" in b]
+    (tmp_path / "test_example.py").write_text(domain + "\n\n" + tool)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_example.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if "fixture 'minies_file_store' not found" in result.stdout or "fixture 'benchmark' not found" in result.stdout:
+        pytest.skip("needs minies installed as a package and pytest-benchmark")
+    assert result.returncode == 0, result.stdout
+    assert "4 passed" in result.stdout
+
+
 def test_command_line_examples_run(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-c", "\n\n".join(blocks("python"))], cwd=tmp_path, check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", EXAMPLES], cwd=tmp_path, check=True, timeout=120)
     (cli_block,) = [b for b in blocks("sh") if "minies info" in b]
     for line in cli_block.splitlines():
         command = shlex.split(line.split("#")[0])
@@ -37,7 +59,7 @@ def test_command_line_examples_run(tmp_path: Path) -> None:
 
 
 def test_sql_examples_run(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-c", "\n\n".join(blocks("python"))], cwd=tmp_path, check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", EXAMPLES], cwd=tmp_path, check=True, timeout=120)
     con = sqlite3.connect(tmp_path / "shop.db")
     sql = re.sub(r"--[^\n]*", "", blocks("sql")[0])
     rows = [con.execute(statement).fetchall() for statement in sql.split(";") if statement.strip()]
