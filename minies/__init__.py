@@ -15,6 +15,7 @@ from minies._events import ANY, Event, Recorded, metadata_scope
 from minies._projections import Database, Projection, RebuildReport
 from minies._store import EventStore
 from minies._subscriptions import DeadLetter, Subscription
+from minies._upcasters import rename, upcaster
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,6 @@ __all__ = [
     "Subscription",
     "VerifyReport",
     "metadata_scope",
+    "rename",
+    "upcaster",
 ]

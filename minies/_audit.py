@@ -10,7 +10,9 @@ The canonical encoding (stable across versions; the README repeats it for audito
     hash(0)      = 32 zero bytes
     netstring(s) = <byte length of UTF-8(s), decimal ASCII> ":" UTF-8(s) ","
     integers (position, version) are written in decimal ASCII; data, metadata and created_at
-    are the exact column text.
+    are the exact column text. An event whose schema_version is not 1 appends one more
+    netstring(schema_version) after created_at (so files written before schema versions
+    existed keep their hashes).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def chain_batch(
     datas: list[str],
     metadata: str,
     created_at: str,
+    schema_versions: list[int],
 ) -> list[bytes]:
     """``chain_hash`` for a batch of one aggregate's events (positions and versions counting
     up from the given ones), encoding the fields the batch shares once.
@@ -54,11 +57,13 @@ def chain_batch(
     tail = _net(metadata) + _net(created_at)
     types = {t: _net(t) for t in set(event_types)}
     digests = []
-    for event_id, event_type, data in zip(event_ids, event_types, datas, strict=True):
+    for event_id, event_type, data, schema_version in zip(event_ids, event_types, datas, schema_versions, strict=True):
         p = str(position)
         v = str(version)
         size = len(data) if data.isascii() else len(data.encode())
         text = f"{len(p)}:{p},36:{event_id},{shared}{types[event_type]}{len(v)}:{v},{size}:{data},{tail}"
+        if schema_version != 1:
+            text += _net(str(schema_version))
         previous = _sha256(previous + text.encode()).digest()
         digests.append(previous)
         position += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     command("head", _head, "print the last position and its chain hash")
     backup = command("backup", _backup, "write a consistent single-file copy")
     backup.add_argument("output", metavar="OUT", help="the new file (must not exist)")
+    command("types", _types, "event types with their schema versions and counts")
+    check = command("check", _check, "read every event through today's classes and upcasters; list failures")
+    check.add_argument(
+        "--import",
+        dest="modules",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="import this module first (where your events and upcasters live); repeatable",
+    )
     snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
     snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
     return parser
@@ -145,8 +156,8 @@ def _info(args: argparse.Namespace) -> int:
         out(f"events          {events:,} in {aggregates:,} aggregates\n")
         out(f"head            {position} {digest or '-'}\n")
         out("event types\n")
-        for event_type, count in conn.execute(_schema.TYPE_COUNTS):
-            out(f"  {event_type:<30} {count:>10,}\n")
+        for event_type, version, count in store.event_types():
+            out(f"  {event_type + ('' if version == 1 else f' v{version}'):<30} {count:>10,}\n")
         out("projections\n")
         for name, version, at, updated in conn.execute(_schema.PROJECTIONS):
             out(f"  {name:<30} v{version:<4} at position {at:,} (updated {updated})\n")
@@ -234,6 +245,30 @@ def _csv_row(r: Recorded) -> list[Any]:
         _encode(r.data).decode(),
         _encode(r.metadata).decode(),
     ]
+
+
+def _types(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        print(f"{'event type':<30} {'version':>7} {'events':>12}")
+        for event_type, version, count in store.event_types():
+            print(f"{event_type:<30} {version:>7} {count:>12,}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    sys.path.insert(0, os.getcwd())
+    for module in args.modules:
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise ValueError(f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+    with _open(args) as store:
+        problems = store.check_events(progress=_progress("checking"))
+        total = store.head()[0]
+    for position, event_type, error in problems:
+        print(f"position {position} ({event_type}): {error}")
+    print(f"{total - len(problems):,} of {total:,} events read with today's classes; {len(problems):,} failed")
+    return 1 if problems else 0
 
 
 def _head(args: argparse.Namespace) -> int:

@@ -49,6 +49,20 @@ def decoders() -> dict[str, Callable[[Any], Any]]:
     return _decoders
 
 
+def decode_payload(text: str) -> dict[str, Any]:
+    """A stored payload as a plain dict (the form upcasters work on)."""
+    value = _decode_any(text)
+    if not isinstance(value, dict):
+        raise msgspec.ValidationError(f"a payload must be a JSON object, got {text!r:.80}")
+    return value
+
+
+def from_payload(event_type: str, payload: dict[str, Any]) -> Any:
+    """A payload dict as the registered class's event (or the dict if there is no class)."""
+    cls = _events.registry.get(event_type)
+    return payload if cls is None else msgspec.convert(payload, cls)
+
+
 def decode_metadata(text: str) -> dict[str, Any]:
     """Decode a stored metadata column."""
     if text == "{}":

@@ -59,7 +59,18 @@ class NotFound(MiniesError, LookupError):
 
 
 class SchemaError(MiniesError):
-    """The file is not a minies database, is from a newer minies, or does not match the code."""
+    """The file is not a minies database, is from a newer minies, or does not match the code.
+
+    Attributes:
+        position: the stored event that does not read with today's code, if that is the cause.
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        self.position = position
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[SchemaError], tuple[str, int | None]]:
+        return (type(self), (str(self), self.position))
 
 
 class ProjectionError(MiniesError):

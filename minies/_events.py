@@ -46,6 +46,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, metaclass=_EventMeta):
     """
 
     event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+    """Bump it when the payload's shape changes, and register an upcaster for the old one."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -62,6 +64,9 @@ def _register(cls: type[Event]) -> None:
             f"{cls.__qualname__}.event_type = {name!r} is not a valid event type; use letters, "
             "digits and _ . : - (at most 200 characters, not starting with a digit)"
         )
+    version = cls.schema_version
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SchemaError(f"{cls.__qualname__}.schema_version must be an int >= 1, got {version!r}")
     old = registry.get(name)
     if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
         raise SchemaError(

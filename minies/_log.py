@@ -13,7 +13,7 @@ from typing import Any, Final
 import apsw
 import msgspec
 
-from minies import _codec, _schema
+from minies import _codec, _events, _schema, _upcasters
 from minies._errors import SchemaError
 from minies._events import Recorded
 
@@ -24,13 +24,15 @@ _NO_LOCK: Final = nullcontext()
 
 def _records(
     conn: apsw.Connection,
-    sql: str,
+    query: str,
     args: Callable[[int, int], tuple[Any, ...]],
     after: int,
     key: int,
     limit: int | None,
     lock: AbstractContextManager[Any],
 ) -> Iterator[Recorded]:
+    upcasting = _upcasters.active()
+    sql: str = _schema.VERSIONED[query] if upcasting else getattr(_schema, query)
     decoders = _codec.decoders()
     timestamps = _codec.timestamps
     metadata = _codec.decode_metadata
@@ -40,11 +42,14 @@ def _records(
         with lock:
             rows: list[Any] = conn.execute(sql, args(after, page)).fetchall()
         try:
-            # The hottest loop in reading: no Python call but the decode on the common path.
-            records = [
-                Recorded(p, i, a, at, t, v, timestamps[c], decoders[t](d), {} if m == "{}" else metadata(m))
-                for p, i, a, at, t, v, c, d, m in rows
-            ]
+            if upcasting:
+                records = _upcast_page(rows, decoders)
+            else:
+                # The hottest loop in reading: no Python call but the decode on the common path.
+                records = [
+                    Recorded(p, i, a, at, t, v, timestamps[c], decoders[t](d), {} if m == "{}" else metadata(m))
+                    for p, i, a, at, t, v, c, d, m in rows
+                ]
         except (msgspec.ValidationError, msgspec.DecodeError):
             _explain(rows, decoders)
             raise
@@ -56,14 +61,38 @@ def _records(
             remaining -= page
 
 
+def _upcast_page(rows: list[Any], decoders: dict[str, Callable[[Any], Any]]) -> list[Recorded]:
+    """A page read while upcasters are registered: today's events decode as usual, older
+    ones go through their upcasters (and may become several events, or none)."""
+    renames = _upcasters.renames
+    upcasters = _upcasters.upcasters
+    current = {name: cls.schema_version for name, cls in _events.registry.items() if name not in renames}
+    timestamps = _codec.timestamps
+    records = []
+    for p, i, a, at, t, v, c, d, m, sv in rows:
+        meta = {} if m == "{}" else _codec.decode_metadata(m)
+        if current.get(t) == sv or (t not in current and t not in renames and (t, sv) not in upcasters):
+            records.append(Recorded(p, i, a, at, t, v, timestamps[c], decoders[t](d), meta))
+            continue
+        try:
+            for new_type, payload in _upcasters.upcast(t, sv, _codec.decode_payload(d)):
+                records.append(
+                    Recorded(p, i, a, at, new_type, v, timestamps[c], _codec.from_payload(new_type, payload), meta)
+                )
+        except (SchemaError, msgspec.ValidationError) as e:
+            raise SchemaError(f"event at position {p} ({t} v{sv}) cannot be upcast: {e}", p) from e
+    return records
+
+
 def _explain(rows: list[tuple[Any, ...]], decoders: dict[str, Callable[[Any], Any]]) -> None:
-    for p, _i, _a, _at, t, _v, _c, d, _m in rows:
+    for p, _i, _a, _at, t, _v, _c, d, *_ in rows:
         try:
             decoders[t](d)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             raise SchemaError(
                 f"event at position {p} ({t}) does not decode with the current class: {e}; "
-                "add an upcaster or change the class back"
+                "add an upcaster or change the class back",
+                p,
             ) from e
 
 
@@ -77,9 +106,9 @@ def read_log(
 ) -> Iterator[Recorded]:
     """Events with ``after < position <= upto`` in position order, optionally of some types only."""
     if types is None:
-        return _records(conn, _schema.READ_ALL, lambda a, n: (a, upto, n), after, 0, limit, lock)
+        return _records(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock)
     type_list = msgspec.json.encode(sorted(types)).decode()
-    return _records(conn, _schema.READ_ALL_TYPES, lambda a, n: (a, upto, type_list, n), after, 0, limit, lock)
+    return _records(conn, "READ_ALL_TYPES", lambda a, n: (a, upto, type_list, n), after, 0, limit, lock)
 
 
 def read_aggregate(
@@ -90,4 +119,4 @@ def read_aggregate(
     lock: AbstractContextManager[Any] = _NO_LOCK,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
-    return _records(conn, _schema.READ_AGGREGATE, lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock)
+    return _records(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock)

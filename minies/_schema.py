@@ -17,7 +17,7 @@ import apsw
 from minies._errors import SchemaError
 
 APPLICATION_ID: Final = 0x6D696E69  # "mini"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # ---------------------------------------------------------------------------- the schema
 # `position` is the rowid (an INTEGER PRIMARY KEY keeps its values through VACUUM). minies
@@ -98,7 +98,10 @@ _CREATE_V1: Final = (
 TRIGGERS: Final = {"events_no_update", "events_no_delete", "events_append_only"}
 
 # Statements that bring schema version N-1 to N, run in one transaction on open.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: each event records its type's schema version, for upcasting (1 for every older event).
+    2: ("ALTER TABLE events ADD COLUMN schema_version INTEGER NOT NULL DEFAULT 1",),
+}
 
 # ---------------------------------------------------------------------------- the events
 EVENT_COLUMNS: Final = (
@@ -106,7 +109,7 @@ EVENT_COLUMNS: Final = (
 )
 INSERT_EVENT: Final = (
     "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
-    " data, metadata, created_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " data, metadata, created_at, hash, schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 AGGREGATE_VERSION: Final = "SELECT version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
 AGGREGATE_TYPE: Final = "SELECT aggregate_type FROM events WHERE aggregate_id = ? LIMIT 1"
@@ -121,6 +124,11 @@ READ_AGGREGATE: Final = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
     " ORDER BY version LIMIT ?"
 )
+# The same reads with each event's schema version, used only while upcasting is configured,
+# so reads that need none pay nothing for it.
+VERSIONED: Final = {
+    "READ_AGGREGATE": READ_AGGREGATE.replace(" FROM", ", schema_version FROM", 1),
+}
 # One row holding a run of the aggregate's payloads as one JSON array, and their event types
 # joined by commas (which an event type cannot contain): SQLite assembles both in C and
 # msgspec splits the array in one call, instead of one Python step per row.
@@ -138,6 +146,9 @@ READ_ALL_TYPES: Final = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ?"
     " AND event_type IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
 )
+VERSIONED["READ_ALL"] = READ_ALL.replace(" FROM", ", schema_version FROM", 1)
+VERSIONED["READ_ALL_TYPES"] = READ_ALL_TYPES.replace(" FROM", ", schema_version FROM", 1)
+AGGREGATE_HIGH: Final = "SELECT max(version) FROM events WHERE aggregate_id = ? AND version <= ?"
 
 # Per event: its position, stored hash, whether every column has its proper type, and the
 # canonical encoding (see _audit) built by SQLite in C with one printf, ready to be hashed.
@@ -156,10 +167,13 @@ CHAIN: Final = (
     "SELECT position, hash, typeof(event_id) = 'text' AND typeof(aggregate_id) = 'text'"
     " AND typeof(aggregate_type) = 'text' AND typeof(event_type) = 'text' AND typeof(version) = 'integer'"
     " AND typeof(data) = 'text' AND typeof(metadata) = 'text' AND typeof(created_at) = 'text'"
-    " AND typeof(hash) = 'blob',"
-    f" CAST(printf('{'%d:%s,' * len(_CHAINED)}', {', '.join(f'octet_length({c}), {c}' for c in _CHAINED)}) AS BLOB)"
+    " AND typeof(hash) = 'blob' AND typeof(schema_version) = 'integer',"
+    f" CAST(printf('{'%d:%s,' * len(_CHAINED)}', {', '.join(f'octet_length({c}), {c}' for c in _CHAINED)})"
+    " || CASE schema_version WHEN 1 THEN '' ELSE printf('%d:%s,', octet_length(schema_version), schema_version) END"
+    " AS BLOB)"
     " FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )
+EVENT_TYPE_AT: Final = "SELECT event_type FROM events WHERE position = ?"
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
 HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"
 VERSION_GAPS: Final = (
@@ -168,7 +182,10 @@ VERSION_GAPS: Final = (
 )
 TRIGGER_SQL: Final = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
 COUNTS: Final = "SELECT count(*), count(DISTINCT aggregate_id), max(position) FROM events"
-TYPE_COUNTS: Final = "SELECT event_type, count(*) FROM events GROUP BY event_type ORDER BY event_type"
+TYPE_COUNTS: Final = (
+    "SELECT event_type, schema_version, count(*) FROM events GROUP BY event_type, schema_version"
+    " ORDER BY event_type, schema_version"
+)
 
 # ---------------------------------------------------------------------------- event types
 KNOWN_TYPES: Final = "SELECT event_type FROM minies_event_types"

@@ -14,7 +14,7 @@ from typing import Final, TypeVar
 import apsw
 import msgspec
 
-from minies import _codec, _schema
+from minies import _codec, _schema, _upcasters
 from minies._aggregate import Aggregate
 
 A = TypeVar("A", bound=Aggregate)
@@ -30,7 +30,7 @@ def fingerprint(cls: type[Aggregate]) -> str:
     value = _fingerprints.get(cls)
     if value is None:
         shape = msgspec.json.encode(
-            [cls.__module__, cls.__qualname__, cls.snapshot_version, msgspec.json.schema(cls)],
+            [cls.__module__, cls.__qualname__, cls.snapshot_version, msgspec.json.schema(cls), _upcasters.signature()],
             order="sorted",
         )
         value = _fingerprints[cls] = hashlib.sha256(shape).hexdigest()[:32]

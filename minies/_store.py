@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar
 import apsw
 import msgspec
 
-from minies import _audit, _codec, _schema, _snapshots
+from minies import _audit, _codec, _schema, _snapshots, _upcasters
 from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
 from minies._errors import (
@@ -87,6 +87,7 @@ class EventStore:
         self.readonly = readonly
         self._timeout = float(timeout)
         self._snapshot_every = dict(snapshot_every or {})
+        _upcasters.validate()
         self._projector = Projector(projections)
         if readonly and self._projector:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
@@ -327,12 +328,23 @@ class EventStore:
             raise ConcurrencyError(aggregate_id, expected, current)
         created = _codec.now_text()
         types = [event.event_type for event in events]
+        schemas = [event.schema_version for event in events]
         digests = _audit.chain_batch(
-            previous, head_position + 1, ids, aggregate_id, aggregate_type, types, current + 1, datas, meta, created
+            previous,
+            head_position + 1,
+            ids,
+            aggregate_id,
+            aggregate_type,
+            types,
+            current + 1,
+            datas,
+            meta,
+            created,
+            schemas,
         )
         rows = [
-            (head_position + k, event_id, aggregate_id, aggregate_type, event_type, current + k, data, meta, created, h)
-            for k, event_id, event_type, data, h in zip(range(1, n + 1), ids, types, datas, digests, strict=True)
+            (head_position + k, event_id, aggregate_id, aggregate_type, t, current + k, data, meta, created, h, s)
+            for k, event_id, t, data, h, s in zip(range(1, n + 1), ids, types, datas, digests, schemas, strict=True)
         ]
         position, version, previous = head_position + n, current + n, digests[-1]
         try:
@@ -552,6 +564,8 @@ class EventStore:
         SQLite assembles each chunk into one JSON array, so the per-event Python work is
         the decode and ``step`` alone.
         """
+        if _upcasters.active():
+            return self._replay_upcasting(aggregate_id, aggregate_type, after, upto, step)
         decoders = _codec.decoders()
         total = 0
         while after < upto:
@@ -590,6 +604,58 @@ class EventStore:
             if count < _LOAD_CHUNK:
                 break
         return total
+
+    def _replay_upcasting(
+        self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]
+    ) -> int:
+        """``_replay`` while upcasters are registered: through the records, which upcast."""
+        for record in read_aggregate(self._open(), aggregate_id, after, upto, self._lock):
+            if aggregate_type is not None and record.aggregate_type != aggregate_type:
+                raise SchemaError(
+                    f"aggregate {aggregate_id!r} holds {record.aggregate_type} events, not {aggregate_type}; "
+                    "load it with the matching class"
+                )
+            try:
+                step(record.data)
+            except Exception as e:
+                e.add_note(f"while applying event {record.version} of aggregate {aggregate_id!r}")
+                raise
+        with self._lock:
+            high = self._open().execute(_schema.AGGREGATE_HIGH, (aggregate_id, upto)).get
+        return max(0, int(high or 0) - after)
+
+    # ------------------------------------------------------------------ schema evolution
+    def event_types(self) -> list[tuple[str, int, int]]:
+        """``(event_type, schema_version, count)`` for every type and version stored."""
+        with self._lock, self._translate("cannot read"):
+            rows: list[Any] = self._open().execute(_schema.TYPE_COUNTS).fetchall()
+        return rows
+
+    def check_events(self, *, progress: Callable[[int, int], None] | None = None) -> list[tuple[int, str, str]]:
+        """Read the whole log through today's classes and upcasters; list what fails.
+
+        Run it against a production file before deploying new event classes.
+
+        Returns:
+            ``(position, event_type, error)`` for each event that does not upcast or decode.
+        """
+        problems: list[tuple[int, str, str]] = []
+        after = 0
+        total = self.head()[0]
+        while True:
+            try:
+                for record in self.read_all(after=after):
+                    after = record.position
+                    if progress is not None and after % 10_000 == 0:
+                        progress(after, total)
+                return problems
+            except SchemaError as e:
+                if e.position is None or e.position <= after:
+                    raise
+                after = e.position
+                with self._lock:
+                    event_type = self._open().execute(_schema.EVENT_TYPE_AT, (after,)).get
+                problems.append((after, str(event_type), str(e)))
 
     # ------------------------------------------------------------------ read models
     def rebuild(self, name: str, *, progress: Callable[[int, int], None] | None = None) -> RebuildReport:

@@ -37,11 +37,11 @@ def independent_chain_check(path: str) -> tuple[bool, int | None]:
     expected_position = 1
     for row in con.execute(
         "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data, metadata,"
-        " created_at, hash FROM events ORDER BY position"
+        " created_at, hash, schema_version FROM events ORDER BY position"
     ):
         if row[0] != expected_position:
             return False, expected_position
-        digest = spec_hash(previous, row[:9])
+        digest = spec_hash(previous, row[:9] if row[10] == 1 else (*row[:9], row[10]))
         if digest != row[9]:
             return False, row[0]
         previous = digest
@@ -90,7 +90,7 @@ RESTORE = [
         (
             [
                 "INSERT INTO events SELECT 32, 'x', aggregate_id, aggregate_type, event_type, 99, data, metadata,"
-                " created_at, hash FROM events WHERE position = 31"
+                " created_at, hash, schema_version FROM events WHERE position = 31"
             ],
             32,
             "does not match its hash",
@@ -135,7 +135,7 @@ def test_version_gaps_are_reported(db_path: str) -> None:
         position, previous = store.head()
         digest = spec_hash(bytes.fromhex(previous), (2, "id-2", "a", "A", "MoneyDeposited", 5, "{}", "{}", "t"))
         store._conn.execute(
-            "INSERT INTO events VALUES (2, 'id-2', 'a', 'A', 'MoneyDeposited', 5, '{}', '{}', 't', ?)", (digest,)
+            "INSERT INTO events VALUES (2, 'id-2', 'a', 'A', 'MoneyDeposited', 5, '{}', '{}', 't', ?, 1)", (digest,)
         )
         result = store.verify()
     assert not result.ok and "not contiguous" in result.reason

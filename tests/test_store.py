@@ -261,7 +261,7 @@ def test_file_is_wal_and_identifies_itself(db_path: str) -> None:
     con = sqlite3.connect(db_path)
     assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert con.execute("PRAGMA application_id").fetchone() == (0x6D696E69,)
-    assert con.execute("PRAGMA user_version").fetchone() == (1,)
+    assert con.execute("PRAGMA user_version").fetchone() == (2,)
     columns = [row[1] for row in con.execute("PRAGMA table_info(events)")]
     assert columns[:9] == [
         "position",

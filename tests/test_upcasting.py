@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+import shop_today
+from hypothesis import given
+from hypothesis import strategies as st
+from shop_today import CityChanged, Customer, CustomerRegistered, Ordered, StreetChanged
+
+import minies
+from minies import _events, _upcasters
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def upcasting() -> Iterator[None]:
+    """Today's upcasters, removed again afterwards (they are process-wide)."""
+    saved = dict(_upcasters.upcasters), dict(_upcasters.renames)
+    shop_today.install()
+    yield
+    _upcasters.upcasters.clear()
+    _upcasters.upcasters.update(saved[0])
+    _upcasters.renames.clear()
+    _upcasters.renames.update(saved[1])
+    _events.generation += 1
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> str:
+    copy = tmp_path / "shop_v1.db"
+    shutil.copy(FIXTURES / "shop_v1.db", copy)
+    return str(copy)
+
+
+def test_old_file_reads_as_todays_events(upcasting: None, shop: str) -> None:
+    with minies.EventStore(shop) as store:
+        records = [(r.position, r.event_type, r.data) for r in store.read_all()]
+        assert records == [
+            (1, "CustomerRegistered", CustomerRegistered(name="Ann")),  # renamed
+            (2, "StreetChanged", StreetChanged(street="1 Main St")),  # split ...
+            (2, "CityChanged", CityChanged(city="Oslo")),  # ... in two
+            (3, "Ordered", Ordered(customer_id="cust-1", total=129.99, currency="EUR")),  # v1 -> v2 -> v3
+            # position 4 (Ping) is dropped
+            (5, "Ordered", Ordered(customer_id="cust-1", total=5.5, currency="EUR")),
+        ]
+        customer = store.load(Customer, "cust-1")
+        assert (customer.name, customer.street, customer.city, customer.version) == ("Ann", "1 Main St", "Oslo", 3)
+        assert store.check_events() == []
+        assert store.verify().ok  # upcasting never touches the stored history
+        store.append("order-3", [Ordered(customer_id="c", total=1.0, currency="NOK")], aggregate_type="Order")
+        assert store.event_types() == [
+            ("AddressChanged", 1, 1),
+            ("CustomerSignedUp", 1, 1),
+            ("Ordered", 1, 2),
+            ("Ordered", 3, 1),
+            ("Ping", 1, 1),
+        ]
+        assert [r.data.currency for r in store.read_all(event_types=["Ordered"])] == ["EUR", "EUR", "NOK"]
+        assert store.verify().ok  # v3 events chain their schema version too
+
+
+def test_projections_catch_up_through_upcasters(upcasting: None, shop: str) -> None:
+    class Totals(minies.Projection):
+        def setup(self, db: minies.Database) -> None:
+            db.execute("CREATE TABLE totals (order_id TEXT, total REAL, currency TEXT)")
+
+        def on_Ordered(self, db: minies.Database, event: minies.Recorded) -> None:
+            db.execute(
+                "INSERT INTO totals VALUES (?, ?, ?)", (event.aggregate_id, event.data.total, event.data.currency)
+            )
+
+    with minies.EventStore(shop, projections=[Totals()]) as store:
+        assert store.query("SELECT * FROM totals ORDER BY order_id") == [
+            ("order-1", 129.99, "EUR"),
+            ("order-2", 5.5, "EUR"),
+        ]
+
+
+def test_without_upcasters_old_events_fail_clearly(shop: str) -> None:
+    with minies.EventStore(shop) as store:
+        problems = store.check_events()
+    assert [(p, t) for p, t, _ in problems] == [(3, "Ordered"), (5, "Ordered")]
+    assert "no upcaster turns Ordered v1 into v2" in problems[0][2]
+
+
+def test_cli_checks_a_file_against_a_deploy(shop: str) -> None:
+    tests = str(Path(__file__).parent)
+    script = "import shop_today; shop_today.install()"
+    (Path(shop).parent / "deploy.py").write_text(f"import sys; sys.path.insert(0, {tests!r})\n{script}\n")
+    ok = subprocess.run(
+        [sys.executable, "-m", "minies", "check", shop, "--import", "deploy"],
+        capture_output=True,
+        text=True,
+        cwd=Path(shop).parent,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "5 of 5 events read" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "minies", "check", shop, "--import", "shop_today"],
+        capture_output=True,
+        text=True,
+        cwd=tests,
+    )
+    assert bad.returncode == 1 and "position 3 (Ordered)" in bad.stdout
+    types = subprocess.run([sys.executable, "-m", "minies", "types", shop], capture_output=True, text=True)
+    assert "CustomerSignedUp" in types.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "minies", "check", shop, "--import", "no_such_module"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "cannot import 'no_such_module'" in missing.stderr
+
+
+def test_an_event_newer_than_the_code_is_an_error(upcasting: None, tmp_path: Path) -> None:
+    path = str(tmp_path / "future.db")
+    code = (
+        "import sys, minies\nfrom typing import ClassVar\n"
+        "class Ordered(minies.Event):\n    schema_version: ClassVar[int] = 4\n    customer_id: str\n"
+        "    total: float\n    currency: str\n    channel: str\n"
+        "with minies.EventStore(sys.argv[1]) as s:\n"
+        "    s.append('o', [Ordered(customer_id='c', total=1, currency='EUR', channel='web')], aggregate_type='Order')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, path], check=True)
+    with (
+        minies.EventStore(path) as store,
+        pytest.raises(minies.SchemaError, match="schema version 4, but this code knows up to v3"),
+    ):
+        list(store.read_all())
+
+
+def test_chain_validation(upcasting: None) -> None:
+    class Gappy(minies.Event):
+        schema_version: ClassVar[int] = 4
+        x: int
+
+    minies.upcaster(Gappy, 1)(lambda d: d)
+    minies.upcaster(Gappy, 3)(lambda d: d)
+    with pytest.raises(minies.SchemaError, match="Gappy's upcasters have a gap: nothing turns v2 into v3"):
+        minies.EventStore(":memory:")
+    minies.upcaster(Gappy, 2)(lambda d: d)
+    minies.EventStore(":memory:").close()
+    minies.upcaster(Gappy, 4)(lambda d: d)
+    with pytest.raises(minies.SchemaError, match="Gappy has an upcaster from v4, but its class is at v4"):
+        minies.EventStore(":memory:")
+    del _upcasters.upcasters[("Gappy", 4)]
+    minies.rename("A1", "B1")
+    minies.rename("B1", "A1")
+    with pytest.raises(minies.SchemaError, match="renames form a cycle: A1 -> B1 -> A1"):
+        minies.EventStore(":memory:")
+    with pytest.raises(ValueError, match="from_version"):
+        minies.upcaster(Gappy, 0)
+
+
+def test_a_misbehaving_upcaster_is_named(upcasting: None, shop: str) -> None:
+    del _upcasters.upcasters[("Ping", 1)]
+    minies.upcaster("Ping", 1)(lambda d: "oops")  # type: ignore[arg-type,return-value]
+    with (
+        minies.EventStore(shop) as store,
+        pytest.raises(minies.SchemaError, match="position 4 .Ping v1.* returned str"),
+    ):
+        list(store.read_all())
+
+
+def test_snapshots_written_before_a_version_bump_are_ignored(upcasting: None) -> None:
+    from minies import _snapshots
+
+    class Ledger(minies.Aggregate):
+        snapshot_every: ClassVar[int] = 1
+        total: int = 0
+
+    before = _snapshots.fingerprint(Ledger)
+    _snapshots._fingerprints.clear()
+    minies.rename("LedgerOpenedOld", "LedgerOpened")
+    assert _snapshots.fingerprint(Ledger) != before
+
+
+def test_the_first_file_format_migrates(tmp_path: Path) -> None:
+    copy = tmp_path / "schema_v1.db"
+    shutil.copy(FIXTURES / "schema_v1.db", copy)
+    with minies.EventStore(str(copy)) as store:
+        assert store._conn.pragma("user_version") == 2
+        assert store.verify().ok
+        assert [r.event_type for r in store.read_all()] == ["AccountOpened", "MoneyDeposited", "OrderPlaced"]
+        store.append("acc-1", [shop_today.CityChanged(city="Bergen")], aggregate_type="Account")
+        assert store.verify().ok
+
+
+payloads = st.fixed_dictionaries(
+    {"customer_id": st.text(max_size=20), "amount": st.floats(allow_nan=False, allow_infinity=False)}
+)
+
+
+@given(payload=payloads)
+def test_upcast_then_reencode_is_stable(payload: dict[str, Any]) -> None:
+    saved = dict(_upcasters.upcasters), dict(_upcasters.renames)
+    try:
+        shop_today.install()
+        [(event_type, upcast)] = _upcasters.upcast("Ordered", 1, dict(payload))
+        event = msgspec.convert(upcast, Ordered)
+        again = msgspec.json.decode(msgspec.json.encode(event))
+        assert _upcasters.upcast(event_type, 3, again) == [("Ordered", upcast)]  # today's shape: untouched
+        assert event == Ordered(customer_id=payload["customer_id"], total=payload["amount"], currency="EUR")
+    finally:
+        _upcasters.upcasters.clear()
+        _upcasters.upcasters.update(saved[0])
+        _upcasters.renames.clear()
+        _upcasters.renames.update(saved[1])
