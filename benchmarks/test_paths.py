@@ -144,3 +144,28 @@ def test_rebuild(benchmark: Any, path: str) -> None:
 def test_import_time(benchmark: Any) -> None:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     benchmark(lambda: subprocess.run([sys.executable, "-c", "import minies"], check=True, env=env))
+
+
+class Tick(minies.Event):
+    schema_version: ClassVar[int] = 1
+    n: int
+
+
+@pytest.mark.benchmark(group="read_all 100,000: upcasting")
+@pytest.mark.parametrize("upcast", [False, True])
+def test_read_all_upcasting(benchmark: Any, path: str, upcast: bool) -> None:
+    from minies import _events, _upcasters
+
+    with minies.EventStore(path, durability="normal") as store:
+        for i in range(SCAN // BATCH):
+            store.append(f"t-{i}", [Tick(n=j) for j in range(BATCH)], aggregate_type="Clock")
+        if upcast:  # the stored events become v1 of a v2 class with one upcaster step
+            Tick.schema_version = 2
+            _upcasters.upcasters[("Tick", 1)] = lambda data: data
+            _events.generation += 1
+        try:
+            benchmark(lambda: sum(1 for _ in store.read_all()))
+        finally:
+            Tick.schema_version = 1
+            _upcasters.upcasters.pop(("Tick", 1), None)
+            _events.generation += 1

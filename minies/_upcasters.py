@@ -122,6 +122,8 @@ def validate() -> None:
 def upcast(event_type: str, version: int, payload: Payload) -> list[tuple[str, Payload]]:
     """Bring one stored payload to today's shape: ``[(event_type, payload), ...]``.
 
+    ``payload`` is the caller's to give away: upcasters may change it in place.
+
     Raises:
         SchemaError: the payload is newer than the code's class, or an upcaster misbehaves.
     """
@@ -129,33 +131,37 @@ def upcast(event_type: str, version: int, payload: Payload) -> list[tuple[str, P
     pending = [(event_type, version, payload)]
     steps = 0
     while pending:
-        name, v, data = pending.pop(0)
-        while name in renames:
-            name = renames[name]
-        current = current_version(name)
-        if current is not None and v > current:
-            raise SchemaError(
-                f"a stored {name} event is at schema version {v}, but this code knows up to v{current}: "
-                "it was written by newer code; upgrade, or read raw dicts"
-            )
-        step = upcasters.get((name, v))
-        if step is None:
-            if current is not None and v != current:
-                raise SchemaError(f"no upcaster turns {name} v{v} into v{v + 1}; register one")
-            done.append((name, data))
-            continue
-        steps += 1
-        if steps > _MAX_STEPS:
-            raise SchemaError(f"upcasting {event_type} v{version} did not finish after {_MAX_STEPS} steps")
-        result = step(dict(data))
-        if result is None:
-            continue
-        if isinstance(result, dict):
-            pending.insert(0, (name, v + 1, result))
-        elif isinstance(result, list):
-            pending[0:0] = [_checked(name, v, item) for item in result]
-        else:
-            raise SchemaError(f"the upcaster for {name} v{v} returned {type(result).__name__}, not a dict or list")
+        name, v, data = pending.pop()
+        while True:  # one event through its chain; a split pushes its parts on `pending`
+            while name in renames:
+                name = renames[name]
+            cls = _events.registry.get(name)
+            current = None if cls is None else cls.schema_version
+            if current is not None and v > current:
+                raise SchemaError(
+                    f"a stored {name} event is at schema version {v}, but this code knows up to v{current}: "
+                    "it was written by newer code; upgrade, or read raw dicts"
+                )
+            step = upcasters.get((name, v))
+            if step is None:
+                if current is not None and v != current:
+                    raise SchemaError(f"no upcaster turns {name} v{v} into v{v + 1}; register one")
+                done.append((name, data))
+                break
+            steps += 1
+            if steps > _MAX_STEPS:
+                raise SchemaError(f"upcasting {event_type} v{version} did not finish after {_MAX_STEPS} steps")
+            result = step(data)
+            if type(result) is dict:
+                v, data = v + 1, result
+                continue
+            if isinstance(result, list):
+                pending.extend(reversed([_checked(name, v, item) for item in result]))
+            elif result is not None:
+                raise SchemaError(
+                    f"the upcaster for {name} v{v} returned {type(result).__name__}, not a dict, a list or None"
+                )
+            break
     return done
 
 
