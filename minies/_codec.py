@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -93,6 +93,8 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
         return encode(merged).decode()
     except (TypeError, ValueError, OverflowError) as e:
         raise TypeError(f"metadata cannot be stored as JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("metadata is nested too deeply to be stored as JSON") from None
 
 
 def encode_event(event: Event) -> str:
@@ -104,9 +106,43 @@ def encode_event(event: Event) -> str:
     if not isinstance(event, Event):
         raise TypeError(f"expected a minies.Event instance, got {type(event).__name__}: {event!r:.80}")
     try:
-        return encode(event).decode()
+        data = encode(event)
     except (TypeError, ValueError, OverflowError) as e:
         raise TypeError(f"{type(event).__name__} cannot be stored as JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{type(event).__name__} is nested too deeply to be stored as JSON") from None
+    check = _float_checks.get(type(event)) or _float_check(type(event))
+    if check is not _NO_FLOATS and not _reads_back(check, data, event):
+        raise ValueError(
+            f"{type(event).__name__} would not read back as itself (JSON has no NaN or infinity, its object "
+            f"keys are strings, and an untyped field reads back as plain JSON): {event!r:.200}"
+        )
+    return data.decode()
+
+
+# JSON has no NaN or infinity: msgspec writes null, which would not read back as the event.
+# Classes that may hold a float anywhere (a float field, or an untyped one: "{}" in the
+# schema) are checked by decoding what was encoded.
+_NO_FLOATS: Final[Callable[[bytes], Any]] = bytes
+_float_checks: dict[type[Event], Callable[[bytes], Any]] = {}
+
+
+def _reads_back(decode: Callable[[bytes], Any], data: bytes, event: Event) -> bool:
+    try:
+        return bool(decode(data) == event)
+    except (msgspec.ValidationError, RecursionError):
+        return False
+
+
+def _float_check(cls: type[Event]) -> Callable[[bytes], Any]:
+    try:
+        schema = msgspec.json.encode(msgspec.json.schema(cls))
+    except Exception:  # a type msgspec cannot describe: check every time
+        schema = b"{}"
+    has_floats = b'"number"' in schema or b"{}" in schema
+    check = msgspec.json.Decoder(cls).decode if has_floats else _NO_FLOATS
+    _float_checks[cls] = check
+    return check
 
 
 _second = -1

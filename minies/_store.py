@@ -269,6 +269,8 @@ class EventStore:
             raise ValueError("aggregate_id must not be empty")
         if not isinstance(aggregate_type, str) or not aggregate_type:
             raise TypeError(f"aggregate_type must be a non-empty str, got {aggregate_type!r:.80}")
+        _check_text("aggregate_id", aggregate_id)
+        _check_text("aggregate_type", aggregate_type)
         if isinstance(events, Event):
             raise TypeError("events must be a sequence of events; wrap a single event in a list")
         if not isinstance(events, (list, tuple)):
@@ -863,6 +865,21 @@ class _Write:
 
 def _bad_id(value: object) -> NoReturn:
     raise ValueError(f"event id {value!r} is not a UUID string")
+
+
+def _check_text(what: str, value: str) -> None:
+    """Ids are stored as SQLite text: valid UTF-8 with no NUL, which C-string tools cut short."""
+    if value.isascii():
+        if "\x00" not in value:
+            return
+    else:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} {value!r:.80} is not valid Unicode text (a lone surrogate?)") from None
+        if "\x00" not in value:
+            return
+    raise ValueError(f"{what} {value!r:.80} contains a NUL character; ids must be plain text")
 
 
 def _check_str(what: str, value: object) -> None:

@@ -1,0 +1,93 @@
+"""Kill -9 a writer at random moments; every committed batch must survive, whole.
+
+~20 kills in the default run; MINIES_STRESS=1 makes it 200 (run that by hand).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from domain import Account, Balances
+
+import minies
+
+KILLS = 200 if os.environ.get("MINIES_STRESS") else 20
+BATCH = 25
+
+WRITER = f"""
+import sys, minies
+from typing import ClassVar
+from domain import Account, AccountOpened, Balances, MoneyDeposited
+
+class Snapped(Account):
+    aggregate_type: ClassVar[str] = "Account"
+    snapshot_every: ClassVar[int] = 40
+
+path, durability, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with minies.EventStore(path, projections=[Balances()], durability=durability) as store:
+    for batch in range(start, start + 10_000):
+        account_id = f"acc-{{batch % 7}}"
+        try:
+            account = store.load(Snapped, account_id)
+        except minies.NotFound:
+            account = Snapped(id=account_id)
+            account.record(AccountOpened(owner="o", balance=0))
+        for _ in range({BATCH}):
+            account.record(MoneyDeposited(amount=batch))  # the amount names the batch
+        store.save(account)
+        print("committed", batch, flush=True)
+"""
+
+
+def check(path: str, committed: set[int]) -> int:
+    """Every invariant after a crash; returns how many batches are in the file."""
+    with minies.EventStore(path, projections=[Balances()]) as store:
+        report = store.verify()
+        assert report.ok, report
+        counts: dict[int, int] = {}
+        for record in store.read_all(event_types=["MoneyDeposited"]):
+            counts[record.data.amount] = counts.get(record.data.amount, 0) + 1
+        assert all(n == BATCH for n in counts.values()), "a batch is partly present"
+        assert committed <= set(counts), f"committed batches lost: {sorted(committed - set(counts))}"
+        live = store.query("SELECT * FROM balances ORDER BY account_id")
+        for n in range(7):
+            account_id = f"acc-{n}"
+            if store.version(account_id):
+                loaded = store.load(Account, account_id)
+                assert (account_id, loaded.balance) in live
+        store.rebuild("Balances")
+        assert store.query("SELECT * FROM balances ORDER BY account_id") == live
+        return len(counts)
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_killed_writers_lose_nothing_committed(tmp_path: Path, durability: str) -> None:
+    path = str(tmp_path / "crash.db")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    rng = random.Random(1234)
+    committed: set[int] = set()
+    start = 0
+    batches = 0
+    for _ in range(KILLS // 2):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, path, durability, str(start)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(rng.uniform(0.25, 0.9))  # imports take ~0.2 s: kill while it writes
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, err
+        committed |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("committed")}
+        batches = check(path, committed)
+        start += 10_000  # fresh batch numbers for the next writer
+    assert len(committed) > 0 and batches >= len(committed)

@@ -1,0 +1,107 @@
+"""Hostile input through the public API and the CLI: a clear error or an exact round trip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minies
+
+
+class Anything(minies.Event):
+    value: Any
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**200), 2**200)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=40,
+)
+
+tried = {"inputs": 0}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    aggregate_id=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=60),
+    value=json_values,
+    metadata=st.dictionaries(st.text(), json_values, max_size=3),
+)
+def test_anything_json_can_carry_round_trips_exactly(aggregate_id: str, value: Any, metadata: dict[str, Any]) -> None:
+    tried["inputs"] += 1
+    with minies.EventStore(":memory:") as store:
+        store.append(aggregate_id, [Anything(value=value)], aggregate_type="Anything", metadata=metadata)
+        (record,) = store.read(aggregate_id)
+        assert record.aggregate_id == aggregate_id
+        assert record.data == Anything(value=value)
+        assert record.metadata == metadata
+        assert store.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (float("nan"), ValueError, "would not read back as itself"),
+        ([1, float("inf")], ValueError, "would not read back as itself"),
+        ({1: "int keys"}, ValueError, "would not read back as itself"),
+        (b"\xff bytes", ValueError, "would not read back as itself"),  # base64 text, in an untyped field
+        (object(), TypeError, "cannot be stored as JSON"),
+        ("x" * 5_000_000, None, None),  # a 5 MB payload
+    ],
+)
+def test_values_json_cannot_carry_are_refused(value: Any, error: type[Exception] | None, message: str | None) -> None:
+    with minies.EventStore(":memory:") as store:
+        if error is None:
+            store.append("a", [Anything(value=value)], aggregate_type="Anything")
+            (record,) = store.read("a")
+            assert record.data.value == value
+            return
+        with pytest.raises(error, match=message):
+            store.append("a", [Anything(value=value)], aggregate_type="Anything")
+        assert store.version("a") == 0
+
+
+def test_deep_nesting_is_a_clear_error_or_round_trips() -> None:
+    deep: Any = "bottom"
+    for _ in range(5_000):
+        deep = [deep]
+    with minies.EventStore(":memory:") as store:
+        try:
+            store.append("a", [Anything(value=deep)], aggregate_type="Anything")
+        except (TypeError, ValueError) as e:
+            assert "nested too deeply" in str(e)
+            assert store.version("a") == 0
+            return
+        try:
+            (record,) = store.read("a")
+        except minies.MiniesError as e:  # written but too deep to read back: said clearly
+            assert "position 1" in str(e)
+            return
+        assert record.data.value == deep
+
+
+@settings(max_examples=60, deadline=None)
+@given(args=st.lists(st.text(min_size=0, max_size=12), max_size=4))
+def test_the_cli_never_shows_a_traceback(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "minies", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode in (0, 1, 2)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "x\udfff"])
+def test_ids_that_are_not_plain_text_are_refused(bad: str) -> None:
+    with minies.EventStore(":memory:") as store:
+        with pytest.raises(ValueError, match="aggregate_id"):
+            store.append(bad, [Anything(value=1)], aggregate_type="Anything")
+        with pytest.raises(ValueError, match="aggregate_type"):
+            store.append("a", [Anything(value=1)], aggregate_type=bad)
+        assert list(store.read_all()) == []
