@@ -186,7 +186,7 @@ def integrity_check(conn: apsw.Connection) -> list[str]:
     return [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
 
 
-def integrity_check_in_background(path: str) -> Callable[[], list[str]]:
+def integrity_check_in_background(name: str, flags: int) -> Callable[[], list[str]]:
     """Start ``integrity_check`` on a connection and thread of its own; call the result to wait.
 
     SQLite releases the GIL, so on two cores the check costs the verify little wall time.
@@ -195,7 +195,7 @@ def integrity_check_in_background(path: str) -> Callable[[], list[str]]:
 
     def run() -> None:
         try:
-            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            conn = apsw.Connection(name, flags=flags)
             try:
                 result.extend(integrity_check(conn))
             finally:

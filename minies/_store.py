@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, NoReturn, TypeVar
@@ -99,6 +100,7 @@ class EventStore:
         self._followers = 0  # subscriptions waiting on _changed; commits notify only if any
         self.failed_projections: dict[str, ProjectionError] = {}
         self._closed = False
+        self._reader_args = (self.path, apsw.SQLITE_OPEN_READONLY)  # how a second, reading connection opens
         self._conn = self._connect()
         self._db = Database(self._conn)
         try:
@@ -122,9 +124,32 @@ class EventStore:
         try:
             conn = apsw.Connection(where, flags=flags)
             conn.set_busy_timeout(int(self._timeout * 1000))
+            if self.readonly and not memory:
+                conn = self._readable(conn)
         except apsw.Error as e:
             self._raise(e, f"cannot open {where!r}")
         return conn
+
+    def _readable(self, conn: apsw.Connection) -> apsw.Connection:
+        """A read-only connection that works on read-only media too.
+
+        A WAL database needs its ``-shm`` file even to be read; where that cannot be created
+        (a CD, a read-only mount) and no ``-wal`` holds anything, the file cannot change, so it
+        is opened ``immutable`` (https://sqlite.org/uri.html#uriimmutable).
+        """
+        try:
+            conn.pragma("schema_version")
+            return conn
+        except apsw.CantOpenError:
+            wal = self.path + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                raise
+        conn.close()
+        self._reader_args = (
+            "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?immutable=1",
+            apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
+        )
+        return apsw.Connection(*self._reader_args)
 
     def _prepare(self) -> None:
         conn = self._conn
@@ -700,7 +725,7 @@ class EventStore:
             if self.path in (":memory:", ""):
                 check = functools.partial(_audit.integrity_check, conn)
             else:
-                check = _audit.integrity_check_in_background(self.path)
+                check = _audit.integrity_check_in_background(*self._reader_args)
             try:
                 with conn:  # one read transaction: a consistent view while others append
                     report = _audit.verify(conn, check, expect_head=expect_head, progress=progress)

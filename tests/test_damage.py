@@ -1,0 +1,135 @@
+"""Damaged files and media: a clear error, never a crash or a silent wrong answer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from domain import MoneyDeposited, OrderPlaced
+
+import minies
+
+
+def fill(path: str, n: int = 50) -> str:
+    with minies.EventStore(path) as store:
+        for i in range(n):
+            store.append(f"a{i % 5}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+        return store.head()[1]
+
+
+def test_a_db_copied_without_its_wal_is_caught_by_the_published_head(tmp_path: Path) -> None:
+    path = str(tmp_path / "live.db")
+    head = fill(path)
+    store = minies.EventStore(path)  # a process still running: its last commits sit in the -wal
+    store._conn.pragma("wal_autocheckpoint", 0)
+    for i in range(20):
+        store.append("late", [MoneyDeposited(amount=i)], aggregate_type="Account")
+    late_head = store.head()[1]
+    copy = str(tmp_path / "copy.db")
+    shutil.copy(path, copy)  # the careless copy: no -wal
+    with minies.EventStore(copy, readonly=True) as copied:
+        assert copied.head()[0] == 50  # the unflushed events are simply not in the copy
+        assert copied.verify(expect_head=head).ok
+        assert not copied.verify(expect_head=late_head).ok  # and the published head says so
+    backup = str(tmp_path / "backup.db")
+    store.backup(backup)  # the right way
+    store.close()
+    with minies.EventStore(backup, readonly=True) as copied:
+        assert copied.head() == (70, late_head) and copied.verify().ok
+
+
+def test_a_wal_from_another_file_is_a_clear_error_not_a_wrong_answer(tmp_path: Path) -> None:
+    one, two = str(tmp_path / "one.db"), str(tmp_path / "two.db")
+    fill(one, 30)
+    fill(two, 10)
+    writer = minies.EventStore(two)
+    writer._conn.pragma("wal_autocheckpoint", 0)
+    writer.append("x", [OrderPlaced(customer_id="c", total=1.0)], aggregate_type="Order")
+    shutil.copy(two + "-wal", one + "-wal")  # the wrong -wal next to a database
+    writer.close()
+    try:
+        with minies.EventStore(one) as store:
+            report = store.verify()
+            events = [(r.aggregate_id, r.data) for r in store.read_all()] if report.ok else []
+    except minies.StorageError as e:  # SQLite replayed the foreign frames: the file says it is damaged
+        assert "damaged" in str(e)
+        return
+    assert not report.ok or (report.events_checked == 30 and len(events) == 30)
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.9])
+def test_truncated_files_are_a_clear_error(tmp_path: Path, cut: float) -> None:
+    path = str(tmp_path / "cut.db")
+    fill(path, 3000)
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * cut))
+    try:
+        with minies.EventStore(path) as store:
+            report = store.verify()
+    except minies.MiniesError as e:
+        assert "damaged" in str(e) or "not a" in str(e)
+        return
+    assert not report.ok
+
+
+def test_cli_says_damaged(tmp_path: Path) -> None:
+    path = str(tmp_path / "cut.db")
+    fill(path, 3000)
+    with open(path, "r+b") as f:
+        f.seek(4096 * 3)
+        f.write(b"\xa5" * 4096 * 4)
+    result = subprocess.run([sys.executable, "-m", "minies", "verify", path], capture_output=True, text=True)
+    assert result.returncode in (1, 2)
+    assert "Traceback" not in result.stderr
+    assert "damaged" in (result.stdout + result.stderr) or "NOT OK" in result.stdout
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a disk that really fills up (needs root, as CI has)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk(tiny_disk: Path) -> None:
+    path = str(tiny_disk / "full.db")
+    ballast = tiny_disk / "ballast"
+    with minies.EventStore(path) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        ballast.write_bytes(b"\0" * (1024 * 1024 - 200 * 1024))  # leave ~200 KiB free
+        big = [OrderPlaced(customer_id="x" * 1000, total=1.0) for _ in range(100)]
+        failures = 0
+        for i in range(20):
+            try:
+                store.append(f"o{i}", big, aggregate_type="Order")
+            except minies.StorageError as e:
+                assert "disk is full" in str(e) or "cannot" in str(e)
+                failures += 1
+                break
+        assert failures == 1
+        assert store.version(f"o{i}") == 0 and store.version("a") == 1
+        ballast.unlink()  # space freed: usable again
+        assert store.append(f"o{i}", big, aggregate_type="Order") == 100
+        assert store.verify().ok
+
+
+def test_read_only_media(tiny_disk: Path) -> None:
+    path = str(tiny_disk / "ro.db")
+    fill(path, 5)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    with pytest.raises(minies.StorageError, match="read-only|cannot"), minies.EventStore(path) as store:
+        store.append("a0", [MoneyDeposited(amount=1)], aggregate_type="Account")
+    with minies.EventStore(path, readonly=True) as store:  # an auditor's copy on read-only media
+        assert store.head()[0] == 5 and store.verify().ok
