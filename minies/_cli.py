@@ -21,6 +21,7 @@ import msgspec
 from minies import _schema
 from minies._errors import MiniesError
 from minies._events import Recorded
+from minies._projections import Projection
 from minies._store import EventStore
 
 _encode = msgspec.json.Encoder().encode
@@ -71,17 +72,33 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("output", metavar="OUT", help="the new file (must not exist)")
     command("types", _types, "event types with their schema versions and counts")
     check = command("check", _check, "read every event through today's classes and upcasters; list failures")
-    check.add_argument(
+    _imports(check)
+    rebuild = command("rebuild", _rebuild, "drop one projection's tables and rebuild them from the log")
+    rebuild.add_argument("name", help="the projection's name")
+    _imports(rebuild)
+    snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
+    snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
+    return parser
+
+
+def _imports(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
         "--import",
         dest="modules",
         metavar="MODULE",
         action="append",
         default=[],
-        help="import this module first (where your events and upcasters live); repeatable",
+        help="import this module first (where your events, upcasters and projections live); repeatable",
     )
-    snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
-    snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
-    return parser
+
+
+def _import_all(modules: list[str]) -> None:
+    sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise ValueError(f"cannot import {module!r}: {type(e).__name__}: {e}") from None
 
 
 def _filters(sub: argparse.ArgumentParser) -> None:
@@ -256,12 +273,7 @@ def _types(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    sys.path.insert(0, os.getcwd())
-    for module in args.modules:
-        try:
-            importlib.import_module(module)
-        except Exception as e:
-            raise ValueError(f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+    _import_all(args.modules)
     with _open(args) as store:
         problems = store.check_events(progress=_progress("checking"))
         total = store.head()[0]
@@ -269,6 +281,28 @@ def _check(args: argparse.Namespace) -> int:
         print(f"position {position} ({event_type}): {error}")
     print(f"{total - len(problems):,} of {total:,} events read with today's classes; {len(problems):,} failed")
     return 1 if problems else 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    _import_all(args.modules)
+    found = [cls for cls in _subclasses(Projection) if cls.name == args.name]
+    if not found:
+        raise ValueError(f"no Projection class named {args.name!r} was imported; pass --import MODULE")
+    if not os.path.exists(args.file):
+        raise ValueError(f"cannot open {args.file!r}: no such file")
+    with EventStore(args.file, projections=[found[-1]()]) as store:
+        report = store.rebuild(args.name, progress=_progress(f"rebuilding {args.name}"))
+    print(
+        f"rebuilt {report.name}: {report.events:,} events in {report.seconds:.2f}s ({report.events_per_second:,.0f}/s)"
+    )
+    return 0
+
+
+def _subclasses(cls: type[Projection]) -> list[type[Projection]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
 
 
 def _head(args: argparse.Namespace) -> int:

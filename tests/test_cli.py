@@ -143,3 +143,27 @@ def test_console_script_is_installed() -> None:
     if not os.path.exists(script):
         pytest.skip("minies is not installed as a package in this environment")
     assert subprocess.run([script, "--help"], capture_output=True, text=True).returncode == 0
+
+
+def test_rebuild_a_projection_from_the_command_line(tmp_path: object, db_path: str) -> None:
+    tests = os.path.dirname(__file__)
+    with minies.EventStore(db_path) as store:
+        store.append("o1", [OrderPlaced(customer_id="c", total=2.5)], aggregate_type="Order")
+    env = {**os.environ, "PYTHONPATH": tests}
+    result = subprocess.run(
+        [sys.executable, "-m", "minies", "rebuild", db_path, "order_summaries", "--import", "domain"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt order_summaries: 1 events" in result.stdout
+    with minies.EventStore(db_path) as store:
+        assert store.query("SELECT order_id, status FROM order_summaries") == [("o1", "placed")]
+    missing = subprocess.run(
+        [sys.executable, "-m", "minies", "rebuild", db_path, "nope", "--import", "domain"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert missing.returncode == 2 and "no Projection class named 'nope'" in missing.stderr
