@@ -12,7 +12,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import apsw
 import msgspec
@@ -54,10 +54,35 @@ class Projection:
         """Create the read model's tables and indexes. No ``IF NOT EXISTS`` needed."""
 
     def handle(self, db: Database, event: Recorded) -> None:
-        """Apply one event to the read model (runs inside the writer's transaction)."""
-        method = getattr(self, "on_" + _method_suffix(event.event_type), None)
+        """Apply one event to the read model (runs inside the writer's transaction).
+
+        By default: call the ``on_<EventType>`` method, if there is one.
+        """
+        try:
+            method = self._on[event.event_type]
+        except (AttributeError, KeyError):
+            method = self._method_for(event.event_type)
         if method is not None:
             method(db, event)
+
+    def handle_batch(self, db: Database, events: Sequence[Recorded]) -> None:
+        """Apply several events, in order. Override it to batch the writes (``executemany``);
+        rebuilds and catch-ups hand over up to 2,000 events at a time.
+
+        By default: ``handle`` each event.
+        """
+        for event in events:
+            try:
+                self.handle(db, event)
+            except Exception as e:
+                e.add_note(f"at position {event.position}")
+                raise
+
+    def _method_for(self, event_type: str) -> Callable[[Database, Recorded], None] | None:
+        if "_on" not in self.__dict__:
+            self._on: dict[str, Callable[[Database, Recorded], None] | None] = {}
+        method = self._on[event_type] = getattr(self, "on_" + _NOT_IDENTIFIER.sub("_", event_type), None)
+        return method
 
     def wanted_types(self) -> frozenset[str] | None:
         """The event types this projection sees, or None for all of them."""
@@ -69,10 +94,6 @@ class Projection:
 
 
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
-
-
-def _method_suffix(event_type: str) -> str:
-    return _NOT_IDENTIFIER.sub("_", event_type)
 
 
 # https://sqlite.org/c3ref/c_alter_table.html
@@ -147,6 +168,15 @@ class RebuildReport(msgspec.Struct, frozen=True):
 
 
 Progress = Callable[[int, int], None]
+_BATCH: Final = 2_000
+_AT_POSITION = re.compile(r"^at position (\d+)$")
+
+
+def _failed_position(error: BaseException) -> str | None:
+    for note in getattr(error, "__notes__", ()):
+        if _AT_POSITION.match(note):
+            return str(note[3:])
+    return None
 
 
 class Projector:
@@ -188,14 +218,14 @@ class Projector:
             if position < head_before:
                 self._replay(conn, db, projection, position, None, upto=head_before)
             wanted = self._types[name]
-            with db.running():
-                for record in records:
-                    if wanted is None or record.event_type in wanted:
-                        try:
-                            projection.handle(db, record)
-                        except Exception as e:
-                            e.add_note(f"in projection {name!r} handling position {record.position}")
-                            raise
+            mine = records if wanted is None else [r for r in records if r.event_type in wanted]
+            if mine:
+                with db.running():
+                    try:
+                        projection.handle_batch(db, mine)
+                    except Exception as e:
+                        e.add_note(f"in projection {name!r}")
+                        raise
         head = records[-1].position
         now = _codec.now_text()
         conn.executemany(_schema.ADVANCE_PROJECTION, [(head, now, name) for name in self.projections])
@@ -258,17 +288,23 @@ class Projector:
         wanted = self._types[projection.name]
         total = min(upto, conn.execute(_schema.HEAD_POSITION).get)
         count = 0
-        position = after
+        batch: list[Recorded] = []
         try:
-            for record in read_log(conn, after, wanted, upto=upto):
-                position = record.position
-                with db.running():
-                    projection.handle(db, record)
-                count += 1
-                if progress is not None and count % 10_000 == 0:
-                    progress(position, total)
+            with db.running():
+                for record in read_log(conn, after, wanted, upto=upto):
+                    batch.append(record)
+                    if len(batch) == _BATCH:
+                        projection.handle_batch(db, batch)
+                        count += len(batch)
+                        batch = []
+                        if progress is not None and count % 10_000 == 0:
+                            progress(record.position, total)
+                if batch:
+                    projection.handle_batch(db, batch)
+                    count += len(batch)
         except Exception as e:
-            raise ProjectionError(projection.name, f"failed at position {position}: {type(e).__name__}: {e}") from e
+            where = _failed_position(e) or f"a position in {batch[0].position}..{batch[-1].position}"
+            raise ProjectionError(projection.name, f"failed at {where}: {type(e).__name__}: {e}") from e
         if progress is not None:
             progress(total, total)
         return count

@@ -1,0 +1,219 @@
+"""The costs inside minies, as ratios measured in one run.
+
+    python benchmarks/internals.py
+
+Inline projection overhead, rebuild vs raw UPSERTs, the hash chain's cost, verify vs
+read_all, a snapshot's cost on save, and load time with snapshots as history grows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, Final
+
+import apsw
+import workloads as w
+
+import minies
+from minies import _audit
+
+ROUNDS: Final = 5
+SINGLE: Final = 1_000
+REBUILD: Final = 200_000
+VERIFY: Final = 200_000
+LONG: Final = 1_000_000
+
+
+class Totals(minies.Projection):
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE totals (account_id TEXT PRIMARY KEY, total INTEGER NOT NULL)")
+
+    def on_Deposited(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute(UPSERT, (event.aggregate_id, event.data.amount))
+
+
+UPSERT: Final = "INSERT INTO totals VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET total = total + excluded.total"
+
+
+class Snapped(w.Account):
+    snapshot_every: ClassVar[int | None] = 100
+
+
+def best(*runs: Callable[[str], float]) -> list[float]:
+    """Seconds for each run: the best of ROUNDS, taking turns, each on a fresh file."""
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(ROUNDS):
+        for i, run in enumerate(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                times[i].append(run(os.path.join(tmp, "b.db")))
+    return [min(t) for t in times]
+
+
+def clock(body: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    body()
+    return time.perf_counter() - started
+
+
+def singles(projections: list[minies.Projection]) -> Callable[[str], float]:
+    def run(path: str) -> float:
+        with minies.EventStore(path, projections=projections) as store:
+            versions = itertools.count()
+            return clock(
+                lambda: [
+                    store.append(
+                        "acc", [w.Deposited(amount=1)], aggregate_type="Account", expected_version=next(versions)
+                    )
+                    for _ in range(SINGLE)
+                ]
+            )
+
+    return run
+
+
+def batches(path: str) -> float:
+    with minies.EventStore(path) as store:
+        data = [w.deposits(1_000) for _ in range(50)]
+        return clock(lambda: [store.append(f"a{i}", b, aggregate_type="Account") for i, b in enumerate(data)])
+
+
+def unchained(run: Callable[[str], float]) -> Callable[[str], float]:
+    """The same run with the chain's hashing replaced by constant bytes (the cost of the chain)."""
+
+    def stub(previous: bytes, position: int, ids: list[str], *args: Any) -> list[bytes]:
+        return [b"\\0" * 32] * len(ids)
+
+    def measured(path: str) -> float:
+        real = _audit.chain_batch
+        _audit.chain_batch = stub  # type: ignore[assignment]
+        try:
+            return run(path)
+        finally:
+            _audit.chain_batch = real
+
+    return measured
+
+
+def rebuild(path: str) -> float:
+    with minies.EventStore(path, projections=[Totals()], durability="normal") as store:
+        for i in range(REBUILD // 1_000):
+            store.append(f"acc-{i % 100}", w.deposits(1_000), aggregate_type="Account")
+        return clock(lambda: store.rebuild("Totals"))
+
+
+def raw_upserts(path: str) -> float:
+    conn = apsw.Connection(path)
+    conn.pragma("journal_mode", "wal")
+    conn.execute("CREATE TABLE totals (account_id TEXT PRIMARY KEY, total INTEGER NOT NULL)")
+    rows = [(f"acc-{(i // 1_000) % 100}", i % 100) for i in range(REBUILD)]  # decoded beforehand
+
+    def body() -> None:
+        with conn:
+            conn.executemany(UPSERT, rows)
+
+    seconds = clock(body)
+    conn.close()
+    return seconds
+
+
+def verify_vs_read_all(path: str) -> tuple[float, float]:
+    with minies.EventStore(path, durability="normal") as store:
+        for i in range(VERIFY // 1_000):
+            store.append(f"acc-{i}", w.deposits(1_000), aggregate_type="Account")
+        read = min(clock(lambda: sum(1 for _ in store.read_all())) for _ in range(3))
+        check = min(clock(store.verify) for _ in range(3))
+        return check, read
+
+
+def saves(cls: type[w.Account]) -> Callable[[str], float]:
+    def run(path: str) -> float:
+        with minies.EventStore(path) as store:
+            account = cls(id="acc")
+            account.record(w.Opened(owner="o"))
+            for _ in range(98):
+                account.record(w.Deposited(amount=1))
+            store.save(account)
+
+            def body() -> None:
+                for _ in range(20):  # every save crosses a multiple of 100
+                    for _ in range(100):
+                        account.record(w.Deposited(amount=1))
+                    store.save(account)
+
+            return clock(body)
+
+    return run
+
+
+def load_with_history(history: int) -> Callable[[str], float]:
+    def run(path: str) -> float:
+        with minies.EventStore(path, durability="normal") as store:
+            account = Snapped(id="acc")
+            account.record(w.Opened(owner="o"))
+            done = 1
+            while done < history:
+                for _ in range(min(10_000, history - done)):
+                    account.record(w.Deposited(amount=1))
+                done = account.version
+                store.save(account)
+            return min(clock(lambda: store.load(Snapped, "acc")) for _ in range(20))
+
+    return run
+
+
+def main() -> None:
+    print("| what | measured | ratio | goal |")
+    print("|---|---:|---:|---|")
+    plain, inline = best(singles([]), singles([Totals()]))
+    print(
+        f"| inline projection on a single-event append | {inline / SINGLE * 1e6:.0f} µs vs {plain / SINGLE * 1e6:.0f} µs"
+        f" | +{(inline / plain - 1) * 100:.0f}% | < +30% |",
+        flush=True,
+    )
+    with_chain, without = best(singles([]), unchained(singles([])))
+    print(
+        f"| hash chain, single-event append | {with_chain / SINGLE * 1e6:.0f} µs vs {without / SINGLE * 1e6:.0f} µs"
+        f" | +{(with_chain / without - 1) * 100:.0f}% | < +15% |",
+        flush=True,
+    )
+    with_chain, without = best(batches, unchained(batches))
+    print(
+        f"| hash chain, batch append (1,000/call) | {50_000 / with_chain:,.0f} vs {50_000 / without:,.0f} ev/s"
+        f" | +{(with_chain / without - 1) * 100:.0f}% | < +15% |",
+        flush=True,
+    )
+    mine, raw = best(rebuild, raw_upserts)
+    print(
+        f"| rebuild, one UPSERT per event ({REBUILD:,}) | {REBUILD / mine:,.0f} vs raw {REBUILD / raw:,.0f} ev/s"
+        f" | {raw / mine * 100:.0f}% of raw | ≥ 60% |",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        check, read = verify_vs_read_all(os.path.join(tmp, "v.db"))
+    print(
+        f"| verify vs read_all ({VERIFY:,} events) | {VERIFY / check:,.0f} vs {VERIFY / read:,.0f} ev/s"
+        f" | {read / check:.2f}× | ≥ 1.0× |",
+        flush=True,
+    )
+    plain, snapshotting = best(saves(w.Account), saves(Snapped))
+    print(
+        f"| save with a snapshot due | {snapshotting / 20 * 1e3:.2f} ms vs {plain / 20 * 1e3:.2f} ms"
+        f" | +{(snapshotting / plain - 1) * 100:.0f}% | < +50% |",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        short = load_with_history(100)(os.path.join(tmp, "s.db"))
+        long = load_with_history(LONG)(os.path.join(tmp, "l.db"))
+    print(
+        f"| load with snapshots every 100: {LONG:,} vs 100 events of history | {long * 1e6:.0f} µs vs {short * 1e6:.0f} µs"
+        f" | {long / short:.2f}× | ≤ 2× |",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
