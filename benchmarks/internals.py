@@ -12,7 +12,7 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final
 
 import apsw
@@ -34,6 +34,15 @@ class Totals(minies.Projection):
 
     def on_Deposited(self, db: minies.Database, event: minies.Recorded) -> None:
         db.execute(UPSERT, (event.aggregate_id, event.data.amount))
+
+
+class BatchedTotals(Totals):
+    """The same read model, writing each batch with one executemany."""
+
+    name = "Totals"
+
+    def handle_batch(self, db: minies.Database, events: Sequence[minies.Recorded]) -> None:
+        db.executemany(UPSERT, [(e.aggregate_id, e.data.amount) for e in events])
 
 
 UPSERT: Final = "INSERT INTO totals VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET total = total + excluded.total"
@@ -98,11 +107,14 @@ def unchained(run: Callable[[str], float]) -> Callable[[str], float]:
     return measured
 
 
-def rebuild(path: str) -> float:
-    with minies.EventStore(path, projections=[Totals()], durability="normal") as store:
-        for i in range(REBUILD // 1_000):
-            store.append(f"acc-{i % 100}", w.deposits(1_000), aggregate_type="Account")
-        return clock(lambda: store.rebuild("Totals"))
+def rebuild(projection: minies.Projection) -> Callable[[str], float]:
+    def run(path: str) -> float:
+        with minies.EventStore(path, projections=[projection], durability="normal") as store:
+            for i in range(REBUILD // 1_000):
+                store.append(f"acc-{i % 100}", w.deposits(1_000), aggregate_type="Account")
+            return clock(lambda: store.rebuild("Totals"))
+
+    return run
 
 
 def raw_upserts(path: str) -> float:
@@ -186,10 +198,15 @@ def main() -> None:
         f" | +{(with_chain / without - 1) * 100:.0f}% | < +15% |",
         flush=True,
     )
-    mine, raw = best(rebuild, raw_upserts)
+    mine, batched, raw = best(rebuild(Totals()), rebuild(BatchedTotals()), raw_upserts)
     print(
-        f"| rebuild, one UPSERT per event ({REBUILD:,}) | {REBUILD / mine:,.0f} vs raw {REBUILD / raw:,.0f} ev/s"
+        f"| rebuild, one UPSERT per event in `on_Deposited` ({REBUILD:,}) | {REBUILD / mine:,.0f} vs raw {REBUILD / raw:,.0f} ev/s"
         f" | {raw / mine * 100:.0f}% of raw | ≥ 60% |",
+        flush=True,
+    )
+    print(
+        f"| rebuild, the same UPSERTs in `handle_batch` (executemany) | {REBUILD / batched:,.0f} vs raw {REBUILD / raw:,.0f} ev/s"
+        f" | {raw / batched * 100:.0f}% of raw | ≥ 60% |",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
