@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -20,17 +21,25 @@ from minies import _events, _upcasters
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture
-def upcasting() -> Iterator[None]:
+@contextlib.contextmanager
+def todays_upcasters() -> Iterator[None]:
     """Today's upcasters, removed again afterwards (they are process-wide)."""
     saved = dict(_upcasters.upcasters), dict(_upcasters.renames)
     shop_today.install()
-    yield
-    _upcasters.upcasters.clear()
-    _upcasters.upcasters.update(saved[0])
-    _upcasters.renames.clear()
-    _upcasters.renames.update(saved[1])
-    _events.generation += 1
+    try:
+        yield
+    finally:
+        _upcasters.upcasters.clear()
+        _upcasters.upcasters.update(saved[0])
+        _upcasters.renames.clear()
+        _upcasters.renames.update(saved[1])
+        _events.generation += 1
+
+
+@pytest.fixture
+def upcasting() -> Iterator[None]:
+    with todays_upcasters():
+        yield
 
 
 @pytest.fixture
@@ -199,16 +208,9 @@ payloads = st.fixed_dictionaries(
 
 @given(payload=payloads)
 def test_upcast_then_reencode_is_stable(payload: dict[str, Any]) -> None:
-    saved = dict(_upcasters.upcasters), dict(_upcasters.renames)
-    try:
-        shop_today.install()
+    with todays_upcasters():
         [(event_type, upcast)] = _upcasters.upcast("Ordered", 1, dict(payload))
         event = msgspec.convert(upcast, Ordered)
         again = msgspec.json.decode(msgspec.json.encode(event))
         assert _upcasters.upcast(event_type, 3, again) == [("Ordered", upcast)]  # today's shape: untouched
         assert event == Ordered(customer_id=payload["customer_id"], total=payload["amount"], currency="EUR")
-    finally:
-        _upcasters.upcasters.clear()
-        _upcasters.upcasters.update(saved[0])
-        _upcasters.renames.clear()
-        _upcasters.renames.update(saved[1])
