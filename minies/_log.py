@@ -6,6 +6,7 @@ WAL, and never keeps a writer (this store or another) waiting.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final
@@ -107,6 +108,11 @@ def read_log(
     """Events with ``after < position <= upto`` in position order, optionally of some types only."""
     if types is None:
         return _records(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock)
+    if _upcasters.active():
+        # A stored type may upcast into a wanted one (a rename, a split): filter after upcasting.
+        everything = _records(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock)
+        wanted = (record for record in everything if record.event_type in types)
+        return wanted if limit is None else itertools.islice(wanted, limit)
     type_list = msgspec.json.encode(sorted(types)).decode()
     return _records(conn, "READ_ALL_TYPES", lambda a, n: (a, upto, type_list, n), after, 0, limit, lock)
 

@@ -86,11 +86,22 @@ def test_projections_catch_up_through_upcasters(upcasting: None, shop: str) -> N
                 "INSERT INTO totals VALUES (?, ?, ?)", (event.aggregate_id, event.data.total, event.data.currency)
             )
 
-    with minies.EventStore(shop, projections=[Totals()]) as store:
+    class Cities(minies.Projection):  # sees a type that exists only as half of a split
+        def setup(self, db: minies.Database) -> None:
+            db.execute("CREATE TABLE cities (customer_id TEXT, city TEXT)")
+
+        def on_CityChanged(self, db: minies.Database, event: minies.Recorded) -> None:
+            db.execute("INSERT INTO cities VALUES (?, ?)", (event.aggregate_id, event.data.city))
+
+    with minies.EventStore(shop, projections=[Totals(), Cities()]) as store:
         assert store.query("SELECT * FROM totals ORDER BY order_id") == [
             ("order-1", 129.99, "EUR"),
             ("order-2", 5.5, "EUR"),
         ]
+        assert store.query("SELECT * FROM cities") == [("cust-1", "Oslo")]
+        assert [r.position for r in store.read_all(event_types=[CustomerRegistered])] == [
+            1
+        ]  # stored under its old name
 
 
 def test_without_upcasters_old_events_fail_clearly(shop: str) -> None:
