@@ -23,7 +23,7 @@ LAST: Final = (1 << 63) - 1
 _NO_LOCK: Final = nullcontext()
 
 
-def _records(
+def _pages(
     conn: apsw.Connection,
     query: str,
     args: Callable[[int, int], tuple[Any, ...]],
@@ -31,7 +31,7 @@ def _records(
     key: int,
     limit: int | None,
     lock: AbstractContextManager[Any],
-) -> Iterator[Recorded]:
+) -> Iterator[list[Recorded]]:
     upcasting = _upcasters.active()
     sql: str = _schema.VERSIONED[query] if upcasting else getattr(_schema, query)
     decoders = _codec.decoders()
@@ -54,7 +54,7 @@ def _records(
         except (msgspec.ValidationError, msgspec.DecodeError):
             _explain(rows, decoders)
             raise
-        yield from records
+        yield records
         if len(rows) < page:
             return
         after = rows[-1][key]
@@ -97,6 +97,25 @@ def _explain(rows: list[tuple[Any, ...]], decoders: dict[str, Callable[[Any], An
             ) from e
 
 
+def log_pages(
+    conn: apsw.Connection,
+    after: int = 0,
+    types: frozenset[str] | None = None,
+    lock: AbstractContextManager[Any] = _NO_LOCK,
+    upto: int = LAST,
+) -> Iterator[list[Recorded]]:
+    """Events with ``after < position <= upto`` in position order, a page (list) at a time,
+    optionally of some types only."""
+    if types is None:
+        return _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock)
+    if _upcasters.active():
+        # A stored type may upcast into a wanted one (a rename, a split): filter after upcasting.
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock)
+        return ([record for record in page if record.event_type in types] for page in pages)
+    type_list = msgspec.json.encode(sorted(types)).decode()
+    return _pages(conn, "READ_ALL_TYPES", lambda a, n: (a, upto, type_list, n), after, 0, None, lock)
+
+
 def read_log(
     conn: apsw.Connection,
     after: int = 0,
@@ -105,16 +124,13 @@ def read_log(
     lock: AbstractContextManager[Any] = _NO_LOCK,
     upto: int = LAST,
 ) -> Iterator[Recorded]:
-    """Events with ``after < position <= upto`` in position order, optionally of some types only."""
-    if types is None:
-        return _records(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock)
-    if _upcasters.active():
-        # A stored type may upcast into a wanted one (a rename, a split): filter after upcasting.
-        everything = _records(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock)
-        wanted = (record for record in everything if record.event_type in types)
-        return wanted if limit is None else itertools.islice(wanted, limit)
-    type_list = msgspec.json.encode(sorted(types)).decode()
-    return _records(conn, "READ_ALL_TYPES", lambda a, n: (a, upto, type_list, n), after, 0, limit, lock)
+    """``log_pages``, one event at a time, at most ``limit`` of them."""
+    if limit is not None and types is None:  # fetch no more than needed
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock)
+    else:
+        pages = log_pages(conn, after, types, lock, upto)
+    records = itertools.chain.from_iterable(pages)
+    return records if limit is None else itertools.islice(records, limit)
 
 
 def read_aggregate(
@@ -125,4 +141,5 @@ def read_aggregate(
     lock: AbstractContextManager[Any] = _NO_LOCK,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
-    return _records(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock)
+    pages = _pages(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock)
+    return itertools.chain.from_iterable(pages)

@@ -12,7 +12,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 import apsw
 import msgspec
@@ -20,7 +20,7 @@ import msgspec
 from minies import _codec, _schema
 from minies._errors import MiniesError, ProjectionError
 from minies._events import Event, Recorded
-from minies._log import LAST, read_log
+from minies._log import LAST, log_pages
 
 
 class Projection:
@@ -168,7 +168,6 @@ class RebuildReport(msgspec.Struct, frozen=True):
 
 
 Progress = Callable[[int, int], None]
-_BATCH: Final = 2_000
 _AT_POSITION = re.compile(r"^at position (\d+)$")
 
 
@@ -291,17 +290,12 @@ class Projector:
         batch: list[Recorded] = []
         try:
             with db.running():
-                for record in read_log(conn, after, wanted, upto=upto):
-                    batch.append(record)
-                    if len(batch) == _BATCH:
+                for batch in log_pages(conn, after, wanted, upto=upto):
+                    if batch:
                         projection.handle_batch(db, batch)
                         count += len(batch)
-                        batch = []
-                        if progress is not None and count % 10_000 == 0:
-                            progress(record.position, total)
-                if batch:
-                    projection.handle_batch(db, batch)
-                    count += len(batch)
+                        if progress is not None:
+                            progress(batch[-1].position, total)
         except Exception as e:
             where = _failed_position(e) or f"a position in {batch[0].position}..{batch[-1].position}"
             raise ProjectionError(projection.name, f"failed at {where}: {type(e).__name__}: {e}") from e

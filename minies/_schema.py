@@ -112,7 +112,6 @@ INSERT_EVENT: Final = (
     " data, metadata, created_at, hash, schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 AGGREGATE_VERSION: Final = "SELECT version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
-AGGREGATE_TYPE: Final = "SELECT aggregate_type FROM events WHERE aggregate_id = ? LIMIT 1"
 HEAD: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 # What an append needs before it writes, in one step: the aggregate's version and the head.
 APPEND_STATE: Final = (
@@ -175,7 +174,6 @@ CHAIN: Final = (
 )
 EVENT_TYPE_AT: Final = "SELECT event_type FROM events WHERE position = ?"
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
-HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"
 VERSION_GAPS: Final = (
     "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"
     " HAVING min(version) != 1 OR max(version) != count(*) LIMIT 1"
@@ -192,7 +190,6 @@ KNOWN_TYPES: Final = "SELECT event_type FROM minies_event_types"
 ADD_TYPE: Final = (
     "INSERT OR IGNORE INTO minies_event_types (event_type, python_class, json_schema, first_seen) VALUES (?, ?, ?, ?)"
 )
-TYPE_SCHEMAS: Final = "SELECT event_type, python_class, json_schema FROM minies_event_types"
 
 # ---------------------------------------------------------------------------- snapshots
 SAVE_SNAPSHOT: Final = (

@@ -690,7 +690,7 @@ class EventStore:
 
         Args:
             name: the projection's name.
-            progress: called as ``progress(position, head)`` every 10,000 events.
+            progress: called as ``progress(position, head)`` after every 2,000 events.
 
         Raises:
             ProjectionError: setup or a handler failed; the old read model is kept.

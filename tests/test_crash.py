@@ -92,4 +92,6 @@ def test_killed_writers_lose_nothing_committed(tmp_path: Path, durability: str) 
         batches = check(path, committed)
         start += 10_000  # fresh batch numbers for the next writer
     assert len(committed) > 0 and batches >= len(committed)
-    print(f"{durability}: {KILLS // 2} kills survived, {batches} batches in the file, {len(committed)} reported committed")
+    print(
+        f"{durability}: {KILLS // 2} kills survived, {batches} batches in the file, {len(committed)} reported committed"
+    )
