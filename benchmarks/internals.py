@@ -68,9 +68,9 @@ def clock(body: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def singles(projections: list[minies.Projection]) -> Callable[[str], float]:
+def singles(projections: list[minies.Projection], in_memory: bool = False) -> Callable[[str], float]:
     def run(path: str) -> float:
-        with minies.EventStore(path, projections=projections) as store:
+        with minies.EventStore(":memory:" if in_memory else path, projections=projections) as store:
             versions = itertools.count()
             return clock(
                 lambda: [
@@ -85,7 +85,7 @@ def singles(projections: list[minies.Projection]) -> Callable[[str], float]:
 
 
 def batches(path: str) -> float:
-    with minies.EventStore(path) as store:
+    with minies.EventStore(":memory:") as store:
         data = [w.deposits(1_000) for _ in range(50)]
         return clock(lambda: [store.append(f"a{i}", b, aggregate_type="Account") for i, b in enumerate(data)])
 
@@ -186,15 +186,16 @@ def main() -> None:
         f" | +{(inline / plain - 1) * 100:.0f}% | < +30% |",
         flush=True,
     )
-    with_chain, without = best(singles([]), unchained(singles([])))
+    # The chain costs CPU, not I/O: measured in memory, where nothing hides it.
+    with_chain, without = best(singles([], in_memory=True), unchained(singles([], in_memory=True)))
     print(
-        f"| hash chain, single-event append | {with_chain / SINGLE * 1e6:.0f} µs vs {without / SINGLE * 1e6:.0f} µs"
+        f"| hash chain, single-event append (CPU, in memory) | {with_chain / SINGLE * 1e6:.0f} µs vs {without / SINGLE * 1e6:.0f} µs"
         f" | +{(with_chain / without - 1) * 100:.0f}% | < +15% |",
         flush=True,
     )
     with_chain, without = best(batches, unchained(batches))
     print(
-        f"| hash chain, batch append (1,000/call) | {50_000 / with_chain:,.0f} vs {50_000 / without:,.0f} ev/s"
+        f"| hash chain, batch append (1,000/call, in memory) | {50_000 / with_chain:,.0f} vs {50_000 / without:,.0f} ev/s"
         f" | +{(with_chain / without - 1) * 100:.0f}% | < +15% |",
         flush=True,
     )

@@ -31,8 +31,9 @@ GENESIS: Final = bytes(32)
 _sha256 = hashlib.sha256
 
 
-def _net(text: str) -> str:
-    return f"{len(text) if text.isascii() else len(text.encode())}:{text},"
+def _net(text: str) -> bytes:
+    raw = text.encode()
+    return b"%d:%s," % (len(raw), raw)
 
 
 def chain_batch(
@@ -48,23 +49,29 @@ def chain_batch(
     created_at: str,
     schema_versions: list[int],
 ) -> list[bytes]:
-    """``chain_hash`` for a batch of one aggregate's events (positions and versions counting
-    up from the given ones), encoding the fields the batch shares once.
+    """``hash(n)`` for a batch of one aggregate's events (positions and versions counting up
+    from the given ones), encoding the fields the batch shares once.
 
-    The ``event_ids`` must be canonical UUID strings (ASCII), as ``append`` guarantees.
+    The ``event_ids`` must be canonical UUID strings (36 ASCII characters), as ``append``
+    guarantees. ``verify`` computes the same encoding in SQL (see ``_schema.CHAIN``).
     """
     shared = _net(aggregate_id) + _net(aggregate_type)
     tail = _net(metadata) + _net(created_at)
     types = {t: _net(t) for t in set(event_types)}
+    sha256 = _sha256
     digests = []
     for event_id, event_type, data, schema_version in zip(event_ids, event_types, datas, schema_versions, strict=True):
-        p = str(position)
-        v = str(version)
-        size = len(data) if data.isascii() else len(data.encode())
-        text = f"{len(p)}:{p},36:{event_id},{shared}{types[event_type]}{len(v)}:{v},{size}:{data},{tail}"
+        p = b"%d" % position
+        v = b"%d" % version
+        raw = data.encode()
+        h = sha256(previous)
+        h.update(
+            b"%d:%s,36:%s,%s%s%d:%s,%d:%s,%s"
+            % (len(p), p, event_id.encode(), shared, types[event_type], len(v), v, len(raw), raw, tail)
+        )
         if schema_version != 1:
-            text += _net(str(schema_version))
-        previous = _sha256(previous + text.encode()).digest()
+            h.update(_net(str(schema_version)))
+        previous = h.digest()
         digests.append(previous)
         position += 1
         version += 1
