@@ -1,6 +1,6 @@
-"""The ``minies`` command line: look into, verify, export and back up a minies file.
+"""The minies command line: look into, verify, export and back up a minies file.
 
-Exit codes: 0 success (``verify``: the file is intact), 1 ``verify`` found a problem,
+Exit codes: 0 success (verify: the file is intact), 1 verify or check found a problem,
 2 an error (bad arguments, missing or foreign file, damaged file), 130 interrupted.
 """
 
