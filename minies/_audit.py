@@ -57,17 +57,19 @@ def chain_batch(
     """
     shared = _net(aggregate_id) + _net(aggregate_type)
     tail = _net(metadata) + _net(created_at)
-    types = {t: _net(t) for t in set(event_types)}
     sha256 = _sha256
     digests = []
+    last_type, typed = "", b""
     for event_id, event_type, data, schema_version in zip(event_ids, event_types, datas, schema_versions, strict=True):
+        if event_type != last_type:
+            last_type, typed = event_type, _net(event_type)
         p = b"%d" % position
         v = b"%d" % version
         raw = data.encode()
         h = sha256(previous)
         h.update(
             b"%d:%s,36:%s,%s%s%d:%s,%d:%s,%s"
-            % (len(p), p, event_id.encode(), shared, types[event_type], len(v), v, len(raw), raw, tail)
+            % (len(p), p, event_id.encode(), shared, typed, len(v), v, len(raw), raw, tail)
         )
         if schema_version != 1:
             h.update(_net(str(schema_version)))

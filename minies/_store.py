@@ -224,6 +224,10 @@ class EventStore:
                 raise
             self._raise(e, doing)
 
+    def _reading(self) -> _Reading:
+        """Around each page an iterator fetches: the store's lock, and minies' errors."""
+        return _Reading(self)
+
     # ------------------------------------------------------------------ transactions
     def _write(self) -> _Write:
         """A write transaction (``BEGIN IMMEDIATE``), or a savepoint when already inside one.
@@ -437,7 +441,7 @@ class EventStore:
         """One aggregate's events with ``after < version <= upto``, in version order."""
         _check_str("aggregate_id", aggregate_id)
         after, upto = _check_range(after, upto)
-        return read_aggregate(self._open(), aggregate_id, after, upto, self._lock)
+        return read_aggregate(self._open(), aggregate_id, after, upto, self._reading())
 
     def read_all(
         self,
@@ -461,7 +465,7 @@ class EventStore:
             if isinstance(event_types, str):
                 event_types = [event_types]
             types = frozenset(t if isinstance(t, str) else t.event_type for t in event_types)
-        return read_log(self._open(), after, types, limit, self._lock)
+        return read_log(self._open(), after, types, limit, self._reading())
 
     def version(self, aggregate_id: str) -> int:
         """The aggregate's current version, 0 if it has no events."""
@@ -636,7 +640,7 @@ class EventStore:
         self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]
     ) -> int:
         """``_replay`` while upcasters are registered: through the records, which upcast."""
-        for record in read_aggregate(self._open(), aggregate_id, after, upto, self._lock):
+        for record in read_aggregate(self._open(), aggregate_id, after, upto, self._reading()):
             if aggregate_type is not None and record.aggregate_type != aggregate_type:
                 raise SchemaError(
                     f"aggregate {aggregate_id!r} holds {record.aggregate_type} events, not {aggregate_type}; "
@@ -785,6 +789,23 @@ class EventStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.durability
         return f"<minies.EventStore {self.path!r} ({state})>"
+
+
+class _Reading:
+    """Entered once per page by the log's iterators (so a class, not a one-shot generator)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._store._lock.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        self._store._lock.release()
+        if isinstance(error, apsw.Error) and not isinstance(error, apsw.SQLError):
+            self._store._raise(error, "cannot read")
 
 
 class _Tip:

@@ -63,7 +63,7 @@ class Subscription:
         after = self.position
         while limit is None or delivered < limit:
             want = _BATCH if limit is None else min(_BATCH, limit - delivered)
-            batch = list(read_log(self.store._open(), after, None, want, self.store._lock))
+            batch = list(read_log(self.store._open(), after, None, want, self.store._reading()))
             if not batch:
                 break
             parked = [self._deliver(handler, record) for record in batch]
