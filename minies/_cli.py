@@ -218,17 +218,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 1
 
 
-_CSV_COLUMNS = (
-    "position",
-    "event_id",
-    "aggregate_id",
-    "aggregate_type",
-    "event_type",
-    "version",
-    "timestamp",
-    "data",
-    "metadata",
-)
+_CSV_COLUMNS = Recorded.__struct_fields__
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -251,17 +241,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _csv_row(r: Recorded) -> list[Any]:
-    return [
-        r.position,
-        r.event_id,
-        r.aggregate_id,
-        r.aggregate_type,
-        r.event_type,
-        r.version,
-        r.timestamp.isoformat(),
-        _encode(r.data).decode(),
-        _encode(r.metadata).decode(),
-    ]
+    values: list[Any] = list(msgspec.structs.astuple(r))
+    values[6] = r.timestamp.isoformat()
+    values[7:] = [_encode(r.data).decode(), _encode(r.metadata).decode()]
+    return values
 
 
 def _types(args: argparse.Namespace) -> int:

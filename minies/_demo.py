@@ -11,12 +11,12 @@ import minies
 
 class OrderPlaced(minies.Event):
     customer_id: str
-    items: list[dict[str, object]]
     total: float
+    items: list[dict[str, object]] = msgspec.field(default_factory=list)
 
 
 class OrderShipped(minies.Event):
-    carrier: str
+    carrier: str = "post"
 
 
 class AccountOpened(minies.Event):

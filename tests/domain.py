@@ -5,33 +5,21 @@ from __future__ import annotations
 from typing import ClassVar
 
 import minies
+from minies._demo import (  # the demo's events, and the seed's order summary projection
+    AccountOpened,
+    MoneyDeposited,
+    MoneyWithdrawn,
+    OrderPlaced,
+    OrderShipped,
+    OrderSummaries,
+)
 
-
-class AccountOpened(minies.Event):
-    owner: str
-    balance: int
-
-
-class MoneyDeposited(minies.Event):
-    amount: int
-
-
-class MoneyWithdrawn(minies.Event):
-    amount: int
+__all__ = ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "OrderPlaced", "OrderShipped", "OrderSummaries"]
 
 
 class AccountRenamed(minies.Event):
     event_type: ClassVar[str] = "Renamed"
     name: str
-
-
-class OrderPlaced(minies.Event):
-    customer_id: str
-    total: float
-
-
-class OrderShipped(minies.Event):
-    carrier: str = "post"
 
 
 class Account(minies.Aggregate):
@@ -55,32 +43,6 @@ class Account(minies.Aggregate):
         if amount <= 0:
             raise ValueError("amount must be positive")
         self.record(MoneyDeposited(amount=amount))
-
-
-class OrderSummaries(minies.Projection):
-    """The seed's OrderSummaryProjection."""
-
-    name = "order_summaries"
-    version = 1
-
-    def setup(self, db: minies.Database) -> None:
-        db.execute(
-            "CREATE TABLE order_summaries (order_id TEXT PRIMARY KEY, customer_id TEXT, total REAL,"
-            " status TEXT, placed_at TEXT, shipped_at TEXT)"
-        )
-
-    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
-        if event.event_type == "OrderPlaced":
-            db.execute(
-                "INSERT INTO order_summaries (order_id, customer_id, total, status, placed_at)"
-                " VALUES (?, ?, ?, 'placed', ?)",
-                (event.aggregate_id, event.data.customer_id, event.data.total, event.timestamp.isoformat()),
-            )
-        elif event.event_type == "OrderShipped":
-            db.execute(
-                "UPDATE order_summaries SET status = 'shipped', shipped_at = ? WHERE order_id = ?",
-                (event.timestamp.isoformat(), event.aggregate_id),
-            )
 
 
 class Balances(minies.Projection):

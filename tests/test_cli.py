@@ -43,7 +43,7 @@ def test_events_json_lines_parse(shop: str) -> None:
     assert result.returncode == 0
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["position"] for line in lines] == list(range(1, 22))
-    assert lines[-1]["data"] == {"customer_id": 'c\n"1"', "total": 9.5}
+    assert lines[-1]["data"] == {"customer_id": 'c\n"1"', "total": 9.5, "items": []}
     assert set(lines[0]) == {
         "position",
         "event_id",

@@ -31,7 +31,9 @@ def test_events_are_frozen_keyword_only_structs() -> None:
 
 
 def test_two_classes_claiming_one_event_type_is_an_error() -> None:
-    with pytest.raises(minies.SchemaError, match="'MoneyDeposited' is already registered by domain.MoneyDeposited"):
+    with pytest.raises(
+        minies.SchemaError, match="'MoneyDeposited' is already registered by minies._demo.MoneyDeposited"
+    ):
 
         class MoneyDeposited(minies.Event):
             amount: int
