@@ -8,10 +8,9 @@ P can never skip an event committed by another process.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, ClassVar
 
 import apsw
@@ -129,14 +128,15 @@ class Database:
         except apsw.AuthError:
             raise _refused(sql) from None
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        """Mark projection code as running: the guard below applies until the block ends."""
+    def running(self) -> Database:
+        """``with db.running():`` marks projection code as running: the guard applies inside."""
+        return self
+
+    def __enter__(self) -> None:
         self.active = True
-        try:
-            yield
-        finally:
-            self.active = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.active = False
 
     def _authorize(self, action: int, name: str | None, _2: str | None, _db: str | None, _trig: str | None) -> int:
         if not self.active:
@@ -207,7 +207,7 @@ class Projector:
         self._known_head = None
 
     # ------------------------------------------------------------------ inline
-    def apply(self, conn: apsw.Connection, db: Database, records: list[Recorded], head_before: int) -> None:
+    def apply(self, conn: apsw.Connection, db: Database, records: list[Recorded], head_before: int, now: str) -> None:
         """Apply freshly appended ``records`` (the log was at ``head_before`` before them)."""
         if self._known_head != head_before:
             rows: list[Any] = conn.execute(_schema.PROJECTION_POSITIONS).fetchall()
@@ -226,8 +226,8 @@ class Projector:
                         e.add_note(f"in projection {name!r}")
                         raise
         head = records[-1].position
-        now = _codec.now_text()
-        conn.executemany(_schema.ADVANCE_PROJECTION, [(head, now, name) for name in self.projections])
+        for name in self.projections:
+            conn.execute(_schema.ADVANCE_PROJECTION, (head, now, name))
         self._positions = dict.fromkeys(self.projections, head)
         self._known_head = head
 

@@ -400,7 +400,7 @@ class EventStore:
                 Recorded(r[0], r[1], aggregate_id, aggregate_type, r[4], r[5], timestamp, e, metadata)
                 for r, e in zip(rows, events, strict=True)
             ]
-            self._projector.apply(conn, self._db, records, head_position)
+            self._projector.apply(conn, self._db, records, head_position, created)
         return version
 
     def _already_appended(
