@@ -18,6 +18,15 @@ from minies import _codec, _events, _schema, _upcasters
 from minies._errors import SchemaError
 from minies._events import Recorded
 
+
+class _Raw(dict[str, Callable[[Any], Any]]):
+    """Decoders for ``raw=True``: every payload as stored, a plain dict, no upcasting."""
+
+    def __missing__(self, event_type: str) -> Callable[[Any], Any]:
+        return _codec.decode_payload
+
+
+_RAW: Final = _Raw()
 PAGE: Final = 2000
 LAST: Final = (1 << 63) - 1
 _NO_LOCK: Final = nullcontext()
@@ -31,10 +40,11 @@ def _pages(
     key: int,
     limit: int | None,
     lock: AbstractContextManager[Any],
+    raw: bool = False,
 ) -> Iterator[list[Recorded]]:
-    upcasting = _upcasters.active()
+    upcasting = not raw and _upcasters.active()
     sql: str = _schema.VERSIONED[query] if upcasting else getattr(_schema, query)
-    decoders = _codec.decoders()
+    decoders = _RAW if raw else _codec.decoders()
     timestamps = _codec.timestamps
     metadata = _codec.decode_metadata
     remaining = limit
@@ -123,9 +133,15 @@ def read_log(
     limit: int | None = None,
     lock: AbstractContextManager[Any] = _NO_LOCK,
     upto: int = LAST,
+    raw: bool = False,
 ) -> Iterator[Recorded]:
-    """``log_pages``, one event at a time, at most ``limit`` of them."""
-    if limit is not None and types is None:  # fetch no more than needed
+    """``log_pages``, one event at a time, at most ``limit`` of them (``raw``: payloads as
+    stored, plain dicts, no upcasting)."""
+    if raw:
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, raw=True)
+        if types is not None:
+            pages = ([record for record in page if record.event_type in types] for page in pages)
+    elif limit is not None and types is None:  # fetch no more than needed
         pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock)
     else:
         pages = log_pages(conn, after, types, lock, upto)
@@ -139,7 +155,8 @@ def read_aggregate(
     after: int,
     upto: int,
     lock: AbstractContextManager[Any] = _NO_LOCK,
+    raw: bool = False,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
-    pages = _pages(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock)
+    pages = _pages(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock, raw)
     return itertools.chain.from_iterable(pages)

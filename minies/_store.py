@@ -437,11 +437,17 @@ class EventStore:
         self._known_types.add(cls.event_type)
 
     # ------------------------------------------------------------------ reading
-    def read(self, aggregate_id: str, *, after: int = 0, upto: int | None = None) -> Iterator[Recorded]:
-        """One aggregate's events with ``after < version <= upto``, in version order."""
+    def read(
+        self, aggregate_id: str, *, after: int = 0, upto: int | None = None, raw: bool = False
+    ) -> Iterator[Recorded]:
+        """One aggregate's events with ``after < version <= upto``, in version order.
+
+        ``raw=True`` gives every payload as stored: a plain dict, not upcast (for events
+        written by newer code, or to see history exactly).
+        """
         _check_str("aggregate_id", aggregate_id)
         after, upto = _check_range(after, upto)
-        return read_aggregate(self._open(), aggregate_id, after, upto, self._reading())
+        return read_aggregate(self._open(), aggregate_id, after, upto, self._reading(), raw)
 
     def read_all(
         self,
@@ -449,6 +455,7 @@ class EventStore:
         after: int = 0,
         limit: int | None = None,
         event_types: Iterable[str | type[Event]] | None = None,
+        raw: bool = False,
     ) -> Iterator[Recorded]:
         """Every event with position > ``after``, in global order.
 
@@ -456,6 +463,7 @@ class EventStore:
             after: a position already seen (0: from the start).
             limit: at most this many events.
             event_types: only these types (names or Event classes).
+            raw: every payload as stored, a plain dict, not upcast.
         """
         _check_range(after, None)
         if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -465,7 +473,7 @@ class EventStore:
             if isinstance(event_types, str):
                 event_types = [event_types]
             types = frozenset(t if isinstance(t, str) else t.event_type for t in event_types)
-        return read_log(self._open(), after, types, limit, self._reading())
+        return read_log(self._open(), after, types, limit, self._reading(), raw=raw)
 
     def version(self, aggregate_id: str) -> int:
         """The aggregate's current version, 0 if it has no events."""

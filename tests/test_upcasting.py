@@ -63,6 +63,8 @@ def test_old_file_reads_as_todays_events(upcasting: None, shop: str) -> None:
         customer = store.load(Customer, "cust-1")
         assert (customer.name, customer.street, customer.city, customer.version) == ("Ann", "1 Main St", "Oslo", 3)
         assert store.check_events() == []
+        old = [(r.event_type, r.data) for r in store.read_all(raw=True, event_types=["Ordered"])]
+        assert old[0] == ("Ordered", {"customer_id": "cust-1", "amount": 129.99})  # history exactly as written
         assert store.verify().ok  # upcasting never touches the stored history
         store.append("order-3", [Ordered(customer_id="c", total=1.0, currency="NOK")], aggregate_type="Order")
         assert store.event_types() == [
@@ -148,11 +150,12 @@ def test_an_event_newer_than_the_code_is_an_error(upcasting: None, tmp_path: Pat
         "    s.append('o', [Ordered(customer_id='c', total=1, currency='EUR', channel='web')], aggregate_type='Order')\n"
     )
     subprocess.run([sys.executable, "-c", code, path], check=True)
-    with (
-        minies.EventStore(path) as store,
-        pytest.raises(minies.SchemaError, match="schema version 4, but this code knows up to v3"),
-    ):
-        list(store.read_all())
+    with minies.EventStore(path) as store:
+        with pytest.raises(minies.SchemaError, match="schema version 4, but this code knows up to v3"):
+            list(store.read_all())
+        (raw,) = store.read_all(raw=True)  # unless you ask for the payload as stored
+        assert raw.data == {"customer_id": "c", "total": 1.0, "currency": "EUR", "channel": "web"}
+        assert [r.data for r in store.read("o", raw=True)] == [raw.data]
 
 
 def test_chain_validation(upcasting: None) -> None:
