@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import minies
+from minies._demo import Account as DemoAccount
 from minies._demo import (  # the demo's events, and the seed's order summary projection
     AccountOpened,
     MoneyDeposited,
@@ -22,27 +23,17 @@ class AccountRenamed(minies.Event):
     name: str
 
 
-class Account(minies.Aggregate):
+class Account(DemoAccount):
+    """The demo's account, without snapshots, and with a name."""
+
     snapshot_every: ClassVar[int | None] = None
-    owner: str = ""
-    balance: int = 0
     name: str = ""
 
     def apply(self, event: minies.Event) -> None:
-        match event:
-            case AccountOpened(owner=owner, balance=balance):
-                self.owner, self.balance = owner, balance
-            case MoneyDeposited(amount=amount):
-                self.balance += amount
-            case MoneyWithdrawn(amount=amount):
-                self.balance -= amount
-            case AccountRenamed(name=name):
-                self.name = name
-
-    def deposit(self, amount: int) -> None:
-        if amount <= 0:
-            raise ValueError("amount must be positive")
-        self.record(MoneyDeposited(amount=amount))
+        if isinstance(event, AccountRenamed):
+            self.name = event.name
+        else:
+            super().apply(event)
 
 
 class Balances(minies.Projection):
