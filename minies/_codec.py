@@ -7,6 +7,7 @@ Payloads and metadata are JSON text (not JSONB) so that any SQLite tool, however
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -98,51 +99,70 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
 
 
 def encode_event(event: Event) -> str:
-    """Encode one event's payload.
+    """Encode one event's payload, checked against its own class.
+
+    msgspec does not check types when a Struct is built, so ``Deposited(amount="lots")``
+    exists. What is stored must decode back, through the class, to an equal event: that one
+    check covers every field type msgspec knows (nested Structs, containers, Optional,
+    unions, enums, datetimes, ``Meta`` constraints) and what JSON cannot carry (NaN, int keys).
 
     Raises:
-        TypeError: ``event`` is not an ``Event`` or holds a value JSON cannot carry.
+        TypeError: ``event`` is not an ``Event``, or a field holds a value of another type.
+        ValueError: a field's value breaks a constraint or would not read back as itself.
     """
-    if not isinstance(event, Event):
-        raise TypeError(f"expected a minies.Event instance, got {type(event).__name__}: {event!r:.80}")
+    cls = type(event)
+    decode = _checks.get(cls)
+    if decode is None:
+        if not isinstance(event, Event) or cls is Event:
+            raise TypeError(f"expected an instance of a minies.Event subclass, got {cls.__name__}: {event!r:.80}")
+        decode = _checks[cls] = msgspec.json.Decoder(cls).decode
     try:
         data = encode(event)
     except (TypeError, ValueError, OverflowError) as e:
-        raise TypeError(f"{type(event).__name__} cannot be stored as JSON: {e}") from None
+        raise TypeError(f"{cls.__name__} cannot be stored as JSON: {e}") from None
     except RecursionError:
-        raise ValueError(f"{type(event).__name__} is nested too deeply to be stored as JSON") from None
-    check = _float_checks.get(type(event)) or _float_check(type(event))
-    if check is not _NO_FLOATS and not _reads_back(check, data, event):
-        raise ValueError(
-            f"{type(event).__name__} would not read back as itself (JSON has no NaN or infinity, its object "
-            f"keys are strings, and an untyped field reads back as plain JSON): {event!r:.200}"
+        raise ValueError(f"{cls.__name__} is nested too deeply to be stored as JSON") from None
+    try:
+        if decode(data) == event:
+            return data.decode()
+    except msgspec.ValidationError as e:
+        raise _contradiction(event, str(e)) from None
+    except RecursionError:
+        raise ValueError(f"{cls.__name__} is nested too deeply to be stored as JSON") from None
+    raise _contradiction(event, None)
+
+
+_checks: dict[type[Event], Callable[[bytes], Any]] = {}
+_PATH = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+_PLAIN_JSON: Final = (type(None), str, int, float, bool, dict, list)
+_LOST: Final = "JSON has no NaN or infinity, its object keys are strings, and an untyped field reads back as plain JSON"
+
+
+def _contradiction(event: Event, problem: str | None) -> TypeError | ValueError:
+    """The error for an event whose values contradict its class, naming the field and value."""
+    cls = type(event)
+    decoded = None
+    if problem is None:
+        decoded = msgspec.json.decode(encode(event), type=cls)
+        field = next((f for f in cls.__struct_fields__ if getattr(event, f) != getattr(decoded, f)), None)
+    else:
+        found = _PATH.search(problem)
+        field = found.group(1) if found and found.group(1) in cls.__struct_fields__ else None
+    if field is None:
+        return ValueError(f"{cls.__name__} would not read back as itself ({_LOST}): {event!r:.200}")
+    value = getattr(event, field)
+    where = f"{cls.__name__}.{field} = {value!r:.80}"
+    if problem is not None and "got `null`" not in problem:
+        kind = TypeError if "`, got `" in problem else ValueError  # else: a constraint (msgspec.Meta)
+        return kind(f"{where} does not match the class: {problem}; nothing was written")
+    declared = type(getattr(decoded, field)) if decoded is not None else type(None)
+    if declared is not type(value) and declared not in _PLAIN_JSON:  # e.g. a dict where a Struct is declared
+        return TypeError(
+            f"{where} is a {type(value).__name__} where the class declares {declared.__name__}; nothing was written"
         )
-    return data.decode()
-
-
-# JSON has no NaN or infinity: msgspec writes null, which would not read back as the event.
-# Classes that may hold a float anywhere (a float field, or an untyped one: "{}" in the
-# schema) are checked by decoding what was encoded.
-_NO_FLOATS: Final[Callable[[bytes], Any]] = bytes
-_float_checks: dict[type[Event], Callable[[bytes], Any]] = {}
-
-
-def _reads_back(decode: Callable[[bytes], Any], data: bytes, event: Event) -> bool:
-    try:
-        return bool(decode(data) == event)
-    except (msgspec.ValidationError, RecursionError):
-        return False
-
-
-def _float_check(cls: type[Event]) -> Callable[[bytes], Any]:
-    try:
-        schema = msgspec.json.encode(msgspec.json.schema(cls))
-    except Exception:  # a type msgspec cannot describe: check every time
-        schema = b"{}"
-    has_floats = b'"number"' in schema or b"{}" in schema
-    check = msgspec.json.Decoder(cls).decode if has_floats else _NO_FLOATS
-    _float_checks[cls] = check
-    return check
+    return ValueError(f"{where} would not read back as itself ({_LOST}); nothing was written")
 
 
 _second = -1

@@ -40,9 +40,10 @@ def _pages(
     key: int,
     limit: int | None,
     lock: AbstractContextManager[Any],
+    upcasting: bool,
     raw: bool = False,
 ) -> Iterator[list[Recorded]]:
-    upcasting = not raw and _upcasters.active()
+    upcasting = upcasting and not raw
     sql: str = _schema.VERSIONED[query] if upcasting else getattr(_schema, query)
     decoders = _RAW if raw else _codec.decoders()
     timestamps = _codec.timestamps
@@ -109,25 +110,27 @@ def _explain(rows: list[tuple[Any, ...]], decoders: dict[str, Callable[[Any], An
 
 def log_pages(
     conn: apsw.Connection,
+    upcasting: bool,
     after: int = 0,
     types: frozenset[str] | None = None,
     lock: AbstractContextManager[Any] = _NO_LOCK,
     upto: int = LAST,
 ) -> Iterator[list[Recorded]]:
     """Events with ``after < position <= upto`` in position order, a page (list) at a time,
-    optionally of some types only."""
+    optionally of some types only. ``upcasting``: see ``EventStore._upcasting``."""
     if types is None:
-        return _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock)
-    if _upcasters.active():
+        return _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, upcasting)
+    if upcasting:
         # A stored type may upcast into a wanted one (a rename, a split): filter after upcasting.
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, upcasting)
         return ([record for record in page if record.event_type in types] for page in pages)
     type_list = msgspec.json.encode(sorted(types)).decode()
-    return _pages(conn, "READ_ALL_TYPES", lambda a, n: (a, upto, type_list, n), after, 0, None, lock)
+    return _pages(conn, "READ_ALL_TYPES", lambda a, n: (a, upto, type_list, n), after, 0, None, lock, upcasting)
 
 
 def read_log(
     conn: apsw.Connection,
+    upcasting: bool,
     after: int = 0,
     types: frozenset[str] | None = None,
     limit: int | None = None,
@@ -138,19 +141,20 @@ def read_log(
     """``log_pages``, one event at a time, at most ``limit`` of them (``raw``: payloads as
     stored, plain dicts, no upcasting)."""
     if raw:
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, raw=True)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, False, raw=True)
         if types is not None:
             pages = ([record for record in page if record.event_type in types] for page in pages)
     elif limit is not None and types is None:  # fetch no more than needed
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock, upcasting)
     else:
-        pages = log_pages(conn, after, types, lock, upto)
+        pages = log_pages(conn, upcasting, after, types, lock, upto)
     records = itertools.chain.from_iterable(pages)
     return records if limit is None else itertools.islice(records, limit)
 
 
 def read_aggregate(
     conn: apsw.Connection,
+    upcasting: bool,
     aggregate_id: str,
     after: int,
     upto: int,
@@ -158,5 +162,5 @@ def read_aggregate(
     raw: bool = False,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
-    pages = _pages(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock, raw)
+    pages = _pages(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock, upcasting, raw)
     return itertools.chain.from_iterable(pages)

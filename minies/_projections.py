@@ -184,7 +184,8 @@ class Projector:
     Every method runs inside a write transaction the store opened.
     """
 
-    def __init__(self, projections: Iterable[Projection]) -> None:
+    def __init__(self, projections: Iterable[Projection], upcasting: Callable[[], bool]) -> None:
+        self._upcasting = upcasting
         self.projections: dict[str, Projection] = {}
         for projection in projections:
             if not isinstance(projection, Projection):
@@ -290,7 +291,7 @@ class Projector:
         batch: list[Recorded] = []
         try:
             with db.running():
-                for batch in log_pages(conn, after, wanted, upto=upto):
+                for batch in log_pages(conn, self._upcasting(), after, wanted, upto=upto):
                     if batch:
                         projection.handle_batch(db, batch)
                         count += len(batch)

@@ -17,7 +17,7 @@ import apsw
 from minies._errors import SchemaError
 
 APPLICATION_ID: Final = 0x6D696E69  # "mini"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # ---------------------------------------------------------------------------- the schema
 # `position` is the rowid (an INTEGER PRIMARY KEY keeps its values through VACUUM). minies
@@ -101,6 +101,28 @@ TRIGGERS: Final = {"events_no_update", "events_no_delete", "events_append_only"}
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 2: each event records its type's schema version, for upcasting (1 for every older event).
     2: ("ALTER TABLE events ADD COLUMN schema_version INTEGER NOT NULL DEFAULT 1",),
+    # 3: one row per (event type, schema version), so a reader knows which versions the file
+    # holds (old code must refuse newer events, not drop their fields) and each version's
+    # JSON Schema describes its own payloads.
+    3: (
+        "ALTER TABLE minies_event_types RENAME TO minies_event_types_v2",
+        """
+        CREATE TABLE minies_event_types (
+            event_type     TEXT    NOT NULL,
+            schema_version INTEGER NOT NULL,
+            python_class   TEXT    NOT NULL,
+            json_schema    TEXT    NOT NULL,
+            first_seen     TEXT    NOT NULL,
+            PRIMARY KEY (event_type, schema_version)
+        ) WITHOUT ROWID""",
+        # The old row described the type's first stored version; other versions get no schema.
+        "INSERT INTO minies_event_types SELECT t.event_type, coalesce((SELECT schema_version FROM events e"
+        " WHERE e.event_type = t.event_type ORDER BY position LIMIT 1), 1), python_class, json_schema, first_seen"
+        " FROM minies_event_types_v2 t",
+        "INSERT OR IGNORE INTO minies_event_types SELECT event_type, schema_version, '', '{}', min(created_at)"
+        " FROM events GROUP BY event_type, schema_version",
+        "DROP TABLE minies_event_types_v2",
+    ),
 }
 
 # ---------------------------------------------------------------------------- the events
@@ -115,7 +137,8 @@ AGGREGATE_VERSION: Final = "SELECT version FROM events WHERE aggregate_id = ? OR
 HEAD: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 # What an append needs before it writes, in one step: the aggregate's version and the head.
 APPEND_STATE: Final = (
-    "SELECT (SELECT version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1),"
+    "SELECT (SELECT version FROM events WHERE aggregate_id = ?1 ORDER BY version DESC LIMIT 1),"
+    " (SELECT aggregate_type FROM events WHERE aggregate_id = ?1 AND version = 1),"
     " position, hash FROM events ORDER BY position DESC LIMIT 1"
 )
 EVENT_BY_ID: Final = "SELECT aggregate_id, version, event_type, data FROM events WHERE event_id = ?"
@@ -186,9 +209,19 @@ TYPE_COUNTS: Final = (
 )
 
 # ---------------------------------------------------------------------------- event types
-KNOWN_TYPES: Final = "SELECT event_type FROM minies_event_types"
+# (event_type, schema_version) of every version stored, by schema version of the file (a
+# read-only store cannot migrate a version 2 file, and finds them in the log itself).
+STORED_TYPES: Final = {
+    2: "SELECT DISTINCT event_type, schema_version FROM events",
+    3: "SELECT event_type, schema_version FROM minies_event_types",
+}
 ADD_TYPE: Final = (
-    "INSERT OR IGNORE INTO minies_event_types (event_type, python_class, json_schema, first_seen) VALUES (?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+EVENT_TYPE_SCHEMAS: Final = (
+    "SELECT event_type, schema_version, python_class, json_schema, first_seen FROM minies_event_types"
+    " ORDER BY event_type, schema_version"
 )
 
 # ---------------------------------------------------------------------------- snapshots

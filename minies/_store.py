@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar
 import apsw
 import msgspec
 
-from minies import _audit, _codec, _schema, _snapshots, _upcasters
+from minies import _audit, _codec, _events, _schema, _snapshots, _upcasters
 from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
 from minies._errors import (
@@ -89,13 +89,16 @@ class EventStore:
         self._timeout = float(timeout)
         self._snapshot_every = dict(snapshot_every or {})
         _upcasters.validate()
-        self._projector = Projector(projections)
+        self._projector = Projector(projections, self._upcasting)
         if readonly and self._projector:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
         self._depth = 0
         self._tip = _Tip()
-        self._known_types: set[str] = set()
+        self._file_version = _schema.SCHEMA_VERSION
+        self._stored_types: set[tuple[str, int]] = set()  # (event_type, schema_version) in the file
+        self._upcasting_key: tuple[int, int] | None = None
+        self._upcasting_value = False
         self._changed = threading.Condition(self._lock)
         self._followers = 0  # subscriptions waiting on _changed; commits notify only if any
         self.failed_projections: dict[str, ProjectionError] = {}
@@ -158,8 +161,9 @@ class EventStore:
             if self.readonly:
                 if version == 0:
                     raise SchemaError(f"{self.path!r} is empty, not a minies database")
-                if version != _schema.SCHEMA_VERSION:
+                if version < 2:
                     raise SchemaError(f"{self.path!r} has schema version {version}; open it writable once to migrate")
+                self._file_version = version
             else:
                 if self.path not in (":memory:", ""):
                     mode = conn.pragma("journal_mode", "wal")
@@ -172,7 +176,7 @@ class EventStore:
                         # Another process may have created or migrated it while we waited.
                         version = _schema.identify(conn, repr(self.path))
                         _schema.create_or_migrate(conn, version)
-            self._known_types = {name for (name,) in conn.execute(_schema.KNOWN_TYPES)}
+            self._stored_types = set(self._stored_type_rows(conn))
 
     def _open_projections(self, skip_failed: bool) -> None:
         for name in list(self._projector.projections):
@@ -190,6 +194,10 @@ class EventStore:
         """After a rollback: cached knowledge of the log may describe writes that never happened."""
         self._tip.clear()
         self._projector.forget()
+        if not self._closed:
+            with contextlib.suppress(apsw.Error):
+                self._stored_types = set(self._stored_type_rows(self._conn))
+        self._upcasting_key = None
 
     # ------------------------------------------------------------------ errors
     def _raise(self, e: apsw.Error, doing: str) -> NoReturn:
@@ -342,11 +350,17 @@ class EventStore:
         conn = self._conn
         n = len(events)
         tip = self._tip
-        known = tip.lookup(conn, aggregate_id) if self._depth == 1 else None
+        stream = (aggregate_id, aggregate_type)
+        known = tip.lookup(conn, stream) if self._depth == 1 else None
         if known is None:
             state: Any = conn.execute(_schema.APPEND_STATE, (aggregate_id,)).fetchone()
-            current, head_position, previous = state if state else (0, 0, _audit.GENESIS)
+            current, stored_type, head_position, previous = state if state else (0, None, 0, _audit.GENESIS)
             current = current or 0
+            if stored_type is not None and stored_type != aggregate_type:
+                raise ValueError(
+                    f"aggregate {aggregate_id!r} is a {stored_type}, not a {aggregate_type}: one stream keeps "
+                    "one aggregate_type (it is how load() knows its class); nothing was written"
+                )
         else:
             current, head_position, previous = known
         if ids is not None:
@@ -389,9 +403,9 @@ class EventStore:
             ) from None
         except apsw.Error as e:
             self._raise(e, f"cannot append to {aggregate_id!r}")
-        tip.stage(aggregate_id, version, position, previous, self._depth == 1)
+        tip.stage(stream, version, position, previous, self._depth == 1)
         for event in events:
-            if event.event_type not in self._known_types:
+            if (event.event_type, event.schema_version) not in self._stored_types:
                 self._remember_type(type(event))
         if self._projector:
             timestamp = _codec.parse_timestamp(created)
@@ -431,10 +445,31 @@ class EventStore:
             schema = msgspec.json.encode(msgspec.json.schema(cls)).decode()
         except Exception:  # a type msgspec cannot describe still stores fine
             schema = "{}"
+        name, version = cls.event_type, cls.schema_version
         self._conn.execute(
-            _schema.ADD_TYPE, (cls.event_type, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
+            _schema.ADD_TYPE, (name, version, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
         )
-        self._known_types.add(cls.event_type)
+        self._stored_types.add((name, version))
+
+    def _stored_type_rows(self, conn: apsw.Connection) -> list[tuple[str, int]]:
+        rows: list[Any] = conn.execute(_schema.STORED_TYPES[self._file_version]).fetchall()
+        return rows
+
+    def _upcasting(self) -> bool:
+        """Must reads look at each event's schema version? Yes while upcasters or renames are
+        registered, or a class's version is not 1, or the file holds a type at a version newer
+        than its class here (so old code refuses those events instead of dropping fields)."""
+        conn = self._open()
+        key = (conn.data_version(), _events.generation)
+        if key != self._upcasting_key:
+            if self._upcasting_key is not None and key[0] != self._upcasting_key[0]:
+                self._stored_types.update(self._stored_type_rows(conn))  # another connection wrote
+            registry = _events.registry
+            self._upcasting_value = _upcasters.active() or any(
+                name in registry and version > registry[name].schema_version for name, version in self._stored_types
+            )
+            self._upcasting_key = key
+        return self._upcasting_value
 
     # ------------------------------------------------------------------ reading
     def read(
@@ -447,7 +482,9 @@ class EventStore:
         """
         _check_str("aggregate_id", aggregate_id)
         after, upto = _check_range(after, upto)
-        return read_aggregate(self._open(), aggregate_id, after, upto, self._reading(), raw)
+        with self._lock:
+            upcasting = self._upcasting()
+        return read_aggregate(self._open(), upcasting, aggregate_id, after, upto, self._reading(), raw)
 
     def read_all(
         self,
@@ -473,7 +510,9 @@ class EventStore:
             if isinstance(event_types, str):
                 event_types = [event_types]
             types = frozenset(t if isinstance(t, str) else t.event_type for t in event_types)
-        return read_log(self._open(), after, types, limit, self._reading(), raw=raw)
+        with self._lock:
+            upcasting = self._upcasting()
+        return read_log(self._open(), upcasting, after, types, limit, self._reading(), raw=raw)
 
     def version(self, aggregate_id: str) -> int:
         """The aggregate's current version, 0 if it has no events."""
@@ -603,7 +642,9 @@ class EventStore:
         SQLite assembles each chunk into one JSON array, so the per-event Python work is
         the decode and ``step`` alone.
         """
-        if _upcasters.active():
+        with self._lock:
+            upcasting = self._upcasting()
+        if upcasting:
             return self._replay_upcasting(aggregate_id, aggregate_type, after, upto, step)
         decoders = _codec.decoders()
         total = 0
@@ -626,6 +667,9 @@ class EventStore:
             event_types = types.split(",")
             if len(raws) != count or len(event_types) != count:
                 raise SchemaError(f"the events of aggregate {aggregate_id!r} after version {after} are damaged")
+            unknown = set(event_types).difference(_events.registry)
+            if unknown:
+                raise _no_class(aggregate_id, unknown)
             raw = None
             try:
                 for event_type, raw in zip(event_types, raws):  # noqa: B905 - lengths checked above
@@ -648,12 +692,14 @@ class EventStore:
         self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]
     ) -> int:
         """``_replay`` while upcasters are registered: through the records, which upcast."""
-        for record in read_aggregate(self._open(), aggregate_id, after, upto, self._reading()):
+        for record in read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading()):
             if aggregate_type is not None and record.aggregate_type != aggregate_type:
                 raise SchemaError(
                     f"aggregate {aggregate_id!r} holds {record.aggregate_type} events, not {aggregate_type}; "
                     "load it with the matching class"
                 )
+            if isinstance(record.data, dict):
+                raise _no_class(aggregate_id, {record.event_type})
             try:
                 step(record.data)
             except Exception as e:
@@ -832,20 +878,21 @@ class _Tip:
     def __init__(self) -> None:
         self._data_version: int | None = None
         self._head: tuple[int, bytes] = (0, _audit.GENESIS)
-        self._versions: dict[str, int] = {}
-        self._staged: tuple[str, int, int, bytes] | None = None
+        self._versions: dict[tuple[str, str], int] = {}
+        self._staged: tuple[tuple[str, str], int, int, bytes] | None = None
 
-    def lookup(self, conn: apsw.Connection, aggregate_id: str) -> tuple[int, int, bytes] | None:
-        """(version, head position, head hash), or None if the cache cannot vouch for them."""
+    def lookup(self, conn: apsw.Connection, stream: tuple[str, str]) -> tuple[int, int, bytes] | None:
+        """(version, head position, head hash) of an ``(aggregate_id, aggregate_type)``, or
+        None if the cache cannot vouch for them."""
         if self._data_version != conn.data_version():
             self._data_version = None
             return None
-        version = self._versions.get(aggregate_id)
+        version = self._versions.get(stream)
         return None if version is None else (version, *self._head)
 
-    def stage(self, aggregate_id: str, version: int, position: int, digest: bytes, alone: bool) -> None:
+    def stage(self, stream: tuple[str, str], version: int, position: int, digest: bytes, alone: bool) -> None:
         """Note an append in progress; ``alone``: the transaction is the append's own."""
-        self._staged = (aggregate_id, version, position, digest) if alone else None
+        self._staged = (stream, version, position, digest) if alone else None
         if not alone:
             self._data_version = None
 
@@ -855,10 +902,10 @@ class _Tip:
             self.clear()
             if staged is None:
                 return
-        aggregate_id, version, position, digest = staged
+        stream, version, position, digest = staged
         if len(self._versions) >= self._LIMIT:
             self._versions.clear()
-        self._versions[aggregate_id] = version
+        self._versions[stream] = version
         self._head = (position, digest)
         self._data_version = conn.data_version()
 
@@ -915,6 +962,14 @@ class _Write:
         if not conn.get_autocommit():
             conn.execute(_schema.ROLLBACK)
         store._forget()
+
+
+def _no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:
+    names = ", ".join(sorted(event_types))
+    return SchemaError(
+        f"aggregate {aggregate_id!r} holds events of types with no class in this process ({names}); "
+        "import the module that defines them (read() returns such events as dicts)"
+    )
 
 
 def _bad_id(value: object) -> NoReturn:

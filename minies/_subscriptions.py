@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from minies import _codec, _schema
+from minies._errors import MiniesError
 from minies._events import Recorded
-from minies._log import read_log
 
 if TYPE_CHECKING:
     from minies._store import EventStore
@@ -59,11 +59,17 @@ class Subscription:
 
     def poll(self, handler: Handler, *, limit: int | None = None) -> int:
         """Deliver every event after the checkpoint (at most ``limit``); return how many."""
+        with self.store._lock:
+            if self.store._depth:
+                raise MiniesError(
+                    f"subscription {self.name!r} cannot poll inside store.transaction(): it would deliver "
+                    "events that may still roll back; poll after the block"
+                )
         delivered = 0
         after = self.position
         while limit is None or delivered < limit:
             want = _BATCH if limit is None else min(_BATCH, limit - delivered)
-            batch = list(read_log(self.store._open(), after, None, want, self.store._reading()))
+            batch = list(self.store.read_all(after=after, limit=want))
             if not batch:
                 break
             parked = [self._deliver(handler, record) for record in batch]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
+from conftest import run_python
 from domain import Account, AccountOpened, AccountRenamed, MoneyDeposited, MoneyWithdrawn, OrderPlaced
 
 import minies
@@ -160,3 +161,22 @@ def test_two_stores_load_modify_save_the_same_aggregate(db_path: str) -> None:
         assert final.version == 101
         assert final.balance == 1000 + 50 * 11
         assert [r.version for r in one.read("acc-1")] == list(range(1, 102))
+
+
+def test_load_and_fold_refuse_events_with_no_class_instead_of_feeding_dicts_to_apply(db_path: str) -> None:
+    run_python(
+        "import sys, minies\n"
+        "class Mystery(minies.Event):\n    clue: int\n"
+        "with minies.EventStore(sys.argv[1]) as s:\n"
+        "    s.append('acc-1', [Mystery(clue=1)], aggregate_type='Account')\n",
+        db_path,
+    )
+    with minies.EventStore(db_path) as store:  # this process has no Mystery class
+        opened(store, "acc-2")
+        store.append("acc-1", [MoneyDeposited(amount=5)], aggregate_type="Account")
+        with pytest.raises(minies.SchemaError, match=r"aggregate 'acc-1' holds events of types with no class in this process \(Mystery\)"):
+            store.load(Account, "acc-1")
+        with pytest.raises(minies.SchemaError, match=r"no class in this process \(Mystery\)"):
+            store.fold("acc-1", lambda state, event: state, None)
+        assert [r.data for r in store.read("acc-1")] == [{"clue": 1}, MoneyDeposited(amount=5)]  # read: dicts
+        assert store.load(Account, "acc-2").balance == 1000

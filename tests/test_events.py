@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import enum
+import re
 import sys
 import types
 import uuid
-from typing import ClassVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import pytest
@@ -110,3 +113,85 @@ def test_codec_round_trips(payload: Payload, metadata: dict[str, object]) -> Non
     assert record.data == payload
     assert record.metadata == metadata
     assert _codec.decoders()["Payload"](_codec.encode_event(payload)) == payload
+
+
+# ---------------------------------------------------------------------------- types are checked on append
+class Currency(enum.Enum):
+    EUR = "EUR"
+    NOK = "NOK"
+
+
+class Line(msgspec.Struct, frozen=True):
+    sku: str
+    quantity: int
+
+
+class EntryAdded(minies.Event):
+    amount_cents: int
+    memo: str = ""
+    tags: list[str] = []
+    line: Line | None = None
+    currency: Currency = Currency.EUR
+    booked: datetime | None = None
+    rate: float = 1.0
+    parts: tuple[int, ...] = ()
+
+
+_WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "field", "phrase"),
+    [
+        ({"amount_cents": "lots"}, TypeError, "amount_cents = 'lots'", "Expected `int`, got `str`"),
+        ({"amount_cents": 1.5}, TypeError, "amount_cents = 1.5", "Expected `int`, got `float`"),
+        ({"amount_cents": 1, "memo": 7}, TypeError, "memo = 7", "Expected `str`, got `int`"),
+        ({"amount_cents": 1, "tags": ["a", 2]}, TypeError, "tags = ['a', 2]", "at `$.tags[1]`"),
+        ({"amount_cents": 1, "line": {"sku": "x", "quantity": 1}}, TypeError, "line = {", "a dict where the class declares Line"),
+        ({"amount_cents": 1, "line": Line(sku="x", quantity="2")}, TypeError, "line = Line(", "at `$.line.quantity`"),
+        ({"amount_cents": 1, "currency": "EUR"}, TypeError, "currency = 'EUR'", "a str where the class declares Currency"),
+        ({"amount_cents": 1, "booked": "yesterday"}, ValueError, "booked = 'yesterday'", "Invalid RFC3339"),
+        ({"amount_cents": 1, "booked": "2026-01-02T03:04:05Z"}, TypeError, "booked = '2026", "a str where the class declares datetime"),
+        ({"amount_cents": 1, "rate": float("nan")}, ValueError, "rate = nan", "would not read back as itself"),
+        ({"amount_cents": 1, "parts": [1, 2]}, TypeError, "parts = [1, 2]", "a list where the class declares tuple"),
+        ({"amount_cents": True}, TypeError, "amount_cents = True", "Expected `int`, got `bool`"),
+    ],
+)
+def test_a_payload_that_contradicts_its_class_is_refused_and_nothing_is_written(
+    store: minies.EventStore, fields: dict[str, Any], error: type[Exception], field: str, phrase: str
+) -> None:
+    store.append("led-1", [EntryAdded(amount_cents=1)], aggregate_type="Ledger")
+    with pytest.raises(error, match=re.escape(f"EntryAdded.{field}")) as caught:
+        store.append("led-1", [EntryAdded(amount_cents=2), EntryAdded(**fields)], aggregate_type="Ledger")
+    assert phrase in str(caught.value) and "nothing was written" in str(caught.value)
+    assert [r.data for r in store.read("led-1")] == [EntryAdded(amount_cents=1)]
+
+
+def test_a_payload_that_matches_its_class_in_every_kind_of_field_is_written(store: minies.EventStore) -> None:
+    event = EntryAdded(
+        amount_cents=5,
+        memo="m",
+        tags=["a"],
+        line=Line(sku="x", quantity=2),
+        currency=Currency.NOK,
+        booked=_WHEN,
+        rate=2,  # an int is a fine float, and reads back equal
+        parts=(1, 2),
+    )
+    store.append("led-1", [event], aggregate_type="Ledger")
+    assert [r.data for r in store.read("led-1")] == [event]
+
+
+class Bounded(minies.Event):
+    percent: Annotated[int, msgspec.Meta(ge=0, le=100)]
+
+
+def test_constraints_declared_with_msgspec_meta_are_enforced(store: minies.EventStore) -> None:
+    with pytest.raises(ValueError, match=re.escape("Bounded.percent = 101 does not match the class: Expected `int` <= 100")):
+        store.append("b", [Bounded(percent=101)], aggregate_type="B")
+    assert store.version("b") == 0
+
+
+def test_the_event_base_class_itself_is_refused(store: minies.EventStore) -> None:
+    with pytest.raises(TypeError, match="expected an instance of a minies.Event subclass, got Event"):
+        store.append("x", [minies.Event()], aggregate_type="X")

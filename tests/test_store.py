@@ -181,7 +181,7 @@ class NotAnEvent:
         ({"aggregate_id": 42}, TypeError, "aggregate_id must be a str, got int: 42"),
         ({"aggregate_id": ""}, ValueError, "must not be empty"),
         ({"events": []}, ValueError, "batch of events is empty"),
-        ({"events": [NotAnEvent()]}, TypeError, "expected a minies.Event instance, got NotAnEvent"),
+        ({"events": [NotAnEvent()]}, TypeError, "expected an instance of a minies.Event subclass, got NotAnEvent"),
         ({"events": [MoneyDeposited(amount=1), {"amount": 2}]}, TypeError, "got dict"),
         ({"events": MoneyDeposited(amount=1)}, TypeError, "wrap a single event in a list"),
         ({"events": [MoneyDeposited(amount=object())]}, TypeError, "cannot be stored as JSON"),  # type: ignore[arg-type]
@@ -262,7 +262,7 @@ def test_file_is_wal_and_identifies_itself(db_path: str) -> None:
     con = sqlite3.connect(db_path)
     assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert con.execute("PRAGMA application_id").fetchone() == (0x6D696E69,)
-    assert con.execute("PRAGMA user_version").fetchone() == (2,)
+    assert con.execute("PRAGMA user_version").fetchone() == (3,)
     columns = [row[1] for row in con.execute("PRAGMA table_info(events)")]
     assert columns[:9] == [
         "position",
@@ -493,3 +493,17 @@ def test_cached_tip_notices_other_writers_and_rollbacks(db_path: str) -> None:
         assert one.append("x", deposit(), aggregate_type="Account") == 9
         assert [r.position for r in two.read_all()] == list(range(1, 12))
         assert one.verify().ok
+
+
+def test_a_stream_keeps_one_aggregate_type(file_store: minies.EventStore) -> None:
+    file_store.append("big", deposit(), aggregate_type="Ledger")
+    for _ in range(2):  # once with the tip cached, once after another connection wrote
+        with pytest.raises(ValueError, match="aggregate 'big' is a Ledger, not a Other: one stream keeps one aggregate_type"):
+            file_store.append("big", deposit(), aggregate_type="Other")
+        with minies.EventStore(file_store.path) as other:
+            other.append("elsewhere", deposit(), aggregate_type="Other")
+    with pytest.raises(ValueError, match="is a Ledger, not a Other"):
+        with file_store.transaction():
+            file_store.append("big", deposit(), aggregate_type="Other")
+    assert [(r.aggregate_type, r.version) for r in file_store.read("big")] == [("Ledger", 1)]
+    assert file_store.append("big", deposit(), aggregate_type="Ledger") == 2

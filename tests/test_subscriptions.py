@@ -138,3 +138,22 @@ def test_gap_free_positions_under_concurrent_writers_never_skip(db_path: str) ->
     assert [p.returncode for p in procs] == [0, 0, 0]
     assert total == 3 * sum(1 + i % 3 for i in range(150))
     assert seen == list(range(1, total + 1))
+
+
+def test_poll_inside_a_transaction_is_refused_so_nothing_that_may_roll_back_is_delivered(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        fill(store, 1)
+        sub = store.subscription("mailer")
+        seen: list[int] = []
+        with pytest.raises(RuntimeError, match="rolled back"):
+            with store.transaction():
+                fill(store, 1, "b")
+                with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
+                    sub.poll(lambda r: seen.append(r.position))
+                with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
+                    sub.follow(lambda r: seen.append(r.position), idle_timeout=0)
+                raise RuntimeError("rolled back")
+        assert seen == [] and sub.position == 0
+        fill(store, 1, "c")
+        assert sub.poll(lambda r: seen.append(r.position)) == 2
+        assert seen == [1, 2] and [r.aggregate_id for r in store.read_all()] == ["a", "c"]

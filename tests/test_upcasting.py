@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 import shop_today
+from conftest import run_python
 from hypothesis import given
 from hypothesis import strategies as st
 from shop_today import CityChanged, Customer, CustomerRegistered, Ordered, StreetChanged
@@ -208,7 +210,7 @@ def test_the_first_file_format_migrates(tmp_path: Path) -> None:
     copy = tmp_path / "schema_v1.db"
     shutil.copy(FIXTURES / "schema_v1.db", copy)
     with minies.EventStore(str(copy)) as store:
-        assert store._conn.pragma("user_version") == 2
+        assert store._conn.pragma("user_version") == 3
         assert store.verify().ok
         assert [r.event_type for r in store.read_all()] == ["AccountOpened", "MoneyDeposited", "OrderPlaced"]
         store.append("acc-1", [shop_today.CityChanged(city="Bergen")], aggregate_type="Account")
@@ -228,3 +230,63 @@ def test_upcast_then_reencode_is_stable(payload: dict[str, Any]) -> None:
         again = msgspec.json.decode(msgspec.json.encode(event))
         assert _upcasters.upcast(event_type, 3, again) == [("Ordered", upcast)]  # today's shape: untouched
         assert event == Ordered(customer_id=payload["customer_id"], total=payload["amount"], currency="EUR")
+
+
+# ---------------------------------------------------------------------------- newer than the code
+OLD_TAGGED = """
+import sys, minies
+class Tagged(minies.Event):  # this process's code predates Tagged v2 (which added a field b)
+    a: int
+with minies.EventStore(sys.argv[1], readonly=sys.argv[2] == "ro") as store:
+    try:
+        print(list(store.read_all()))
+    except minies.SchemaError as e:
+        print("read_all:", e.position, e)
+    try:
+        print(list(store.read("t-1")))
+    except minies.SchemaError as e:
+        print("read:", e.position, e)
+    print("check:", [(p, t) for p, t, _ in store.check_events()])
+    print("first:", [r.data for r in store.read_all(limit=1)])
+"""
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])
+def test_old_code_refuses_events_newer_than_its_class_instead_of_dropping_fields(tmp_path: Path, mode: str) -> None:
+    copy = tmp_path / "schema_v2.db"
+    shutil.copy(FIXTURES / "schema_v2.db", copy)
+    out = run_python(OLD_TAGGED, str(copy), mode).stdout
+    assert "read_all: 2 event at position 2 (Tagged v2) cannot be upcast" in out
+    assert "written by newer code" in out
+    assert "read: 2 event at position 2" in out
+    assert "check: [(2, 'Tagged')]" in out
+    assert "first: [Tagged(a=1)]" in out
+
+
+def test_the_event_types_table_keeps_one_schema_per_version(tmp_path: Path) -> None:
+    copy = tmp_path / "schema_v2.db"
+    shutil.copy(FIXTURES / "schema_v2.db", copy)
+    minies.EventStore(str(copy)).close()  # migrates 2 -> 3
+    con = sqlite3.connect(copy)
+    rows = con.execute("SELECT event_type, schema_version, json_schema FROM minies_event_types").fetchall()
+    assert [(t, v) for t, v, _ in rows] == [("Tagged", 1), ("Tagged", 2)]
+    assert '"a"' in rows[0][2] and rows[1][2] == "{}"  # the v1 row kept its schema; v2 was never described
+
+    class Versioned(minies.Event):
+        schema_version: ClassVar[int] = 1
+        a: int
+
+    with minies.EventStore(str(copy)) as store:
+        store.append("v", [Versioned(a=1)], aggregate_type="V")
+
+    class Versioned(minies.Event):  # type: ignore[no-redef]  # the same class, a field later
+        schema_version: ClassVar[int] = 2
+        a: int
+        b: str
+
+    with minies.EventStore(str(copy)) as store:
+        store.append("v", [Versioned(a=1, b="x")], aggregate_type="V")
+    rows = con.execute("SELECT schema_version, json_schema FROM minies_event_types WHERE event_type = 'Versioned'").fetchall()
+    assert [v for v, _ in rows] == [1, 2]
+    assert '"b"' not in rows[0][1] and '"b"' in rows[1][1]
+    con.close()
