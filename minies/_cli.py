@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import msgspec
 
-from minies import _schema
+from minies import _schema, _upcasters
 from minies._errors import MiniesError
-from minies._events import Recorded
+from minies._events import Recorded, registry
 from minies._projections import Projection
 from minies._store import EventStore
 
@@ -260,10 +260,22 @@ def _check(args: argparse.Namespace) -> int:
     with _open(args) as store:
         problems = store.check_events(progress=_progress("checking"))
         total = store.head()[0]
+        stored = store.event_types()
     for position, event_type, error in problems:
         print(f"position {position} ({event_type}): {error}")
-    print(f"{total - len(problems):,} of {total:,} events read with today's classes; {len(problems):,} failed")
-    return 1 if problems else 0
+    classless: dict[str, int] = {}
+    for event_type, _, count in stored:
+        if event_type not in registry and event_type not in _upcasters.renames:
+            classless[event_type] = classless.get(event_type, 0) + count
+    unchecked = sum(classless.values())
+    checked = total - len(problems) - unchecked
+    print(f"{checked:,} of {total:,} events read with today's classes; {len(problems):,} failed", end="")
+    if unchecked:
+        names = ", ".join(sorted(classless))
+        print(f"; {unchecked:,} not checked: no class for {names} (pass --import MODULE)")
+    else:
+        print()
+    return 1 if problems or unchecked else 0
 
 
 def _rebuild(args: argparse.Namespace) -> int:

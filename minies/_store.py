@@ -123,36 +123,38 @@ class EventStore:
                 raise StorageError(f"cannot create {where!r}: the directory {parent!r} does not exist")
         if self.readonly and not memory and not os.path.exists(where):
             raise StorageError(f"cannot open {where!r}: no such file")
-        flags = apsw.SQLITE_OPEN_READONLY if self.readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        wal = where + "-wal"
+        if self.readonly and not memory and not os.path.exists(wal):
+            self._read_as_it_is()
         try:
-            conn = apsw.Connection(where, flags=flags)
+            if not self.readonly:
+                conn = apsw.Connection(where, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+            else:
+                try:
+                    conn = apsw.Connection(*self._reader_args)
+                    conn.pragma("schema_version")  # with a -wal: can its -shm be opened?
+                except apsw.CantOpenError:
+                    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                        raise
+                    self._read_as_it_is()  # an empty -wal on read-only media
+                    conn = apsw.Connection(*self._reader_args)
             conn.set_busy_timeout(int(self._timeout * 1000))
-            if self.readonly and not memory:
-                conn = self._readable(conn)
         except apsw.Error as e:
             self._raise(e, f"cannot open {where!r}")
         return conn
 
-    def _readable(self, conn: apsw.Connection) -> apsw.Connection:
-        """A read-only connection that works on read-only media too.
+    def _read_as_it_is(self) -> None:
+        """Read-only connections will open the file ``immutable``.
 
-        A WAL database needs its ``-shm`` file even to be read; where that cannot be created
-        (a CD, a read-only mount) and no ``-wal`` holds anything, the file cannot change, so it
-        is opened ``immutable`` (https://sqlite.org/uri.html#uriimmutable).
+        With no -wal, no connection has the file open and the last one checkpointed everything
+        into it. Read as it is, nothing is created beside it: a read-only folder or medium
+        works, and the folder is left exactly as it was found
+        (https://sqlite.org/uri.html#uriimmutable, https://sqlite.org/wal.html#readonly).
         """
-        try:
-            conn.pragma("schema_version")
-            return conn
-        except apsw.CantOpenError:
-            wal = self.path + "-wal"
-            if os.path.exists(wal) and os.path.getsize(wal) > 0:
-                raise
-        conn.close()
         self._reader_args = (
             "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?immutable=1",
             apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
         )
-        return apsw.Connection(*self._reader_args)
 
     def _prepare(self) -> None:
         conn = self._conn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -133,3 +134,57 @@ def test_read_only_media(tiny_disk: Path) -> None:
         store.append("a0", [MoneyDeposited(amount=1)], aggregate_type="Account")
     with minies.EventStore(path, readonly=True) as store:  # an auditor's copy on read-only media
         assert store.head()[0] == 5 and store.verify().ok
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make ``folder`` and what it holds unwritable: a read-only bind mount as root (root
+    ignores permission bits), permission bits otherwise."""
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+    else:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
+        for p in modes:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+
+
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+READ_ONLY_COMMANDS = [["verify"], ["info"], ["head"], ["events"], ["export"], ["types"], ["snapshots"], ["check"]]
+
+
+@pytest.mark.parametrize("writable", [False, True], ids=["read-only folder", "writable folder"])
+def test_auditors_read_a_closed_file_and_leave_the_folder_as_they_found_it(tmp_path: Path, writable: bool) -> None:
+    folder = tmp_path / "evidence"
+    folder.mkdir()
+    path = str(folder / "shop.db")
+    head = fill(path, 20)
+    before = listing(folder)
+    assert before.keys() == {"shop.db"}
+    with contextlib.nullcontext() if writable else read_only(folder):
+        if not writable:
+            with pytest.raises(OSError, match="Read-only file system|Permission denied"):
+                (folder / "probe").write_text("x")
+        with minies.EventStore(path, readonly=True) as store:
+            assert store.head() == (20, head) and store.verify().ok
+            assert len(list(store.read_all())) == 20
+        for command in READ_ONLY_COMMANDS:
+            result = subprocess.run(
+                [sys.executable, "-m", "minies", *command, path], capture_output=True, text=True, timeout=60
+            )
+            expected = 1 if command == ["check"] else 0  # check without --import checks nothing: says so
+            assert result.returncode == expected, (command, result.stderr)
+            assert "Traceback" not in result.stderr
+        assert listing(folder) == before
