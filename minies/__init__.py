@@ -8,7 +8,9 @@ from minies._errors import (
     MiniesError,
     NotFound,
     ProjectionError,
+    QueryError,
     SchemaError,
+    SnapshotWarning,
     StorageError,
 )
 from minies._events import ANY, Event, Recorded, metadata_scope
@@ -32,9 +34,11 @@ __all__ = [
     "NotFound",
     "Projection",
     "ProjectionError",
+    "QueryError",
     "RebuildReport",
     "Recorded",
     "SchemaError",
+    "SnapshotWarning",
     "StorageError",
     "Subscription",
     "VerifyReport",

@@ -264,8 +264,9 @@ def _check(args: argparse.Namespace) -> int:
     for position, event_type, error in problems:
         print(f"position {position} ({event_type}): {error}")
     classless: dict[str, int] = {}
-    for event_type, _, count in stored:
-        if event_type not in registry and event_type not in _upcasters.renames:
+    for event_type, version, count in stored:
+        known = event_type in registry or event_type in _upcasters.renames
+        if not known and (event_type, version) not in _upcasters.upcasters:
             classless[event_type] = classless.get(event_type, 0) + count
     unchecked = sum(classless.values())
     checked = total - len(problems) - unchecked

@@ -6,7 +6,11 @@
     ├── NotFound              no events for that aggregate                  (also LookupError)
     ├── SchemaError           not a minies file, a newer schema, or an event type/class mismatch
     ├── ProjectionError       a projection failed while setting up or catching up
+    ├── QueryError            store.query was given bad SQL or parameters, or SQL that writes
     └── StorageError          the file cannot be written: disk full, read-only, locked, damaged
+
+    SnapshotWarning           (a UserWarning) an aggregate's state would not read back as itself,
+                              so its class is not snapshotted; loads replay instead
 
 Wrong argument types and values raise the builtin ``TypeError``/``ValueError`` before
 anything is written.
@@ -74,19 +78,33 @@ class SchemaError(MiniesError):
 
 
 class ProjectionError(MiniesError):
-    """A projection failed while it was being set up, caught up or rebuilt.
+    """A projection failed while it was being set up, caught up or rebuilt, or its SQL failed
+    during an append (the append was rolled back; SQLite's error is the ``__cause__``).
 
     Attributes:
         projection: the projection's name.
+        position: the event it failed on, if known.
     """
 
-    def __init__(self, projection: str, message: str) -> None:
+    def __init__(self, projection: str, message: str, position: int | None = None) -> None:
         self.projection = projection
         self.message = message
+        self.position = position
         super().__init__(f"projection {projection!r}: {message}")
 
-    def __reduce__(self) -> tuple[type[ProjectionError], tuple[str, str]]:
-        return (type(self), (self.projection, self.message))
+    def __reduce__(self) -> tuple[type[ProjectionError], tuple[str, str, int | None]]:
+        return (type(self), (self.projection, self.message, self.position))
+
+
+class QueryError(MiniesError, ValueError):
+    """``store.query`` was given invalid SQL, wrong parameters, or SQL that would write."""
+
+
+class SnapshotWarning(UserWarning):
+    """An aggregate's state would not read back as itself, so it is not snapshotted.
+
+    Loading then replays the events, which is always right, only slower.
+    """
 
 
 class StorageError(MiniesError):

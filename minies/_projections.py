@@ -171,10 +171,11 @@ Progress = Callable[[int, int], None]
 _AT_POSITION = re.compile(r"^at position (\d+)$")
 
 
-def _failed_position(error: BaseException) -> str | None:
+def _failed_position(error: BaseException) -> int | None:
     for note in getattr(error, "__notes__", ()):
-        if _AT_POSITION.match(note):
-            return str(note[3:])
+        found = _AT_POSITION.match(note)
+        if found:
+            return int(found.group(1))
     return None
 
 
@@ -223,6 +224,11 @@ class Projector:
                 with db.running():
                     try:
                         projection.handle_batch(db, mine)
+                    except apsw.Error as e:
+                        position = _failed_position(e) or mine[0].position
+                        raise ProjectionError(
+                            name, f"SQL failed at position {position}: {type(e).__name__}: {e}", position
+                        ) from e
                     except Exception as e:
                         e.add_note(f"in projection {name!r}")
                         raise
@@ -298,8 +304,9 @@ class Projector:
                         if progress is not None:
                             progress(batch[-1].position, total)
         except Exception as e:
-            where = _failed_position(e) or f"a position in {batch[0].position}..{batch[-1].position}"
-            raise ProjectionError(projection.name, f"failed at {where}: {type(e).__name__}: {e}") from e
+            position = _failed_position(e)
+            where = f"position {position}" if position else f"a position in {batch[0].position}..{batch[-1].position}"
+            raise ProjectionError(projection.name, f"failed at {where}: {type(e).__name__}: {e}", position) from e
         if progress is not None:
             progress(total, total)
         return count

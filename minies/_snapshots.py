@@ -9,6 +9,7 @@ fingerprint is derived from the class's msgspec JSON Schema (every field and typ
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Final, TypeVar
 
 import apsw
@@ -16,6 +17,7 @@ import msgspec
 
 from minies import _codec, _schema, _upcasters
 from minies._aggregate import Aggregate
+from minies._errors import SnapshotWarning
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -23,6 +25,7 @@ KEEP: Final = 3
 """Snapshots kept per aggregate; older ones are pruned when a new one is written."""
 
 _fingerprints: dict[type[Aggregate], str] = {}
+_unsnapshottable: set[type[Aggregate]] = set()
 
 
 def fingerprint(cls: type[Aggregate]) -> str:
@@ -38,8 +41,32 @@ def fingerprint(cls: type[Aggregate]) -> str:
 
 
 def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
-    """Store ``aggregate``'s state at its version and prune older snapshots."""
+    """Store ``aggregate``'s state at its version and prune older snapshots.
+
+    Only a state that decodes back to an equal aggregate is stored (an untyped ``dict`` with
+    int keys, a NaN, a tuple in a ``list`` field would not): loading from a snapshot must give
+    exactly what a full replay gives. Otherwise it warns once per class and stores nothing.
+    """
     cls = type(aggregate)
+    if cls in _unsnapshottable:
+        return
+    state = _codec.encode(aggregate)
+    try:
+        decoded = msgspec.json.decode(state, type=cls)
+    except (msgspec.ValidationError, RecursionError):
+        decoded = None
+    if decoded != aggregate:
+        _unsnapshottable.add(cls)
+        field = next(
+            (f for f in cls.__struct_fields__ if decoded is None or getattr(decoded, f) != getattr(aggregate, f)), "?"
+        )
+        warnings.warn(
+            f"{cls.__qualname__} is not snapshotted: its field {field!r} = {getattr(aggregate, field, None)!r:.80} "
+            "would not read back as itself (give it a precise type, e.g. dict[int, int]); loads replay instead",
+            SnapshotWarning,
+            stacklevel=4,
+        )
+        return
     conn.execute(
         _schema.SAVE_SNAPSHOT,
         (
@@ -47,7 +74,7 @@ def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
             aggregate.version,
             cls.aggregate_type,
             fingerprint(cls),
-            _codec.encode(aggregate).decode(),
+            state.decode(),
             _codec.now_text(),
         ),
     )

@@ -26,6 +26,7 @@ from minies._errors import (
     MiniesError,
     NotFound,
     ProjectionError,
+    QueryError,
     SchemaError,
     StorageError,
 )
@@ -230,8 +231,6 @@ class EventStore:
         try:
             yield
         except apsw.Error as e:
-            if isinstance(e, (apsw.SQLError, apsw.ConstraintError, apsw.AuthError)):
-                raise
             self._raise(e, doing)
 
     def _reading(self) -> _Reading:
@@ -532,7 +531,8 @@ class EventStore:
         """Run a read-only SQL query (typically on a projection's tables) and return the rows.
 
         Raises:
-            MiniesError: the SQL is invalid, or tries to write (nothing is changed).
+            QueryError: the SQL is invalid, has the wrong parameters, or tries to write
+                (nothing is changed).
         """
         _check_str("sql", sql)
         with self._lock:
@@ -541,11 +541,13 @@ class EventStore:
             try:
                 return conn.execute(sql, params).fetchall()
             except apsw.ReadOnlyError:
-                raise MiniesError(f"store.query is read-only; this SQL tries to write: {sql!r:.200}") from None
-            except apsw.SQLError as e:
-                raise MiniesError(f"invalid SQL {sql!r:.200}: {e}") from None
-            except apsw.BindingsError as e:
-                raise MiniesError(f"wrong parameters for {sql!r:.200}: {e}") from None
+                raise QueryError(f"store.query is read-only; this SQL tries to write: {sql!r:.200}") from None
+            except (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, apsw.ExecutionCompleteError) as e:
+                raise QueryError(f"invalid SQL {sql!r:.200}: {e}") from None
+            except (apsw.BindingsError, TypeError) as e:
+                raise QueryError(f"wrong parameters for {sql!r:.200}: {e}") from None
+            except apsw.Error as e:
+                self._raise(e, "cannot query")
             finally:
                 conn.pragma("query_only", False)
 
@@ -834,7 +836,10 @@ class EventStore:
             if not self.readonly and self.path not in (":memory:", ""):
                 with contextlib.suppress(apsw.Error):
                     conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-            conn.close()
+            try:
+                conn.close()
+            except apsw.Error as e:  # committed events are safe; the connection is gone anyway
+                self._raise(e, f"closing {self.path!r} failed")
 
     def __enter__(self) -> EventStore:
         return self
@@ -860,7 +865,7 @@ class _Reading:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         self._store._lock.release()
-        if isinstance(error, apsw.Error) and not isinstance(error, apsw.SQLError):
+        if isinstance(error, apsw.Error):
             self._store._raise(error, "cannot read")
 
 
@@ -948,6 +953,8 @@ class _Write:
                 conn.execute(_schema.RELEASE)
             elif not conn.get_autocommit():
                 conn.execute(_schema.ROLLBACK_TO)
+            if isinstance(error, apsw.Error):
+                store._raise(error, "cannot write")
             return
         if kind is None:
             try:
@@ -964,6 +971,8 @@ class _Write:
         if not conn.get_autocommit():
             conn.execute(_schema.ROLLBACK)
         store._forget()
+        if isinstance(error, apsw.Error):  # minies' own SQL failed mid-write: rolled back
+            store._raise(error, "cannot write")
 
 
 def _no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import apsw
 import pytest
 from domain import AccountOpened, Balances, MoneyDeposited, MoneyWithdrawn, OrderPlaced, OrderShipped, OrderSummaries
 from hypothesis import given, settings
@@ -202,12 +203,16 @@ def test_projection_cannot_escape_its_transaction(sql: str) -> None:
 
 def test_query_is_read_only_and_explains_bad_sql(store: minies.EventStore) -> None:
     order(store, "o1")
-    with pytest.raises(minies.MiniesError, match="read-only"):
+    with pytest.raises(minies.QueryError, match="read-only"):
         store.query("INSERT INTO minies_subscriptions VALUES ('x', 1, 'now')")
-    with pytest.raises(minies.MiniesError, match="read-only"):
+    with pytest.raises(minies.QueryError, match="read-only"):
         store.query("CREATE TABLE t (x)")
-    with pytest.raises(minies.MiniesError, match="invalid SQL 'SELEC 1'"):
+    with pytest.raises(minies.QueryError, match="invalid SQL 'SELEC 1'"):
         store.query("SELEC 1")
+    with pytest.raises(minies.QueryError, match="wrong parameters for 'SELECT \\?'"):
+        store.query("SELECT ?", (1, 2))
+    with pytest.raises(minies.QueryError, match="no such table: nowhere"):
+        store.query("SELECT * FROM nowhere")
     assert store.query("SELECT count(*) FROM minies_subscriptions") == [(0,)]
     assert store.query("SELECT count(*) FROM events WHERE aggregate_id = :id", {"id": "o1"}) == [(1,)]
     order(store, "o2")  # writes still work afterwards
@@ -279,3 +284,25 @@ def test_kill_during_a_rebuild_leaves_the_old_read_model(db_path: str) -> None:
     con.close()
     with minies.EventStore(db_path, projections=[OrderSummaries()]) as store:
         assert store.query("SELECT * FROM order_summaries ORDER BY order_id") == before
+
+
+class Strict(minies.Projection):
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE strict_orders (order_id TEXT PRIMARY KEY, total REAL NOT NULL)")
+
+    def on_OrderPlaced(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute("INSERT INTO strict_orders VALUES (?, ?)", (event.data.customer_id, event.data.total))
+
+
+def test_sql_errors_in_a_handler_are_a_projection_error_and_the_append_rolls_back(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Strict()]) as store:
+        store.append("o1", [OrderPlaced(customer_id="c1", total=1.0)], aggregate_type="Order")
+        with pytest.raises(minies.ProjectionError, match=r"projection 'Strict': SQL failed at position 2: ConstraintError: UNIQUE constraint failed: strict_orders.order_id") as caught:
+            store.append("o2", [OrderPlaced(customer_id="c1", total=2.0)], aggregate_type="Order")
+        assert caught.value.projection == "Strict" and caught.value.position == 2
+        assert isinstance(caught.value.__cause__, apsw.ConstraintError)
+        assert store.version("o2") == 0 and store.query("SELECT count(*) FROM strict_orders") == [(1,)]
+        with pytest.raises(minies.ProjectionError, match="SQL failed at position 3") as caught:  # second event of a batch
+            store.append("o3", [OrderPlaced(customer_id="c3", total=3.0), OrderPlaced(customer_id="c1", total=3.0)], aggregate_type="Order")
+        assert caught.value.position == 3
+        assert store.append("o2", [OrderPlaced(customer_id="c2", total=2.0)], aggregate_type="Order") == 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import pytest
@@ -170,3 +171,71 @@ def test_snapshot_load_equals_full_replay_at_every_version(events: list[minies.E
         for upto in range(1, len(events) + 2):
             assert snapped.load(Account, "a", upto=upto) == plain.load(Account, "a", upto=upto)
         assert snapped.load(Account, "a") == plain.load(Account, "a")
+
+
+# ---------------------------------------------------------------------------- states that must not be snapshotted
+class Keyed(minies.Event):
+    key: int
+    value: float
+
+
+class Tally(minies.Aggregate):
+    """Fields that read back exactly (typed) beside ones that may not (untyped, tuples)."""
+
+    snapshot_every: ClassVar[int | None] = 2
+    typed: dict[int, float] = {}
+    untyped: dict = {}  # type: ignore[type-arg]
+    pairs: list = []  # type: ignore[type-arg]
+    total: float = 0.0
+
+    def apply(self, event: minies.Event) -> None:
+        if isinstance(event, Keyed):
+            self.typed = {**self.typed, event.key: event.value}
+            if event.key % 3 == 0:
+                self.untyped = {**self.untyped, event.key: event.value}  # int keys: JSON makes them str
+            if event.key % 5 == 0:
+                self.pairs = [*self.pairs, (event.key, event.value)]  # a tuple reads back as a list
+            self.total += event.value
+
+
+def test_a_state_that_would_not_read_back_is_not_snapshotted_and_says_which_field(db_path: str) -> None:
+    _snapshots._unsnapshottable.discard(Tally)
+    with minies.EventStore(db_path) as store:
+        tally = Tally(id="t")
+        tally.record(Keyed(key=1, value=1.0))
+        tally.record(Keyed(key=2, value=2.0))
+        store.save(tally)  # reads back as itself: snapshotted
+        assert snapshot_versions(store, "t") == [2]
+        tally.record(Keyed(key=3, value=0.5))
+        tally.record(Keyed(key=4, value=0.5))
+        with pytest.warns(minies.SnapshotWarning, match=r"Tally is not snapshotted: its field 'untyped' = \{3: 0.5\}"):
+            store.save(tally)
+        assert snapshot_versions(store, "t") == [2]  # nothing that would change state on load
+        loaded = store.load(Tally, "t")
+        assert loaded == tally and loaded.untyped == {3: 0.5}
+
+
+tally_events = st.lists(
+    st.builds(Keyed, key=st.integers(0, 20), value=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=tally_events, every=st.integers(1, 6), batch=st.integers(1, 4))
+def test_snapshot_load_equals_full_replay_for_any_state(events: list[Keyed], every: int, batch: int) -> None:
+    _snapshots._unsnapshottable.discard(Tally)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", minies.SnapshotWarning)
+        with minies.EventStore(":memory:", snapshot_every={Tally: every}) as store:
+            tally = Tally(id="t")
+            for i, event in enumerate(events, 1):
+                tally.record(event)
+                if i % batch == 0:
+                    store.save(tally)
+            store.save(tally)
+            for upto in range(1, len(events) + 1):
+                replayed, _ = store.fold("t", lambda state, event: (state.apply(event), state)[1], Tally(id="t"), upto=upto)
+                replayed.version = upto
+                assert store.load(Tally, "t", upto=upto) == replayed
