@@ -18,6 +18,7 @@ The canonical encoding (stable across versions; the README repeats it for audito
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
@@ -120,7 +121,8 @@ def verify(
     and connection meanwhile: it does not depend on the chain).
     """
     total: int = conn.execute(_schema.HEAD_POSITION).get
-    expected_hash = _parse_head(expect_head) if expect_head else None
+    expected_at, expected_hash = parse_head(expect_head) if expect_head is not None else (None, None)
+    matches = 0
     sha256 = _sha256
     previous = GENESIS
     position = 0
@@ -138,8 +140,10 @@ def verify(
             if digest != stored:
                 bad = (pos, f"event at position {pos} does not match its hash (altered, inserted or reordered)")
                 break
-            if not seen_expected and digest == expected_hash:
+            at_expected = expected_at is None or expected_at == pos
+            if expected_hash is not None and at_expected and digest.hex().startswith(expected_hash):
                 seen_expected = True
+                matches += 1
             previous = digest
             position = pos
         if bad:
@@ -150,6 +154,8 @@ def verify(
         bad = _structure(conn, position, integrity_check)
     if bad is None and not seen_expected:
         bad = (position + 1, f"the expected head {expect_head} is not in this history (rewritten or truncated)")
+    if bad is None and matches > 1:
+        bad = (position, f"the expected head {expect_head} matches {matches} events; give more of the hash")
     first, reason = bad if bad else (None, "")
     return VerifyReport(
         ok=bad is None,
@@ -222,11 +228,20 @@ def integrity_check_in_background(name: str, flags: int) -> Callable[[], list[st
     return wait
 
 
-def _parse_head(text: str) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        value = b""
-    if len(value) != 32:
-        raise ValueError(f"expect_head must be a 64-character hex SHA-256, got {text!r}")
-    return value
+_HEAD = re.compile(r"(?:(\d+)\s+)?([0-9a-fA-F]{12,64})")
+
+
+def parse_head(text: str) -> tuple[int | None, str]:
+    """``(position or None, lowercase hex hash or prefix)`` from what ``head`` printed
+    (``"POSITION HASH"``), or a hash alone, or at least 12 hex digits of one.
+
+    Raises:
+        ValueError: anything else.
+    """
+    found = _HEAD.fullmatch(text.strip()) if isinstance(text, str) else None
+    if found is None:
+        raise ValueError(
+            f"expect_head must be what `minies head` prints (POSITION HASH), or a chain hash "
+            f"(at least 12 of its 64 hex digits), got {text!r:.100}"
+        )
+    return (int(found.group(1)) if found.group(1) else None, found.group(2).lower())

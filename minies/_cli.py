@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import csv
 import importlib
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from typing import IO, Any
 
 import msgspec
 
-from minies import _schema, _upcasters
+from minies import __version__, _schema, _upcasters
 from minies._errors import MiniesError
 from minies._events import Recorded, registry
 from minies._projections import Projection
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except KeyboardInterrupt:
+        print("minies: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away; that is not an error.
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minies", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"minies {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -60,11 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     command("info", _info, "counts, aggregates, event types, projections, head, schema version")
     events = command("events", _events, "list events (a table, or JSON Lines with --json)")
     _filters(events)
+    _imports(events)
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     verify = command("verify", _verify, "re-check the hash chain and the file (exit 1 if not intact)")
-    verify.add_argument("--expect-head", metavar="HASH", help="fail unless the log still contains this head")
+    verify.add_argument(
+        "--expect-head",
+        metavar="HEAD",
+        help="fail unless the log still contains this head: what `minies head` printed, or a hash "
+        "(at least 12 hex digits of it)",
+    )
     export = command("export", _export, "every event as JSON Lines (or CSV), streamed")
     _filters(export)
+    _imports(export)
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     command("head", _head, "print the last position and its chain hash")
@@ -104,10 +114,20 @@ def _import_all(modules: list[str]) -> None:
 def _filters(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--aggregate", metavar="ID", help="only this aggregate")
     sub.add_argument("--type", metavar="EVENT_TYPE", action="append", help="only this event type (repeatable)")
-    sub.add_argument("--after", metavar="POSITION", type=int, default=0, help="only positions after this one")
-    sub.add_argument("--limit", metavar="N", type=int, help="at most N events")
+    sub.add_argument("--after", metavar="POSITION", type=_count, default=0, help="only positions after this one")
+    sub.add_argument("--limit", metavar="N", type=_count, help="at most N events")
     sub.add_argument("--since", metavar="ISO_TIME", type=_time, help="only events at or after this time")
     sub.add_argument("--until", metavar="ISO_TIME", type=_time, help="only events before this time")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
 
 
 def _time(text: str) -> datetime:
@@ -170,7 +190,7 @@ def _info(args: argparse.Namespace) -> int:
         out = sys.stdout.write
         out(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)\n")
         out(f"schema version  {conn.pragma('user_version')}\n")
-        out(f"events          {events:,} in {aggregates:,} aggregates\n")
+        out(f"events          {_plural(events, 'event')} in {_plural(aggregates, 'aggregate')}\n")
         out(f"head            {position} {digest or '-'}\n")
         out("event types\n")
         for event_type, version, count in store.event_types():
@@ -187,7 +207,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def _events(args: argparse.Namespace) -> int:
+    _import_all(args.modules)
     with _open(args) as store:
         out = sys.stdout
         if args.json:
@@ -207,7 +232,10 @@ def _events(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        report = store.verify(expect_head=args.expect_head, progress=_progress("verifying"))
+        try:
+            report = store.verify(expect_head=args.expect_head, progress=_progress("verifying"))
+        except ValueError as e:
+            raise ValueError(str(e).replace("expect_head", "--expect-head")) from None
     if report.ok:
         print(f"ok: {report.events_checked:,} events verified; head {report.head_position} {report.head_hash or '-'}")
         return 0
@@ -218,10 +246,11 @@ def _verify(args: argparse.Namespace) -> int:
     return 1
 
 
-_CSV_COLUMNS = Recorded.__struct_fields__
+_CSV_COLUMNS = (*Recorded.__struct_fields__, "schema_version", "hash")
 
 
 def _export(args: argparse.Namespace) -> int:
+    _import_all(args.modules)
     with _open(args) as store, contextlib.ExitStack() as closing:
         target: IO[str] = sys.stdout
         if args.output:
@@ -235,15 +264,23 @@ def _export(args: argparse.Namespace) -> int:
         else:
             writer = csv.writer(target)
             writer.writerow(_CSV_COLUMNS)
-            for r in _selected(store, args):
-                writer.writerow(_csv_row(r))
+            records = _selected(store, args)
+            while page := list(itertools.islice(records, 2000)):
+                stored = dict(
+                    store.query(
+                        "SELECT position, schema_version || ',' || hex(hash) FROM events WHERE position IN"
+                        " (SELECT value FROM json_each(?))",
+                        (_encode([r.position for r in page]).decode(),),
+                    )
+                )
+                writer.writerows(_csv_row(r, *stored[r.position].split(",")) for r in page)
     return 0
 
 
-def _csv_row(r: Recorded) -> list[Any]:
+def _csv_row(r: Recorded, schema_version: str, digest: str) -> list[Any]:
     values: list[Any] = list(msgspec.structs.astuple(r))
-    values[6] = r.timestamp.isoformat()
-    values[7:] = [_encode(r.data).decode(), _encode(r.metadata).decode()]
+    values[6] = _encode(r.timestamp).decode().strip('"')  # as stored: 2026-03-04T15:23:47.123456Z
+    values[7:] = [_encode(r.data).decode(), _encode(r.metadata).decode(), schema_version, digest.lower()]
     return values
 
 
@@ -318,7 +355,10 @@ def _backup(args: argparse.Namespace) -> int:
 def _snapshots(args: argparse.Namespace) -> int:
     if args.drop:
         with EventStore(args.file) as store:
-            print(f"dropped {store.drop_snapshots(args.drop):,} snapshots of {args.drop}")
+            known = [t for (t,) in store.query("SELECT DISTINCT aggregate_type FROM events ORDER BY 1")]
+            if args.drop not in known:
+                raise ValueError(f"unknown aggregate type {args.drop!r}; this file has {', '.join(known) or 'none'}")
+            print(f"dropped {_plural(store.drop_snapshots(args.drop), 'snapshot')} of {args.drop}")
         return 0
     with _open(args) as store:
         for aggregate_type, count, size in store.snapshot_stats():

@@ -162,5 +162,6 @@ def read_aggregate(
     raw: bool = False,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
-    pages = _pages(conn, "READ_AGGREGATE", lambda a, n: (aggregate_id, a, upto, n), after, 5, None, lock, upcasting, raw)
+    args: Callable[[int, int], tuple[Any, ...]] = lambda a, n: (aggregate_id, a, upto, n)  # noqa: E731
+    pages = _pages(conn, "READ_AGGREGATE", args, after, 5, None, lock, upcasting, raw)
     return itertools.chain.from_iterable(pages)

@@ -268,6 +268,15 @@ PARK: Final = (
 DEAD_LETTERS: Final = (
     "SELECT position, attempts, error, parked_at FROM minies_dead_letters WHERE subscription = ? ORDER BY position"
 )
+UNPARK: Final = "DELETE FROM minies_dead_letters WHERE subscription = ? AND position = ?"
+DEAD_LETTER_ATTEMPTS: Final = "SELECT attempts FROM minies_dead_letters WHERE subscription = ? AND position = ?"
+AGGREGATES: Final = (
+    "SELECT aggregate_id, aggregate_type, max(version) FROM events GROUP BY aggregate_id ORDER BY aggregate_id"
+)
+AGGREGATES_OF_TYPE: Final = (
+    "SELECT aggregate_id, aggregate_type, max(version) FROM events WHERE aggregate_type = ?"
+    " GROUP BY aggregate_id ORDER BY aggregate_id"
+)
 SUBSCRIPTIONS: Final = "SELECT name, position, updated_at FROM minies_subscriptions ORDER BY name"
 
 # ---------------------------------------------------------------------------- transactions

@@ -762,13 +762,36 @@ class EventStore:
         with self._lock, self._write():
             return self._projector.rebuild(self._conn, self._db, name, progress)
 
-    def subscription(self, name: str, *, max_attempts: int = 3) -> Subscription:
+    def subscription(
+        self,
+        name: str,
+        *,
+        max_attempts: int = 3,
+        event_types: Iterable[str | type[Event]] | None = None,
+    ) -> Subscription:
         """A durable, named consumer of the log, outside the write transaction.
+
+        Args:
+            name: the checkpoint's key in the file.
+            max_attempts: tries per event before it is parked as a dead letter.
+            event_types: deliver only these types (names or Event classes); None: all.
 
         See ``Subscription`` for delivery guarantees.
         """
         _check_str("name", name)
-        return Subscription(self, name, max_attempts=max_attempts)
+        return Subscription(self, name, max_attempts=max_attempts, event_types=event_types)
+
+    def aggregates(self, aggregate_type: str | type[Aggregate] | None = None) -> list[tuple[str, str, int]]:
+        """``(aggregate_id, aggregate_type, version)`` of every aggregate (of one type), by id."""
+        if aggregate_type is not None and not isinstance(aggregate_type, str):
+            aggregate_type = aggregate_type.aggregate_type
+        with self._lock, self._translate("cannot read"):
+            conn = self._open()
+            if aggregate_type is None:
+                rows: list[Any] = conn.execute(_schema.AGGREGATES).fetchall()
+            else:
+                rows = conn.execute(_schema.AGGREGATES_OF_TYPE, (aggregate_type,)).fetchall()
+        return rows
 
     # ------------------------------------------------------------------ audit
     def verify(

@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from minies import _codec, _schema
-from minies._errors import MiniesError
-from minies._events import Recorded
+from minies._errors import MiniesError, NotFound
+from minies._events import Event, Recorded
 
 if TYPE_CHECKING:
     from minies._store import EventStore
@@ -40,15 +40,28 @@ class Subscription:
 
     A handler that raises is retried up to ``max_attempts`` times; then the event is parked in
     the dead-letter table (see ``dead_letters``) and delivery goes on. Nothing is skipped
-    silently.
+    silently: parked events can be delivered again (``redeliver``) or let go (``discard``),
+    and ``rewind`` moves the checkpoint back to replay history.
     """
 
-    def __init__(self, store: EventStore, name: str, *, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        name: str,
+        *,
+        max_attempts: int = 3,
+        event_types: Iterable[str | type[Event]] | None = None,
+    ) -> None:
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         self.store = store
         self.name = name
         self.max_attempts = max_attempts
+        self.event_types = (
+            None
+            if event_types is None
+            else frozenset(t if isinstance(t, str) else t.event_type for t in _as_list(event_types))
+        )
 
     @property
     def position(self) -> int:
@@ -58,9 +71,14 @@ class Subscription:
         return int(value or 0)
 
     def poll(self, handler: Handler, *, limit: int | None = None) -> int:
-        """Deliver every event after the checkpoint (at most ``limit``); return how many."""
-        with self.store._lock:
-            if self.store._depth:
+        """Deliver every event after the checkpoint (at most ``limit``); return how many.
+
+        Raises:
+            MiniesError: called inside ``store.transaction()``, whose events may still roll back.
+        """
+        store = self.store
+        with store._lock:
+            if store._depth:
                 raise MiniesError(
                     f"subscription {self.name!r} cannot poll inside store.transaction(): it would deliver "
                     "events that may still roll back; poll after the block"
@@ -69,29 +87,37 @@ class Subscription:
         after = self.position
         while limit is None or delivered < limit:
             want = _BATCH if limit is None else min(_BATCH, limit - delivered)
-            batch = list(self.store.read_all(after=after, limit=want))
-            if not batch:
+            head = store.head()[0]
+            batch = list(store.read_all(after=after, limit=want, event_types=self.event_types))
+            if not batch and head <= after:
                 break
             parked = [self._deliver(handler, record) for record in batch]
-            after = batch[-1].position
-            now = _codec.now_text()
-            with self.store._lock, self.store._write():
-                conn = self.store._conn
-                conn.executemany(_schema.PARK, [(self.name, *p, now) for p in parked if p])
-                conn.execute(_schema.SAVE_SUBSCRIPTION, (self.name, after, now))
+            # A short page means everything up to the head seen before it was read was scanned,
+            # including the events the filter left out.
+            after = batch[-1].position if len(batch) == want else max(head, batch[-1].position if batch else 0)
+            self._acknowledge(after, [p for p in parked if p])
             delivered += len(batch)
+            if len(batch) < want:
+                break
         return delivered
 
-    def _deliver(self, handler: Handler, record: Recorded) -> tuple[int, int, str] | None:
-        for attempt in range(1, self.max_attempts + 1):
+    def _acknowledge(self, position: int, parked: list[tuple[int, int, str]]) -> None:
+        now = _codec.now_text()
+        with self.store._lock, self.store._write():
+            conn = self.store._conn
+            conn.executemany(_schema.PARK, [(self.name, *p, now) for p in parked])
+            conn.execute(_schema.SAVE_SUBSCRIPTION, (self.name, position, now))
+
+    def _deliver(self, handler: Handler, record: Recorded, attempts: int = 0) -> tuple[int, int, str] | None:
+        for attempt in range(attempts + 1, attempts + self.max_attempts + 1):
             try:
                 handler(record)
                 return None
             except Exception as e:
-                if attempt == self.max_attempts:
+                if attempt == attempts + self.max_attempts:
                     error = "".join(traceback.format_exception_only(e)).strip()
                     return (record.position, attempt, error)
-                time.sleep(min(0.01 * 2**attempt, 0.5))
+                time.sleep(min(0.01 * 2 ** (attempt - attempts), 0.5))
         return None
 
     def follow(
@@ -152,3 +178,59 @@ class Subscription:
         with self.store._lock:
             rows: list[Any] = self.store._open().execute(_schema.DEAD_LETTERS, (self.name,)).fetchall()
         return [DeadLetter(*row) for row in rows]
+
+    def redeliver(self, handler: Handler, position: int | None = None) -> int:
+        """Deliver parked events again (all of them, or the one at ``position``), in order.
+
+        Each gets ``max_attempts`` more tries; one that succeeds leaves the dead-letter table,
+        one that fails again stays parked with its new error and attempt count.
+
+        Returns:
+            How many were delivered successfully.
+
+        Raises:
+            NotFound: ``position`` is not parked for this subscription.
+        """
+        letters = self.dead_letters()
+        if position is not None:
+            letters = [letter for letter in letters if letter.position == position]
+            if not letters:
+                raise NotFound(f"position {position} is not parked for subscription {self.name!r}")
+        succeeded = 0
+        for letter in letters:
+            [record] = self.store.read_all(after=letter.position - 1, limit=1)
+            parked = self._deliver(handler, record, letter.attempts)
+            now = _codec.now_text()
+            with self.store._lock, self.store._write():
+                if parked is None:
+                    self.store._conn.execute(_schema.UNPARK, (self.name, letter.position))
+                else:
+                    self.store._conn.execute(_schema.PARK, (self.name, *parked, now))
+            succeeded += parked is None
+        return succeeded
+
+    def discard(self, position: int) -> None:
+        """Let one parked event go for good (it stays in the log, of course).
+
+        Raises:
+            NotFound: ``position`` is not parked for this subscription.
+        """
+        with self.store._lock, self.store._write():
+            self.store._conn.execute(_schema.UNPARK, (self.name, position))
+            if not self.store._conn.changes():
+                raise NotFound(f"position {position} is not parked for subscription {self.name!r}")
+
+    def rewind(self, position: int = 0) -> None:
+        """Move the checkpoint to ``position`` (0: the start): later events are delivered again.
+
+        Raises:
+            ValueError: ``position`` is negative or beyond the log's head.
+        """
+        head = self.store.head()[0]
+        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= head:
+            raise ValueError(f"position must be an int from 0 to the head ({head}), got {position!r}")
+        self._acknowledge(position, [])
+
+
+def _as_list(types: Iterable[str | type[Event]]) -> list[str | type[Event]]:
+    return [types] if isinstance(types, str) else list(types)

@@ -148,7 +148,7 @@ def test_expect_head_proves_append_only_growth(db_path: str) -> None:
         store.append("acc-9", [MoneyDeposited(amount=1)], aggregate_type="Account")
     assert report(db_path, expect_head=head).ok  # growth is fine
     assert not report(db_path, expect_head="ab" * 32).ok
-    with pytest.raises(ValueError, match="64-character hex"):
+    with pytest.raises(ValueError, match="expect_head must be what `minies head` prints"):
         report(db_path, expect_head="nothex")
 
 

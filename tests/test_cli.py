@@ -4,9 +4,12 @@ import csv
 import io
 import json
 import os
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from domain import MoneyDeposited, OrderPlaced
@@ -76,8 +79,13 @@ def test_export_jsonl_and_csv(shop: str, tmp_path: object) -> None:
     again = cli("export", shop, "-o", out)
     assert again.returncode == 2 and "already exists" in again.stderr
     rows = list(csv.reader(io.StringIO(cli("export", shop, "--format", "csv").stdout)))
-    assert rows[0][:3] == ["position", "event_id", "aggregate_id"] and len(rows) == 22
+    assert rows[0] == [*minies.Recorded.__struct_fields__, "schema_version", "hash"] and len(rows) == 22
     assert json.loads(rows[-1][7])["customer_id"] == 'c\n"1"'
+    con = sqlite3.connect(shop)
+    stored = con.execute("SELECT created_at, schema_version, lower(hex(hash)) FROM events WHERE position = 21").fetchone()
+    con.close()
+    assert (rows[-1][6], rows[-1][9], rows[-1][10]) == (stored[0], str(stored[1]), stored[2])
+    assert stored[0].endswith("Z")  # the file's own timestamp text, not a re-formatted one
 
 
 def test_verify_head_and_info(shop: str) -> None:
@@ -85,8 +93,15 @@ def test_verify_head_and_info(shop: str) -> None:
     assert head[0] == "21" and len(head[1]) == 64
     ok = cli("verify", shop, "--expect-head", head[1])
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 21 events")
+    printed = cli("head", shop).stdout.strip()
+    for accepted in (printed, head[1][:12], head[1].upper(), f"21 {head[1][:16]}"):
+        result = cli("verify", shop, "--expect-head", accepted)
+        assert result.returncode == 0, (accepted, result.stdout, result.stderr)
+    assert cli("verify", shop, "--expect-head", f"20 {head[1]}").returncode == 1  # the hash is not at 20
+    short = cli("verify", shop, "--expect-head", head[1][:11])
+    assert short.returncode == 2 and "--expect-head must be what `minies head` prints" in short.stderr
     info = cli("info", shop)
-    assert info.returncode == 0 and "21 in 5 aggregates" in info.stdout and head[1] in info.stdout
+    assert info.returncode == 0 and "21 events in 5 aggregates" in info.stdout and head[1] in info.stdout
     con = sqlite3.connect(shop)
     con.execute("DROP TRIGGER events_no_update")
     con.execute("UPDATE events SET data = '{\"amount\":5000}' WHERE position = 3")
@@ -167,3 +182,46 @@ def test_rebuild_a_projection_from_the_command_line(tmp_path: object, db_path: s
         env=env,
     )
     assert missing.returncode == 2 and "no Projection class named 'nope'" in missing.stderr
+
+
+def test_small_things_said_right(shop: str, db_path: str) -> None:
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"minies {minies.__version__}"
+    negative = cli("events", shop, "--limit", "-1")
+    assert negative.returncode == 2 and "must be a whole number >= 0, got '-1'" in negative.stderr
+    unknown = cli("snapshots", shop, "--drop", "Nope")
+    assert unknown.returncode == 2 and "unknown aggregate type 'Nope'; this file has Account, Order" in unknown.stderr
+    dropped = cli("snapshots", shop, "--drop", "Account")
+    assert dropped.returncode == 0 and dropped.stdout.strip() == "dropped 0 snapshots of Account"
+    one = db_path + ".one"
+    with minies.EventStore(one) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+    assert "1 event in 1 aggregate\n" in cli("info", one).stdout
+
+
+def test_ctrl_c_is_one_line(tmp_path: object, db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", [MoneyDeposited(amount=i) for i in range(20_000)], aggregate_type="Account")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minies", "events", db_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    process.stdout.read(1000)  # it is running, and blocked on the full pipe
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.decode() == "minies: interrupted\n"
+
+
+def test_events_and_export_upcast_with_import(tmp_path: Path) -> None:
+    shop = tmp_path / "shop_v1.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "shop_v1.db", shop)
+    (tmp_path / "deploy.py").write_text("import shop_today\nshop_today.install()\n")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    for command in (["events", "--json"], ["export"]):
+        args = [sys.executable, "-m", "minies", *command, str(shop), "--import", "deploy", "--type", "Ordered"]
+        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["data"] for line in result.stdout.splitlines()] == [
+            {"customer_id": "cust-1", "total": 129.99, "currency": "EUR"},
+            {"customer_id": "cust-1", "total": 5.5, "currency": "EUR"},
+        ]

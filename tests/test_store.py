@@ -502,8 +502,7 @@ def test_a_stream_keeps_one_aggregate_type(file_store: minies.EventStore) -> Non
             file_store.append("big", deposit(), aggregate_type="Other")
         with minies.EventStore(file_store.path) as other:
             other.append("elsewhere", deposit(), aggregate_type="Other")
-    with pytest.raises(ValueError, match="is a Ledger, not a Other"):
-        with file_store.transaction():
-            file_store.append("big", deposit(), aggregate_type="Other")
+    with pytest.raises(ValueError, match="is a Ledger, not a Other"), file_store.transaction():
+        file_store.append("big", deposit(), aggregate_type="Other")
     assert [(r.aggregate_type, r.version) for r in file_store.read("big")] == [("Ledger", 1)]
     assert file_store.append("big", deposit(), aggregate_type="Ledger") == 2

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from domain import MoneyDeposited
+from domain import Account, MoneyDeposited, OrderPlaced
 
 import minies
 
@@ -145,15 +145,71 @@ def test_poll_inside_a_transaction_is_refused_so_nothing_that_may_roll_back_is_d
         fill(store, 1)
         sub = store.subscription("mailer")
         seen: list[int] = []
-        with pytest.raises(RuntimeError, match="rolled back"):
-            with store.transaction():
-                fill(store, 1, "b")
-                with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
-                    sub.poll(lambda r: seen.append(r.position))
-                with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
-                    sub.follow(lambda r: seen.append(r.position), idle_timeout=0)
-                raise RuntimeError("rolled back")
+        with pytest.raises(RuntimeError, match="rolled back"), store.transaction():
+            fill(store, 1, "b")
+            with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
+                sub.poll(lambda r: seen.append(r.position))
+            with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
+                sub.follow(lambda r: seen.append(r.position), idle_timeout=0)
+            raise RuntimeError("rolled back")
         assert seen == [] and sub.position == 0
         fill(store, 1, "c")
         assert sub.poll(lambda r: seen.append(r.position)) == 2
         assert seen == [1, 2] and [r.aggregate_id for r in store.read_all()] == ["a", "c"]
+
+
+def test_a_filtered_subscription_sees_its_types_and_its_checkpoint_passes_the_rest(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        fill(store, 3)
+        store.append("o1", [OrderPlaced(customer_id="c", total=1.0)], aggregate_type="Order")
+        fill(store, 3)
+        seen: list[int] = []
+        orders = store.subscription("orders", event_types=[OrderPlaced])
+        assert orders.poll(lambda r: seen.append(r.position)) == 1
+        assert seen == [4] and orders.position == 7  # the deposits after it were scanned too
+        assert orders.poll(lambda r: seen.append(r.position)) == 0 and orders.position == 7
+        store.append("o2", [OrderPlaced(customer_id="c", total=2.0)], aggregate_type="Order")
+        assert store.subscription("orders", event_types="OrderPlaced").poll(lambda r: seen.append(r.position)) == 1
+        assert seen == [4, 8]
+
+
+def test_dead_letters_can_be_redelivered_discarded_and_the_checkpoint_rewound(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        fill(store, 6)
+        broken = {2, 3, 5}
+
+        def handler(record: minies.Recorded) -> None:
+            if record.position in broken:
+                raise ValueError(f"mail server down for {record.position}")
+            seen.append(record.position)
+
+        seen: list[int] = []
+        sub = store.subscription("mailer", max_attempts=1)
+        assert sub.poll(handler) == 6
+        assert [d.position for d in sub.dead_letters()] == [2, 3, 5] and seen == [1, 4, 6]
+        broken = {3}  # the server is back, except for one mail
+        assert sub.redeliver(handler, 2) == 1 and seen == [1, 4, 6, 2]
+        assert sub.redeliver(handler) == 1 and seen == [1, 4, 6, 2, 5]
+        (letter,) = sub.dead_letters()
+        assert (letter.position, letter.attempts) == (3, 2) and "mail server down for 3" in letter.error
+        with pytest.raises(minies.NotFound, match="position 2 is not parked for subscription 'mailer'"):
+            sub.redeliver(handler, 2)
+        sub.discard(3)
+        assert sub.dead_letters() == []
+        with pytest.raises(minies.NotFound, match="position 3 is not parked"):
+            sub.discard(3)
+        sub.rewind(4)
+        assert sub.position == 4 and sub.poll(handler) == 2 and seen[-2:] == [5, 6]
+        sub.rewind()
+        assert sub.position == 0 and sub.poll(handler) == 6
+        with pytest.raises(ValueError, match=r"position must be an int from 0 to the head \(6\), got 7"):
+            sub.rewind(7)
+
+
+def test_aggregates_are_listed_without_sql(store: minies.EventStore) -> None:
+    fill(store, 2, "acc-2")
+    fill(store, 1, "acc-1")
+    store.append("o1", [OrderPlaced(customer_id="c", total=1.0)], aggregate_type="Order")
+    assert store.aggregates() == [("acc-1", "Account", 1), ("acc-2", "Account", 2), ("o1", "Order", 1)]
+    assert store.aggregates("Order") == [("o1", "Order", 1)]
+    assert store.aggregates(Account) == [("acc-1", "Account", 1), ("acc-2", "Account", 2)]
