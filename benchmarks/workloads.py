@@ -2,7 +2,9 @@
 
 The baseline is what a careful developer would write with raw apsw + msgspec and no engine:
 the seed's events table (same columns and UNIQUE constraints as minies, no hash chain, no
-triggers), the same pragmas, uuid4 ids, msgspec-encoded payloads, ``executemany`` for batches.
+triggers), the same pragmas, time-ordered (UUIDv7) ids like minies' own, msgspec-encoded
+payloads, ``executemany`` for batches. ``RAW_IDS["uuid4"]`` is the careless variant: random
+ids scatter the inserts over the ``event_id`` index.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import apsw
 import msgspec
 
 import minies
+from minies._codec import new_event_ids
 
 SINGLE_COMMANDS: Final = 2_000
 BATCH_TOTAL: Final = 100_000
@@ -70,16 +73,30 @@ def raw_connect(path: str) -> apsw.Connection:
     return conn
 
 
-def raw_rows(aggregate_id: str, events: list[minies.Event], first_version: int) -> list[tuple[Any, ...]]:
+RAW_IDS: Final[dict[str, Callable[[int], list[str]]]] = {
+    "uuid7": new_event_ids,  # what a careful hand-written store uses (minies' own generator)
+    "uuid4": lambda n: [str(uuid.uuid4()) for _ in range(n)],
+}
+
+
+def raw_rows(
+    aggregate_id: str, events: list[minies.Event], first_version: int, ids: str = "uuid7"
+) -> list[tuple[Any, ...]]:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return [
-        (str(uuid.uuid4()), aggregate_id, "Account", e.event_type, first_version + i, _encode(e).decode(), "{}", now)
-        for i, e in enumerate(events)
+        (event_id, aggregate_id, "Account", e.event_type, first_version + i, _encode(e).decode(), "{}", now)
+        for i, (event_id, e) in enumerate(zip(RAW_IDS[ids](len(events)), events, strict=True))
     ]
 
 
-def raw_append(conn: apsw.Connection, aggregate_id: str, events: list[minies.Event], first_version: int) -> None:
-    rows = raw_rows(aggregate_id, events, first_version)
+def raw_count(conn: apsw.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM events").get)
+
+
+def raw_append(
+    conn: apsw.Connection, aggregate_id: str, events: list[minies.Event], first_version: int, ids: str = "uuid7"
+) -> None:
+    rows = raw_rows(aggregate_id, events, first_version, ids)
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(RAW_INSERT, rows)
     conn.execute("COMMIT")

@@ -36,6 +36,13 @@ class Account(DemoAccount):
             super().apply(event)
 
 
+class SnappedAccount(Account):
+    """The same stream as Account, loaded through a snapshot every 40 events."""
+
+    aggregate_type: ClassVar[str] = "Account"
+    snapshot_every: ClassVar[int | None] = 40
+
+
 class Balances(minies.Projection):
     """Per-type handlers, and an UPSERT per event."""
 

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import minies
+from minies import _events, _upcasters
 
 
 class Ordered(minies.Event):
@@ -67,3 +70,18 @@ def install() -> None:
     minies.upcaster("AddressChanged", 1)(split_address)
     minies.upcaster("Ping", 1)(drop)
     minies.rename("CustomerSignedUp", CustomerRegistered)
+
+
+@contextlib.contextmanager
+def todays_upcasters() -> Iterator[None]:
+    """Today's upcasters, removed again afterwards (they are process-wide)."""
+    saved = dict(_upcasters.upcasters), dict(_upcasters.renames)
+    install()
+    try:
+        yield
+    finally:
+        _upcasters.upcasters.clear()
+        _upcasters.upcasters.update(saved[0])
+        _upcasters.renames.clear()
+        _upcasters.renames.update(saved[1])
+        _events.generation += 1

@@ -180,3 +180,22 @@ def test_load_and_fold_refuse_events_with_no_class_instead_of_feeding_dicts_to_a
             store.fold("acc-1", lambda state, event: state, None)
         assert [r.data for r in store.read("acc-1")] == [{"clue": 1}, MoneyDeposited(amount=5)]  # read: dicts
         assert store.load(Account, "acc-2").balance == 1000
+
+
+@pytest.mark.parametrize("order", ["Account first", "Other first"])
+def test_load_refuses_a_stream_holding_two_aggregate_types_in_either_order(db_path: str, order: str) -> None:
+    """append() refuses to mix types; a file written by other means may still hold a mix."""
+    with minies.EventStore(db_path) as store:
+        first, second = ("Account", "Other") if order == "Account first" else ("Other", "Account")
+        store.append("acc-1", [AccountOpened(owner="ann", balance=1)], aggregate_type=first)
+        store._conn.execute(  # what another tool might write
+            "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
+            " metadata, created_at, hash) VALUES (2, '00000000-0000-7000-8000-000000000000', 'acc-1', ?,"
+            " 'MoneyDeposited', 2, '{\"amount\":1}', '{}', '2026-01-01T00:00:00.000000Z', x'00')",
+            (second,),
+        )
+    with minies.EventStore(db_path) as store:
+        with pytest.raises(minies.SchemaError, match=r"aggregate 'acc-1' holds (Account|Other) events, not Account"):
+            store.load(Account, "acc-1")
+        with pytest.raises(minies.SchemaError, match="not Account"):
+            store.fold("acc-1", lambda state, event: state, None, aggregate_type="Account")

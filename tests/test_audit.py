@@ -85,6 +85,8 @@ RESTORE = [
         (["UPDATE events SET event_type = 'MoneyWithdrawn' WHERE position = 4"], 4, "does not match its hash"),
         (["UPDATE events SET metadata = '{}' WHERE position = 2"], 2, "does not match its hash"),
         (["UPDATE events SET created_at = '2000-01-01T00:00:00.000000Z' WHERE position = 9"], 9, "does not match"),
+        (["UPDATE events SET schema_version = 2 WHERE position = 8"], 8, "does not match its hash"),
+        (["UPDATE events SET data = CAST(data AS BLOB) WHERE position = 10"], 10, "has a column of the wrong type"),
         (["DELETE FROM events WHERE position = 12"], 12, "position 12 is missing"),
         (["DELETE FROM events WHERE position = 31"], None, ""),  # dropping the tail: see expect_head
         (
@@ -224,3 +226,28 @@ def test_backup_while_another_process_writes(db_path: str) -> None:
         assert not os.path.exists(copy + "-wal")
         with minies.EventStore(copy, readonly=True) as backup:
             assert backup.verify().ok
+
+
+def test_damage_only_the_integrity_check_can_see_fails_verify_with_that_reason(db_path: str) -> None:
+    """One event id is changed inside the event_id index's page only: every read of the log
+    (by position) is untouched, the chain still verifies, and only SQLite's own check sees
+    that the index no longer matches the table."""
+    build(db_path, 50)
+    con = sqlite3.connect(db_path)
+    (event_id,) = con.execute("SELECT event_id FROM events WHERE position = 20").fetchone()
+    (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_events_1'").fetchone()
+    (page_size,) = con.execute("PRAGMA page_size").fetchone()
+    con.close()
+    with open(db_path, "r+b") as f:
+        data = f.read()
+        start = (root - 1) * page_size
+        offset = data.index(event_id.encode(), start, start + page_size)
+        last = event_id[-1]
+        f.seek(offset + len(event_id) - 1)
+        f.write(("0" if last != "0" else "1").encode())  # the same place in index order
+    result = report(db_path)
+    assert not result.ok
+    assert result.reason.startswith("SQLite integrity check failed:"), result.reason
+    assert "sqlite_autoindex_events_1" in result.reason
+    assert result.events_checked == 51  # the chain itself was intact
+    assert independent_chain_check(db_path) == (True, None)

@@ -306,3 +306,56 @@ def test_sql_errors_in_a_handler_are_a_projection_error_and_the_append_rolls_bac
             store.append("o3", [OrderPlaced(customer_id="c3", total=3.0), OrderPlaced(customer_id="c1", total=3.0)], aggregate_type="Order")
         assert caught.value.position == 3
         assert store.append("o2", [OrderPlaced(customer_id="c2", total=2.0)], aggregate_type="Order") == 1
+
+
+class Ledger(minies.Projection):
+    """Records every event it is given, with no constraint that would refuse a second copy."""
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE ledger_seen (position INTEGER NOT NULL)")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute("INSERT INTO ledger_seen VALUES (?)", (event.position,))
+
+
+def test_catch_up_applies_each_event_exactly_once(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Ledger()]) as store:
+        for i in range(5):
+            order(store, f"o{i}", i)
+    with minies.EventStore(db_path) as store:  # a writer without the projection
+        for i in range(5, 12):
+            order(store, f"o{i}", i)
+    with minies.EventStore(db_path, projections=[Ledger()]) as store:  # catches up on open
+        assert store.query("SELECT position FROM ledger_seen ORDER BY rowid") == [(p,) for p in range(1, 13)]
+        order(store, "o12", 12)
+        assert store.query("SELECT position FROM ledger_seen ORDER BY rowid") == [(p,) for p in range(1, 14)]
+
+
+class FailsLate(minies.Projection):
+    """Sets up fine, then fails on one event during catch-up."""
+
+    version = 2
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE late_seen (position INTEGER NOT NULL)")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        if event.position == 7:
+            raise ValueError("cannot handle position 7")
+        db.execute("INSERT INTO late_seen VALUES (?)", (event.position,))
+
+
+def test_a_catch_up_that_fails_on_open_leaves_the_file_unchanged(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        for i in range(10):
+            order(store, f"o{i}", i)
+    with open(db_path, "rb") as f:
+        before = f.read()
+    with pytest.raises(minies.ProjectionError, match=r"projection 'FailsLate': failed at position 7: ValueError: cannot handle position 7") as caught:
+        minies.EventStore(db_path, projections=[FailsLate()])
+    assert caught.value.projection == "FailsLate" and caught.value.position == 7
+    with open(db_path, "rb") as f:
+        assert f.read() == before
+    with minies.EventStore(db_path) as store:
+        assert store.query("SELECT count(*) FROM sqlite_master WHERE name IN ('late_seen', 'minies_projections')") == [(1,)]
+        assert store.query("SELECT count(*) FROM minies_projections") == [(0,)]

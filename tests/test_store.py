@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ from conftest import run_python
 from domain import AccountOpened, MoneyDeposited, MoneyWithdrawn, OrderPlaced
 
 import minies
+from minies import _schema
 
 
 def deposit(n: int = 1) -> list[minies.Event]:
@@ -126,17 +129,20 @@ def test_expected_version_mismatch_raises_and_writes_nothing(store: minies.Event
     assert len(all_rows(store)) == 3
 
 
-def test_unique_constraint_is_the_last_line_of_defence(db_path: str) -> None:
+def test_unique_constraint_is_the_last_line_of_defence(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the version check on purpose (the state query reports one version too few), so
+    only the UNIQUE (aggregate_id, version) constraint stands between the append and a
+    second version 2."""
     with minies.EventStore(db_path) as store:
-        store.append("a", deposit(), aggregate_type="Account")
-        store._conn.execute("DROP TRIGGER events_append_only")  # let a raw insert reach the constraint
-    con = sqlite3.connect(db_path)
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
-        con.execute(
-            "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
-            " metadata, created_at, hash) VALUES (2, 'x', 'a', 'Account', 'MoneyDeposited', 1, '{}', '{}', '', x'00')"
-        )
-    con.close()
+        store.append("a", deposit(2), aggregate_type="Account")
+    broken = _schema.APPEND_STATE.replace("SELECT version FROM", "SELECT version - 1 FROM", 1)
+    assert broken != _schema.APPEND_STATE
+    monkeypatch.setattr(_schema, "APPEND_STATE", broken)
+    with minies.EventStore(db_path) as store:  # a fresh store: nothing cached, the query is asked
+        with pytest.raises(minies.ConcurrencyError, match="aggregate 'a' is at version 2, expected 1") as caught:
+            store.append("a", deposit(), aggregate_type="Account")
+        assert (caught.value.expected, caught.value.actual) == (1, 2)
+        assert [r.version for r in store.read("a")] == [1, 2] and store.verify().ok
 
 
 def test_idempotent_retry_with_event_ids(store: minies.EventStore) -> None:
@@ -148,6 +154,12 @@ def test_idempotent_retry_with_event_ids(store: minies.EventStore) -> None:
     assert store.append("a", deposit(3), aggregate_type="Account", event_ids=ids) == 3
     assert store.version("a") == 4
     assert [r.event_id for r in store.read("a", upto=3)] == ids
+    same = [MoneyDeposited(amount=7)] * 3  # identical events: only the ids' order tells them apart
+    same_ids = [str(uuid.uuid4()) for _ in range(3)]
+    assert store.append("s", same, aggregate_type="Account", event_ids=same_ids) == 3
+    with pytest.raises(minies.DuplicateEventError, match="by an append with a different batch"):
+        store.append("s", same, aggregate_type="Account", event_ids=[same_ids[1], same_ids[0], same_ids[2]])
+    assert store.version("s") == 3
 
 
 @pytest.mark.parametrize(
@@ -254,6 +266,67 @@ def test_failed_append_inside_a_transaction_rolls_back_only_itself(store: minies
         store.append("a", deposit(), aggregate_type="Account", expected_version=1)
     assert [r.version for r in store.read("a")] == [1, 2]
     assert [r.position for r in store.read_all()] == [1, 2]
+
+
+def test_a_failed_nested_block_rolls_back_to_its_savepoint_and_the_outer_block_commits(store: minies.EventStore) -> None:
+    with store.transaction():
+        store.append("a", deposit(), aggregate_type="Account")
+        with pytest.raises(RuntimeError, match="inner"), store.transaction():
+            store.append("b", deposit(2), aggregate_type="Account")  # written, then undone
+            store.append("a", deposit(), aggregate_type="Account")
+            raise RuntimeError("inner")
+        store.append("c", deposit(), aggregate_type="Account")
+    assert [(r.position, r.aggregate_id, r.version) for r in store.read_all()] == [(1, "a", 1), (2, "c", 1)]
+    assert store.version("b") == 0 and store.verify().ok
+
+
+HOLD_THE_WRITE_LOCK = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+print("holding", flush=True)
+sys.stdin.read()
+con.execute("ROLLBACK")
+"""
+
+
+def test_a_lock_held_past_the_timeout_is_a_storage_error(db_path: str) -> None:
+    with minies.EventStore(db_path, timeout=0.2) as store:
+        store.append("a", deposit(), aggregate_type="Account")
+        holder = subprocess.Popen(  # another process's writer, holding on (locks are per process)
+            [sys.executable, "-c", HOLD_THE_WRITE_LOCK, db_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        try:
+            with pytest.raises(minies.StorageError, match="locked by another connection and stayed locked for 0.2s"):
+                store.append("a", deposit(), aggregate_type="Account")
+            with pytest.raises(minies.StorageError, match="stayed locked for 0.2s"), store.transaction():
+                pass
+        finally:
+            holder.communicate("", timeout=60)  # closing its stdin lets it go
+        assert store.append("a", deposit(), aggregate_type="Account") == 2
+
+
+def test_close_checkpoints_the_wal_even_while_another_store_has_the_file_open(tmp_path: object, db_path: str) -> None:
+    other = minies.EventStore(db_path)  # keeps the file open: SQLite alone would not checkpoint
+    try:
+        store = minies.EventStore(db_path)
+        store._conn.pragma("wal_autocheckpoint", 0)
+        for i in range(50):
+            store.append(f"a{i % 5}", deposit(), aggregate_type="Account")
+        head = store.head()
+        with open(db_path, "rb") as f:
+            before = f.read()
+        store.close()
+        copy = db_path + ".copy"
+        with open(db_path, "rb") as f, open(copy, "wb") as g:
+            shipped_bytes = f.read()
+            g.write(shipped_bytes)  # the .db alone, as a user ships it
+        assert before != shipped_bytes  # the close moved the log into the file
+        with minies.EventStore(copy, readonly=True) as shipped:
+            assert shipped.head() == head and shipped.verify().ok
+    finally:
+        other.close()
 
 
 # ---------------------------------------------------------------------------- files

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from domain import Account, MoneyDeposited, OrderPlaced
+from shop_today import CityChanged, CustomerRegistered, Ordered, StreetChanged, todays_upcasters
 
 import minies
 
@@ -213,3 +216,18 @@ def test_aggregates_are_listed_without_sql(store: minies.EventStore) -> None:
     assert store.aggregates() == [("acc-1", "Account", 1), ("acc-2", "Account", 2), ("o1", "Order", 1)]
     assert store.aggregates("Order") == [("o1", "Order", 1)]
     assert store.aggregates(Account) == [("acc-1", "Account", 1), ("acc-2", "Account", 2)]
+
+
+def test_subscribers_receive_todays_classes_for_old_payloads(tmp_path: Path) -> None:
+    copy = tmp_path / "shop_v1.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "shop_v1.db", copy)
+    with todays_upcasters(), minies.EventStore(str(copy)) as store:
+        seen: list[object] = []
+        assert store.subscription("mailer").poll(lambda r: seen.append(r.data)) == 5  # Ping is dropped
+    assert seen == [
+        CustomerRegistered(name="Ann"),
+        StreetChanged(street="1 Main St"),
+        CityChanged(city="Oslo"),
+        Ordered(customer_id="cust-1", total=129.99, currency="EUR"),
+        Ordered(customer_id="cust-1", total=5.5, currency="EUR"),
+    ]

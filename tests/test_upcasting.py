@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sqlite3
 import subprocess
@@ -15,27 +14,12 @@ import shop_today
 from conftest import run_python
 from hypothesis import given
 from hypothesis import strategies as st
-from shop_today import CityChanged, Customer, CustomerRegistered, Ordered, StreetChanged
+from shop_today import CityChanged, Customer, CustomerRegistered, Ordered, StreetChanged, todays_upcasters
 
 import minies
-from minies import _events, _upcasters
+from minies import _upcasters
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@contextlib.contextmanager
-def todays_upcasters() -> Iterator[None]:
-    """Today's upcasters, removed again afterwards (they are process-wide)."""
-    saved = dict(_upcasters.upcasters), dict(_upcasters.renames)
-    shop_today.install()
-    try:
-        yield
-    finally:
-        _upcasters.upcasters.clear()
-        _upcasters.upcasters.update(saved[0])
-        _upcasters.renames.clear()
-        _upcasters.renames.update(saved[1])
-        _events.generation += 1
 
 
 @pytest.fixture
