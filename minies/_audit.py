@@ -186,10 +186,12 @@ def _structure(conn: apsw.Connection, head: int, integrity_check: Callable[[], l
             head,
             f"aggregate {aggregate_id!r} has {count} events with versions {low}..{high}: not contiguous",
         )
-    triggers = {name for (name,) in conn.execute(_schema.TRIGGER_SQL)}
-    missing = _schema.TRIGGERS - triggers
+    triggers = {name: " ".join(str(sql).split()) for name, sql in conn.execute(_schema.TRIGGER_SQL)}
+    missing = _schema.TRIGGERS - triggers.keys()
     if missing:
         return (head, f"immutability triggers are missing: {', '.join(sorted(missing))}")
+    if triggers["events_append_only"] != " ".join(_schema.APPEND_ONLY.split()):
+        return (head, "the immutability trigger events_append_only was altered")
     problems = integrity_check()
     if problems != ["ok"]:
         return (head, "SQLite integrity check failed: " + "; ".join(map(str, problems[:3])))

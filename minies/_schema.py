@@ -20,6 +20,20 @@ APPLICATION_ID: Final = 0x6D696E69  # "mini"
 SCHEMA_VERSION: Final = 3
 
 # ---------------------------------------------------------------------------- the schema
+# Appends only: a row must take the next position, and must not collide with a stored event
+# id or (aggregate_id, version). INSERT OR REPLACE resolves such a collision by deleting the
+# stored row without firing DELETE triggers (unless a connection enables recursive_triggers:
+# https://sqlite.org/lang_conflict.html), so each collision is refused here instead.
+APPEND_ONLY: Final = """
+    CREATE TRIGGER events_append_only BEFORE INSERT ON events BEGIN
+      SELECT RAISE(ABORT, 'minies: events are append-only; a new event must take the next position')
+        WHERE NEW.position IS NOT (SELECT coalesce(max(position), 0) + 1 FROM events);
+      SELECT RAISE(ABORT, 'minies: events are append-only; this event_id is already recorded')
+        WHERE EXISTS (SELECT 1 FROM events WHERE event_id = NEW.event_id);
+      SELECT RAISE(ABORT, 'minies: events are append-only; this (aggregate_id, version) is already recorded')
+        WHERE EXISTS (SELECT 1 FROM events WHERE aggregate_id = NEW.aggregate_id AND version = NEW.version);
+    END"""
+
 # `position` is the rowid (an INTEGER PRIMARY KEY keeps its values through VACUUM). minies
 # assigns it as last + 1 inside the writer's IMMEDIATE transaction, so positions are
 # gap-free and in commit order. The UNIQUE (aggregate_id, version) constraint is both the
@@ -47,12 +61,7 @@ _CREATE_V1: Final = (
     """
     CREATE TRIGGER events_no_delete BEFORE DELETE ON events
     BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; DELETE is refused'); END""",
-    # Appends only: a row must take the next position (this also stops INSERT OR REPLACE
-    # from overwriting an existing position).
-    """
-    CREATE TRIGGER events_append_only BEFORE INSERT ON events
-    WHEN NEW.position IS NOT (SELECT coalesce(max(position), 0) + 1 FROM events)
-    BEGIN SELECT RAISE(ABORT, 'minies: events are append-only; a new event must take the next position'); END""",
+    # (events_append_only: see APPEND_ONLY, created by migration 3.)
     """
     CREATE TABLE minies_event_types (
         event_type   TEXT PRIMARY KEY,
@@ -122,6 +131,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "INSERT OR IGNORE INTO minies_event_types SELECT event_type, schema_version, '', '{}', min(created_at)"
         " FROM events GROUP BY event_type, schema_version",
         "DROP TABLE minies_event_types_v2",
+        # The append-only trigger also refuses INSERT OR REPLACE over an id or version.
+        "DROP TRIGGER IF EXISTS events_append_only",
+        APPEND_ONLY,
     ),
 }
 
@@ -201,7 +213,7 @@ VERSION_GAPS: Final = (
     "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"
     " HAVING min(version) != 1 OR max(version) != count(*) LIMIT 1"
 )
-TRIGGER_SQL: Final = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+TRIGGER_SQL: Final = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
 COUNTS: Final = "SELECT count(*), count(DISTINCT aggregate_id), max(position) FROM events"
 TYPE_COUNTS: Final = (
     "SELECT event_type, schema_version, count(*) FROM events GROUP BY event_type, schema_version"

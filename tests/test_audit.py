@@ -123,6 +123,17 @@ def test_every_kind_of_tampering_is_detected(
     assert independent_chain_check(db_path) == (False, bad_position)
 
 
+def test_a_weakened_append_only_trigger_is_reported(db_path: str) -> None:
+    build(db_path)
+    tamper(
+        db_path,
+        "DROP TRIGGER events_append_only",
+        "CREATE TRIGGER events_append_only BEFORE INSERT ON events WHEN 0 BEGIN SELECT 1; END",
+    )
+    result = report(db_path)
+    assert not result.ok and result.reason == "the immutability trigger events_append_only was altered"
+
+
 def test_missing_triggers_are_reported(db_path: str) -> None:
     build(db_path)
     tamper(db_path, "DROP TRIGGER events_no_delete")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -384,14 +385,28 @@ def test_the_stock_sqlite3_module_cannot_change_history(db_path: str) -> None:
         store.append("o1", [OrderPlaced(customer_id="c1", total=129.99)], aggregate_type="Order")
     con = sqlite3.connect(db_path)
     assert con.execute("SELECT json_extract(data, '$.total') FROM events").fetchone() == (129.99,)
-    for statement in (
-        "UPDATE events SET data = '{\"total\": 0}'",
-        "DELETE FROM events",
-        "INSERT OR REPLACE INTO events SELECT * FROM events",
-        "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
-        " metadata, created_at, hash) VALUES (7, 'x', 'o1', 'Order', 'OrderPlaced', 2, '{}', '{}', '', x'00')",
+    for statement, refusal in (
+        ("UPDATE events SET data = '{\"total\": 0}'", "events are immutable; UPDATE is refused"),
+        ("DELETE FROM events", "events are immutable; DELETE is refused"),
+        ("INSERT OR REPLACE INTO events SELECT * FROM events", "a new event must take the next position"),
+        (
+            "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
+            " metadata, created_at, hash) VALUES (7, 'x', 'o1', 'Order', 'OrderPlaced', 2, '{}', '{}', '', x'00')",
+            "a new event must take the next position",
+        ),
+        # REPLACE deletes the row it collides with and fires no DELETE trigger: refused per key
+        (
+            "INSERT OR REPLACE INTO events SELECT 2, event_id, 'o2', aggregate_type, event_type, 1, data, metadata,"
+            " created_at, hash, schema_version FROM events",
+            "this event_id is already recorded",
+        ),
+        (
+            "INSERT OR REPLACE INTO events SELECT 2, 'new-id', aggregate_id, aggregate_type, event_type, version,"
+            " '{}', metadata, created_at, hash, schema_version FROM events",
+            "this (aggregate_id, version) is already recorded",
+        ),
     ):
-        with pytest.raises(sqlite3.IntegrityError, match="minies: events are"):
+        with pytest.raises(sqlite3.IntegrityError, match=re.escape(refusal)):
             con.execute(statement)
     con.close()
     with minies.EventStore(db_path) as store:
