@@ -52,11 +52,9 @@ def test_command_line_examples_run(tmp_path: Path) -> None:
     for line in cli_block.splitlines():
         if "--import" in line:
             continue  # needs the reader's own modules; tests/test_cli.py runs it
-        command = shlex.split(line.split("#")[0])
-        assert command[0] == "minies"
-        result = subprocess.run(
-            [sys.executable, "-m", "minies", *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=120
-        )
+        assert line.startswith("minies ")
+        script = f'minies() {{ {shlex.quote(sys.executable)} -m minies "$@"; }}\n{line}'  # as a shell runs it
+        result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (line, result.stderr)
 
 
