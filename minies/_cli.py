@@ -239,10 +239,13 @@ def _verify(args: argparse.Namespace) -> int:
     if report.ok:
         print(f"ok: {report.events_checked:,} events verified; head {report.head_position} {report.head_hash or '-'}")
         return 0
-    print(
-        f"NOT OK: first bad position {report.first_bad_position}: {report.reason} "
-        f"({report.events_checked:,} events verified before it)",
-    )
+    if report.first_bad_position is None:
+        print(f"NOT OK: {report.reason}")
+    else:
+        print(
+            f"NOT OK: first bad position {report.first_bad_position}: {report.reason} "
+            f"({report.events_checked:,} events verified before it)",
+        )
     return 1
 
 

@@ -136,6 +136,12 @@ _checks: dict[type[Event], Callable[[bytes], Any]] = {}
 _PATH = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
+def field_named(problem: str, cls: type[msgspec.Struct]) -> str | None:
+    """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```)."""
+    found = _PATH.search(problem)
+    return found.group(1) if found and found.group(1) in cls.__struct_fields__ else None
+
+
 _PLAIN_JSON: Final = (type(None), str, int, float, bool, dict, list)
 _LOST: Final = "JSON has no NaN or infinity, its object keys are strings, and an untyped field reads back as plain JSON"
 
@@ -148,8 +154,7 @@ def _contradiction(event: Event, problem: str | None) -> TypeError | ValueError:
         decoded = msgspec.json.decode(encode(event), type=cls)
         field = next((f for f in cls.__struct_fields__ if getattr(event, f) != getattr(decoded, f)), None)
     else:
-        found = _PATH.search(problem)
-        field = found.group(1) if found and found.group(1) in cls.__struct_fields__ else None
+        field = field_named(problem, cls)
     if field is None:
         return ValueError(f"{cls.__name__} would not read back as itself ({_LOST}): {event!r:.200}")
     value = getattr(event, field)

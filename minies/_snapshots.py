@@ -15,7 +15,7 @@ from typing import Final, TypeVar
 import apsw
 import msgspec
 
-from minies import _codec, _schema, _upcasters
+from minies import _codec, _events, _schema, _upcasters
 from minies._aggregate import Aggregate
 from minies._errors import SnapshotWarning
 
@@ -24,20 +24,30 @@ A = TypeVar("A", bound=Aggregate)
 KEEP: Final = 3
 """Snapshots kept per aggregate; older ones are pruned when a new one is written."""
 
-_fingerprints: dict[type[Aggregate], str] = {}
+_fingerprints: dict[tuple[type[Aggregate], int], str] = {}
 _unsnapshottable: set[type[Aggregate]] = set()
 
 
 def fingerprint(cls: type[Aggregate]) -> str:
-    """A short hash of the class's shape: qualified name, fields, types, snapshot_version."""
-    value = _fingerprints.get(cls)
+    """A short hash of what a snapshot depends on: the class's qualified name, fields, types
+    and snapshot_version, and the event schema (versions and renames) its events read with.
+
+    Cached until an event class, upcaster or rename is registered.
+    """
+    key = (cls, _events.generation)
+    value = _fingerprints.get(key)
     if value is None:
-        shape = msgspec.json.encode(
-            [cls.__module__, cls.__qualname__, cls.snapshot_version, msgspec.json.schema(cls), _upcasters.signature()],
-            order="sorted",
-        )
-        value = _fingerprints[cls] = hashlib.sha256(shape).hexdigest()[:32]
+        value = _fingerprints[key] = shape_hash(cls, _upcasters.signature())
     return value
+
+
+def shape_hash(cls: type[Aggregate], event_schema: list[object]) -> str:
+    """The fingerprint's recipe (part of the file format: snapshots of older files depend on it)."""
+    shape = msgspec.json.encode(
+        [cls.__module__, cls.__qualname__, cls.snapshot_version, msgspec.json.schema(cls), event_schema],
+        order="sorted",
+    )
+    return hashlib.sha256(shape).hexdigest()[:32]
 
 
 def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
@@ -53,18 +63,16 @@ def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
     state = _codec.encode(aggregate)
     try:
         decoded = msgspec.json.decode(state, type=cls)
-    except (msgspec.ValidationError, RecursionError):
-        decoded = None
-    if decoded != aggregate:
+        field = next((f for f in cls.__struct_fields__ if getattr(decoded, f) != getattr(aggregate, f)), None)
+    except msgspec.ValidationError as e:
+        field = _codec.field_named(str(e), cls)
+    if field is not None:
         _unsnapshottable.add(cls)
-        field = next(
-            (f for f in cls.__struct_fields__ if decoded is None or getattr(decoded, f) != getattr(aggregate, f)), "?"
-        )
         warnings.warn(
-            f"{cls.__qualname__} is not snapshotted: its field {field!r} = {getattr(aggregate, field, None)!r:.80} "
+            f"{cls.__qualname__} is not snapshotted: its field {field!r} = {getattr(aggregate, field)!r:.80} "
             "would not read back as itself (give it a precise type, e.g. dict[int, int]); loads replay instead",
             SnapshotWarning,
-            stacklevel=4,
+            stacklevel=3,  # the save() call in the user's code
         )
         return
     conn.execute(

@@ -214,8 +214,12 @@ class EventStore:
                 f"{doing}: the disk is full (or the file reached its size limit); nothing from "
                 "this call was written, free some space and retry"
             ) from None
-        if isinstance(e, apsw.ReadOnlyError):
-            raise StorageError(f"{doing}: the file or its directory is read-only") from None
+        if isinstance(e, apsw.ReadOnlyError) or (
+            isinstance(e, apsw.CantOpenError) and not self.readonly and _read_only(self.path)
+        ):
+            raise StorageError(
+                f"{doing}: the file or its directory is read-only; open it with readonly=True to read it"
+            ) from None
         if isinstance(e, apsw.NotADBError):
             raise SchemaError(f"{doing}: it is not a SQLite database (nor a minies one)") from None
         if isinstance(e, apsw.CorruptError):
@@ -996,6 +1000,14 @@ class _Write:
         store._forget()
         if isinstance(error, apsw.Error):  # minies' own SQL failed mid-write: rolled back
             store._raise(error, "cannot write")
+
+
+def _read_only(path: str) -> bool:
+    """Is ``path`` an existing file that cannot be written (read-only media, permissions)?"""
+    if not os.path.isfile(path):
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(path, os.W_OK)
 
 
 def _no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:

@@ -69,13 +69,8 @@ def test_truncated_files_are_a_clear_error(tmp_path: Path, cut: float) -> None:
     fill(path, 3000)
     with open(path, "r+b") as f:
         f.truncate(int(os.path.getsize(path) * cut))
-    try:
-        with minies.EventStore(path) as store:
-            report = store.verify()
-    except minies.MiniesError as e:
-        assert "damaged" in str(e) or "not a" in str(e)
-        return
-    assert not report.ok
+    with pytest.raises(minies.StorageError, match="the file is damaged .database disk image is malformed.; restore it"):
+        minies.EventStore(path)
 
 
 def test_cli_says_damaged(tmp_path: Path) -> None:
@@ -85,9 +80,8 @@ def test_cli_says_damaged(tmp_path: Path) -> None:
         f.seek(4096 * 3)
         f.write(b"\xa5" * 4096 * 4)
     result = subprocess.run([sys.executable, "-m", "minies", "verify", path], capture_output=True, text=True)
-    assert result.returncode in (1, 2)
-    assert "Traceback" not in result.stderr
-    assert "damaged" in (result.stdout + result.stderr) or "NOT OK" in result.stdout
+    assert (result.returncode, result.stderr) == (1, "")
+    assert result.stdout == "NOT OK: the file is damaged: database disk image is malformed\n"
 
 
 @pytest.fixture
@@ -116,7 +110,7 @@ def test_a_really_full_disk(tiny_disk: Path) -> None:
             try:
                 store.append(f"o{i}", big, aggregate_type="Order")
             except minies.StorageError as e:
-                assert "disk is full" in str(e) or "cannot" in str(e)
+                assert "the disk is full (or the file reached its size limit); nothing from this call was written" in str(e)
                 failures += 1
                 break
         assert failures == 1
@@ -130,7 +124,7 @@ def test_read_only_media(tiny_disk: Path) -> None:
     path = str(tiny_disk / "ro.db")
     fill(path, 5)
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
-    with pytest.raises(minies.StorageError, match="read-only|cannot"), minies.EventStore(path) as store:
+    with pytest.raises(minies.StorageError, match="the file or its directory is read-only"), minies.EventStore(path) as store:
         store.append("a0", [MoneyDeposited(amount=1)], aggregate_type="Account")
     with minies.EventStore(path, readonly=True) as store:  # an auditor's copy on read-only media
         assert store.head()[0] == 5 and store.verify().ok

@@ -26,9 +26,9 @@ def test_event_type_defaults_to_class_name_or_the_classvar() -> None:
 
 def test_events_are_frozen_keyword_only_structs() -> None:
     event = MoneyDeposited(amount=1)
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="immutable type: 'MoneyDeposited'"):
         event.amount = 2  # type: ignore[misc]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="Extra positional arguments provided"):
         MoneyDeposited(1)  # type: ignore[misc]
     assert msgspec.json.encode(event) == b'{"amount":1}'
 

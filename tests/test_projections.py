@@ -274,7 +274,7 @@ def test_kill_during_a_rebuild_leaves_the_old_read_model(db_path: str) -> None:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "half-way"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(60)
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     con = minies.EventStore(db_path)  # no projections: look at what is on disk

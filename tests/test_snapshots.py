@@ -246,3 +246,55 @@ def test_snapshot_load_equals_full_replay_for_any_state(events: list[Keyed], eve
                 replayed, _ = store.fold("t", lambda state, event: (state.apply(event), state)[1], Tally(id="t"), upto=upto)
                 replayed.version = upto
                 assert store.load(Tally, "t", upto=upto) == replayed
+
+
+def test_the_fingerprint_is_stable_across_versions_of_minies() -> None:
+    """Snapshots written by an earlier minies stay usable: the fingerprint of an unchanged
+    class must not change (its recipe is part of the file format)."""
+    assert _snapshots.shape_hash(Account, [[], []]) == "19a51ee362c7ca05b9fc2dbd85b7bab2"
+
+
+class Miscounted(minies.Aggregate):
+    snapshot_every: ClassVar[int | None] = 1
+    count: int = 0
+
+    def apply(self, event: minies.Event) -> None:
+        self.count = "many"  # type: ignore[assignment]  # a state that contradicts its own class
+
+
+def test_a_state_that_does_not_even_decode_is_not_snapshotted_and_the_warning_points_at_the_save(
+    store: minies.EventStore,
+) -> None:
+    _snapshots._unsnapshottable.discard(Miscounted)
+    aggregate = Miscounted(id="m")
+    aggregate.record(MoneyDeposited(amount=1))
+    with pytest.warns(minies.SnapshotWarning, match="Miscounted is not snapshotted: its field 'count' = 'many'") as caught:
+        store.save(aggregate)
+    assert caught[0].filename == __file__  # the user's own line, not minies' insides
+    assert snapshot_versions(store, "m") == []
+
+
+def test_the_newest_usable_snapshot_is_used_skipping_other_shapes_and_broken_ones(store: minies.EventStore) -> None:
+    def shape(version: int) -> type[Account]:
+        class Snap(Account):
+            aggregate_type: ClassVar[str] = "Account"
+            snapshot_every: ClassVar[int | None] = 2
+            snapshot_version: ClassVar[int] = version
+
+        return Snap
+
+    old, new = shape(1), shape(2)
+    account = old(id="s")
+    account.record(AccountOpened(owner="o", balance=0))
+    account.deposit(1)
+    store.save(account)  # a snapshot at 2, old shape
+    account = new(id="s", version=account.version, balance=account.balance)
+    for _ in range(2):
+        account.deposit(1)
+        account.deposit(1)
+        store.save(account)  # snapshots at 4 and 6, new shape
+    assert snapshot_versions(store, "s") == [2, 4, 6]
+    for version, state in ((2, "json_set(state, '$.balance', 100)"), (4, "json_set(state, '$.balance', 200)"), (6, "'not json'")):
+        store._conn.execute(f"UPDATE minies_snapshots SET state = {state} WHERE version = ?", (version,))
+    assert store.load(old, "s").balance == 104  # 6 and 4 are another shape: the one at 2, then 4 events
+    assert store.load(new, "s").balance == 202  # 6 does not decode: the one at 4, then 2 events

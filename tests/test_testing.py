@@ -22,7 +22,7 @@ def test_given_when_then_passes() -> None:
 
 
 def test_given_when_then_shows_expected_and_actual_side_by_side() -> None:
-    with pytest.raises(AssertionError) as info:
+    with pytest.raises(AssertionError, match="expected") as info:
         scenario(Account).given(AccountOpened(owner="a", balance=1)).when(lambda a: a.deposit(5)).then(
             MoneyDeposited(amount=6)
         )
