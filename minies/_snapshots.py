@@ -9,7 +9,6 @@ fingerprint is derived from the class's msgspec JSON Schema (every field and typ
 from __future__ import annotations
 
 import hashlib
-import warnings
 from typing import Final, TypeVar
 
 import apsw
@@ -17,7 +16,6 @@ import msgspec
 
 from minies import _codec, _events, _schema, _upcasters
 from minies._aggregate import Aggregate
-from minies._errors import SnapshotWarning
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -50,16 +48,17 @@ def shape_hash(cls: type[Aggregate], event_schema: list[object]) -> str:
     return hashlib.sha256(shape).hexdigest()[:32]
 
 
-def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
+def write(conn: apsw.Connection, aggregate: Aggregate) -> str | None:
     """Store ``aggregate``'s state at its version and prune older snapshots.
 
     Only a state that decodes back to an equal aggregate is stored (an untyped ``dict`` with
     int keys, a NaN, a tuple in a ``list`` field would not): loading from a snapshot must give
-    exactly what a full replay gives. Otherwise it warns once per class and stores nothing.
+    exactly what a full replay gives. Otherwise nothing is stored, that class is not
+    snapshotted again, and the first time the reason is returned (the caller warns).
     """
     cls = type(aggregate)
     if cls in _unsnapshottable:
-        return
+        return None
     state = _codec.encode(aggregate)
     try:
         decoded = msgspec.json.decode(state, type=cls)
@@ -68,13 +67,10 @@ def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
         field = _codec.field_named(str(e), cls)
     if field is not None:
         _unsnapshottable.add(cls)
-        warnings.warn(
+        return (
             f"{cls.__qualname__} is not snapshotted: its field {field!r} = {getattr(aggregate, field)!r:.80} "
-            "would not read back as itself (give it a precise type, e.g. dict[int, int]); loads replay instead",
-            SnapshotWarning,
-            stacklevel=3,  # the save() call in the user's code
+            "would not read back as itself (give it a precise type, e.g. dict[int, int]); loads replay instead"
         )
-        return
     conn.execute(
         _schema.SAVE_SNAPSHOT,
         (
@@ -87,6 +83,7 @@ def write(conn: apsw.Connection, aggregate: Aggregate) -> None:
         ),
     )
     conn.execute(_schema.PRUNE_SNAPSHOTS, (aggregate.id, aggregate.id, KEEP))
+    return None
 
 
 def latest(conn: apsw.Connection, cls: type[A], aggregate_id: str, upto: int) -> A | None:

@@ -11,6 +11,7 @@ import os
 import threading
 import urllib.parse
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, NoReturn, TypeVar
 
@@ -28,6 +29,7 @@ from minies._errors import (
     ProjectionError,
     QueryError,
     SchemaError,
+    SnapshotWarning,
     StorageError,
 )
 from minies._events import ANY, AnyVersion, Event, Recorded
@@ -95,6 +97,9 @@ class EventStore:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
         self._depth = 0
+        self._writer: int | None = None  # the thread inside a write transaction, if any
+        self._queue: list[_Queued] = []  # writes waiting for the next group commit
+        self._queue_lock = threading.Lock()
         self._tip = _Tip()
         self._file_version = _schema.SCHEMA_VERSION
         self._stored_types: set[tuple[str, int]] = set()  # (event_type, schema_version) in the file
@@ -294,8 +299,54 @@ class EventStore:
         """
         rows_in = self._check_append(aggregate_id, events, aggregate_type, expected_version, event_ids)
         meta = _codec.encode_metadata(metadata)
-        with self._lock, self._write():
-            return self._append(aggregate_id, aggregate_type, expected_version, meta, *rows_in)
+        return self._grouped(lambda: self._append(aggregate_id, aggregate_type, expected_version, meta, *rows_in))
+
+    def _grouped(self, work: Callable[[], int]) -> int:
+        """Run one write in a transaction it may share with other threads' writes: group commit.
+
+        While one commit is in flight, other threads' writes queue; whoever takes the store's
+        lock next commits the whole queue in one transaction and one fsync, each write in a
+        savepoint of its own (its own checks and errors; a failed one does not fail the
+        others). Every caller returns only once its own write is durable. A commit that fails
+        fails every write in it with the same ``StorageError``. One thread alone sees no
+        change: a queue of one is committed as before, without a savepoint.
+        """
+        if self._depth and self._writer == threading.get_ident():  # inside transaction(): join it
+            with self._lock, self._write():
+                return work()
+        item = _Queued(work)
+        with self._queue_lock:
+            self._queue.append(item)
+        with self._lock:
+            if not item.done:
+                self._commit_queue()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _commit_queue(self) -> None:
+        """Commit every queued write together (the caller holds the store's lock)."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            if len(batch) == 1:
+                with self._write():
+                    batch[0].run()
+            else:
+                with self._write():
+                    for item in batch:
+                        with contextlib.suppress(Exception), self._write():  # a savepoint each
+                            item.run()
+        except Exception as e:  # BEGIN or COMMIT failed: nothing in the batch was written
+            for item in batch:
+                item.fail(e)
+        except BaseException:
+            for item in batch:
+                item.fail(StorageError("the group commit was interrupted; nothing from this call was written"))
+            raise
+        finally:
+            for item in batch:
+                item.done = True
 
     def _check_append(
         self,
@@ -576,11 +627,19 @@ class EventStore:
         every = self._snapshot_every.get(cls, cls.snapshot_every)
         meta = _codec.encode_metadata(metadata)
         rows_in = self._check_append(aggregate.id, pending, cls.aggregate_type, loaded_at, None)
-        with self._lock, self._write():
+
+        skipped: list[str] = []
+
+        def work() -> int:
             version = self._append(aggregate.id, cls.aggregate_type, loaded_at, meta, *rows_in)
             if every and version // every != loaded_at // every:
-                _snapshots.write(self._conn, aggregate)
+                skipped.extend(filter(None, [_snapshots.write(self._conn, aggregate)]))
+            return version
+
+        version = self._grouped(work)  # perhaps committed by another thread: warn in this one
         aggregate._clear_pending()
+        for reason in skipped:
+            warnings.warn(reason, SnapshotWarning, stacklevel=2)
         return version
 
     def load(self, cls: type[A], aggregate_id: str, *, upto: int | None = None) -> A:
@@ -879,6 +938,29 @@ class EventStore:
         return f"<minies.EventStore {self.path!r} ({state})>"
 
 
+class _Queued:
+    """One write waiting for a group commit, and what became of it."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[], int]) -> None:
+        self.work = work
+        self.result = 0
+        self.error: BaseException | None = None
+        self.done = False
+
+    def run(self) -> None:
+        try:
+            self.result = self.work()
+        except Exception as e:
+            self.error = e
+            raise
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None:  # a write that failed on its own keeps its own error
+            self.error = StorageError(str(error)) if isinstance(error, MiniesError) else error
+
+
 class _Reading:
     """Entered once per page by the log's iterators (so a class, not a one-shot generator)."""
 
@@ -969,17 +1051,22 @@ class _Write:
                 store._conn.execute(_schema.BEGIN)
             except apsw.Error as e:
                 store._raise(e, "cannot start a write")
+            store._writer = threading.get_ident()
         store._depth += 1
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         store = self._store
         conn = store._conn
         store._depth -= 1
+        if not store._depth:
+            store._writer = None
         if self._nested:
             if kind is None:
                 conn.execute(_schema.RELEASE)
-            elif not conn.get_autocommit():
-                conn.execute(_schema.ROLLBACK_TO)
+            else:
+                if not conn.get_autocommit():
+                    conn.execute(_schema.ROLLBACK_TO)
+                store._forget()
             if isinstance(error, apsw.Error):
                 store._raise(error, "cannot write")
             return

@@ -6,12 +6,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 from conftest import run_python
-from domain import AccountOpened, MoneyDeposited, MoneyWithdrawn, OrderPlaced
+from domain import AccountOpened, Balances, MoneyDeposited, MoneyWithdrawn, OrderPlaced
 
 import minies
 from minies import _schema
@@ -595,3 +596,77 @@ def test_a_stream_keeps_one_aggregate_type(file_store: minies.EventStore) -> Non
         file_store.append("big", deposit(), aggregate_type="Other")
     assert [(r.aggregate_type, r.version) for r in file_store.read("big")] == [("Ledger", 1)]
     assert file_store.append("big", deposit(), aggregate_type="Ledger") == 2
+
+
+# ---------------------------------------------------------------------------- group commit
+def test_threads_share_commits_and_each_append_keeps_its_own_outcome(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Balances()]) as store:
+        commits = []
+        store._conn.set_commit_hook(lambda: bool(commits.append(1)))
+        accepted: list[tuple[str, int]] = []
+        conflicts = [0]
+        lock = threading.Lock()
+
+        def worker(n: int) -> None:
+            for i in range(40):
+                version = store.append(f"own-{n}", deposit(), aggregate_type="Account", expected_version=i)
+                with lock:
+                    accepted.append((f"own-{n}", version))
+                while True:  # bounded below: a conflict means someone else won, so progress is made
+                    seen = store.version("shared")
+                    try:
+                        store.append("shared", deposit(), aggregate_type="Account", expected_version=seen)
+                        break
+                    except minies.ConcurrencyError:
+                        with lock:
+                            conflicts[0] += 1
+                        assert conflicts[0] < 100_000
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+            assert not t.is_alive()
+        events = list(store.read_all())
+        assert [r.position for r in events] == list(range(1, 8 * 80 + 1))  # gap-free, nothing lost or doubled
+        assert store.version("shared") == 8 * 40 and all(store.version(f"own-{n}") == 40 for n in range(8))
+        assert sorted(accepted) == sorted((f"own-{n}", v) for n in range(8) for v in range(1, 41))
+        assert len(commits) < len(events)  # appends shared commits
+        live = store.query("SELECT * FROM balances ORDER BY account_id")
+        store.rebuild("Balances")
+        assert store.query("SELECT * FROM balances ORDER BY account_id") == live
+        assert store.verify().ok
+
+
+def test_a_failed_group_commit_fails_every_append_in_it_with_the_same_error(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("before", deposit(), aggregate_type="Account")
+        outcomes: dict[int, object] = {}
+
+        def worker(n: int) -> None:
+            try:
+                outcomes[n] = store.append(f"a{n}", deposit(), aggregate_type="Account")
+            except minies.MiniesError as e:
+                outcomes[n] = e
+
+        store._lock.acquire()  # a commit in flight: the four appends queue behind it
+        try:
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 30
+            while len(store._queue) < 4:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            store._conn.set_commit_hook(lambda: True)  # the next commit fails
+        finally:
+            store._lock.release()
+        for t in threads:
+            t.join(30)
+        store._conn.set_commit_hook(None)
+        messages = {str(e) for e in outcomes.values()}
+        assert len(outcomes) == 4 and all(isinstance(e, minies.StorageError) for e in outcomes.values())
+        assert len(messages) == 1 and "cannot commit" in messages.pop()
+        assert [r.aggregate_id for r in store.read_all()] == ["before"]  # none of them was written
+        assert store.append("a0", deposit(), aggregate_type="Account", expected_version=0) == 1
