@@ -256,3 +256,16 @@ def test_damage_only_the_integrity_check_can_see_fails_verify_with_that_reason(d
     assert "sqlite_autoindex_events_1" in result.reason
     assert result.events_checked == 51  # the chain itself was intact
     assert independent_chain_check(db_path) == (True, None)
+
+
+def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(db_path: str) -> None:
+    build(db_path)
+    with minies.EventStore(db_path) as store:
+        position, digest = store.head()
+        for accepted in (f"{position} {digest}", digest, digest[:12], f" {position}  {digest.upper()[:20]} \n"):
+            assert store.verify(expect_head=accepted).ok, accepted
+        earlier = store.verify(expect_head=f"{position - 1} {digest}")  # the right hash, at the wrong position
+        assert not earlier.ok and earlier.reason == f"the expected head {position - 1} {digest} is not in this history (rewritten or truncated)"
+        for refused in (digest[:11], f"x {digest}", f"{position} {digest} extra", 12345):
+            with pytest.raises(ValueError, match="expect_head must be what `minies head` prints"):
+                store.verify(expect_head=refused)  # type: ignore[arg-type]

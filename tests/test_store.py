@@ -670,3 +670,13 @@ def test_a_failed_group_commit_fails_every_append_in_it_with_the_same_error(db_p
         assert len(messages) == 1 and "cannot commit" in messages.pop()
         assert [r.aggregate_id for r in store.read_all()] == ["before"]  # none of them was written
         assert store.append("a0", deposit(), aggregate_type="Account", expected_version=0) == 1
+
+
+def test_metadata_that_is_not_an_object_reads_back_under_value(db_path: str) -> None:
+    """Another tool may have stored a non-object metadata; reading never fails on it."""
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposit(), aggregate_type="Account", metadata={"user_id": "u"})
+        store._conn.execute("DROP TRIGGER events_no_update")
+        store._conn.execute("UPDATE events SET metadata = '[1, 2]'")
+        assert [r.metadata for r in store.read_all()] == [{"value": [1, 2]}]
+        assert [r.metadata for r in store.read("a")] == [{"value": [1, 2]}]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,3 +234,32 @@ def test_subscribers_receive_todays_classes_for_old_payloads(tmp_path: Path) -> 
         Ordered(customer_id="cust-1", total=129.99, currency="EUR"),
         Ordered(customer_id="cust-1", total=5.5, currency="EUR"),
     ]
+
+
+def test_rewind_accepts_exactly_the_positions_of_the_log(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        fill(store, 3)
+        sub = store.subscription("s")
+        sub.rewind(3)  # the head itself: nothing to redeliver
+        assert sub.position == 3 and sub.poll(lambda r: None) == 0
+        for bad in (-1, 4, True, "1"):
+            with pytest.raises(ValueError, match=re.escape(f"position must be an int from 0 to the head (3), got {bad!r}")):
+                sub.rewind(bad)  # type: ignore[arg-type]
+
+
+def test_the_default_is_three_attempts_and_redeliver_counts_every_success(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        fill(store, 3)
+        attempts: list[int] = []
+        failing = True
+
+        def handler(record: minies.Recorded) -> None:
+            attempts.append(record.position)
+            if failing:
+                raise ValueError("down")
+
+        sub = store.subscription("s")
+        assert sub.poll(handler) == 3
+        assert attempts == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+        failing = False
+        assert sub.redeliver(handler) == 3 and sub.dead_letters() == []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from shop_today import CityChanged, Customer, CustomerRegistered, Ordered, StreetChanged, todays_upcasters
 
 import minies
-from minies import _upcasters
+from minies import _events, _upcasters
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -273,3 +274,84 @@ def test_the_event_types_table_keeps_one_schema_per_version(tmp_path: Path) -> N
     assert [v for v, _ in rows] == [1, 2]
     assert '"b"' not in rows[0][1] and '"b"' in rows[1][1]
     con.close()
+
+
+# ---------------------------------------------------------------------------- registering and misbehaving upcasters
+@pytest.mark.parametrize("version", [0, -1, True, "1", 1.0])
+def test_an_upcaster_needs_a_whole_from_version(version: object) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"from_version must be an int >= 1, got {version!r}")):
+        minies.upcaster("Anything", version)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("old", ["", 5, None])
+def test_a_rename_needs_an_old_name(old: object) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"old must be an event type name, got {old!r}")):
+        minies.rename(old, "New")  # type: ignore[arg-type]
+
+
+def test_registering_refreshes_every_cache_and_a_second_function_for_one_step_is_refused() -> None:
+    with todays_upcasters():
+        before = _events.generation
+
+        def first(data: dict[str, Any]) -> dict[str, Any]:
+            return data
+
+        minies.upcaster("Registered", 1)(first)
+        assert _events.generation == before + 1  # caches keyed by generation never see an old value again
+        minies.upcaster("Registered", 1)(first)  # the same function again (a re-run module): fine
+        minies.rename("RegisteredOld", "Registered")
+        assert _events.generation == before + 3
+        assert _upcasters.upcasters[("Registered", 1)] is first
+
+        def second(data: dict[str, Any]) -> dict[str, Any]:
+            return data
+
+        with pytest.raises(minies.SchemaError, match="^Registered v1 already has an upcaster: test_registering_.*first$"):
+            minies.upcaster("Registered", 1)(second)
+        assert _upcasters.upcasters[("Registered", 1)] is first
+
+
+def test_a_stored_event_newer_than_its_class_says_so() -> None:
+    with pytest.raises(minies.SchemaError) as caught:
+        _upcasters.upcast("Ordered", 9, {})
+    assert str(caught.value) == (
+        "a stored Ordered event is at schema version 9, but this code knows up to v3: "
+        "it was written by newer code; upgrade, or read raw dicts"
+    )
+
+
+def test_an_upcaster_that_never_finishes_is_stopped_after_exactly_a_thousand_steps() -> None:
+    calls = []
+
+    def forever(data: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+        calls.append(1)
+        return [("Looping", 1, data)]
+
+    with todays_upcasters():
+        minies.upcaster("Looping", 1)(forever)
+        with pytest.raises(minies.SchemaError, match=r"^upcasting Looping v1 did not finish after 1000 steps$"):
+            _upcasters.upcast("Looping", 1, {})
+    assert len(calls) == 1000
+
+
+@pytest.mark.parametrize(
+    "item",
+    [("A", 1), ["A", 1, {}], ("A", "1", {}), ("A", 1, []), (1, 1, {}), ("A", 1, {}, 4)],
+)
+def test_an_upcaster_returning_a_bad_split_says_which_item(item: object) -> None:
+    with todays_upcasters():
+        minies.upcaster("Splitting", 2)(lambda data: [item])
+        with pytest.raises(minies.SchemaError) as caught:
+            _upcasters.upcast("Splitting", 2, {})
+    assert str(caught.value) == (
+        f"the upcaster for Splitting v2 returned {item!r:.80} in its list; "
+        "each item must be (event_type, schema_version, payload)"
+    )
+
+
+def test_the_snapshot_signature_lists_versioned_types_and_renames() -> None:
+    with todays_upcasters():
+        versions, renames = _upcasters.signature()
+        assert ("Ordered", 3) in versions and all(v != 1 for _, v in versions)  # type: ignore[misc]
+        assert renames == sorted(_upcasters.renames.items())
+        assert ("CustomerSignedUp", "CustomerRegistered") in renames  # type: ignore[operator]
