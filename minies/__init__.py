@@ -1,6 +1,7 @@
 """minies: an embedded event store and CQRS engine in one SQLite file."""
 
 from minies._aggregate import Aggregate
+from minies._aio import AsyncEventStore
 from minies._audit import VerifyReport
 from minies._errors import (
     ConcurrencyError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ANY",
     "Aggregate",
+    "AsyncEventStore",
     "ConcurrencyError",
     "Database",
     "DeadLetter",

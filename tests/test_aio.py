@@ -1,0 +1,117 @@
+"""The asyncio face of the store: coroutines on worker threads, group commit under many tasks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from domain import Account, AccountOpened, Balances, MoneyDeposited
+
+import minies
+
+
+def run(coroutine: object) -> object:
+    return asyncio.run(coroutine)  # type: ignore[arg-type]
+
+
+def test_the_store_s_methods_are_coroutines_and_reads_are_async_iterators(db_path: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(db_path, projections=[Balances()]) as store:
+            assert await store.append("acc-1", [MoneyDeposited(amount=5)], aggregate_type="Account") == 1
+            account = Account(id="acc-2")
+            account.record(AccountOpened(owner="ann", balance=10))
+            assert await store.save(account) == 1
+            assert (await store.load(Account, "acc-2")).balance == 10
+            assert await store.version("acc-1") == 1
+            assert [r.version async for r in store.read("acc-1")] == [1]
+            assert [r.aggregate_id async for r in store.read_all()] == ["acc-1", "acc-2"]
+            assert await store.query("SELECT * FROM balances ORDER BY 1") == [("acc-1", 5), ("acc-2", 10)]
+            assert await store.aggregates() == [("acc-1", "Account", 1), ("acc-2", "Account", 1)]
+            assert (await store.head())[0] == 2 and (await store.verify()).ok
+            assert (await store.rebuild("Balances")).events == 2
+            with pytest.raises(minies.ConcurrencyError, match="aggregate 'acc-1' is at version 1, expected 0"):
+                await store.append("acc-1", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=0)
+
+    run(main())
+
+
+def test_many_tasks_with_conflicts_lose_and_double_nothing(db_path: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(db_path, projections=[Balances()]) as store:
+            commits: list[int] = []
+            store.store._conn.set_commit_hook(lambda: bool(commits.append(1)))
+
+            attempts = [0]
+
+            async def task(n: int) -> None:
+                for i in range(5):
+                    attempts[0] += 1
+                    await store.append(f"own-{n}", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=i)
+                for _ in range(10_000):  # bounded retries on the shared aggregate
+                    seen = await store.version("shared")
+                    attempts[0] += 1
+                    try:
+                        await store.append("shared", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=seen)
+                        return
+                    except minies.ConcurrencyError:
+                        continue
+                raise AssertionError("no progress")
+
+            await asyncio.gather(*(task(n) for n in range(200)))
+            events = [r async for r in store.read_all()]
+            assert [r.position for r in events] == list(range(1, 1201))
+            assert await store.version("shared") == 200
+            assert len(commits) < attempts[0]  # tasks shared commits
+            live = await store.query("SELECT * FROM balances ORDER BY account_id")
+            await store.rebuild("Balances")
+            assert await store.query("SELECT * FROM balances ORDER BY account_id") == live
+            assert (await store.verify()).ok
+
+    run(main())
+
+
+def test_a_cancelled_append_is_whole_or_absent_and_the_store_goes_on(db_path: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(db_path) as store:
+            ids = ["0196f3c1-0000-7000-8000-000000000001", "0196f3c1-0000-7000-8000-000000000002"]
+            task = asyncio.create_task(
+                store.append("a", [MoneyDeposited(amount=1)] * 2, aggregate_type="Account", event_ids=ids)
+            )
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The write ran on: retrying with the same ids tells its outcome, and never doubles it.
+            assert await store.append("a", [MoneyDeposited(amount=1)] * 2, aggregate_type="Account", event_ids=ids) == 2
+            assert [r.event_id async for r in store.read("a")] == ids
+
+    run(main())
+
+
+def test_follow_delivers_to_a_coroutine_handler_and_stops(db_path: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(db_path) as store:
+            seen: list[int] = []
+            stop = asyncio.Event()
+
+            async def handler(record: minies.Recorded) -> None:
+                seen.append(record.position)
+                if len(seen) == 30:
+                    stop.set()
+
+            follower = asyncio.create_task(store.follow("mailer", handler, stop=stop))
+            for i in range(30):
+                await store.append(f"a{i % 3}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+            assert await asyncio.wait_for(follower, 30) == 30
+            assert seen == list(range(1, 31))
+            assert store.store.subscription("mailer").position == 30
+            assert await store.follow("mailer", handler, idle_timeout=0.05) == 0
+
+    run(main())
+
+
+def test_using_it_unopened_says_how_to_open_it(db_path: str) -> None:
+    store = minies.AsyncEventStore(db_path)
+    with pytest.raises(RuntimeError, match="the store is not open: use `async with AsyncEventStore"):
+        store.store  # noqa: B018
+    run(store.close())
