@@ -87,22 +87,26 @@ def test_a_snapshot_that_fails_to_decode_is_ignored(store: minies.EventStore) ->
     assert store.load(Snappy, "s").balance == 9
 
 
+def shape(snapshot_version: int, every: int) -> type[Account]:
+    """An Account snapshotting every ``every`` events: the same name, module, fields and types
+    each time, so only ``snapshot_version`` tells two of them apart."""
+
+    class Snap(Account):
+        aggregate_type: ClassVar[str] = "Account"
+        snapshot_every: ClassVar[int | None] = every
+
+    Snap.snapshot_version = snapshot_version
+    return Snap
+
+
 def test_snapshot_version_alone_invalidates(store: minies.EventStore) -> None:
-    def shape(version: int) -> type[Account]:
-        class Snap(Account):  # the same name, module, fields and types each time
-            aggregate_type: ClassVar[str] = "Account"
-            snapshot_every: ClassVar[int | None] = 1
-            snapshot_version: ClassVar[int] = version
-
-        return Snap
-
-    v1, v2 = shape(1), shape(2)
+    v1, v2 = shape(1, every=1), shape(2, every=1)
     account = v1(id="s")
     account.record(AccountOpened(owner="o", balance=5))
     store.save(account)
     store._conn.execute("UPDATE minies_snapshots SET state = json_set(state, '$.balance', 100)")  # doctored
     assert store.load(v1, "s").balance == 100  # same snapshot_version: the snapshot is used
-    assert store.load(shape(1), "s").balance == 100  # (a re-run of the same definition too)
+    assert store.load(shape(1, every=1), "s").balance == 100  # (a re-run of the same definition too)
     assert store.load(v2, "s").balance == 5  # bumped: ignored, replayed
 
 
@@ -275,15 +279,7 @@ def test_a_state_that_does_not_even_decode_is_not_snapshotted_and_the_warning_po
 
 
 def test_the_newest_usable_snapshot_is_used_skipping_other_shapes_and_broken_ones(store: minies.EventStore) -> None:
-    def shape(version: int) -> type[Account]:
-        class Snap(Account):
-            aggregate_type: ClassVar[str] = "Account"
-            snapshot_every: ClassVar[int | None] = 2
-            snapshot_version: ClassVar[int] = version
-
-        return Snap
-
-    old, new = shape(1), shape(2)
+    old, new = shape(1, every=2), shape(2, every=2)
     account = old(id="s")
     account.record(AccountOpened(owner="o", balance=0))
     account.deposit(1)
