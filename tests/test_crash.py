@@ -1,6 +1,7 @@
 """Kill -9 a writer at random moments; every committed batch must survive, whole.
 
-~20 kills in the default run; MINIES_STRESS=1 makes it 200 (run that by hand).
+10 kills per variant in the default run (one writer thread at NORMAL and at FULL, three
+threads sharing commits at FULL); MINIES_STRESS=1 makes it 100 each.
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ from domain import Account, Balances, SnappedAccount
 
 import minies
 
-KILLS = 200 if os.environ.get("MINIES_STRESS") else 20
+KILLS = 200 if os.environ.get("MINIES_STRESS") else 20  # two per round: 10 rounds per variant
 BATCH = 10
 
 WRITER = f"""
-import sys, time, minies
-from typing import ClassVar
+import sys, threading, time, minies
 from domain import AccountOpened, Balances, MoneyDeposited, SnappedAccount as Snapped
 
-path, durability, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with minies.EventStore(path, projections=[Balances()], durability=durability) as store:
-    for batch in range(start, start + 10_000):
-        account_id = f"acc-{{batch % 7}}"
+path, durability, start, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+printing = threading.Lock()
+
+def write(thread):  # each thread its own accounts; several threads share commits (group commit)
+    for batch in range(start + thread, start + 10_000, threads):
+        account_id = f"acc-{{batch % 7}}" if threads == 1 else f"acc-{{thread}}-{{batch % 3}}"
         try:
             account = store.load(Snapped, account_id)
         except minies.NotFound:
@@ -38,8 +40,16 @@ with minies.EventStore(path, projections=[Balances()], durability=durability) as
         for _ in range({BATCH}):
             account.record(MoneyDeposited(amount=batch))  # the amount names the batch
         store.save(account)
-        print("committed", batch, flush=True)
-        time.sleep(0.003)  # about 150 batches a second: the file stays small enough to check after every kill
+        with printing:
+            print("committed", batch, flush=True)
+        time.sleep(0.003 * threads)  # ~150 batches a second: the file stays small enough to check after every kill
+
+with minies.EventStore(path, projections=[Balances()], durability=durability) as store:
+    workers = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
 """
 
 
@@ -54,8 +64,7 @@ def check(path: str, committed: set[int]) -> int:
         assert all(n == BATCH for n in counts.values()), "a batch is partly present"
         assert committed <= set(counts), f"committed batches lost: {sorted(committed - set(counts))}"
         live = store.query("SELECT * FROM balances ORDER BY account_id")
-        for n in range(7):
-            account_id = f"acc-{n}"
+        for account_id, _, _ in store.aggregates("Account"):
             if store.version(account_id):
                 replayed = store.load(Account, account_id)  # every event, no snapshot
                 snapped = store.load(SnappedAccount, account_id)  # the writer's class: from a snapshot
@@ -66,8 +75,8 @@ def check(path: str, committed: set[int]) -> int:
         return len(counts)
 
 
-@pytest.mark.parametrize("durability", ["normal", "full"])
-def test_killed_writers_lose_nothing_committed(tmp_path: Path, durability: str) -> None:
+@pytest.mark.parametrize(("durability", "threads"), [("normal", 1), ("full", 1), ("full", 3)])
+def test_killed_writers_lose_nothing_committed(tmp_path: Path, durability: str, threads: int) -> None:
     path = str(tmp_path / "crash.db")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     rng = random.Random(1234)
@@ -76,7 +85,7 @@ def test_killed_writers_lose_nothing_committed(tmp_path: Path, durability: str) 
     batches = 0
     for _ in range(KILLS // 2):
         proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, path, durability, str(start)],
+            [sys.executable, "-c", WRITER, path, durability, str(start), str(threads)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
