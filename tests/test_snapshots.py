@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import warnings
 from typing import ClassVar
 
@@ -274,7 +275,8 @@ def test_a_state_that_does_not_even_decode_is_not_snapshotted_and_the_warning_po
     aggregate.record(MoneyDeposited(amount=1))
     with pytest.warns(minies.SnapshotWarning, match="Miscounted is not snapshotted: its field 'count' = 'many'") as caught:
         store.save(aggregate)
-    assert caught[0].filename == __file__  # the user's own line, not minies' insides
+    if "MUTANT_UNDER_TEST" not in os.environ:  # (mutmut adds a frame of its own)
+        assert caught[0].filename == __file__  # the user's own line, not minies' insides
     assert snapshot_versions(store, "m") == []
 
 
