@@ -153,7 +153,12 @@ APPEND_STATE: Final = (
     " (SELECT aggregate_type FROM events WHERE aggregate_id = ?1 AND version = 1),"
     " position, hash FROM events ORDER BY position DESC LIMIT 1"
 )
-EVENT_BY_ID: Final = "SELECT aggregate_id, version, event_type, data FROM events WHERE event_id = ?"
+EVENT_BY_ID: Final = "SELECT aggregate_id, version, event_type, data, created_at FROM events WHERE event_id = ?"
+# Events of the same append share their created_at text: is the event just before or just
+# after a run of versions part of the same append (so the run is only part of that batch)?
+SAME_APPEND_AROUND: Final = (
+    "SELECT count(*) FROM events WHERE aggregate_id = ? AND version IN (?, ?) AND created_at = ?"
+)
 READ_AGGREGATE: Final = (
     f"SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
     " ORDER BY version LIMIT ?"

@@ -484,7 +484,7 @@ class EventStore:
         for k, (row, event, data, event_id) in enumerate(zip(found, events, datas, ids, strict=True)):
             if row is None:
                 raise DuplicateEventError(ids[0], "by an earlier append that held only part of this batch")
-            stored_aggregate, version, event_type, stored_data = row
+            stored_aggregate, version, event_type, stored_data, _ = row
             if stored_aggregate != aggregate_id:
                 raise DuplicateEventError(event_id, f"by an event of aggregate {stored_aggregate!r}")
             if event_type != event.event_type or stored_data != data:
@@ -492,6 +492,9 @@ class EventStore:
             if first is None or version != first[1] + k:
                 raise DuplicateEventError(event_id, "by an append with a different batch")
         assert first is not None
+        around = (aggregate_id, first[1] - 1, first[1] + len(ids), first[4])
+        if self._conn.execute(_schema.SAME_APPEND_AROUND, around).get:
+            raise DuplicateEventError(ids[0], "by an append with a different batch (this is only part of it)")
         if expected is not ANY and first[1] != expected + 1:
             raise DuplicateEventError(ids[0], f"by an append at version {first[1]}, not {expected + 1}")
         return int(first[1]) + len(ids) - 1

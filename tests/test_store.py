@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 import pytest
 from conftest import run_python
 from domain import AccountOpened, Balances, MoneyDeposited, MoneyWithdrawn, OrderPlaced
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minies
 from minies import _schema
@@ -680,3 +682,89 @@ def test_metadata_that_is_not_an_object_reads_back_under_value(db_path: str) -> 
         store._conn.execute("UPDATE events SET metadata = '[1, 2]'")
         assert [r.metadata for r in store.read_all()] == [{"value": [1, 2]}]
         assert [r.metadata for r in store.read("a")] == [{"value": [1, 2]}]
+
+
+appends_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.one_of(st.just(minies.ANY), st.integers(0, 3)),
+        st.integers(1, 2),  # events in the append
+        st.sampled_from([None, 0, 1]),  # event ids: fresh, or one of two fixed batches (retries, clashes)
+    ),
+    min_size=1,
+    max_size=8,
+)
+FIXED_IDS = [[str(uuid.UUID(int=(k << 8) + i)) for i in range(2)] for k in range(2)]
+
+
+def model_outcomes(requests: list[tuple[str, object, int, int | None]]) -> list[object]:
+    """What appending the requests one after another must give: a version, or an error type."""
+    versions: dict[str, int] = {}
+    used: dict[str, tuple[str, int, int]] = {}  # event id -> (aggregate, first version, batch size)
+    outcomes: list[object] = []
+    for aggregate, expected, n, fixed in requests:
+        ids = FIXED_IDS[fixed][:n] if fixed is not None else None
+        current = versions.get(aggregate, 0)
+        if ids is not None and ids[0] in used:
+            stored_aggregate, first, size = used[ids[0]]
+            same = stored_aggregate == aggregate and size == n and (expected is minies.ANY or expected + 1 == first)
+            outcomes.append(first + n - 1 if same else minies.DuplicateEventError)
+            continue
+        if ids is not None and any(i in used for i in ids):
+            outcomes.append(minies.DuplicateEventError)
+            continue
+        if expected is not minies.ANY and expected != current:
+            outcomes.append(minies.ConcurrencyError)
+            continue
+        versions[aggregate] = current + n
+        if ids is not None:
+            for i in ids:
+                used[i] = (aggregate, current + 1, n)
+        outcomes.append(current + n)
+    return outcomes
+
+
+@settings(max_examples=40, deadline=None)
+@given(requests=appends_strategy)
+def test_a_group_commit_accepts_and_refuses_exactly_what_one_after_another_would(
+    requests: list[tuple[str, object, int, int | None]],
+) -> None:
+    with minies.EventStore(":memory:") as store:
+        outcomes: list[object] = [None] * len(requests)
+
+        def call(k: int) -> None:
+            aggregate, expected, n, fixed = requests[k]
+            ids = FIXED_IDS[fixed][:n] if fixed is not None else None
+            try:
+                outcomes[k] = store.append(
+                    aggregate, deposit(n), aggregate_type="Account", expected_version=expected, event_ids=ids  # type: ignore[arg-type]
+                )
+            except minies.MiniesError as e:
+                outcomes[k] = type(e)
+
+        threads = []
+        store._lock.acquire()  # a commit in flight: every request queues, in this order
+        try:
+            for k in range(len(requests)):
+                threads.append(threading.Thread(target=call, args=(k,)))
+                threads[-1].start()
+                deadline = time.monotonic() + 30
+                while len(store._queue) < k + 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.0005)
+        finally:
+            store._lock.release()
+        for t in threads:
+            t.join(30)
+        assert outcomes == model_outcomes(requests)
+        assert store.verify().ok
+
+
+def test_retrying_only_part_of_a_batch_is_a_duplicate_not_a_version(store: minies.EventStore) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    same = [MoneyDeposited(amount=7)] * 3
+    assert store.append("p", same, aggregate_type="Account", event_ids=ids) == 3
+    for part in (ids[:1], ids[:2], ids[1:], ids[2:]):
+        with pytest.raises(minies.DuplicateEventError, match="by an append with a different batch .this is only part of it."):
+            store.append("p", same[: len(part)], aggregate_type="Account", event_ids=part)
+    assert store.append("p", same, aggregate_type="Account", event_ids=ids) == 3  # the whole batch: a retry
