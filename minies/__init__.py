@@ -16,11 +16,11 @@ from minies._errors import (
 )
 from minies._events import ANY, Event, Recorded, metadata_scope
 from minies._projections import Database, Projection, RebuildReport
-from minies._store import EventStore
+from minies._store import EventStore, StoreInfo
 from minies._subscriptions import DeadLetter, Subscription
 from minies._upcasters import rename, upcaster
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ANY",
@@ -42,6 +42,7 @@ __all__ = [
     "SchemaError",
     "SnapshotWarning",
     "StorageError",
+    "StoreInfo",
     "Subscription",
     "VerifyReport",
     "metadata_scope",

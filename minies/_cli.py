@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import msgspec
 
-from minies import __version__, _schema, _upcasters
+from minies import __version__, _upcasters
 from minies._errors import MiniesError
 from minies._events import Recorded, registry
 from minies._projections import Projection
@@ -183,23 +183,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        conn = store._open()
-        counts: Any = conn.execute(_schema.COUNTS).fetchone()
-        events, aggregates, _ = counts
+        info = store.info()
         position, digest = store.head()
         out = sys.stdout.write
         out(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)\n")
-        out(f"schema version  {conn.pragma('user_version')}\n")
-        out(f"events          {_plural(events, 'event')} in {_plural(aggregates, 'aggregate')}\n")
+        out(f"schema version  {info.schema_version}\n")
+        out(f"events          {_plural(info.events, 'event')} in {_plural(info.aggregates, 'aggregate')}\n")
         out(f"head            {position} {digest or '-'}\n")
         out("event types\n")
         for event_type, version, count in store.event_types():
             out(f"  {event_type + ('' if version == 1 else f' v{version}'):<30} {count:>10,}\n")
         out("projections\n")
-        for name, version, at, updated in conn.execute(_schema.PROJECTIONS):
+        for name, version, at, updated in info.projections:
             out(f"  {name:<30} v{version:<4} at position {at:,} (updated {updated})\n")
         out("subscriptions\n")
-        for name, at, updated in conn.execute(_schema.SUBSCRIPTIONS):
+        for name, at, updated in info.subscriptions:
             out(f"  {name:<30} at position {at:,} (updated {updated})\n")
         out("snapshots\n")
         for aggregate_type, count, size in store.snapshot_stats():

@@ -579,6 +579,20 @@ class EventStore:
         with self._lock, self._translate("cannot read"):
             return int(self._open().execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
 
+    def info(self) -> StoreInfo:
+        """What the file holds, at a glance (``minies info`` prints it).
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        with self._lock, self._translate("cannot read"):
+            conn = self._open()
+            counts: Any = conn.execute(_schema.COUNTS).fetchone()
+            projections: list[Any] = conn.execute(_schema.PROJECTIONS).fetchall()
+            subscriptions: list[Any] = conn.execute(_schema.SUBSCRIPTIONS).fetchall()
+            schema_version = int(conn.pragma("user_version"))
+        return StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions)
+
     def head(self) -> tuple[int, str]:
         """The last position and its chain hash in hex: ``(0, "")`` for an empty log."""
         with self._lock, self._translate("cannot read"):
@@ -939,6 +953,24 @@ class EventStore:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.durability
         return f"<minies.EventStore {self.path!r} ({state})>"
+
+
+class StoreInfo(msgspec.Struct, frozen=True):
+    """What ``EventStore.info`` reports.
+
+    Attributes:
+        schema_version: the file format's version.
+        events: how many events the log holds.
+        aggregates: how many aggregates (streams).
+        projections: ``(name, version, position, updated_at)`` of each projection's checkpoint.
+        subscriptions: ``(name, position, updated_at)`` of each subscription's checkpoint.
+    """
+
+    schema_version: int
+    events: int
+    aggregates: int
+    projections: list[tuple[str, int, int, str]]
+    subscriptions: list[tuple[str, int, str]]
 
 
 class _Queued:

@@ -768,3 +768,14 @@ def test_retrying_only_part_of_a_batch_is_a_duplicate_not_a_version(store: minie
         with pytest.raises(minies.DuplicateEventError, match="by an append with a different batch .this is only part of it."):
             store.append("p", same[: len(part)], aggregate_type="Account", event_ids=part)
     assert store.append("p", same, aggregate_type="Account", event_ids=ids) == 3  # the whole batch: a retry
+
+
+def test_info_says_what_the_file_holds(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Balances()]) as store:
+        store.append("a", deposit(2), aggregate_type="Account")
+        store.append("b", deposit(), aggregate_type="Account")
+        store.subscription("mailer").poll(lambda r: None, limit=2)
+        info = store.info()
+    assert (info.schema_version, info.events, info.aggregates) == (3, 3, 2)
+    assert [(name, version, position) for name, version, position, _ in info.projections] == [("Balances", 1, 3)]
+    assert [(name, position) for name, position, _ in info.subscriptions] == [("mailer", 2)]
