@@ -3,6 +3,7 @@
 from minies._aggregate import Aggregate
 from minies._aio import AsyncEventStore
 from minies._audit import VerifyReport
+from minies._copy import CopyReport, copy
 from minies._errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -27,6 +28,7 @@ __all__ = [
     "Aggregate",
     "AsyncEventStore",
     "ConcurrencyError",
+    "CopyReport",
     "Database",
     "DeadLetter",
     "DuplicateEventError",
@@ -45,6 +47,7 @@ __all__ = [
     "StoreInfo",
     "Subscription",
     "VerifyReport",
+    "copy",
     "metadata_scope",
     "rename",
     "upcaster",

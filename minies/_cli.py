@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import msgspec
 
+import minies
 from minies import __version__, _upcasters
 from minies._errors import MiniesError
 from minies._events import Recorded, registry
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     backup = command("backup", _backup, "write a consistent single-file copy")
     backup.add_argument("output", metavar="OUT", help="the new file (must not exist)")
     command("types", _types, "event types with their schema versions and counts")
+    copy = command("copy", _copy, "copy the log to another store (same positions, ids and hashes); incremental")
+    copy.add_argument("target", metavar="TARGET", help="the store to copy to (created if missing)")
     check = command("check", _check, "read every event through today's classes and upcasters; list failures")
     _imports(check)
     rebuild = command("rebuild", _rebuild, "drop one projection's tables and rebuild them from the log")
@@ -283,6 +286,15 @@ def _csv_row(r: Recorded, schema_version: str, digest: str) -> list[Any]:
     values[6] = _encode(r.timestamp).decode().strip('"')  # as stored: 2026-03-04T15:23:47.123456Z
     values[7:] = [_encode(r.data).decode(), _encode(r.metadata).decode(), schema_version, digest.lower()]
     return values
+
+
+def _copy(args: argparse.Namespace) -> int:
+    report = minies.copy(args.file, args.target, progress=_progress("copying"))
+    print(
+        f"copied {_plural(report.copied, 'event')} to {args.target} ({report.skipped:,} already there); "
+        f"head {report.head_position} {report.head_hash or '-'}"
+    )
+    return 0
 
 
 def _types(args: argparse.Namespace) -> int:

@@ -187,6 +187,32 @@ READ_ALL_TYPES: Final = (
 )
 VERSIONED["READ_ALL"] = READ_ALL.replace(" FROM", ", schema_version FROM", 1)
 VERSIONED["READ_ALL_TYPES"] = READ_ALL_TYPES.replace(" FROM", ", schema_version FROM", 1)
+# Copying a log exactly: rows as stored, in INSERT_EVENT's column order.
+RAW_EVENTS: Final = (
+    "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data, metadata, created_at,"
+    " hash, schema_version FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"
+EVENT_TYPE_ROWS: Final = {  # by the file's schema version (a read-only source is not migrated)
+    2: "SELECT event_type, coalesce((SELECT schema_version FROM events e WHERE e.event_type = t.event_type"
+    " ORDER BY position LIMIT 1), 1), python_class, json_schema, first_seen FROM minies_event_types t",
+    3: "SELECT event_type, schema_version, python_class, json_schema, first_seen FROM minies_event_types",
+}
+COPY_EVENT_TYPE: Final = (
+    "INSERT OR IGNORE INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+NOTE_EVENT_TYPES: Final = (
+    "INSERT OR IGNORE INTO minies_event_types SELECT event_type, schema_version, '', '{}', min(created_at)"
+    " FROM events WHERE position > ? GROUP BY event_type, schema_version"
+)
+SNAPSHOT_ROWS: Final = (
+    "SELECT aggregate_id, version, aggregate_type, fingerprint, state, created_at FROM minies_snapshots"
+)
+COPY_SNAPSHOT: Final = (
+    "INSERT OR IGNORE INTO minies_snapshots (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 AGGREGATE_HIGH: Final = "SELECT max(version) FROM events WHERE aggregate_id = ? AND version <= ?"
 
 # Per event: its position, stored hash, whether every column has its proper type, and the

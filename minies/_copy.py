@@ -1,0 +1,81 @@
+"""Copying a log to another store, exactly: the same positions, ids, timestamps and hashes.
+
+A copy is incremental: if the target already holds a prefix of the source (the same hash at
+its head position), only the rest is copied, so an edge device can ship its new events
+again and again; a target that diverged is refused. Each chunk commits on its own, so an
+interrupted copy leaves a valid prefix, and the next copy goes on from there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from minies import _schema
+from minies._errors import SchemaError, StorageError
+from minies._store import EventStore
+
+_CHUNK: Final = 5_000
+
+
+class CopyReport(msgspec.Struct, frozen=True):
+    """What ``copy`` did: ``copied`` events after ``skipped`` ones the target already held."""
+
+    copied: int
+    skipped: int
+    head_position: int
+    head_hash: str
+
+
+def copy(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> CopyReport:
+    """Copy the event log (events, event type schemas, snapshots) from ``source`` to ``target``.
+
+    Positions, event ids, timestamps, payloads, metadata, schema versions and hashes are kept
+    byte for byte, so both have the same head hash. Projections are not copied: a store
+    opened on the target with them rebuilds them from the log.
+
+    Args:
+        source: the store to read (opened read-only).
+        target: the store to append to (created if missing).
+        progress: called as ``progress(position, head)`` after every chunk.
+
+    Raises:
+        SchemaError: the target's log is not a prefix of the source's (they diverged).
+        StorageError: either cannot be opened or written, or the copy does not verify.
+    """
+    with EventStore(source, readonly=True) as src, EventStore(target) as dst:
+        head, head_hash = src.head()
+        at, at_hash = dst.head()
+        if at > head or (at and src._open().execute(_schema.HASH_AT, (at,)).get != bytes.fromhex(at_hash)):
+            raise SchemaError(
+                f"cannot copy {os.fspath(source)!r} to {os.fspath(target)!r}: the target's log is not a prefix "
+                f"of the source's (they differ at or before position {min(at, head + 1)}); copy to a new store"
+            )
+        skipped, after = at, at
+        while after < head:
+            with src._lock:
+                rows: list[Any] = src._open().execute(_schema.RAW_EVENTS, (after, _CHUNK)).fetchall()
+            with dst._lock, dst._write():
+                dst._conn.executemany(_schema.INSERT_EVENT, rows)
+            after = rows[-1][0]
+            if progress is not None:
+                progress(after, head)
+        with src._lock:
+            types: list[Any] = src._open().execute(_schema.EVENT_TYPE_ROWS[src._file_version]).fetchall()
+            snapshots: list[Any] = src._open().execute(_schema.SNAPSHOT_ROWS).fetchall()
+        with dst._lock, dst._write():
+            dst._conn.executemany(_schema.COPY_EVENT_TYPE, types)
+            dst._conn.execute(_schema.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
+            dst._conn.executemany(_schema.COPY_SNAPSHOT, snapshots)
+        report = dst.verify(expect_head=f"{head} {head_hash}" if head else None)
+        if not report.ok:
+            raise StorageError(f"the copy in {os.fspath(target)!r} does not verify: {report.reason}")
+    return CopyReport(head - skipped, skipped, head, head_hash)

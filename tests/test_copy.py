@@ -1,0 +1,99 @@
+"""Copying a log between stores: byte for byte, incremental, refusing a diverged target."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from domain import Account, AccountOpened, Balances, MoneyDeposited
+
+import minies
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class Saved(Account):
+    snapshot_every: ClassVar[int | None] = 2
+
+
+def rows(path: str, table: str = "events") -> list[tuple[object, ...]]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+    finally:
+        con.close()
+
+
+def fill(path: str, first: int, last: int) -> None:
+    with minies.EventStore(path, projections=[Balances()]) as store, minies.metadata_scope(user_id="u"):
+        for i in range(first, last):
+            store.append(f"acc-{i % 3}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+
+
+def test_a_copy_is_the_same_log_byte_for_byte(tmp_path: Path) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    fill(source, 0, 30)
+    with minies.EventStore(source) as store:
+        saved = Saved(id="s")
+        saved.record(AccountOpened(owner="o", balance=1))
+        saved.deposit(2)
+        store.save(saved)
+        head = store.head()
+    report = minies.copy(source, target)
+    assert (report.copied, report.skipped, report.head_position, report.head_hash) == (32, 0, *head)
+    assert rows(target) == rows(source)  # positions, ids, timestamps, payloads, hashes, schema versions
+    assert rows(target, "minies_snapshots") == rows(source, "minies_snapshots")
+    assert rows(target, "minies_event_types") == rows(source, "minies_event_types")
+    with minies.EventStore(target, projections=[Balances()]) as copy:  # projections rebuild on the target
+        assert copy.head() == head and copy.verify().ok
+        with minies.EventStore(source, projections=[Balances()]) as original:  # caught up too
+            assert copy.query("SELECT * FROM balances ORDER BY 1") == original.query("SELECT * FROM balances ORDER BY 1")
+        assert copy.load(Saved, "s").balance == 3
+
+
+def test_a_copy_is_incremental_and_refuses_a_target_that_diverged(tmp_path: Path) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    fill(source, 0, 10)
+    assert minies.copy(source, target).copied == 10
+    fill(source, 10, 25)
+    report = minies.copy(source, target)
+    assert (report.copied, report.skipped) == (15, 10) and rows(target) == rows(source)
+    assert minies.copy(source, target).copied == 0  # nothing new: nothing to do
+    other = str(tmp_path / "other.db")
+    fill(other, 100, 105)
+    before = rows(target)
+    with pytest.raises(minies.SchemaError, match=r"the target's log is not a prefix of the source's \(they differ at or before position 6\)"):
+        minies.copy(other, target)  # the target holds 25 events; the source only 5 (and others)
+    fill(str(tmp_path / "diverged.db"), 0, 10)
+    shutil.copy(source, tmp_path / "longer.db")
+    with pytest.raises(minies.SchemaError, match="they differ at or before position 10"):
+        minies.copy(str(tmp_path / "longer.db"), str(tmp_path / "diverged.db"))  # same length of prefix, other events
+    assert rows(target) == before
+
+
+def test_an_old_file_copies_as_it_is(tmp_path: Path) -> None:
+    source = tmp_path / "schema_v2.db"
+    shutil.copy(FIXTURES / "schema_v2.db", source)
+    report = minies.copy(str(source), str(tmp_path / "copy.db"))  # a version 2 source, read as it is
+    assert report.copied == 2
+    assert [r[:2] for r in rows(str(tmp_path / "copy.db"), "minies_event_types")] == [("Tagged", 1), ("Tagged", 2)]
+
+
+def test_the_command_line_copies_and_says_what_it_did(tmp_path: Path) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    fill(source, 0, 3)
+    result = subprocess.run([sys.executable, "-m", "minies", "copy", source, target], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    with minies.EventStore(source, readonly=True) as store:
+        position, digest = store.head()
+    assert result.stdout == f"copied 3 events to {target} (0 already there); head {position} {digest}\n"
+    fill(str(tmp_path / "other.db"), 50, 55)
+    refused = subprocess.run(
+        [sys.executable, "-m", "minies", "copy", str(tmp_path / "other.db"), target], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith("minies: error: cannot copy") and len(refused.stderr.splitlines()) == 1
