@@ -119,7 +119,7 @@ def test_follow_wakes_for_same_store_writers_and_stops(store: minies.EventStore)
         assert time.monotonic() < deadline, f"follow delivered {len(seen)} of 100 events in 30 s"
         threading.Event().wait(0.01)
     stop.set()
-    thread.join(5)
+    thread.join(60)
     assert not thread.is_alive()
     assert seen == list(range(1, 101))
 
