@@ -1,0 +1,93 @@
+"""Where a batch append's microseconds go, each part measured on its own (µs per event).
+
+    python benchmarks/append_parts.py
+
+Python parts: encoding, the type check, ids, the hash chain, for a batch of 1,000 events.
+SQLite part: inserting the same rows (synchronous=FULL, 1,000 per transaction) with the
+append-only trigger as minies has it, without any trigger, and with the trigger of minies 0.1
+(position only). Each figure is the best of several runs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import apsw
+import workloads as w
+
+import minies
+from minies import _audit, _codec, _schema
+
+BATCH = 1_000
+BATCHES = 60
+OLD_TRIGGER = (
+    "CREATE TRIGGER events_append_only BEFORE INSERT ON events"
+    " WHEN NEW.position IS NOT (SELECT coalesce(max(position), 0) + 1 FROM events)"
+    " BEGIN SELECT RAISE(ABORT, 'append-only'); END"
+)
+
+
+def per_event(body: Callable[[], object], n: int = 100) -> float:
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(n):
+            body()
+        best = min(best, (time.perf_counter() - started) / n / BATCH * 1e6)
+    return best
+
+
+def inserts(trigger: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "parts.db")
+        minies.EventStore(path).close()
+        conn = apsw.Connection(path)
+        conn.pragma("synchronous", "FULL")
+        if trigger != "minies":
+            conn.execute("DROP TRIGGER events_append_only")
+        if trigger == "0.1":
+            conn.execute(OLD_TRIGGER)
+        total, position = 0.0, 0
+        for b in range(BATCHES):
+            ids = _codec.new_event_ids(BATCH)
+            rows = [
+                (position + k + 1, ids[k], f"acc-{b}", "Account", "Deposited", k + 1, '{"amount":%d}' % (k % 100),
+                 "{}", "2026-01-01T00:00:00.000000Z", os.urandom(32), 1)
+                for k in range(BATCH)
+            ]
+            position += BATCH
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_schema.INSERT_EVENT, rows)
+            conn.execute("COMMIT")
+            total += time.perf_counter() - started
+        assert conn.execute("SELECT count(*) FROM events").get == position  # checks its own result
+        conn.close()
+    return total / (BATCHES * BATCH) * 1e6
+
+
+def main() -> None:
+    events = w.deposits(BATCH)
+    datas = [_codec.encode_event(e) for e in events]
+    ids = _codec.new_event_ids(BATCH)
+    types = [e.event_type for e in events]
+    encode = _codec.encode
+    plain = per_event(lambda: [encode(e).decode() for e in events])
+    print(f"encode (raw does this too)   {plain:.2f} µs/event")
+    print(f"type check                   {per_event(lambda: [_codec.encode_event(e) for e in events]) - plain:.2f}")
+    print(f"ids (raw does this too)      {per_event(lambda: _codec.new_event_ids(BATCH)):.2f}")
+    chain = per_event(
+        lambda: _audit.chain_batch(
+            bytes(32), 1, ids, "acc-1", "Account", types, 1, datas, "{}", "2026-01-01T00:00:00.000000Z", [1] * BATCH
+        )
+    )
+    print(f"hash chain                   {chain:.2f}")
+    for trigger in ("minies", "0.1", "none"):
+        print(f"SQLite insert + commit, trigger {trigger:<7} {min(inserts(trigger) for _ in range(3)):.2f}")
+
+
+if __name__ == "__main__":
+    main()
