@@ -54,7 +54,7 @@ def inserts(trigger: str) -> float:
         for b in range(BATCHES):
             ids = _codec.new_event_ids(BATCH)
             rows = [
-                (position + k + 1, ids[k], f"acc-{b}", "Account", "Deposited", k + 1, '{"amount":%d}' % (k % 100),
+                (position + k + 1, ids[k], f"acc-{b}", "Account", "Deposited", k + 1, f'{{"amount":{k % 100}}}',
                  "{}", "2026-01-01T00:00:00.000000Z", os.urandom(32), 1)
                 for k in range(BATCH)
             ]
