@@ -349,3 +349,26 @@ def test_an_io_error_is_a_storage_error_and_a_retry_with_the_same_ids_loses_and_
             assert store.query("SELECT * FROM balances ORDER BY account_id") == live
     if kind != "truncate":
         assert errors > 0, f"no {kind} on {target} ever failed: the injection missed"
+
+
+@pytest.mark.parametrize("campaign", ["rebuild", "checkpoint", "backup", "copy", "migration", "group commits"])
+def test_an_io_error_in_any_workload_is_a_storage_error_and_leaves_a_sound_file(tmp_path: Path, campaign: str) -> None:
+    """Whatever fails, the user sees a minies error (never a raw apsw one), and the file still
+    opens, verifies, and keeps every promise the power-cut checks list."""
+    chosen = CAMPAIGNS[campaign]
+    total = operations(chosen, "full", tmp_path)
+    failures = 0
+    for n in range(1, total + 1, max(1, total // 12)):
+        for target, kind in (("store.db", "write"), ("store.db-wal", "write"), ("store.db-wal", "sync")):
+            run = tmp_path / f"{target}-{kind}-{n}"
+            run.mkdir()
+            path = str(run / "store.db")
+            if chosen.prepare is not None:
+                chosen.prepare(path)
+            acks = Acks()
+            with CrashDisk(fail=(target, kind, n)) as disk:
+                with contextlib.suppress(minies.MiniesError):
+                    chosen.workload(path, "full", acks)
+                failures += disk.failed
+            assert check(path, "full", acks, chosen.name) == [], f"{campaign}: {kind} error #{n} on {target}"
+    assert failures > 0, "no injected error ever fired"

@@ -355,3 +355,23 @@ def test_the_snapshot_signature_lists_versioned_types_and_renames() -> None:
         assert ("Ordered", 3) in versions and all(v != 1 for _, v in versions)  # type: ignore[misc]
         assert renames == sorted(_upcasters.renames.items())
         assert ("CustomerSignedUp", "CustomerRegistered") in renames  # type: ignore[operator]
+
+
+def test_a_missing_last_step_or_a_step_beyond_the_class_is_refused_on_open() -> None:
+    class Stepped(minies.Event):
+        schema_version: ClassVar[int] = 3
+        a: int
+
+    with todays_upcasters():
+        minies.upcaster(Stepped, 1)(lambda data: data)  # v1 -> v2, but nothing turns v2 into v3
+        with pytest.raises(minies.SchemaError, match=r"^Stepped's upcasters have a gap: nothing turns v2 into v3$"):
+            minies.EventStore(":memory:")
+        minies.upcaster(Stepped, 2)(lambda data: data)
+        minies.EventStore(":memory:").close()  # complete: fine
+        minies.upcaster(Stepped, 3)(lambda data: data)
+        with pytest.raises(minies.SchemaError) as caught:
+            minies.EventStore(":memory:")
+        assert str(caught.value) == (
+            "Stepped has an upcaster from v3, but its class is at v3: an upcaster turns v3 into v4; "
+            "bump Stepped.schema_version"
+        )
