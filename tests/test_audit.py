@@ -136,9 +136,9 @@ def test_a_weakened_append_only_trigger_is_reported(db_path: str) -> None:
 
 def test_missing_triggers_are_reported(db_path: str) -> None:
     build(db_path)
-    tamper(db_path, "DROP TRIGGER events_no_delete")
+    tamper(db_path, "DROP TRIGGER events_no_update", "DROP TRIGGER events_no_delete")
     result = report(db_path)
-    assert not result.ok and "events_no_delete" in result.reason
+    assert not result.ok and result.reason == "immutability triggers are missing: events_no_delete, events_no_update"
 
 
 def test_version_gaps_are_reported(db_path: str) -> None:
@@ -239,21 +239,22 @@ def test_damage_only_the_integrity_check_can_see_fails_verify_with_that_reason(d
     that the index no longer matches the table."""
     build(db_path, 50)
     con = sqlite3.connect(db_path)
-    (event_id,) = con.execute("SELECT event_id FROM events WHERE position = 20").fetchone()
+    event_ids = [i for (i,) in con.execute("SELECT event_id FROM events WHERE position BETWEEN 20 AND 23 ORDER BY 1")]
     (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_events_1'").fetchone()
     (page_size,) = con.execute("PRAGMA page_size").fetchone()
     con.close()
     with open(db_path, "r+b") as f:
         data = f.read()
         start = (root - 1) * page_size
-        offset = data.index(event_id.encode(), start, start + page_size)
-        last = event_id[-1]
-        f.seek(offset + len(event_id) - 1)
-        f.write(("0" if last != "0" else "1").encode())  # the same place in index order
+        for event_id in event_ids:  # four entries: the report shows the first three problems
+            offset = data.index(event_id.encode(), start, start + page_size)
+            f.seek(offset + len(event_id) - 1)
+            f.write(("0" if event_id[-1] != "0" else "1").encode())  # the same place in index order
     result = report(db_path)
     assert not result.ok
-    assert result.reason.startswith("SQLite integrity check failed:"), result.reason
-    assert "sqlite_autoindex_events_1" in result.reason
+    assert result.reason == "SQLite integrity check failed: " + "; ".join(
+        f"row {p} missing from index sqlite_autoindex_events_1" for p in (20, 21, 22)
+    ), result.reason
     assert result.events_checked == 51  # the chain itself was intact
     assert independent_chain_check(db_path) == (True, None)
 
