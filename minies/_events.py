@@ -6,7 +6,7 @@ import contextlib
 import contextvars
 import enum
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, ClassVar, Final, Literal, dataclass_transform
 
@@ -101,6 +101,13 @@ class Recorded(msgspec.Struct, frozen=True, gc=False):
     timestamp: datetime
     data: Any
     metadata: dict[str, Any]
+
+
+def type_names(types: str | type[Event] | Iterable[str | type[Event]]) -> frozenset[str]:
+    """Event type names from names, Event classes, or a mix of both (one of them alone too)."""
+    if isinstance(types, (str, type)):
+        types = [types]
+    return frozenset(t if isinstance(t, str) else t.event_type for t in types)
 
 
 class _Any(enum.Enum):

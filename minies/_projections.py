@@ -18,7 +18,7 @@ import msgspec
 
 from minies import _codec, _schema
 from minies._errors import MiniesError, ProjectionError
-from minies._events import Event, Recorded
+from minies._events import Event, Recorded, type_names
 from minies._log import LAST, log_pages
 
 
@@ -86,7 +86,7 @@ class Projection:
     def wanted_types(self) -> frozenset[str] | None:
         """The event types this projection sees, or None for all of them."""
         if self.event_types is not None:
-            return frozenset(t if isinstance(t, str) else t.event_type for t in self.event_types)
+            return type_names(self.event_types)
         if type(self).handle is Projection.handle:
             return frozenset(name[3:] for name in dir(self) if name.startswith("on_") and callable(getattr(self, name)))
         return None

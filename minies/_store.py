@@ -32,7 +32,7 @@ from minies._errors import (
     SnapshotWarning,
     StorageError,
 )
-from minies._events import ANY, AnyVersion, Event, Recorded
+from minies._events import ANY, AnyVersion, Event, Recorded, type_names
 from minies._log import read_aggregate, read_log
 from minies._projections import Database, Projection, Projector, RebuildReport
 from minies._subscriptions import Subscription
@@ -564,11 +564,7 @@ class EventStore:
         _check_range(after, None)
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
-        types = None
-        if event_types is not None:
-            if isinstance(event_types, str):
-                event_types = [event_types]
-            types = frozenset(t if isinstance(t, str) else t.event_type for t in event_types)
+        types = None if event_types is None else type_names(event_types)
         with self._lock:
             upcasting = self._upcasting()
         return read_log(self._open(), upcasting, after, types, limit, self._reading(), raw=raw)

@@ -17,7 +17,7 @@ import msgspec
 
 from minies import _codec, _schema
 from minies._errors import MiniesError, NotFound
-from minies._events import Event, Recorded
+from minies._events import Event, Recorded, type_names
 
 if TYPE_CHECKING:
     from minies._store import EventStore
@@ -57,11 +57,7 @@ class Subscription:
         self.store = store
         self.name = name
         self.max_attempts = max_attempts
-        self.event_types = (
-            None
-            if event_types is None
-            else frozenset(t if isinstance(t, str) else t.event_type for t in _as_list(event_types))
-        )
+        self.event_types = None if event_types is None else type_names(event_types)
 
     @property
     def position(self) -> int:
@@ -231,6 +227,3 @@ class Subscription:
             raise ValueError(f"position must be an int from 0 to the head ({head}), got {position!r}")
         self._acknowledge(position, [])
 
-
-def _as_list(types: Iterable[str | type[Event]]) -> list[str | type[Event]]:
-    return [types] if isinstance(types, str) else list(types)
