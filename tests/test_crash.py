@@ -23,7 +23,7 @@ KILLS = 200 if os.environ.get("MINIES_STRESS") else 20  # two per round: 10 roun
 BATCH = 10
 
 WRITER = f"""
-import sys, threading, time, minies
+import os, sys, threading, time, minies
 from domain import AccountOpened, Balances, MoneyDeposited, SnappedAccount as Snapped
 
 path, durability, start, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -40,8 +40,8 @@ def write(thread):  # each thread its own accounts; several threads share commit
         for _ in range({BATCH}):
             account.record(MoneyDeposited(amount=batch))  # the amount names the batch
         store.save(account)
-        with printing:
-            print("committed", batch, flush=True)
+        with printing:  # one write(2) of a whole line: a kill cannot tear it
+            os.write(1, f"committed {{batch}}\\n".encode())
         time.sleep(0.003 * threads)  # ~150 batches a second: the file stays small enough to check after every kill
 
 with minies.EventStore(path, projections=[Balances()], durability=durability) as store:
@@ -95,7 +95,8 @@ def test_killed_writers_lose_nothing_committed(tmp_path: Path, durability: str, 
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
         assert proc.returncode == -signal.SIGKILL, err
-        committed |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("committed")}
+        lines = out.split("\n")[:-1]  # only whole lines: the last one may be cut by the kill
+        committed |= {int(line.removeprefix("committed ")) for line in lines}
         batches = check(path, committed)
         start += 10_000  # fresh batch numbers for the next writer
     assert len(committed) > 0 and batches >= len(committed)
