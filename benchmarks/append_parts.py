@@ -19,7 +19,8 @@ import apsw
 import workloads as w
 
 import minies
-from minies import _audit, _codec, _schema
+from minies import _audit, _codec
+from minies._backends import sqlite_sql as _schema
 
 BATCH = 1_000
 BATCHES = 60

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import apsw
 import msgspec
 
-from minies import _schema
+from minies._backends import Connection
 
 GENESIS: Final = bytes(32)
 _sha256 = hashlib.sha256
@@ -54,7 +52,7 @@ def chain_batch(
     from the given ones), encoding the fields the batch shares once.
 
     The ``event_ids`` must be canonical UUID strings (36 ASCII characters), as ``append``
-    guarantees. ``verify`` computes the same encoding in SQL (see ``_schema.CHAIN``).
+    guarantees. ``verify`` computes the same encoding in SQL (see ``conn.sql.CHAIN``).
     """
     shared = _net(aggregate_id) + _net(aggregate_type)
     tail = _net(metadata) + _net(created_at)
@@ -109,18 +107,18 @@ _CHUNK: Final = 4096
 
 
 def verify(
-    conn: apsw.Connection,
-    integrity_check: Callable[[], list[str]],
+    conn: Connection,
+    backend_check: Callable[[], str | None],
     *,
     expect_head: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Re-check the whole file. Streams the log in chunks, so memory stays constant.
 
-    ``integrity_check`` runs SQLite's own check (the caller may run it on another thread
+    ``backend_check`` gives the storage's own verdict (it may be running on another thread
     and connection meanwhile: it does not depend on the chain).
     """
-    total: int = conn.execute(_schema.HEAD_POSITION).get
+    total: int = conn.execute(conn.sql.HEAD_POSITION).get
     expected_at, expected_hash = parse_head(expect_head) if expect_head is not None else (None, None)
     matches = 0
     sha256 = _sha256
@@ -151,7 +149,7 @@ def verify(
         if progress:
             progress(position, total)
     if bad is None:
-        bad = _structure(conn, position, integrity_check)
+        bad = _structure(conn, position, backend_check)
     if bad is None and not seen_expected:
         bad = (position + 1, f"the expected head {expect_head} is not in this history (rewritten or truncated)")
     if bad is None and matches > 1:
@@ -167,67 +165,28 @@ def verify(
     )
 
 
-def _chunks(conn: apsw.Connection) -> Iterator[list[Any]]:
+def _chunks(conn: Connection) -> Iterator[list[Any]]:
     after = 0
     while True:
-        rows: list[Any] = conn.execute(_schema.CHAIN, (after, _CHUNK)).fetchall()
+        rows: list[Any] = conn.execute(conn.sql.CHAIN, (after, _CHUNK)).fetchall()
         if not rows:
             return
         yield rows
         after = rows[-1][0]
 
 
-def _structure(conn: apsw.Connection, head: int, integrity_check: Callable[[], list[str]]) -> tuple[int, str] | None:
-    """Checks beyond the chain: version continuity, triggers, SQLite's own integrity."""
-    gap = conn.execute(_schema.VERSION_GAPS).fetchone()
+def _structure(conn: Connection, head: int, backend_check: Callable[[], str | None]) -> tuple[int, str] | None:
+    """Checks beyond the chain: version continuity, then the backend's own (immutability
+    guards, storage integrity)."""
+    gap = conn.execute(conn.sql.VERSION_GAPS).fetchone()
     if gap:
         aggregate_id, count, low, high = gap
         return (
             head,
             f"aggregate {aggregate_id!r} has {count} events with versions {low}..{high}: not contiguous",
         )
-    triggers = {name: " ".join(str(sql).split()) for name, sql in conn.execute(_schema.TRIGGER_SQL)}
-    missing = _schema.TRIGGERS - triggers.keys()
-    if missing:
-        return (head, f"immutability triggers are missing: {', '.join(sorted(missing))}")
-    if triggers["events_append_only"] != " ".join(_schema.APPEND_ONLY.split()):
-        return (head, "the immutability trigger events_append_only was altered")
-    problems = integrity_check()
-    if problems != ["ok"]:
-        return (head, "SQLite integrity check failed: " + "; ".join(map(str, problems[:3])))
-    return None
-
-
-def integrity_check(conn: apsw.Connection) -> list[str]:
-    """SQLite's own check of every page and index: ``["ok"]`` or the problems found."""
-    return [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
-
-
-def integrity_check_in_background(name: str, flags: int) -> Callable[[], list[str]]:
-    """Start ``integrity_check`` on a connection and thread of its own; call the result to wait.
-
-    SQLite releases the GIL, so on two cores the check costs the verify little wall time.
-    """
-    result: list[str] = []
-
-    def run() -> None:
-        try:
-            conn = apsw.Connection(name, flags=flags)
-            try:
-                result.extend(integrity_check(conn))
-            finally:
-                conn.close()
-        except apsw.Error as e:
-            result.append(f"cannot run the integrity check: {e}")
-
-    thread = threading.Thread(target=run, name="minies-integrity-check", daemon=True)
-    thread.start()
-
-    def wait() -> list[str]:
-        thread.join()
-        return result
-
-    return wait
+    problem = backend_check()
+    return None if problem is None else (head, problem)
 
 
 _HEAD = re.compile(r"(?:(\d+)\s+)?([0-9a-fA-F]{12,64})")

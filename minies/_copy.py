@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from minies import _schema
+from minies._backends import sqlite_sql as _schema
 from minies._errors import SchemaError, StorageError
 from minies._store import EventStore
 

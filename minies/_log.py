@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final
 
-import apsw
 import msgspec
 
-from minies import _codec, _events, _schema, _upcasters
+from minies import _codec, _events, _upcasters
+from minies._backends import Connection
 from minies._errors import SchemaError
 from minies._events import Recorded
 
@@ -33,7 +33,7 @@ _NO_LOCK: Final = nullcontext()
 
 
 def _pages(
-    conn: apsw.Connection,
+    conn: Connection,
     query: str,
     args: Callable[[int, int], tuple[Any, ...]],
     after: int,
@@ -44,7 +44,7 @@ def _pages(
     raw: bool = False,
 ) -> Iterator[list[Recorded]]:
     upcasting = upcasting and not raw
-    sql: str = _schema.VERSIONED[query] if upcasting else getattr(_schema, query)
+    sql: str = conn.sql.VERSIONED[query] if upcasting else getattr(conn.sql, query)
     decoders = _RAW if raw else _codec.decoders()
     timestamps = _codec.timestamps
     metadata = _codec.decode_metadata
@@ -109,7 +109,7 @@ def _explain(rows: list[tuple[Any, ...]], decoders: dict[str, Callable[[Any], An
 
 
 def log_pages(
-    conn: apsw.Connection,
+    conn: Connection,
     upcasting: bool,
     after: int = 0,
     types: frozenset[str] | None = None,
@@ -129,7 +129,7 @@ def log_pages(
 
 
 def read_log(
-    conn: apsw.Connection,
+    conn: Connection,
     upcasting: bool,
     after: int = 0,
     types: frozenset[str] | None = None,
@@ -153,7 +153,7 @@ def read_log(
 
 
 def read_aggregate(
-    conn: apsw.Connection,
+    conn: Connection,
     upcasting: bool,
     aggregate_id: str,
     after: int,

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, ClassVar
 
-import apsw
 import msgspec
 
-from minies import _codec, _schema
+from minies import _codec
+from minies._backends import Connection
 from minies._errors import MiniesError, ProjectionError
 from minies._events import Event, Recorded, type_names
 from minies._log import LAST, log_pages
@@ -95,37 +95,38 @@ class Projection:
 _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
 
 
-# https://sqlite.org/c3ref/c_alter_table.html
-_REFUSED_ACTIONS = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH})
-_WRITES = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE, apsw.SQLITE_DROP_TABLE})
-
-
 class Database:
-    """What a projection may do with the file: run SQL inside the writer's transaction.
+    """What a projection may do with the store: run SQL inside the writer's transaction.
 
     There is no commit, rollback or close: the transaction belongs to the append. Statements
-    that would end it, attach files or write to minies' own tables are refused.
+    that would end it, attach files or write to minies' own tables are refused. SQL uses
+    ``?`` placeholders on every backend.
     """
 
-    __slots__ = ("_conn", "active")
+    __slots__ = ("_conn", "_refused", "_screen", "active")
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(self, conn: Connection, refused: type[Exception], screen: Callable[[str], bool] | None = None) -> None:
         self._conn = conn
+        self._refused = refused  # what the backend raises for a refused statement
+        self._screen = screen  # or a look at the text first: True means refused
         self.active = False
-        conn.set_authorizer(self._authorize)
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows (an empty list for writes)."""
+        if self._screen is not None and self.active and self._screen(sql):
+            raise _refused(sql)
         try:
-            return self._conn.execute(sql, params).fetchall()
-        except apsw.AuthError:
+            return self._conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+        except self._refused:
             raise _refused(sql) from None
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row."""
+        if self._screen is not None and self.active and self._screen(sql):
+            raise _refused(sql)
         try:
             self._conn.executemany(sql, rows)
-        except apsw.AuthError:
+        except self._refused:
             raise _refused(sql) from None
 
     def running(self) -> Database:
@@ -137,15 +138,6 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.active = False
-
-    def _authorize(self, action: int, name: str | None, _2: str | None, _db: str | None, _trig: str | None) -> int:
-        if not self.active:
-            return apsw.SQLITE_OK
-        if action in _REFUSED_ACTIONS:
-            return apsw.SQLITE_DENY
-        if action in _WRITES and name and (name == "events" or name.startswith("minies_")):
-            return apsw.SQLITE_DENY
-        return apsw.SQLITE_OK
 
 
 def _refused(sql: str) -> MiniesError:
@@ -209,10 +201,10 @@ class Projector:
         self._known_head = None
 
     # ------------------------------------------------------------------ inline
-    def apply(self, conn: apsw.Connection, db: Database, records: list[Recorded], head_before: int, now: str) -> None:
+    def apply(self, conn: Connection, db: Database, records: list[Recorded], head_before: int, now: str) -> None:
         """Apply freshly appended ``records`` (the log was at ``head_before`` before them)."""
         if self._known_head != head_before:
-            rows: list[Any] = conn.execute(_schema.PROJECTION_POSITIONS).fetchall()
+            rows: list[Any] = conn.execute(conn.sql.PROJECTION_POSITIONS).fetchall()
             self._positions = dict(rows)
         for name, projection in self.projections.items():
             position = self._positions.get(name, 0)
@@ -224,7 +216,7 @@ class Projector:
                 with db.running():
                     try:
                         projection.handle_batch(db, mine)
-                    except apsw.Error as e:
+                    except conn.Error as e:
                         position = _failed_position(e) or mine[0].position
                         raise ProjectionError(
                             name, f"SQL failed at position {position}: {type(e).__name__}: {e}", position
@@ -234,49 +226,47 @@ class Projector:
                         raise
         head = records[-1].position
         for name in self.projections:
-            conn.execute(_schema.ADVANCE_PROJECTION, (head, now, name))
+            conn.execute(conn.sql.ADVANCE_PROJECTION, (head, now, name))
         self._positions = dict.fromkeys(self.projections, head)
         self._known_head = head
 
     # ------------------------------------------------------------------ catch-up and rebuild
     def catch_up(
-        self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None
+        self, conn: Connection, db: Database, name: str, progress: Progress | None = None
     ) -> RebuildReport | None:
         """Bring one projection up to the head; rebuild it if it is new or its version changed."""
         projection = self.projections[name]
-        state = conn.execute(_schema.PROJECTION_STATE, (name,)).fetchone()
-        head = conn.execute(_schema.HEAD_POSITION).get
+        state = conn.execute(conn.sql.PROJECTION_STATE, (name,)).fetchone()
+        head = conn.execute(conn.sql.HEAD_POSITION).get
         if state is None or state[0] != projection.version:
             return self.rebuild(conn, db, name, progress)
         if state[1] < head:
             started = time.perf_counter()
             count = self._replay(conn, db, projection, state[1], progress)
-            conn.execute(_schema.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
+            conn.execute(conn.sql.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
             self._known_head = None
             return RebuildReport(name, count, time.perf_counter() - started)
         return None
 
-    def rebuild(
-        self, conn: apsw.Connection, db: Database, name: str, progress: Progress | None = None
-    ) -> RebuildReport:
+    def rebuild(self, conn: Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport:
         """Drop what the projection created, run ``setup`` again, replay the whole log."""
         projection = self.projections[name]
         started = time.perf_counter()
-        state = conn.execute(_schema.PROJECTION_STATE, (name,)).fetchone()
+        state = conn.execute(conn.sql.PROJECTION_STATE, (name,)).fetchone()
         for kind, object_name in reversed(msgspec.json.decode(state[2]) if state else []):
             conn.execute(f'DROP {kind.upper()} IF EXISTS "{object_name}"')
-        before = set(conn.execute(_schema.SCHEMA_OBJECTS).fetchall())
+        before = set(conn.execute(conn.sql.SCHEMA_OBJECTS).fetchall())
         try:
             with db.running():
                 projection.setup(db)
         except Exception as e:
             raise ProjectionError(name, f"setup failed: {type(e).__name__}: {e}") from e
-        created = [row for row in conn.execute(_schema.SCHEMA_OBJECTS).fetchall() if row not in before]
+        created = [row for row in conn.execute(conn.sql.SCHEMA_OBJECTS).fetchall() if row not in before]
         created.sort(key=lambda row: ("table", "view", "index", "trigger").index(row[0]))
         count = self._replay(conn, db, projection, 0, progress)
-        head = conn.execute(_schema.HEAD_POSITION).get
+        head = conn.execute(conn.sql.HEAD_POSITION).get
         conn.execute(
-            _schema.SAVE_PROJECTION,
+            conn.sql.SAVE_PROJECTION,
             (name, projection.version, head, msgspec.json.encode(created).decode(), _codec.now_text()),
         )
         self._known_head = None
@@ -284,7 +274,7 @@ class Projector:
 
     def _replay(
         self,
-        conn: apsw.Connection,
+        conn: Connection,
         db: Database,
         projection: Projection,
         after: int,
@@ -292,7 +282,7 @@ class Projector:
         upto: int = LAST,
     ) -> int:
         wanted = self._types[projection.name]
-        total = min(upto, conn.execute(_schema.HEAD_POSITION).get)
+        total = min(upto, conn.execute(conn.sql.HEAD_POSITION).get)
         count = 0
         batch: list[Recorded] = []
         try:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 from typing import Final, TypeVar
 
-import apsw
 import msgspec
 
-from minies import _codec, _events, _schema, _upcasters
+from minies import _codec, _events, _upcasters
 from minies._aggregate import Aggregate
+from minies._backends import Connection
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -48,7 +48,7 @@ def shape_hash(cls: type[Aggregate], event_schema: list[object]) -> str:
     return hashlib.sha256(shape).hexdigest()[:32]
 
 
-def write(conn: apsw.Connection, aggregate: Aggregate) -> str | None:
+def write(conn: Connection, aggregate: Aggregate) -> str | None:
     """Store ``aggregate``'s state at its version and prune older snapshots.
 
     Only a state that decodes back to an equal aggregate is stored (an untyped ``dict`` with
@@ -72,7 +72,7 @@ def write(conn: apsw.Connection, aggregate: Aggregate) -> str | None:
             "would not read back as itself (give it a precise type, e.g. dict[int, int]); loads replay instead"
         )
     conn.execute(
-        _schema.SAVE_SNAPSHOT,
+        conn.sql.SAVE_SNAPSHOT,
         (
             aggregate.id,
             aggregate.version,
@@ -82,14 +82,14 @@ def write(conn: apsw.Connection, aggregate: Aggregate) -> str | None:
             _codec.now_text(),
         ),
     )
-    conn.execute(_schema.PRUNE_SNAPSHOTS, (aggregate.id, aggregate.id, KEEP))
+    conn.execute(conn.sql.PRUNE_SNAPSHOTS, (aggregate.id, aggregate.id, KEEP))
     return None
 
 
-def latest(conn: apsw.Connection, cls: type[A], aggregate_id: str, upto: int) -> A | None:
+def latest(conn: Connection, cls: type[A], aggregate_id: str, upto: int) -> A | None:
     """The newest usable snapshot at or below ``upto``, decoded, or None."""
     wanted = fingerprint(cls)
-    for version, stored_fingerprint, state in conn.execute(_schema.LATEST_SNAPSHOT, (aggregate_id, upto, KEEP)):
+    for version, stored_fingerprint, state in conn.execute(conn.sql.LATEST_SNAPSHOT, (aggregate_id, upto, KEEP)):
         if stored_fingerprint != wanted:
             continue
         try:
@@ -101,13 +101,13 @@ def latest(conn: apsw.Connection, cls: type[A], aggregate_id: str, upto: int) ->
     return None
 
 
-def stats(conn: apsw.Connection) -> list[tuple[str, int, int]]:
+def stats(conn: Connection) -> list[tuple[str, int, int]]:
     """(aggregate_type, snapshot count, bytes of state) per aggregate type."""
-    rows: list[tuple[str, int, int]] = conn.execute(_schema.SNAPSHOT_STATS).fetchall()  # type: ignore[assignment]
+    rows: list[tuple[str, int, int]] = conn.execute(conn.sql.SNAPSHOT_STATS).fetchall()
     return rows
 
 
-def drop(conn: apsw.Connection, aggregate_type: str) -> int:
+def drop(conn: Connection, aggregate_type: str) -> int:
     """Delete every snapshot of one aggregate type; return how many were deleted."""
-    conn.execute(_schema.DROP_SNAPSHOTS, (aggregate_type,))
+    conn.execute(conn.sql.DROP_SNAPSHOTS, (aggregate_type,))
     return conn.changes()

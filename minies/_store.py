@@ -1,40 +1,35 @@
-"""The EventStore: one SQLite connection, the append path, reads, and error translation.
-
-This is the only module that turns apsw's exceptions into minies' errors.
-"""
+"""The EventStore: the engine (append path, reads, aggregates, projections, audit) above a
+storage backend (``minies._backends``), which it never names."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
-import urllib.parse
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, NoReturn, TypeVar
 
-import apsw
 import msgspec
 
-from minies import _audit, _codec, _events, _schema, _snapshots, _upcasters
+from minies import _audit, _codec, _events, _snapshots, _upcasters
 from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
+from minies._backends import Connection, open_backend
 from minies._errors import (
     ConcurrencyError,
     DuplicateEventError,
     MiniesError,
     NotFound,
     ProjectionError,
-    QueryError,
     SchemaError,
     SnapshotWarning,
     StorageError,
 )
 from minies._events import ANY, AnyVersion, Event, Recorded, type_names
 from minies._log import read_aggregate, read_log
-from minies._projections import Database, Projection, Projector, RebuildReport
+from minies._projections import Projection, Projector, RebuildReport
 from minies._subscriptions import Subscription
 
 A = TypeVar("A", bound=Aggregate)
@@ -86,7 +81,7 @@ class EventStore:
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
         if not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-        self.path = os.fspath(path)
+        self.path = path if isinstance(path, str) else os.fspath(path)
         self.durability = durability
         self.readonly = readonly
         self._timeout = float(timeout)
@@ -101,7 +96,6 @@ class EventStore:
         self._queue: list[_Queued] = []  # writes waiting for the next group commit
         self._queue_lock = threading.Lock()
         self._tip = _Tip()
-        self._file_version = _schema.SCHEMA_VERSION
         self._stored_types: set[tuple[str, int]] = set()  # (event_type, schema_version) in the file
         self._upcasting_key: tuple[int, int] | None = None
         self._upcasting_value = False
@@ -109,82 +103,18 @@ class EventStore:
         self._followers = 0  # subscriptions waiting on _changed; commits notify only if any
         self.failed_projections: dict[str, ProjectionError] = {}
         self._closed = False
-        self._reader_args = (self.path, apsw.SQLITE_OPEN_READONLY)  # how a second, reading connection opens
-        self._conn = self._connect()
-        self._db = Database(self._conn)
+        self._backend = open_backend(path, durability=durability, timeout=self._timeout, readonly=readonly)
+        self._conn: Connection = self._backend.conn
+        self._sql = self._conn.sql
+        self._file_version = self._backend.file_version
         try:
-            self._prepare()
+            self._db = self._backend.projection_db()
+            with self._translate(f"cannot open {self._backend.where}"):
+                self._stored_types = set(self._stored_type_rows(self._conn))
             self._open_projections(skip_failed_projections)
         except BaseException:
-            self._conn.close()
+            self._backend.close()
             raise
-
-    # ------------------------------------------------------------------ opening
-    def _connect(self) -> apsw.Connection:
-        where = self.path
-        memory = where == ":memory:" or where == ""
-        if not memory and not self.readonly:
-            parent = os.path.dirname(os.path.abspath(where))
-            if not os.path.isdir(parent):
-                raise StorageError(f"cannot create {where!r}: the directory {parent!r} does not exist")
-        if self.readonly and not memory and not os.path.exists(where):
-            raise StorageError(f"cannot open {where!r}: no such file")
-        wal = where + "-wal"
-        if self.readonly and not memory and not os.path.exists(wal):
-            self._read_as_it_is()
-        try:
-            if not self.readonly:
-                conn = apsw.Connection(where, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-            else:
-                try:
-                    conn = apsw.Connection(*self._reader_args)
-                    conn.pragma("schema_version")  # with a -wal: can its -shm be opened?
-                except apsw.CantOpenError:
-                    if os.path.exists(wal) and os.path.getsize(wal) > 0:
-                        raise
-                    self._read_as_it_is()  # an empty -wal on read-only media
-                    conn = apsw.Connection(*self._reader_args)
-            conn.set_busy_timeout(int(self._timeout * 1000))
-        except apsw.Error as e:
-            self._raise(e, f"cannot open {where!r}")
-        return conn
-
-    def _read_as_it_is(self) -> None:
-        """Read-only connections will open the file ``immutable``.
-
-        With no -wal, no connection has the file open and the last one checkpointed everything
-        into it. Read as it is, nothing is created beside it: a read-only folder or medium
-        works, and the folder is left exactly as it was found
-        (https://sqlite.org/uri.html#uriimmutable, https://sqlite.org/wal.html#readonly).
-        """
-        self._reader_args = (
-            "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?immutable=1",
-            apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI,
-        )
-
-    def _prepare(self) -> None:
-        conn = self._conn
-        with self._translate(f"cannot open {self.path!r}"):
-            version = _schema.identify(conn, repr(self.path))
-            if self.readonly:
-                if version == 0:
-                    raise SchemaError(f"{self.path!r} is empty, not a minies database")
-                if version < 2:
-                    raise SchemaError(f"{self.path!r} has schema version {version}; open it writable once to migrate")
-                self._file_version = version
-            else:
-                if self.path not in (":memory:", ""):
-                    mode = conn.pragma("journal_mode", "wal")
-                    if mode != "wal":
-                        raise StorageError(f"cannot switch {self.path!r} to WAL mode (got {mode!r})")
-                conn.pragma("synchronous", _SYNCHRONOUS[self.durability])
-                conn.pragma("journal_size_limit", 64 * 1024 * 1024)
-                if version != _schema.SCHEMA_VERSION:
-                    with self._lock, self._write():
-                        # Another process may have created or migrated it while we waited.
-                        version = _schema.identify(conn, repr(self.path))
-                        _schema.create_or_migrate(conn, version)
-            self._stored_types = set(self._stored_type_rows(conn))
 
     def _open_projections(self, skip_failed: bool) -> None:
         for name in list(self._projector.projections):
@@ -203,43 +133,19 @@ class EventStore:
         self._tip.clear()
         self._projector.forget()
         if not self._closed:
-            with contextlib.suppress(apsw.Error):
+            with contextlib.suppress(self._conn.Error):
                 self._stored_types = set(self._stored_type_rows(self._conn))
         self._upcasting_key = None
 
     # ------------------------------------------------------------------ errors
-    def _raise(self, e: apsw.Error, doing: str) -> NoReturn:
-        if isinstance(e, (apsw.BusyError, apsw.LockedError)):
-            raise StorageError(
-                f"{doing}: the database is locked by another connection and stayed locked for "
-                f"{self._timeout:g}s; retry later or raise timeout="
-            ) from None
-        if isinstance(e, apsw.FullError):
-            raise StorageError(
-                f"{doing}: the disk is full (or the file reached its size limit); nothing from "
-                "this call was written, free some space and retry"
-            ) from None
-        if isinstance(e, apsw.ReadOnlyError) or (
-            isinstance(e, apsw.CantOpenError) and not self.readonly and _read_only(self.path)
-        ):
-            raise StorageError(
-                f"{doing}: the file or its directory is read-only; open it with readonly=True to read it"
-            ) from None
-        if isinstance(e, apsw.NotADBError):
-            raise SchemaError(f"{doing}: it is not a SQLite database (nor a minies one)") from None
-        if isinstance(e, apsw.CorruptError):
-            raise StorageError(f"{doing}: the file is damaged ({e}); restore it from a backup") from None
-        if isinstance(e, apsw.CantOpenError):
-            raise StorageError(f"{doing}: the file cannot be opened (missing, a directory, or no permission)") from None
-        if isinstance(e, (apsw.IOError, apsw.PermissionsError, apsw.NoMemError)):
-            raise StorageError(f"{doing}: {e}") from None
-        raise StorageError(f"{doing}: {type(e).__name__}: {e}") from e
+    def _raise(self, e: BaseException, doing: str) -> NoReturn:
+        self._backend.raise_error(e, doing)
 
     @contextlib.contextmanager
     def _translate(self, doing: str) -> Iterator[None]:
         try:
             yield
-        except apsw.Error as e:
+        except self._conn.Error as e:
             self._raise(e, doing)
 
     def _reading(self) -> _Reading:
@@ -409,7 +315,7 @@ class EventStore:
         stream = (aggregate_id, aggregate_type)
         known = tip.lookup(conn, stream) if self._depth == 1 else None
         if known is None:
-            state: Any = conn.execute(_schema.APPEND_STATE, (aggregate_id,)).fetchone()
+            state: Any = conn.execute(self._sql.APPEND_STATE, (aggregate_id,)).fetchone()
             current, stored_type, head_position, previous = state if state else (0, None, 0, _audit.GENESIS)
             current = current or 0
             if stored_type is not None and stored_type != aggregate_type:
@@ -449,15 +355,16 @@ class EventStore:
         ]
         position, version, previous = head_position + n, current + n, digests[-1]
         try:
-            conn.executemany(_schema.INSERT_EVENT, rows)
-        except apsw.ConstraintError as e:
+            conn.executemany(conn.sql.INSERT_EVENT, rows)
+        except conn.Error as e:
             # The UNIQUE constraints are the last line of defence behind the checks above.
-            if "event_id" in str(e):
+            clash = self._backend.conflict(e)
+            if clash == "event_id":
                 raise DuplicateEventError(ids[0], "by another event") from None
-            raise ConcurrencyError(
-                aggregate_id, current, conn.execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0
-            ) from None
-        except apsw.Error as e:
+            if clash == "version":
+                raise ConcurrencyError(
+                    aggregate_id, current, self._version_after_clash(aggregate_id, current)
+                ) from None
             self._raise(e, f"cannot append to {aggregate_id!r}")
         tip.stage(stream, version, position, previous, self._depth == 1)
         for event in events:
@@ -473,11 +380,18 @@ class EventStore:
             self._projector.apply(conn, self._db, records, head_position, created)
         return version
 
+    def _version_after_clash(self, aggregate_id: str, believed: int) -> int:
+        """The aggregate's version now, as far as can be read after a failed insert."""
+        try:
+            return int(self._conn.execute(self._sql.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
+        except self._conn.Error:  # PostgreSQL: the failed statement ended what the transaction can do
+            return believed + 1
+
     def _already_appended(
         self, aggregate_id: str, expected: int | AnyVersion, events: list[Event], datas: list[str], ids: list[str]
     ) -> int | None:
         """The version an identical earlier append reached, None if none; raise on a clash."""
-        found = [self._conn.execute(_schema.EVENT_BY_ID, (i,)).fetchone() for i in ids]
+        found = [self._conn.execute(self._sql.EVENT_BY_ID, (i,)).fetchone() for i in ids]
         if all(row is None for row in found):
             return None
         first = found[0]
@@ -493,7 +407,7 @@ class EventStore:
                 raise DuplicateEventError(event_id, "by an append with a different batch")
         assert first is not None
         around = (aggregate_id, first[1] - 1, first[1] + len(ids), first[4])
-        if self._conn.execute(_schema.SAME_APPEND_AROUND, around).get:
+        if self._conn.execute(self._sql.SAME_APPEND_AROUND, around).get:
             raise DuplicateEventError(ids[0], "by an append with a different batch (this is only part of it)")
         if expected is not ANY and first[1] != expected + 1:
             raise DuplicateEventError(ids[0], f"by an append at version {first[1]}, not {expected + 1}")
@@ -506,12 +420,12 @@ class EventStore:
             schema = "{}"
         name, version = cls.event_type, cls.schema_version
         self._conn.execute(
-            _schema.ADD_TYPE, (name, version, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
+            self._sql.ADD_TYPE, (name, version, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
         )
         self._stored_types.add((name, version))
 
-    def _stored_type_rows(self, conn: apsw.Connection) -> list[tuple[str, int]]:
-        rows: list[Any] = conn.execute(_schema.STORED_TYPES[self._file_version]).fetchall()
+    def _stored_type_rows(self, conn: Connection) -> list[tuple[str, int]]:
+        rows: list[Any] = conn.execute(self._sql.STORED_TYPES[self._file_version]).fetchall()
         return rows
 
     def _upcasting(self) -> bool:
@@ -573,7 +487,7 @@ class EventStore:
         """The aggregate's current version, 0 if it has no events."""
         _check_str("aggregate_id", aggregate_id)
         with self._lock, self._translate("cannot read"):
-            return int(self._open().execute(_schema.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
+            return int(self._open().execute(self._sql.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
 
     def info(self) -> StoreInfo:
         """What the file holds, at a glance (``minies info`` prints it).
@@ -583,16 +497,16 @@ class EventStore:
         """
         with self._lock, self._translate("cannot read"):
             conn = self._open()
-            counts: Any = conn.execute(_schema.COUNTS).fetchone()
-            projections: list[Any] = conn.execute(_schema.PROJECTIONS).fetchall()
-            subscriptions: list[Any] = conn.execute(_schema.SUBSCRIPTIONS).fetchall()
-            schema_version = int(conn.pragma("user_version"))
+            counts: Any = conn.execute(self._sql.COUNTS).fetchone()
+            projections: list[Any] = conn.execute(self._sql.PROJECTIONS).fetchall()
+            subscriptions: list[Any] = conn.execute(self._sql.SUBSCRIPTIONS).fetchall()
+            schema_version = self._backend.schema_version()
         return StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions)
 
     def head(self) -> tuple[int, str]:
         """The last position and its chain hash in hex: ``(0, "")`` for an empty log."""
         with self._lock, self._translate("cannot read"):
-            row = self._open().execute(_schema.HEAD).fetchone()
+            row = self._open().execute(self._sql.HEAD).fetchone()
         return (int(row[0]), bytes(row[1]).hex()) if row else (0, "")
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
@@ -604,20 +518,8 @@ class EventStore:
         """
         _check_str("sql", sql)
         with self._lock:
-            conn = self._open()
-            conn.pragma("query_only", True)
-            try:
-                return conn.execute(sql, params).fetchall()
-            except apsw.ReadOnlyError:
-                raise QueryError(f"store.query is read-only; this SQL tries to write: {sql!r:.200}") from None
-            except (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, apsw.ExecutionCompleteError) as e:
-                raise QueryError(f"invalid SQL {sql!r:.200}: {e}") from None
-            except (apsw.BindingsError, TypeError) as e:
-                raise QueryError(f"wrong parameters for {sql!r:.200}: {e}") from None
-            except apsw.Error as e:
-                self._raise(e, "cannot query")
-            finally:
-                conn.pragma("query_only", False)
+            self._open()
+            return self._backend.query(sql, params)
 
     # ------------------------------------------------------------------ aggregates
     def save(self, aggregate: Aggregate, metadata: Mapping[str, Any] | None = None) -> int:
@@ -732,7 +634,7 @@ class EventStore:
             with self._lock, self._translate("cannot read"):
                 row: Any = (
                     self._open()
-                    .execute(_schema.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK)))
+                    .execute(self._sql.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK)))
                     .fetchone()
                 )
             payloads, types, high, count, low_type, high_type = row
@@ -786,14 +688,14 @@ class EventStore:
                 e.add_note(f"while applying event {record.version} of aggregate {aggregate_id!r}")
                 raise
         with self._lock:
-            high = self._open().execute(_schema.AGGREGATE_HIGH, (aggregate_id, upto)).get
+            high = self._open().execute(self._sql.AGGREGATE_HIGH, (aggregate_id, upto)).get
         return max(0, int(high or 0) - after)
 
     # ------------------------------------------------------------------ schema evolution
     def event_types(self) -> list[tuple[str, int, int]]:
         """``(event_type, schema_version, count)`` for every type and version stored."""
         with self._lock, self._translate("cannot read"):
-            rows: list[Any] = self._open().execute(_schema.TYPE_COUNTS).fetchall()
+            rows: list[Any] = self._open().execute(self._sql.TYPE_COUNTS).fetchall()
         return rows
 
     def check_events(self, *, progress: Callable[[int, int], None] | None = None) -> list[tuple[int, str, str]]:
@@ -819,7 +721,7 @@ class EventStore:
                     raise
                 after = e.position
                 with self._lock:
-                    event_type = self._open().execute(_schema.EVENT_TYPE_AT, (after,)).get
+                    event_type = self._open().execute(self._sql.EVENT_TYPE_AT, (after,)).get
                 problems.append((after, str(event_type), str(e)))
 
     # ------------------------------------------------------------------ read models
@@ -864,9 +766,9 @@ class EventStore:
         with self._lock, self._translate("cannot read"):
             conn = self._open()
             if aggregate_type is None:
-                rows: list[Any] = conn.execute(_schema.AGGREGATES).fetchall()
+                rows: list[Any] = conn.execute(self._sql.AGGREGATES).fetchall()
             else:
-                rows = conn.execute(_schema.AGGREGATES_OF_TYPE, (aggregate_type,)).fetchall()
+                rows = conn.execute(self._sql.AGGREGATES_OF_TYPE, (aggregate_type,)).fetchall()
         return rows
 
     # ------------------------------------------------------------------ audit
@@ -882,18 +784,15 @@ class EventStore:
         """
         with self._lock:
             conn = self._open()
-            check: Callable[[], list[str]]
-            if self.path in (":memory:", ""):
-                check = functools.partial(_audit.integrity_check, conn)
-            else:
-                check = _audit.integrity_check_in_background(*self._reader_args)
             try:
-                with conn:  # one read transaction: a consistent view while others append
+                with self._backend.reading():  # one read transaction: a consistent view while others append
+                    check = self._backend.check_structure()
                     report = _audit.verify(conn, check, expect_head=expect_head, progress=progress)
-            except apsw.CorruptError as e:
-                report = VerifyReport(False, 0, None, f"the file is damaged: {e}", 0, "")
-            except apsw.Error as e:
-                self._raise(e, "cannot verify")
+            except conn.Error as e:
+                damage = self._backend.damage(e)
+                if damage is None:
+                    self._raise(e, "cannot verify")
+                report = VerifyReport(False, 0, None, f"the file is damaged: {damage}", 0, "")
         return report
 
     def backup(self, path: str | os.PathLike[str]) -> None:
@@ -905,8 +804,9 @@ class EventStore:
         target = os.fspath(path)
         if os.path.exists(target):
             raise StorageError(f"cannot back up to {target!r}: it already exists")
-        with self._lock, self._translate(f"cannot back up to {target!r}"):
-            self._open().execute("VACUUM INTO ?", (target,))
+        with self._lock:
+            self._open()
+            self._backend.backup(target)
 
     def snapshot_stats(self) -> list[tuple[str, int, int]]:
         """(aggregate_type, snapshots, bytes) for each aggregate type that has snapshots."""
@@ -920,7 +820,7 @@ class EventStore:
             return _snapshots.drop(self._conn, name)
 
     # ------------------------------------------------------------------ lifecycle
-    def _open(self) -> apsw.Connection:
+    def _open(self) -> Connection:
         if self._closed:
             raise MiniesError("the store is closed")
         return self._conn
@@ -931,14 +831,7 @@ class EventStore:
             if self._closed:
                 return
             self._closed = True
-            conn = self._conn
-            if not self.readonly and self.path not in (":memory:", ""):
-                with contextlib.suppress(apsw.Error):
-                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-            try:
-                conn.close()
-            except apsw.Error as e:  # committed events are safe; the connection is gone anyway
-                self._raise(e, f"closing {self.path!r} failed")
+            self._backend.close()
 
     def __enter__(self) -> EventStore:
         return self
@@ -1005,7 +898,7 @@ class _Reading:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         self._store._lock.release()
-        if isinstance(error, apsw.Error):
+        if isinstance(error, self._store._conn.Error):
             self._store._raise(error, "cannot read")
 
 
@@ -1028,7 +921,7 @@ class _Tip:
         self._versions: dict[tuple[str, str], int] = {}
         self._staged: tuple[tuple[str, str], int, int, bytes] | None = None
 
-    def lookup(self, conn: apsw.Connection, stream: tuple[str, str]) -> tuple[int, int, bytes] | None:
+    def lookup(self, conn: Connection, stream: tuple[str, str]) -> tuple[int, int, bytes] | None:
         """(version, head position, head hash) of an ``(aggregate_id, aggregate_type)``, or
         None if the cache cannot vouch for them."""
         if self._data_version != conn.data_version():
@@ -1043,7 +936,7 @@ class _Tip:
         if not alone:
             self._data_version = None
 
-    def committed(self, conn: apsw.Connection) -> None:
+    def committed(self, conn: Connection) -> None:
         staged, self._staged = self._staged, None
         if staged is None or (self._data_version is None and self._versions):
             self.clear()
@@ -1074,13 +967,13 @@ class _Write:
     def __enter__(self) -> None:
         store = self._store
         if self._nested:
-            store._conn.execute(_schema.SAVEPOINT)
+            store._conn.execute(store._sql.SAVEPOINT)
         else:
             # IMMEDIATE takes the write lock up front: a writer waits (busy timeout) instead of
             # failing later when it upgrades a read lock. https://sqlite.org/lang_transaction.html
             try:
-                store._conn.execute(_schema.BEGIN)
-            except apsw.Error as e:
+                store._conn.execute(store._sql.BEGIN)
+            except store._conn.Error as e:
                 store._raise(e, "cannot start a write")
             store._writer = threading.get_ident()
         store._depth += 1
@@ -1093,20 +986,20 @@ class _Write:
             store._writer = None
         if self._nested:
             if kind is None:
-                conn.execute(_schema.RELEASE)
+                conn.execute(store._sql.RELEASE)
             else:
                 if not conn.get_autocommit():
-                    conn.execute(_schema.ROLLBACK_TO)
+                    conn.execute(store._sql.ROLLBACK_TO)
                 store._forget()
-            if isinstance(error, apsw.Error):
+            if isinstance(error, conn.Error):
                 store._raise(error, "cannot write")
             return
         if kind is None:
             try:
-                conn.execute(_schema.COMMIT)
-            except apsw.Error as e:
+                conn.execute(store._sql.COMMIT)
+            except conn.Error as e:
                 if not conn.get_autocommit():
-                    conn.execute(_schema.ROLLBACK)
+                    conn.execute(store._sql.ROLLBACK)
                 store._forget()
                 store._raise(e, "cannot commit")
             store._tip.committed(conn)
@@ -1114,18 +1007,10 @@ class _Write:
                 store._changed.notify_all()
             return
         if not conn.get_autocommit():
-            conn.execute(_schema.ROLLBACK)
+            conn.execute(store._sql.ROLLBACK)
         store._forget()
-        if isinstance(error, apsw.Error):  # minies' own SQL failed mid-write: rolled back
+        if isinstance(error, conn.Error):  # minies' own SQL failed mid-write: rolled back
             store._raise(error, "cannot write")
-
-
-def _read_only(path: str) -> bool:
-    """Is ``path`` an existing file that cannot be written (read-only media, permissions)?"""
-    if not os.path.isfile(path):
-        return False
-    folder = os.path.dirname(os.path.abspath(path))
-    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(path, os.W_OK)
 
 
 def _no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:

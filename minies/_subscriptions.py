@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from minies import _codec, _schema
+from minies import _codec
 from minies._errors import MiniesError, NotFound
 from minies._events import Event, Recorded, type_names
 
@@ -63,7 +63,7 @@ class Subscription:
     def position(self) -> int:
         """The last acknowledged position (0 if none)."""
         with self.store._lock:
-            value = self.store._open().execute(_schema.SUBSCRIPTION_POSITION, (self.name,)).get
+            value = self.store._open().execute(self.store._sql.SUBSCRIPTION_POSITION, (self.name,)).get
         return int(value or 0)
 
     def poll(self, handler: Handler, *, limit: int | None = None) -> int:
@@ -101,8 +101,8 @@ class Subscription:
         now = _codec.now_text()
         with self.store._lock, self.store._write():
             conn = self.store._conn
-            conn.executemany(_schema.PARK, [(self.name, *p, now) for p in parked])
-            conn.execute(_schema.SAVE_SUBSCRIPTION, (self.name, position, now))
+            conn.executemany(self.store._sql.PARK, [(self.name, *p, now) for p in parked])
+            conn.execute(self.store._sql.SAVE_SUBSCRIPTION, (self.name, position, now))
 
     def _deliver(self, handler: Handler, record: Recorded, attempts: int = 0) -> tuple[int, int, str] | None:
         for attempt in range(attempts + 1, attempts + self.max_attempts + 1):
@@ -127,8 +127,9 @@ class Subscription:
         """Deliver events as they are appended, by this process or any other.
 
         Waits without re-reading the log: a commit through this store wakes it at once; other
-        connections' commits are noticed through ``PRAGMA data_version`` (a look at the WAL
-        index in shared memory), checked with a backoff of up to ``max_wait`` seconds.
+        connections' commits are noticed through the backend's commit counter (SQLite: ``PRAGMA
+        data_version``, a look at the WAL index in shared memory; PostgreSQL: the head row),
+        checked with a backoff of up to ``max_wait`` seconds.
 
         Args:
             handler: called once per event, in position order.
@@ -148,8 +149,7 @@ class Subscription:
         try:
             while stop is None or not stop.is_set():
                 with store._lock:
-                    # Changes when another connection commits (https://sqlite.org/pragma.html#pragma_data_version)
-                    version = store._open().pragma("data_version")
+                    version = store._open().commit_counter()
                 if version != seen:
                     seen = version
                     n = self.poll(handler)
@@ -172,7 +172,7 @@ class Subscription:
     def dead_letters(self) -> list[DeadLetter]:
         """Events parked after ``max_attempts`` failures, oldest first."""
         with self.store._lock:
-            rows: list[Any] = self.store._open().execute(_schema.DEAD_LETTERS, (self.name,)).fetchall()
+            rows: list[Any] = self.store._open().execute(self.store._sql.DEAD_LETTERS, (self.name,)).fetchall()
         return [DeadLetter(*row) for row in rows]
 
     def redeliver(self, handler: Handler, position: int | None = None) -> int:
@@ -199,9 +199,9 @@ class Subscription:
             now = _codec.now_text()
             with self.store._lock, self.store._write():
                 if parked is None:
-                    self.store._conn.execute(_schema.UNPARK, (self.name, letter.position))
+                    self.store._conn.execute(self.store._sql.UNPARK, (self.name, letter.position))
                 else:
-                    self.store._conn.execute(_schema.PARK, (self.name, *parked, now))
+                    self.store._conn.execute(self.store._sql.PARK, (self.name, *parked, now))
             succeeded += parked is None
         return succeeded
 
@@ -212,7 +212,7 @@ class Subscription:
             NotFound: ``position`` is not parked for this subscription.
         """
         with self.store._lock, self.store._write():
-            self.store._conn.execute(_schema.UNPARK, (self.name, position))
+            self.store._conn.execute(self.store._sql.UNPARK, (self.name, position))
             if not self.store._conn.changes():
                 raise NotFound(f"position {position} is not parked for subscription {self.name!r}")
 
@@ -226,4 +226,3 @@ class Subscription:
         if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= head:
             raise ValueError(f"position must be an int from 0 to the head ({head}), got {position!r}")
         self._acknowledge(position, [])
-

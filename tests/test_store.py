@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minies
-from minies import _schema
+from minies._backends import sqlite_sql as _schema
 
 
 def deposit(n: int = 1) -> list[minies.Event]:

@@ -1,0 +1,118 @@
+"""Storage backends: where the log lives. The engine above them never names one.
+
+A backend owns connections, SQL text, transactions, locking and error translation:
+
+- ``sqlite``: one file (or ``:memory:``), through apsw.
+- ``postgres``: a PostgreSQL database, through psycopg 3 (the ``minies[postgres]`` extra).
+
+Each gives the engine a ``Backend`` and, through it, a ``Connection`` whose ``sql`` attribute
+holds that backend's text for every statement the engine runs (``sqlite_sql``,
+``postgres_sql``: the same names, the same parameters in the same order, ``?`` placeholders,
+the same columns back, with the same Python types).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from types import ModuleType
+from typing import Any, NoReturn, Protocol
+
+
+class Connection(Protocol):
+    """What the engine runs SQL through: apsw's interface, which the PostgreSQL one copies."""
+
+    @property
+    def sql(self) -> ModuleType: ...
+
+    @property
+    def Error(self) -> type[Exception]: ...
+
+    def execute(self, statement: str, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any]], /) -> Any: ...
+
+    def changes(self) -> int:
+        """Rows the last INSERT, UPDATE or DELETE changed."""
+        ...
+
+    def data_version(self) -> int:
+        """Equal on two calls inside one write transaction only if no other connection has
+        committed since this one last did (a backend that cannot tell cheaply never repeats)."""
+        ...
+
+    def commit_counter(self) -> int:
+        """Changes when anyone commits to the log (what ``follow`` watches)."""
+        ...
+
+    def get_autocommit(self) -> bool:
+        """True outside a transaction."""
+        ...
+
+
+class Backend(Protocol):
+    """One open store's storage."""
+
+    @property
+    def where(self) -> str:
+        """How messages name it: a file path, or a URL without its password."""
+        ...
+
+    @property
+    def conn(self) -> Connection: ...
+
+    @property
+    def file_version(self) -> int:
+        """The schema version of the data as found (a read-only store does not migrate it)."""
+        ...
+
+    def raise_error(self, error: BaseException, doing: str) -> NoReturn:
+        """Raise the ``MiniesError`` that explains a driver error."""
+        ...
+
+    def damage(self, error: BaseException) -> str | None:
+        """What is damaged, if ``error`` says the stored data is."""
+        ...
+
+    def conflict(self, error: BaseException) -> str | None:
+        """``"event_id"`` or ``"version"`` if an insert broke that uniqueness, else None."""
+        ...
+
+    def projection_db(self) -> Any:
+        """The ``Database`` handle projections write through."""
+        ...
+
+    def query(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
+        """Run read-only SQL; ``QueryError`` if it is invalid or writes."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def check_structure(self) -> Callable[[], str | None]:
+        """Start the backend's own checks (immutability guards, storage integrity); call the
+        result for the first problem found, or None."""
+        ...
+
+    def backup(self, target: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def reading(self) -> AbstractContextManager[Any]:
+        """A consistent read of the whole log while others append (``verify``)."""
+        ...
+
+
+def is_url(where: str | os.PathLike[str]) -> bool:
+    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
+
+
+def open_backend(where: str | os.PathLike[str], *, durability: str, timeout: float, readonly: bool) -> Backend:
+    """The backend ``where`` names: a PostgreSQL URL, else a SQLite file path."""
+    if is_url(where):
+        from minies._backends.postgres import PostgresBackend  # psycopg is an optional extra
+
+        return PostgresBackend(str(where), durability=durability, timeout=timeout, readonly=readonly)
+    from minies._backends.sqlite import SqliteBackend
+
+    return SqliteBackend(os.fspath(where), durability=durability, timeout=timeout, readonly=readonly)

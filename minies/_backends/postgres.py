@@ -1,0 +1,339 @@
+"""The PostgreSQL backend: the same log on a server, through psycopg 3.
+
+Opened by URL: ``postgresql://user:password@host:port/dbname`` (or ``postgres://``), with an
+optional ``?schema=NAME`` so several apps share a database. This is the only module that
+turns psycopg's exceptions into minies' errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NoReturn
+
+from minies._backends import postgres_sql
+from minies._errors import MiniesError, QueryError, SchemaError, StorageError
+from minies._projections import Database
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.pq import TransactionStatus
+except ImportError:  # pragma: no cover - exercised by the test that hides psycopg
+    psycopg = None  # type: ignore[assignment]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# A token the placeholder translation must step over whole: quoted text, identifiers,
+# dollar-quoted bodies, comments, `::` casts; or a `?`, `:name` or `%` to rewrite.
+_TOKENS = re.compile(
+    r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|\$(\w*)\$.*?\$\1\$|--[^\n]*|/\*.*?\*/|::|(\?)|:([A-Za-z_]\w*)|(%)|(;)""",
+    re.DOTALL,
+)
+
+
+def translate(statement: str) -> tuple[str, bool]:
+    """``?`` and ``:name`` placeholders (SQLite's) as psycopg's ``%s`` and ``%(name)s``; and
+    whether the text holds more than one statement."""
+    several = False
+
+    def rewrite(found: re.Match[str]) -> str:
+        nonlocal several
+        if found.group(2):
+            return "%s"
+        if found.group(3):
+            return f"%({found.group(3)})s"
+        if found.group(4):
+            return "%%"
+        if found.group(5):
+            several = several or bool(statement[found.end() :].strip())
+        return found.group(0)
+
+    return _TOKENS.sub(rewrite, statement), several
+
+
+class _Rows:
+    """A finished statement's rows, as apsw's cursor hands them out."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    @property
+    def get(self) -> Any:
+        if not self._rows:
+            return None
+        row = self._rows[0]
+        return row[0] if len(row) == 1 else row
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._rows)
+
+
+class Connection:
+    """A psycopg connection with apsw's interface (see ``minies._backends.Connection``)."""
+
+    sql = postgres_sql
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.Error: type[Exception] = psycopg.Error
+        self._texts: dict[str, str] = {}
+        self._changes = 0
+        self._versions = itertools.count()
+
+    def _text(self, statement: str) -> str:
+        text = self._texts.get(statement)
+        if text is None:
+            text = self._texts[statement] = translate(statement)[0]
+        return text
+
+    def execute(self, statement: str, params: Any = ()) -> _Rows:
+        cursor = self.raw.execute(self._text(statement), params if params else None)
+        self._changes = max(cursor.rowcount, 0)
+        return _Rows(cursor.fetchall() if cursor.description is not None else [])
+
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.executemany(self._text(statement), rows)
+            self._changes = max(cursor.rowcount, 0)
+
+    def changes(self) -> int:
+        return self._changes
+
+    def data_version(self) -> int:
+        return next(self._versions)  # never vouches: every append locks and reads the head
+
+    def commit_counter(self) -> int:
+        return int(self.execute(postgres_sql.COMMIT_COUNTER).get)
+
+    def get_autocommit(self) -> bool:
+        return bool(self.raw.info.transaction_status == TransactionStatus.IDLE)
+
+
+class PostgresBackend:
+    """A minies log in a PostgreSQL database (its tables created on first open)."""
+
+    def __init__(self, url: str, *, durability: str, timeout: float, readonly: bool) -> None:
+        if psycopg is None:
+            raise MiniesError(
+                f"cannot open {_without_password(url)}: PostgreSQL needs psycopg; "
+                'install it with: pip install "minies[postgres]"'
+            )
+        self.where = _without_password(url)
+        self.readonly = readonly
+        self._timeout = timeout
+        self.file_version = postgres_sql.SCHEMA_VERSION
+        dsn, schema = _split_schema(url)
+        try:
+            raw = psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout)))
+        except psycopg.Error as e:
+            self.raise_error(e, f"cannot connect to {self.where}")
+        self.conn = Connection(raw)
+        try:
+            self._prepare(schema, durability)
+        except BaseException:
+            raw.close()
+            raise
+
+    def _prepare(self, schema: str | None, durability: str) -> None:
+        raw = self.conn.raw
+        try:
+            if raw.info.encoding.lower() not in ("utf8", "utf-8"):
+                raise SchemaError(f"{self.where} does not use UTF-8; minies needs a UTF-8 database")
+            settings = [
+                f"SET lock_timeout = {int(self._timeout * 1000)}",
+                f"SET synchronous_commit = {'on' if durability == 'full' else 'off'}",
+            ]
+            if schema is not None:
+                settings.append(f"SET search_path TO {schema}")
+            for setting in settings:
+                raw.execute(setting)
+            exists, known, current = raw.execute(postgres_sql.IDENTIFY).fetchone()
+            if current is None:
+                if self.readonly or schema is None:
+                    raise SchemaError(f"{self.where} has no schema to create the log in (search_path is empty)")
+                raw.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                current = schema
+            self._schema = f'"{current}"'
+            if not (exists and known):
+                if self.readonly:
+                    raise SchemaError(f"{self.where} holds no minies log")
+                with raw.transaction():
+                    # Several processes may open a fresh database at once: one creates, the others wait.
+                    raw.execute("SELECT pg_advisory_xact_lock(hashtext('minies schema ' || current_schema()))")
+                    exists, known, _ = raw.execute(postgres_sql.IDENTIFY).fetchone()
+                    if exists and not known:
+                        raise SchemaError(
+                            f"{self.where} has an 'events' table that is not a minies log; use another schema "
+                            "(?schema=NAME) or database"
+                        )
+                    if not exists:
+                        for statement in postgres_sql.CREATE:
+                            raw.execute(statement.format(schema=self._schema))
+            version = self.schema_version()
+            if version > postgres_sql.SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.where} was written by a newer minies (schema version {version}, this one knows "
+                    f"up to {postgres_sql.SCHEMA_VERSION}); upgrade minies to open it"
+                )
+            if self.readonly:
+                raw.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as e:
+            self.raise_error(e, f"cannot open {self.where}")
+
+    # ------------------------------------------------------------------ errors
+    def raise_error(self, error: BaseException, doing: str) -> NoReturn:
+        e = error
+        if isinstance(e, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+            raise StorageError(
+                f"{doing}: the log is locked by another connection and stayed locked for "
+                f"{self._timeout:g}s; retry later or raise timeout="
+            ) from None
+        if isinstance(e, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
+            raise StorageError(
+                f"{doing}: it collided with a concurrent transaction; nothing was written, retry"
+            ) from None
+        if isinstance(e, pg_errors.DiskFull):
+            raise StorageError(f"{doing}: the server's disk is full; nothing from this call was written") from None
+        if isinstance(e, pg_errors.ReadOnlySqlTransaction):
+            raise StorageError(f"{doing}: the store is read-only (or the server is a standby)") from None
+        if isinstance(e, pg_errors.InsufficientPrivilege):
+            raise StorageError(f"{doing}: permission denied ({_first_line(e)})") from None
+        if isinstance(e, pg_errors.RaiseException):
+            raise StorageError(f"{doing}: {_first_line(e)}") from None
+        if isinstance(e, psycopg.OperationalError):
+            raise StorageError(
+                f"{doing}: the server cannot be reached or dropped the connection ({_first_line(e)})"
+            ) from None
+        raise StorageError(f"{doing}: {type(e).__name__}: {_first_line(e)}") from e
+
+    def damage(self, error: BaseException) -> str | None:
+        return _first_line(error) if isinstance(error, pg_errors.DataCorrupted) else None
+
+    def conflict(self, error: BaseException) -> str | None:
+        if not isinstance(error, pg_errors.UniqueViolation):
+            return None
+        return "event_id" if "event_id" in (error.diag.constraint_name or "") else "version"
+
+    # ------------------------------------------------------------------ what the engine asks
+    def projection_db(self) -> Database:
+        return Database(self.conn, _Refused, _refused_statement)
+
+    def query(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
+        raw = self.conn.raw
+        text, several = translate(statement)
+        if several:
+            raise QueryError(f"store.query runs one statement, got several: {statement!r:.200}")
+        raw.execute("BEGIN READ ONLY")
+        try:
+            cursor = raw.execute(text, params if params else None)
+            return cursor.fetchall() if cursor.description is not None else []
+        except pg_errors.ReadOnlySqlTransaction:
+            raise QueryError(f"store.query is read-only; this SQL tries to write: {statement!r:.200}") from None
+        except (psycopg.ProgrammingError, psycopg.DataError, psycopg.IntegrityError) as e:
+            if (isinstance(e, psycopg.ProgrammingError) and "placeholder" in str(e)) or "parameter" in str(e):
+                raise QueryError(f"wrong parameters for {statement!r:.200}: {_first_line(e)}") from None
+            raise QueryError(f"invalid SQL {statement!r:.200}: {_first_line(e)}") from None
+        except (TypeError, KeyError) as e:
+            raise QueryError(f"wrong parameters for {statement!r:.200}: {e}") from None
+        except psycopg.Error as e:
+            self.raise_error(e, "cannot query")
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                raw.execute("ROLLBACK")
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute(postgres_sql.SCHEMA_VERSION_NOW).get or 0)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """One snapshot of the whole log (REPEATABLE READ), read-only."""
+        raw = self.conn.raw
+        raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                raw.execute("ROLLBACK")
+
+    def check_structure(self) -> Callable[[], str | None]:
+        """The immutability triggers: present, enabled, and running minies' own functions."""
+        found = {
+            name: (enabled, function, body)
+            for name, enabled, function, body in self.conn.execute(postgres_sql.TRIGGER_STATE)
+        }
+        problem = None
+        missing = postgres_sql.TRIGGERS.keys() - found.keys()
+        disabled = sorted(name for name, (enabled, _, _) in found.items() if enabled == "D")
+        if missing:
+            problem = f"immutability triggers are missing: {', '.join(sorted(missing))}"
+        elif disabled:
+            problem = f"immutability triggers are disabled: {', '.join(disabled)}"
+        else:
+            for name, function in postgres_sql.TRIGGERS.items():
+                _, used, body = found[name]
+                expected = postgres_sql.FUNCTIONS[function].format(schema=self._schema).split("$minies$")[1]
+                if used != function or body.split() != expected.split():
+                    problem = f"the immutability trigger {name} was altered"
+                    break
+        return lambda: problem
+
+    def backup(self, target: str) -> None:
+        raise StorageError(
+            f"cannot back up {self.where} with backup(): use pg_dump, or minies.copy(url, {target!r}) for a minies file"
+        )
+
+    def close(self) -> None:
+        self.conn.raw.close()
+
+
+class _Refused(Exception):
+    """Never raised by psycopg: projections' statements are screened before they run."""
+
+
+# What a projection may not run: transaction control, session changes, or a write to the log
+# or minies' own tables (the triggers stop changes to history whatever the text).
+_REFUSED = re.compile(
+    r"^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE|SET|RESET|LISTEN|VACUUM|COPY)\b"
+    r"|\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE(\s+TABLE)?|DROP\s+TABLE(\s+IF\s+EXISTS)?|ALTER\s+TABLE)"
+    r"\s+(ONLY\s+)?(\"?\w+\"?\.)?\"?(events|minies_\w*)\b",
+    re.IGNORECASE,
+)
+
+
+def _refused_statement(statement: str) -> bool:
+    return bool(_REFUSED.search(statement)) or translate(statement)[1]
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """The URL psycopg connects with, and the ``schema`` query parameter taken out of it."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    rest = [(key, value) for key, value in query if key != "schema"]
+    schema = schemas[-1] if schemas else None
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"schema must be a lowercase SQL name (letters, digits, _), got {schema!r}")
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest))), schema
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,340 @@
+"""Every SQL statement minies runs on PostgreSQL: the names, parameters and result columns of
+``sqlite_sql``, in PostgreSQL's dialect (``?`` placeholders, translated by the connection).
+
+The schema is the seed's: ``event_id UUID``, ``created_at TIMESTAMPTZ``, ``data`` and
+``metadata`` as ``json``, not ``jsonb``: ``jsonb`` reorders keys, drops whitespace and
+duplicate keys and rewrites numbers (``1e2`` becomes ``100``), so the bytes that were hashed
+could not be read back and the chain would not verify. ``json`` keeps the exact text; index
+inside payloads with an expression index, e.g.
+``CREATE INDEX ON events (((data::jsonb) ->> 'customer_id'))``.
+
+Reads return what the SQLite backend returns: ids and timestamps as the same text
+(``TIMESTAMP`` below), payloads as JSON text, so the engine and the hash chain never know
+which backend they run on.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_VERSION: Final = 3
+
+# created_at as the SQLite backend stores it: 2026-03-04T15:23:47.123456Z
+TIMESTAMP: Final = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+def _ts(column: str) -> str:
+    return TIMESTAMP.format(column)
+
+
+# The head row: the last position and its hash, locked by each writer until it commits, so
+# positions are handed out in commit order with no gaps (a sequence hands out numbers at
+# INSERT, but rows appear at COMMIT: readers would skip events or see holes). The trigger
+# moves it for every inserted event, refusing any event that does not take the next position,
+# whichever client inserts.
+APPEND_FUNCTION: Final = """
+CREATE FUNCTION {schema}.minies_append() RETURNS trigger LANGUAGE plpgsql AS $minies$
+BEGIN
+  UPDATE {schema}.minies_head SET position = NEW.position, hash = NEW.hash WHERE position = NEW.position - 1;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'minies: events are append-only; a new event must take the next position';
+  END IF;
+  RETURN NEW;
+END $minies$"""
+REFUSE_FUNCTION: Final = """
+CREATE FUNCTION {schema}.minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $minies$
+BEGIN
+  RAISE EXCEPTION 'minies: events are immutable; % is refused', TG_OP;
+END $minies$"""
+# What an append needs before it writes: the head, locked, then the aggregate's version and
+# type. A VOLATILE function reads each statement with a fresh snapshot, so the version is read
+# after the lock is granted: it includes every commit before ours.
+APPEND_STATE_FUNCTION: Final = """
+CREATE FUNCTION {schema}.minies_append_state(aggregate text)
+RETURNS TABLE (version bigint, aggregate_type text, head bigint, hash bytea) LANGUAGE plpgsql AS $minies$
+DECLARE
+  at bigint;
+  digest bytea;
+BEGIN
+  SELECT h.position, h.hash INTO at, digest FROM {schema}.minies_head h FOR UPDATE;
+  RETURN QUERY SELECT
+    (SELECT max(e.version) FROM {schema}.events e WHERE e.aggregate_id = aggregate),
+    (SELECT e.aggregate_type FROM {schema}.events e WHERE e.aggregate_id = aggregate AND e.version = 1),
+    at, digest;
+END $minies$"""
+
+CREATE: Final = (
+    """
+    CREATE TABLE {schema}.events (
+        position       BIGINT      PRIMARY KEY,
+        event_id       UUID        NOT NULL UNIQUE,
+        aggregate_id   TEXT        NOT NULL,
+        aggregate_type TEXT        NOT NULL,
+        event_type     TEXT        NOT NULL,
+        version        BIGINT      NOT NULL CHECK (version >= 1),
+        data           JSON        NOT NULL,
+        metadata       JSON        NOT NULL DEFAULT '{{}}',
+        created_at     TIMESTAMPTZ NOT NULL,
+        hash           BYTEA       NOT NULL,
+        schema_version INTEGER     NOT NULL DEFAULT 1,
+        UNIQUE (aggregate_id, version)
+    )""",
+    "CREATE INDEX events_type ON {schema}.events (event_type, position)",
+    """
+    CREATE TABLE {schema}.minies_head (
+        one      BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+        position BIGINT  NOT NULL,
+        hash     BYTEA   NOT NULL
+    )""",
+    "INSERT INTO {schema}.minies_head (position, hash) VALUES (0, '\\x" + "00" * 32 + "')",
+    APPEND_FUNCTION,
+    REFUSE_FUNCTION,
+    APPEND_STATE_FUNCTION,
+    "CREATE TRIGGER events_append_only BEFORE INSERT ON {schema}.events"
+    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_append()",
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON {schema}.events"
+    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_refuse()",
+    "CREATE TRIGGER events_no_delete BEFORE DELETE ON {schema}.events"
+    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_refuse()",
+    "CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {schema}.events"
+    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.minies_refuse()",
+    """
+    CREATE TABLE {schema}.minies_event_types (
+        event_type     TEXT        NOT NULL,
+        schema_version INTEGER     NOT NULL,
+        python_class   TEXT        NOT NULL,
+        json_schema    TEXT        NOT NULL,
+        first_seen     TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (event_type, schema_version)
+    )""",
+    """
+    CREATE TABLE {schema}.minies_snapshots (
+        aggregate_id   TEXT        NOT NULL,
+        version        BIGINT      NOT NULL,
+        aggregate_type TEXT        NOT NULL,
+        fingerprint    TEXT        NOT NULL,
+        state          TEXT        NOT NULL,
+        created_at     TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (aggregate_id, version)
+    )""",
+    """
+    CREATE TABLE {schema}.minies_projections (
+        name       TEXT        PRIMARY KEY,
+        version    INTEGER     NOT NULL,
+        position   BIGINT      NOT NULL,
+        objects    TEXT        NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL
+    )""",
+    """
+    CREATE TABLE {schema}.minies_subscriptions (
+        name       TEXT        PRIMARY KEY,
+        position   BIGINT      NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL
+    )""",
+    """
+    CREATE TABLE {schema}.minies_dead_letters (
+        subscription TEXT        NOT NULL,
+        position     BIGINT      NOT NULL,
+        attempts     INTEGER     NOT NULL,
+        error        TEXT        NOT NULL,
+        parked_at    TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (subscription, position)
+    )""",
+    "CREATE TABLE {schema}.minies_schema (version INTEGER NOT NULL)",
+    f"INSERT INTO {{schema}}.minies_schema VALUES ({SCHEMA_VERSION})",
+)
+# The triggers verify expects, enabled, and the functions behind them, unaltered.
+TRIGGERS: Final = {
+    "events_append_only": "minies_append",
+    "events_no_update": "minies_refuse",
+    "events_no_delete": "minies_refuse",
+    "events_no_truncate": "minies_refuse",
+}
+FUNCTIONS: Final = {"minies_append": APPEND_FUNCTION, "minies_refuse": REFUSE_FUNCTION}
+TRIGGER_STATE: Final = (
+    "SELECT t.tgname, t.tgenabled, p.proname, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+    " WHERE t.tgrelid = to_regclass('events') AND NOT t.tgisinternal"
+)
+IDENTIFY: Final = "SELECT to_regclass('events') IS NOT NULL, to_regclass('minies_schema') IS NOT NULL, current_schema()"
+SCHEMA_VERSION_NOW: Final = "SELECT max(version) FROM minies_schema"
+
+# ---------------------------------------------------------------------------- the events
+_EVENT_COLUMNS: Final = (
+    "position, event_id::text, aggregate_id, aggregate_type, event_type, version,"
+    f" {_ts('created_at')}, data::text, metadata::text"
+)
+INSERT_EVENT: Final = (
+    "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
+    " data, metadata, created_at, hash, schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+AGGREGATE_VERSION: Final = "SELECT max(version) FROM events WHERE aggregate_id = ?"
+HEAD: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+APPEND_STATE: Final = "SELECT version, aggregate_type, head, hash FROM minies_append_state(?)"
+EVENT_BY_ID: Final = (
+    f"SELECT aggregate_id, version, event_type, data::text, {_ts('created_at')} FROM events WHERE event_id = ?"
+)
+SAME_APPEND_AROUND: Final = (
+    "SELECT count(*) FROM events WHERE aggregate_id = ? AND version IN (?, ?) AND created_at = ?::timestamptz"
+)
+READ_AGGREGATE: Final = (
+    f"SELECT {_EVENT_COLUMNS} FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
+    " ORDER BY version LIMIT ?"
+)
+VERSIONED: Final = {"READ_AGGREGATE": READ_AGGREGATE.replace(" FROM", ", schema_version FROM", 1)}
+READ_AGGREGATE_PAYLOADS: Final = (
+    "SELECT '[' || string_agg(data::text, ',' ORDER BY version) || ']', string_agg(event_type, ',' ORDER BY version),"
+    " max(version), count(*), min(aggregate_type), max(aggregate_type)"
+    " FROM events WHERE aggregate_id = ? AND version > ? AND version <= ?"
+)
+READ_ALL: Final = f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
+READ_ALL_TYPES: Final = (
+    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ?"
+    " AND event_type IN (SELECT json_array_elements_text(?::json)) ORDER BY position LIMIT ?"
+)
+VERSIONED["READ_ALL"] = READ_ALL.replace(" FROM", ", schema_version FROM", 1)
+VERSIONED["READ_ALL_TYPES"] = READ_ALL_TYPES.replace(" FROM", ", schema_version FROM", 1)
+RAW_EVENTS: Final = (
+    "SELECT position, event_id::text, aggregate_id, aggregate_type, event_type, version, data::text,"
+    f" metadata::text, {_ts('created_at')}, hash, schema_version FROM events WHERE position > ?"
+    " ORDER BY position LIMIT ?"
+)
+HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"
+EVENT_TYPE_ROWS: Final = {
+    3: f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types",
+}
+COPY_EVENT_TYPE: Final = (
+    "INSERT INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+NOTE_EVENT_TYPES: Final = (
+    "INSERT INTO minies_event_types SELECT event_type, schema_version, '', '{}', min(created_at)"
+    " FROM events WHERE position > ? GROUP BY event_type, schema_version ON CONFLICT DO NOTHING"
+)
+SNAPSHOT_ROWS: Final = (
+    f"SELECT aggregate_id, version, aggregate_type, fingerprint, state, {_ts('created_at')} FROM minies_snapshots"
+)
+COPY_SNAPSHOT: Final = (
+    "INSERT INTO minies_snapshots (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+AGGREGATE_HIGH: Final = "SELECT max(version) FROM events WHERE aggregate_id = ? AND version <= ?"
+
+
+def _netstring(expression: str) -> str:
+    return f"octet_length({expression}) || ':' || {expression} || ','"
+
+
+_CHAINED: Final = (
+    "position::text",
+    "event_id::text",
+    "aggregate_id",
+    "aggregate_type",
+    "event_type",
+    "version::text",
+    "data::text",
+    "metadata::text",
+    _ts("created_at"),
+)
+# The canonical encoding of _audit, built by PostgreSQL (the database's encoding is UTF-8).
+# Columns are typed here: a retyped value cannot be stored, so every row is "typed".
+CHAIN: Final = (
+    f"SELECT position, hash, true, convert_to({' || '.join(_netstring(c) for c in _CHAINED)}"
+    f" || CASE schema_version WHEN 1 THEN '' ELSE {_netstring('schema_version::text')} END, 'UTF8')"
+    " FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+EVENT_TYPE_AT: Final = "SELECT event_type FROM events WHERE position = ?"
+HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
+COMMIT_COUNTER: Final = "SELECT position FROM minies_head"
+VERSION_GAPS: Final = (
+    "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"
+    " HAVING min(version) != 1 OR max(version) != count(*) LIMIT 1"
+)
+COUNTS: Final = "SELECT count(*), count(DISTINCT aggregate_id), max(position) FROM events"
+TYPE_COUNTS: Final = (
+    "SELECT event_type, schema_version, count(*) FROM events GROUP BY event_type, schema_version"
+    " ORDER BY event_type, schema_version"
+)
+
+# ---------------------------------------------------------------------------- event types
+STORED_TYPES: Final = {3: "SELECT event_type, schema_version FROM minies_event_types"}
+ADD_TYPE: Final = (
+    "INSERT INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+EVENT_TYPE_SCHEMAS: Final = (
+    f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types"
+    " ORDER BY event_type, schema_version"
+)
+
+# ---------------------------------------------------------------------------- snapshots
+SAVE_SNAPSHOT: Final = (
+    "INSERT INTO minies_snapshots (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (aggregate_id, version) DO UPDATE SET"
+    " aggregate_type = EXCLUDED.aggregate_type, fingerprint = EXCLUDED.fingerprint, state = EXCLUDED.state,"
+    " created_at = EXCLUDED.created_at"
+)
+LATEST_SNAPSHOT: Final = (
+    "SELECT version, fingerprint, state FROM minies_snapshots"
+    " WHERE aggregate_id = ? AND version <= ? ORDER BY version DESC LIMIT ?"
+)
+PRUNE_SNAPSHOTS: Final = (
+    "DELETE FROM minies_snapshots WHERE aggregate_id = ? AND version < ("
+    " SELECT min(version) FROM (SELECT version FROM minies_snapshots WHERE aggregate_id = ?"
+    " ORDER BY version DESC LIMIT ?) AS kept)"
+)
+SNAPSHOT_STATS: Final = (
+    "SELECT aggregate_type, count(*), coalesce(sum(octet_length(state)), 0) FROM minies_snapshots"
+    " GROUP BY aggregate_type ORDER BY aggregate_type"
+)
+DROP_SNAPSHOTS: Final = "DELETE FROM minies_snapshots WHERE aggregate_type = ?"
+
+# ---------------------------------------------------------------------------- projections
+PROJECTION_STATE: Final = "SELECT version, position, objects FROM minies_projections WHERE name = ?"
+PROJECTION_POSITIONS: Final = "SELECT name, position FROM minies_projections"
+PROJECTIONS: Final = f"SELECT name, version, position, {_ts('updated_at')} FROM minies_projections ORDER BY name"
+SAVE_PROJECTION: Final = (
+    "INSERT INTO minies_projections (name, version, position, objects, updated_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,"
+    " objects = EXCLUDED.objects, updated_at = EXCLUDED.updated_at"
+)
+ADVANCE_PROJECTION: Final = "UPDATE minies_projections SET position = ?, updated_at = ? WHERE name = ?"
+# What a projection's setup created, to drop it before a rebuild (a table's indexes and
+# sequences go with it).
+SCHEMA_OBJECTS: Final = (
+    "SELECT CASE relkind WHEN 'v' THEN 'view' WHEN 'i' THEN 'index' ELSE 'table' END, relname FROM pg_class"
+    " WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p', 'v', 'i')"
+)
+
+# ---------------------------------------------------------------------------- subscriptions
+SUBSCRIPTION_POSITION: Final = "SELECT position FROM minies_subscriptions WHERE name = ?"
+SAVE_SUBSCRIPTION: Final = (
+    "INSERT INTO minies_subscriptions (name, position, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at"
+)
+PARK: Final = (
+    "INSERT INTO minies_dead_letters (subscription, position, attempts, error, parked_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (subscription, position) DO UPDATE SET attempts = EXCLUDED.attempts, error = EXCLUDED.error,"
+    " parked_at = EXCLUDED.parked_at"
+)
+DEAD_LETTERS: Final = (
+    f"SELECT position, attempts, error, {_ts('parked_at')} FROM minies_dead_letters WHERE subscription = ?"
+    " ORDER BY position"
+)
+UNPARK: Final = "DELETE FROM minies_dead_letters WHERE subscription = ? AND position = ?"
+DEAD_LETTER_ATTEMPTS: Final = "SELECT attempts FROM minies_dead_letters WHERE subscription = ? AND position = ?"
+AGGREGATES: Final = (
+    "SELECT aggregate_id, min(aggregate_type), max(version) FROM events GROUP BY aggregate_id ORDER BY aggregate_id"
+)
+AGGREGATES_OF_TYPE: Final = (
+    "SELECT aggregate_id, min(aggregate_type), max(version) FROM events WHERE aggregate_type = ?"
+    " GROUP BY aggregate_id ORDER BY aggregate_id"
+)
+SUBSCRIPTIONS: Final = f"SELECT name, position, {_ts('updated_at')} FROM minies_subscriptions ORDER BY name"
+
+# ---------------------------------------------------------------------------- transactions
+BEGIN: Final = "BEGIN"
+COMMIT: Final = "COMMIT"
+ROLLBACK: Final = "ROLLBACK"
+SAVEPOINT: Final = "SAVEPOINT minies"
+RELEASE: Final = "RELEASE SAVEPOINT minies"
+ROLLBACK_TO: Final = "ROLLBACK TO SAVEPOINT minies; RELEASE SAVEPOINT minies"
