@@ -7,10 +7,38 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pgserver
 
 import minies
 
 TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A PostgreSQL server for the session. Without one the PostgreSQL tests skip, except
+    where ``MINIES_REQUIRE_POSTGRES=1`` (CI sets it): there they fail."""
+    try:
+        with pgserver.cluster() as dsn:
+            yield dsn
+    except RuntimeError as e:
+        if os.environ.get("MINIES_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"MINIES_REQUIRE_POSTGRES=1 but {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def pg_url(pg_dsn: str) -> str:
+    """A PostgreSQL URL with an empty log (a fresh schema)."""
+    return pgserver.fresh_schema(pg_dsn)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a contract test's store lives: a file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "test.db")
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture
@@ -18,10 +46,15 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "test.db")
 
 
-@pytest.fixture
-def store(minies_store: minies.EventStore) -> minies.EventStore:
-    """An in-memory store (the fixture minies' pytest plugin gives every user)."""
-    return minies_store
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[minies.EventStore]:
+    """An in-memory store (the fixture minies' pytest plugin gives every user), then one on
+    PostgreSQL."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("minies_store")
+        return
+    with minies.EventStore(request.getfixturevalue("pg_url")) as s:
+        yield s
 
 
 @pytest.fixture

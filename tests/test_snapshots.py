@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import os
 import warnings
 from typing import ClassVar
@@ -51,6 +53,14 @@ def test_old_snapshots_are_pruned(store: minies.EventStore) -> None:
     assert snapshot_versions(store, "s") == [24, 27, 30]
 
 
+def doctor(store: minies.EventStore, at_version: int | None, /, **fields: object) -> None:
+    """Change fields of stored snapshot states (at ``version``, or all of them)."""
+    for at, state in store._conn.execute("SELECT version, state FROM minies_snapshots").fetchall():
+        if at_version in (None, at):
+            changed = {**json.loads(state), **fields}
+            store._conn.execute("UPDATE minies_snapshots SET state = ? WHERE version = ?", (json.dumps(changed), at))
+
+
 def test_load_uses_the_snapshot(store: minies.EventStore) -> None:
     account = Snappy(id="s")
     account.record(AccountOpened(owner="o", balance=0))
@@ -58,7 +68,7 @@ def test_load_uses_the_snapshot(store: minies.EventStore) -> None:
         account.deposit(1)
     store.save(account)  # snapshot at 6
     # Doctor the snapshot: if load uses it, the doctored balance shows.
-    store._conn.execute("UPDATE minies_snapshots SET state = json_set(state, '$.balance', 100) WHERE version = 6")
+    doctor(store, 6, balance=100)
     assert store.load(Snappy, "s").balance == 100
     assert store.load(Snappy, "s", upto=5).balance == 4  # below the snapshot: replay
     store.append("s", [MoneyDeposited(amount=1)], aggregate_type="Snappy")
@@ -105,7 +115,7 @@ def test_snapshot_version_alone_invalidates(store: minies.EventStore) -> None:
     account = v1(id="s")
     account.record(AccountOpened(owner="o", balance=5))
     store.save(account)
-    store._conn.execute("UPDATE minies_snapshots SET state = json_set(state, '$.balance', 100)")  # doctored
+    doctor(store, None, balance=100)
     assert store.load(v1, "s").balance == 100  # same snapshot_version: the snapshot is used
     assert store.load(shape(1, every=1), "s").balance == 100  # (a re-run of the same definition too)
     assert store.load(v2, "s").balance == 5  # bumped: ignored, replayed
@@ -298,8 +308,9 @@ def test_the_newest_usable_snapshot_is_used_skipping_other_shapes_and_broken_one
         account.deposit(1)
         store.save(account)  # snapshots at 4 and 6, new shape
     assert snapshot_versions(store, "s") == [2, 4, 6]
-    for version, state in ((2, "json_set(state, '$.balance', 100)"), (4, "json_set(state, '$.balance', 200)"), (6, "'not json'")):
-        store._conn.execute(f"UPDATE minies_snapshots SET state = {state} WHERE version = ?", (version,))
+    doctor(store, 2, balance=100)
+    doctor(store, 4, balance=200)
+    store._conn.execute("UPDATE minies_snapshots SET state = 'not json' WHERE version = 6")
     assert store.load(old, "s").balance == 104  # 6 and 4 are another shape: the one at 2, then 4 events
     assert store.load(new, "s").balance == 202  # 6 does not decode: the one at 4, then 2 events
 
@@ -311,7 +322,6 @@ def test_a_snapshot_whose_state_names_another_aggregate_or_version_is_ignored(st
     account.deposit(1)
     account.deposit(1)
     store.save(account)  # a snapshot at 3
-    value = "'other'" if field == "id" else "2"
-    store._conn.execute(f"UPDATE minies_snapshots SET state = json_set(state, '$.{field}', {value}, '$.balance', 100)")
+    doctor(store, None, **{field: "other" if field == "id" else 2, "balance": 100})
     loaded = store.load(Snappy, "s")
     assert (loaded.id, loaded.version, loaded.balance) == ("s", 3, 2)  # replayed, not the doctored state
