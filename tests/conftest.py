@@ -72,3 +72,10 @@ def run_python(code: str, *args: str, check: bool = True, timeout: float = 120) 
     if check and result.returncode != 0:
         raise AssertionError(f"helper process failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def schema_objects(store: minies.EventStore) -> set[str]:
+    """Names of the tables, indexes and views the store's database holds."""
+    if store.path.startswith("postgres"):
+        return {name for (name,) in store.query("SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace")}
+    return {name for (name,) in store.query("SELECT name FROM sqlite_master")}

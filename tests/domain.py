@@ -55,12 +55,12 @@ class Balances(minies.Projection):
 
     def on_MoneyDeposited(self, db: minies.Database, event: minies.Recorded) -> None:
         db.execute(
-            "INSERT INTO balances VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET balance = balance + ?",
+            "INSERT INTO balances VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET balance = balances.balance + ?",
             (event.aggregate_id, event.data.amount, event.data.amount),
         )
 
     def on_MoneyWithdrawn(self, db: minies.Database, event: minies.Recorded) -> None:
         db.execute(
-            "INSERT INTO balances VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET balance = balance - ?",
+            "INSERT INTO balances VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET balance = balances.balance - ?",
             (event.aggregate_id, -event.data.amount, event.data.amount),
         )

@@ -137,8 +137,8 @@ def test_functional_fold_shares_the_load_path(store: minies.EventStore) -> None:
         store.fold("nobody", evolve, 0)
 
 
-def test_two_stores_load_modify_save_the_same_aggregate(db_path: str) -> None:
-    with minies.EventStore(db_path) as one, minies.EventStore(db_path) as two:
+def test_two_stores_load_modify_save_the_same_aggregate(location: str) -> None:
+    with minies.EventStore(location) as one, minies.EventStore(location) as two:
         opened(one)
         conflicts = 0
         for i in range(50):
@@ -163,15 +163,15 @@ def test_two_stores_load_modify_save_the_same_aggregate(db_path: str) -> None:
         assert [r.version for r in one.read("acc-1")] == list(range(1, 102))
 
 
-def test_load_and_fold_refuse_events_with_no_class_instead_of_feeding_dicts_to_apply(db_path: str) -> None:
+def test_load_and_fold_refuse_events_with_no_class_instead_of_feeding_dicts_to_apply(location: str) -> None:
     run_python(
         "import sys, minies\n"
         "class Mystery(minies.Event):\n    clue: int\n"
         "with minies.EventStore(sys.argv[1]) as s:\n"
         "    s.append('acc-1', [Mystery(clue=1)], aggregate_type='Account')\n",
-        db_path,
+        location,
     )
-    with minies.EventStore(db_path) as store:  # this process has no Mystery class
+    with minies.EventStore(location) as store:  # this process has no Mystery class
         opened(store, "acc-2")
         store.append("acc-1", [MoneyDeposited(amount=5)], aggregate_type="Account")
         with pytest.raises(minies.SchemaError, match=r"aggregate 'acc-1' holds events of types with no class in this process \(Mystery\)"):
@@ -183,18 +183,18 @@ def test_load_and_fold_refuse_events_with_no_class_instead_of_feeding_dicts_to_a
 
 
 @pytest.mark.parametrize("order", ["Account first", "Other first"])
-def test_load_refuses_a_stream_holding_two_aggregate_types_in_either_order(db_path: str, order: str) -> None:
+def test_load_refuses_a_stream_holding_two_aggregate_types_in_either_order(location: str, order: str) -> None:
     """append() refuses to mix types; a file written by other means may still hold a mix."""
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         first, second = ("Account", "Other") if order == "Account first" else ("Other", "Account")
         store.append("acc-1", [AccountOpened(owner="ann", balance=1)], aggregate_type=first)
         store._conn.execute(  # what another tool might write
             "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
             " metadata, created_at, hash) VALUES (2, '00000000-0000-7000-8000-000000000000', 'acc-1', ?,"
-            " 'MoneyDeposited', 2, '{\"amount\":1}', '{}', '2026-01-01T00:00:00.000000Z', x'00')",
-            (second,),
+            " 'MoneyDeposited', 2, '{\"amount\":1}', '{}', '2026-01-01T00:00:00.000000Z', ?)",
+            (second, bytes(32)),
         )
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         with pytest.raises(minies.SchemaError, match=r"aggregate 'acc-1' holds (Account|Other) events, not Account"):
             store.load(Account, "acc-1")
         with pytest.raises(minies.SchemaError, match="not Account"):

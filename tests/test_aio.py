@@ -14,9 +14,9 @@ def run(coroutine: object) -> object:
     return asyncio.run(coroutine)  # type: ignore[arg-type]
 
 
-def test_the_store_s_methods_are_coroutines_and_reads_are_async_iterators(db_path: str) -> None:
+def test_the_store_s_methods_are_coroutines_and_reads_are_async_iterators(location: str) -> None:
     async def main() -> None:
-        async with minies.AsyncEventStore(db_path, projections=[Balances()]) as store:
+        async with minies.AsyncEventStore(location, projections=[Balances()]) as store:
             assert await store.append("acc-1", [MoneyDeposited(amount=5)], aggregate_type="Account") == 1
             account = Account(id="acc-2")
             account.record(AccountOpened(owner="ann", balance=10))
@@ -70,9 +70,9 @@ def test_many_tasks_with_conflicts_lose_and_double_nothing(db_path: str) -> None
     run(main())
 
 
-def test_a_cancelled_append_is_whole_or_absent_and_the_store_goes_on(db_path: str) -> None:
+def test_a_cancelled_append_is_whole_or_absent_and_the_store_goes_on(location: str) -> None:
     async def main() -> None:
-        async with minies.AsyncEventStore(db_path) as store:
+        async with minies.AsyncEventStore(location) as store:
             ids = ["0196f3c1-0000-7000-8000-000000000001", "0196f3c1-0000-7000-8000-000000000002"]
             task = asyncio.create_task(
                 store.append("a", [MoneyDeposited(amount=1)] * 2, aggregate_type="Account", event_ids=ids)
@@ -88,9 +88,9 @@ def test_a_cancelled_append_is_whole_or_absent_and_the_store_goes_on(db_path: st
     run(main())
 
 
-def test_follow_delivers_to_a_coroutine_handler_and_stops(db_path: str) -> None:
+def test_follow_delivers_to_a_coroutine_handler_and_stops(location: str) -> None:
     async def main() -> None:
-        async with minies.AsyncEventStore(db_path) as store:
+        async with minies.AsyncEventStore(location) as store:
             seen: list[int] = []
             stop = asyncio.Event()
 
@@ -110,8 +110,8 @@ def test_follow_delivers_to_a_coroutine_handler_and_stops(db_path: str) -> None:
     run(main())
 
 
-def test_using_it_unopened_says_how_to_open_it(db_path: str) -> None:
-    store = minies.AsyncEventStore(db_path)
+def test_using_it_unopened_says_how_to_open_it(location: str) -> None:
+    store = minies.AsyncEventStore(location)
     with pytest.raises(RuntimeError, match="the store is not open: use `async with AsyncEventStore"):
         store.store  # noqa: B018
     run(store.close())

@@ -154,15 +154,15 @@ def test_version_gaps_are_reported(db_path: str) -> None:
     assert not result.ok and "not contiguous" in result.reason
 
 
-def test_expect_head_proves_append_only_growth(db_path: str) -> None:
-    head = build(db_path)
-    assert report(db_path, expect_head=head).ok
-    with minies.EventStore(db_path) as store:
+def test_expect_head_proves_append_only_growth(location: str) -> None:
+    head = build(location)
+    assert report(location, expect_head=head).ok
+    with minies.EventStore(location) as store:
         store.append("acc-9", [MoneyDeposited(amount=1)], aggregate_type="Account")
-    assert report(db_path, expect_head=head).ok  # growth is fine
-    assert not report(db_path, expect_head="ab" * 32).ok
+    assert report(location, expect_head=head).ok  # growth is fine
+    assert not report(location, expect_head="ab" * 32).ok
     with pytest.raises(ValueError, match="expect_head must be what `minies head` prints"):
-        report(db_path, expect_head="nothex")
+        report(location, expect_head="nothex")
 
 
 def test_flipped_bytes_in_a_page(db_path: str) -> None:
@@ -184,10 +184,10 @@ def test_truncated_file(db_path: str) -> None:
         report(db_path)
 
 
-def test_verify_progress(db_path: str) -> None:
-    build(db_path, 10_000)
+def test_verify_progress(location: str) -> None:
+    build(location, 10_000)
     calls: list[tuple[int, int]] = []
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         assert store.verify(progress=lambda done, total: calls.append((done, total))).ok
     assert calls[-1] == (10_001, 10_001) and len(calls) > 1
 
@@ -259,9 +259,9 @@ def test_damage_only_the_integrity_check_can_see_fails_verify_with_that_reason(d
     assert independent_chain_check(db_path) == (True, None)
 
 
-def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(db_path: str) -> None:
-    build(db_path)
-    with minies.EventStore(db_path) as store:
+def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(location: str) -> None:
+    build(location)
+    with minies.EventStore(location) as store:
         position, digest = store.head()
         for accepted in (f"{position} {digest}", digest, digest[:12], f" {position}  {digest.upper()[:20]} \n"):
             assert store.verify(expect_head=accepted).ok, accepted

@@ -76,8 +76,8 @@ def test_load_uses_the_snapshot(store: minies.EventStore) -> None:
     assert (loaded.balance, loaded.version) == (101, 7)
 
 
-def test_store_level_override(db_path: str) -> None:
-    with minies.EventStore(db_path, snapshot_every={Account: 2}) as store:
+def test_store_level_override(location: str) -> None:
+    with minies.EventStore(location, snapshot_every={Account: 2}) as store:
         account = Account(id="a")
         account.record(AccountOpened(owner="o", balance=0))
         account.deposit(1)
@@ -158,9 +158,9 @@ with minies.EventStore(sys.argv[1]) as store:
 """
 
 
-def test_stale_snapshots_are_ignored_after_the_class_changes(db_path: str) -> None:
-    assert run_python(CHANGING_CLASS, db_path, "old").stdout.split() == ["15"]
-    assert run_python(CHANGING_CLASS, db_path, "new").stdout.split() == ["15", "5", "6", "2"]
+def test_stale_snapshots_are_ignored_after_the_class_changes(location: str) -> None:
+    assert run_python(CHANGING_CLASS, location, "old").stdout.split() == ["15"]
+    assert run_python(CHANGING_CLASS, location, "new").stdout.split() == ["15", "5", "6", "2"]
 
 
 events_strategy = st.lists(
@@ -220,9 +220,9 @@ class Tally(minies.Aggregate):
             self.total += event.value
 
 
-def test_a_state_that_would_not_read_back_is_not_snapshotted_and_says_which_field(db_path: str) -> None:
+def test_a_state_that_would_not_read_back_is_not_snapshotted_and_says_which_field(location: str) -> None:
     _snapshots._unsnapshottable.discard(Tally)
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         tally = Tally(id="t")
         tally.record(Keyed(key=1, value=1.0))
         tally.record(Keyed(key=2, value=2.0))

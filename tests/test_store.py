@@ -105,15 +105,15 @@ def test_metadata_is_stored_and_scoped(store: minies.EventStore) -> None:
     assert third == {}
 
 
-def test_unknown_event_types_read_as_dicts(db_path: str) -> None:
+def test_unknown_event_types_read_as_dicts(location: str) -> None:
     run_python(
         "import minies, sys\n"
         "class Secret(minies.Event):\n    code: str\n    n: int\n"
         "with minies.EventStore(sys.argv[1]) as s:\n"
         "    s.append('x', [Secret(code='abc', n=1)], aggregate_type='Vault')\n",
-        db_path,
+        location,
     )
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         (record,) = store.read("x")
     assert record.event_type == "Secret"
     assert record.data == {"code": "abc", "n": 1}
@@ -238,8 +238,8 @@ def test_nan_and_infinity_are_refused_never_a_corrupt_row(store: minies.EventSto
     assert [r.data.total for r in store.read("o")] == [1.5]
 
 
-def test_closed_store_says_so(db_path: str) -> None:
-    store = minies.EventStore(db_path)
+def test_closed_store_says_so(location: str) -> None:
+    store = minies.EventStore(location)
     store.close()
     store.close()
     with pytest.raises(minies.MiniesError, match="closed"):
@@ -490,9 +490,9 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(db_path: str) -> None:
 
 
 # ---------------------------------------------------------------------------- threads and processes
-def test_one_store_shared_by_threads(db_path: str) -> None:
+def test_one_store_shared_by_threads(location: str) -> None:
     errors: list[BaseException] = []
-    with minies.EventStore(db_path, durability="normal") as store:
+    with minies.EventStore(location, durability="normal") as store:
 
         def work(worker: int) -> None:
             try:
@@ -537,16 +537,16 @@ print(retries)
 """
 
 
-def test_processes_appending_to_one_file(db_path: str) -> None:
+def test_processes_appending_to_one_file(location: str) -> None:
     import subprocess
     import sys
 
-    minies.EventStore(db_path).close()
+    minies.EventStore(location).close()
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
     rounds = 150
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, db_path, str(w), str(rounds)],
+            [sys.executable, "-c", WRITER, location, str(w), str(rounds)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -556,7 +556,7 @@ def test_processes_appending_to_one_file(db_path: str) -> None:
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         for w in range(4):
             assert [r.data.amount for r in store.read(f"own-{w}")] == list(range(rounds))
         shared = list(store.read("shared"))
@@ -568,8 +568,8 @@ def test_processes_appending_to_one_file(db_path: str) -> None:
         assert store.verify().ok
 
 
-def test_cached_tip_notices_other_writers_and_rollbacks(db_path: str) -> None:
-    with minies.EventStore(db_path) as one, minies.EventStore(db_path) as two:
+def test_cached_tip_notices_other_writers_and_rollbacks(location: str) -> None:
+    with minies.EventStore(location) as one, minies.EventStore(location) as two:
         for _ in range(3):
             one.append("x", deposit(), aggregate_type="Account")  # one now caches x's version and the head
         two.append("x", deposit(2), aggregate_type="Account")
@@ -674,11 +674,11 @@ def test_a_failed_group_commit_fails_every_append_in_it_with_the_same_error(db_p
         assert store.append("a0", deposit(), aggregate_type="Account", expected_version=0) == 1
 
 
-def test_metadata_that_is_not_an_object_reads_back_under_value(db_path: str) -> None:
+def test_metadata_that_is_not_an_object_reads_back_under_value(location: str) -> None:
     """Another tool may have stored a non-object metadata; reading never fails on it."""
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         store.append("a", deposit(), aggregate_type="Account", metadata={"user_id": "u"})
-        store._conn.execute("DROP TRIGGER events_no_update")
+        store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
         store._conn.execute("UPDATE events SET metadata = '[1, 2]'")
         assert [r.metadata for r in store.read_all()] == [{"value": [1, 2]}]
         assert [r.metadata for r in store.read("a")] == [{"value": [1, 2]}]
@@ -770,8 +770,8 @@ def test_retrying_only_part_of_a_batch_is_a_duplicate_not_a_version(store: minie
     assert store.append("p", same, aggregate_type="Account", event_ids=ids) == 3  # the whole batch: a retry
 
 
-def test_info_says_what_the_file_holds(db_path: str) -> None:
-    with minies.EventStore(db_path, projections=[Balances()]) as store:
+def test_info_says_what_the_file_holds(location: str) -> None:
+    with minies.EventStore(location, projections=[Balances()]) as store:
         store.append("a", deposit(2), aggregate_type="Account")
         store.append("b", deposit(), aggregate_type="Account")
         store.subscription("mailer").poll(lambda r: None, limit=2)

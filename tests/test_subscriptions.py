@@ -20,14 +20,14 @@ def fill(store: minies.EventStore, n: int, aggregate_id: str = "a") -> None:
     store.append(aggregate_id, [MoneyDeposited(amount=i) for i in range(n)], aggregate_type="Account")
 
 
-def test_poll_delivers_in_order_and_resumes_from_the_checkpoint(db_path: str) -> None:
-    with minies.EventStore(db_path) as store:
+def test_poll_delivers_in_order_and_resumes_from_the_checkpoint(location: str) -> None:
+    with minies.EventStore(location) as store:
         fill(store, 250)
         seen: list[int] = []
         sub = store.subscription("mailer")
         assert sub.poll(lambda r: seen.append(r.position), limit=120) == 120
         assert sub.position == 120
-    with minies.EventStore(db_path) as store:  # a new process would do the same
+    with minies.EventStore(location) as store:  # a new process would do the same
         sub = store.subscription("mailer")
         assert sub.poll(lambda r: seen.append(r.position)) == 130
         assert sub.poll(lambda r: seen.append(r.position)) == 0
@@ -82,13 +82,13 @@ with minies.EventStore(sys.argv[1]) as store:
 """
 
 
-def test_follow_sees_another_process_appending(db_path: str) -> None:
-    minies.EventStore(db_path).close()
+def test_follow_sees_another_process_appending(location: str) -> None:
+    minies.EventStore(location).close()
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
     follower = subprocess.Popen(
-        [sys.executable, "-c", FOLLOWER, db_path, "5"], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", FOLLOWER, location, "5"], env=env, stdout=subprocess.PIPE, text=True
     )
-    with minies.EventStore(db_path, durability="normal") as store:
+    with minies.EventStore(location, durability="normal") as store:
         deadline = time.monotonic() + 30
         while not store.query("SELECT 1 FROM minies_subscriptions WHERE name = 'follower'"):
             store.append("warm-up", [MoneyDeposited(amount=0)], aggregate_type="Account")  # until it follows
@@ -124,18 +124,18 @@ def test_follow_wakes_for_same_store_writers_and_stops(store: minies.EventStore)
     assert seen == list(range(1, 101))
 
 
-def test_gap_free_positions_under_concurrent_writers_never_skip(db_path: str) -> None:
+def test_gap_free_positions_under_concurrent_writers_never_skip(location: str) -> None:
     """The invariant subscriptions and catch-up rely on, checked while 3 processes write."""
-    minies.EventStore(db_path).close()
+    minies.EventStore(location).close()
     writer = (
         "import sys, minies\nfrom domain import MoneyDeposited\n"
         "with minies.EventStore(sys.argv[1], durability='normal') as s:\n"
         "    for i in range(150): s.append(sys.argv[2], [MoneyDeposited(amount=i)] * (1 + i % 3), aggregate_type='A')\n"
     )
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
-    procs = [subprocess.Popen([sys.executable, "-c", writer, db_path, f"w{w}"], env=env) for w in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", writer, location, f"w{w}"], env=env) for w in range(3)]
     seen: list[int] = []
-    with minies.EventStore(db_path) as store:
+    with minies.EventStore(location) as store:
         sub = store.subscription("checker")
         while any(p.poll() is None for p in procs):
             sub.poll(lambda r: seen.append(r.position))
@@ -146,8 +146,8 @@ def test_gap_free_positions_under_concurrent_writers_never_skip(db_path: str) ->
     assert seen == list(range(1, total + 1))
 
 
-def test_poll_inside_a_transaction_is_refused_so_nothing_that_may_roll_back_is_delivered(db_path: str) -> None:
-    with minies.EventStore(db_path) as store:
+def test_poll_inside_a_transaction_is_refused_so_nothing_that_may_roll_back_is_delivered(location: str) -> None:
+    with minies.EventStore(location) as store:
         fill(store, 1)
         sub = store.subscription("mailer")
         seen: list[int] = []
@@ -164,8 +164,8 @@ def test_poll_inside_a_transaction_is_refused_so_nothing_that_may_roll_back_is_d
         assert seen == [1, 2] and [r.aggregate_id for r in store.read_all()] == ["a", "c"]
 
 
-def test_a_filtered_subscription_sees_its_types_and_its_checkpoint_passes_the_rest(db_path: str) -> None:
-    with minies.EventStore(db_path) as store:
+def test_a_filtered_subscription_sees_its_types_and_its_checkpoint_passes_the_rest(location: str) -> None:
+    with minies.EventStore(location) as store:
         fill(store, 3)
         store.append("o1", [OrderPlaced(customer_id="c", total=1.0)], aggregate_type="Order")
         fill(store, 3)
@@ -179,8 +179,8 @@ def test_a_filtered_subscription_sees_its_types_and_its_checkpoint_passes_the_re
         assert seen == [4, 8]
 
 
-def test_dead_letters_can_be_redelivered_discarded_and_the_checkpoint_rewound(db_path: str) -> None:
-    with minies.EventStore(db_path) as store:
+def test_dead_letters_can_be_redelivered_discarded_and_the_checkpoint_rewound(location: str) -> None:
+    with minies.EventStore(location) as store:
         fill(store, 6)
         broken = {2, 3, 5}
 
@@ -236,8 +236,8 @@ def test_subscribers_receive_todays_classes_for_old_payloads(tmp_path: Path) -> 
     ]
 
 
-def test_rewind_accepts_exactly_the_positions_of_the_log(db_path: str) -> None:
-    with minies.EventStore(db_path) as store:
+def test_rewind_accepts_exactly_the_positions_of_the_log(location: str) -> None:
+    with minies.EventStore(location) as store:
         fill(store, 3)
         sub = store.subscription("s")
         sub.rewind(3)  # the head itself: nothing to redeliver
@@ -247,8 +247,8 @@ def test_rewind_accepts_exactly_the_positions_of_the_log(db_path: str) -> None:
                 sub.rewind(bad)  # type: ignore[arg-type]
 
 
-def test_the_default_is_three_attempts_and_redeliver_counts_every_success(db_path: str) -> None:
-    with minies.EventStore(db_path) as store:
+def test_the_default_is_three_attempts_and_redeliver_counts_every_success(location: str) -> None:
+    with minies.EventStore(location) as store:
         fill(store, 3)
         attempts: list[int] = []
         failing = True

@@ -303,6 +303,7 @@ ADVANCE_PROJECTION: Final = "UPDATE minies_projections SET position = ?, updated
 SCHEMA_OBJECTS: Final = (
     "SELECT CASE relkind WHEN 'v' THEN 'view' WHEN 'i' THEN 'index' ELSE 'table' END, relname FROM pg_class"
     " WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'p', 'v', 'i')"
+    " AND oid NOT IN (SELECT conindid FROM pg_constraint)"  # a key's index goes with its table
 )
 
 # ---------------------------------------------------------------------------- subscriptions
