@@ -6,8 +6,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import pgserver
+import pytest
 
 import minies
 

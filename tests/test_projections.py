@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 
-import apsw
 import pytest
 from conftest import schema_objects
 from domain import AccountOpened, Balances, MoneyDeposited, MoneyWithdrawn, OrderPlaced, OrderShipped, OrderSummaries
