@@ -21,6 +21,7 @@ import msgspec
 
 import minies
 from minies import __version__, _upcasters
+from minies._backends import is_url, shown
 from minies._errors import MiniesError
 from minies._events import Recorded, registry
 from minies._projections import Projection
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(run=run)
-        sub.add_argument("file", help="the minies database file")
+        sub.add_argument("file", help="the minies database file, or a PostgreSQL URL")
         return sub
 
     command("demo", _demo, "write a small shop to FILE and show what happened")
@@ -189,7 +190,10 @@ def _info(args: argparse.Namespace) -> int:
         info = store.info()
         position, digest = store.head()
         out = sys.stdout.write
-        out(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)\n")
+        if is_url(args.file):
+            out(f"server          {shown(args.file)}\n")
+        else:
+            out(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)\n")
         out(f"schema version  {info.schema_version}\n")
         out(f"events          {_plural(info.events, 'event')} in {_plural(info.aggregates, 'aggregate')}\n")
         out(f"head            {position} {digest or '-'}\n")
@@ -291,7 +295,7 @@ def _csv_row(r: Recorded, schema_version: str, digest: str) -> list[Any]:
 def _copy(args: argparse.Namespace) -> int:
     report = minies.copy(args.file, args.target, progress=_progress("copying"))
     print(
-        f"copied {_plural(report.copied, 'event')} to {args.target} ({report.skipped:,} already there); "
+        f"copied {_plural(report.copied, 'event')} to {shown(args.target)} ({report.skipped:,} already there); "
         f"head {report.head_position} {report.head_hash or '-'}"
     )
     return 0
@@ -334,7 +338,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     found = [cls for cls in _subclasses(Projection) if cls.name == args.name]
     if not found:
         raise ValueError(f"no Projection class named {args.name!r} was imported; pass --import MODULE")
-    if not os.path.exists(args.file):
+    if not is_url(args.file) and not os.path.exists(args.file):
         raise ValueError(f"cannot open {args.file!r}: no such file")
     with EventStore(args.file, projections=[found[-1]()]) as store:
         report = store.rebuild(args.name, progress=_progress(f"rebuilding {args.name}"))

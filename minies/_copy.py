@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from minies._backends import sqlite_sql as _schema
+from minies._backends import shown
 from minies._errors import SchemaError, StorageError
 from minies._store import EventStore
 
@@ -54,28 +54,28 @@ def copy(
     with EventStore(source, readonly=True) as src, EventStore(target) as dst:
         head, head_hash = src.head()
         at, at_hash = dst.head()
-        if at > head or (at and src._open().execute(_schema.HASH_AT, (at,)).get != bytes.fromhex(at_hash)):
+        if at > head or (at and src._open().execute(src._sql.HASH_AT, (at,)).get != bytes.fromhex(at_hash)):
             raise SchemaError(
-                f"cannot copy {os.fspath(source)!r} to {os.fspath(target)!r}: the target's log is not a prefix "
+                f"cannot copy {shown(source)!r} to {shown(target)!r}: the target's log is not a prefix "
                 f"of the source's (they differ at or before position {min(at, head + 1)}); copy to a new store"
             )
         skipped, after = at, at
         while after < head:
             with src._lock:
-                rows: list[Any] = src._open().execute(_schema.RAW_EVENTS, (after, _CHUNK)).fetchall()
+                rows: list[Any] = src._open().execute(src._sql.RAW_EVENTS, (after, _CHUNK)).fetchall()
             with dst._lock, dst._write():
-                dst._conn.executemany(_schema.INSERT_EVENT, rows)
+                dst._conn.executemany(dst._sql.INSERT_EVENT, rows)
             after = rows[-1][0]
             if progress is not None:
                 progress(after, head)
         with src._lock:
-            types: list[Any] = src._open().execute(_schema.EVENT_TYPE_ROWS[src._file_version]).fetchall()
-            snapshots: list[Any] = src._open().execute(_schema.SNAPSHOT_ROWS).fetchall()
+            types: list[Any] = src._open().execute(src._sql.EVENT_TYPE_ROWS[src._file_version]).fetchall()
+            snapshots: list[Any] = src._open().execute(src._sql.SNAPSHOT_ROWS).fetchall()
         with dst._lock, dst._write():
-            dst._conn.executemany(_schema.COPY_EVENT_TYPE, types)
-            dst._conn.execute(_schema.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
-            dst._conn.executemany(_schema.COPY_SNAPSHOT, snapshots)
+            dst._conn.executemany(dst._sql.COPY_EVENT_TYPE, types)
+            dst._conn.execute(dst._sql.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
+            dst._conn.executemany(dst._sql.COPY_SNAPSHOT, snapshots)
         report = dst.verify(expect_head=f"{head} {head_hash}" if head else None)
         if not report.ok:
-            raise StorageError(f"the copy in {os.fspath(target)!r} does not verify: {report.reason}")
+            raise StorageError(f"the copy in {shown(target)!r} does not verify: {report.reason}")
     return CopyReport(head - skipped, skipped, head, head_hash)

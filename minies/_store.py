@@ -841,7 +841,7 @@ class EventStore:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else self.durability
-        return f"<minies.EventStore {self.path!r} ({state})>"
+        return f"<minies.EventStore {self._backend.where!r} ({state})>"
 
 
 class StoreInfo(msgspec.Struct, frozen=True):

@@ -14,6 +14,7 @@ the same columns back, with the same Python types).
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from types import ModuleType
@@ -116,3 +117,14 @@ def open_backend(where: str | os.PathLike[str], *, durability: str, timeout: flo
     from minies._backends.sqlite import SqliteBackend
 
     return SqliteBackend(os.fspath(where), durability=durability, timeout=timeout, readonly=readonly)
+
+
+def shown(where: str | os.PathLike[str]) -> str:
+    """``where`` as messages show it: a URL's password masked."""
+    if not is_url(where):
+        return os.fspath(where)
+    parts = urllib.parse.urlsplit(str(where))
+    if parts.password is None:
+        return str(where)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

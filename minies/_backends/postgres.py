@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from minies._backends import postgres_sql
+from minies._backends import postgres_sql, shown
 from minies._errors import MiniesError, QueryError, SchemaError, StorageError
 from minies._projections import Database
 
@@ -126,10 +126,9 @@ class PostgresBackend:
     def __init__(self, url: str, *, durability: str, timeout: float, readonly: bool) -> None:
         if psycopg is None:
             raise MiniesError(
-                f"cannot open {_without_password(url)}: PostgreSQL needs psycopg; "
-                'install it with: pip install "minies[postgres]"'
+                f'cannot open {shown(url)}: PostgreSQL needs psycopg; install it with: pip install "minies[postgres]"'
             )
-        self.where = _without_password(url)
+        self.where = shown(url)
         self.readonly = readonly
         self._timeout = timeout
         self.file_version = postgres_sql.SCHEMA_VERSION
@@ -329,11 +328,3 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema must be a lowercase SQL name (letters, digits, _), got {schema!r}")
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest))), schema
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
