@@ -53,11 +53,13 @@ def copy(
     """
     with EventStore(source, readonly=True) as src, EventStore(target) as dst:
         head, head_hash = src.head()
-        at, at_hash = dst.head()
-        if at > head or (at and src._open().execute(src._sql.HASH_AT, (at,)).get != bytes.fromhex(at_hash)):
+        at = dst.head()[0]
+        differs = _first_difference(src, dst, min(at, head))
+        if differs is not None or at > head:
+            where = f"they differ at position {differs}" if differs else f"the target holds {at - head} more events"
             raise SchemaError(
                 f"cannot copy {shown(source)!r} to {shown(target)!r}: the target's log is not a prefix "
-                f"of the source's (they differ at or before position {min(at, head + 1)}); copy to a new store"
+                f"of the source's ({where}); copy to a new store"
             )
         skipped, after = at, at
         while after < head:
@@ -79,3 +81,28 @@ def copy(
         if not report.ok:
             raise StorageError(f"the copy in {shown(target)!r} does not verify: {report.reason}")
     return CopyReport(head - skipped, skipped, head, head_hash)
+
+
+def _first_difference(src: EventStore, dst: EventStore, upto: int) -> int | None:
+    """The first position in 1..``upto`` where two logs differ, or None if they agree.
+
+    Each hash covers the whole history before it, so a binary search over positions finds it.
+    """
+
+    def same(position: int) -> bool:
+        with src._lock, dst._lock:
+            return bool(
+                src._open().execute(src._sql.HASH_AT, (position,)).get
+                == dst._open().execute(dst._sql.HASH_AT, (position,)).get
+            )
+
+    if upto == 0 or same(upto):
+        return None
+    low, high = 1, upto
+    while low < high:
+        middle = (low + high) // 2
+        if same(middle):
+            low = middle + 1
+        else:
+            high = middle
+    return low

@@ -220,7 +220,7 @@ class EventStore:
         if self._depth and self._writer == threading.get_ident():  # inside transaction(): join it
             with self._lock, self._write():
                 return work()
-        item = _Queued(work)
+        item = _Queued(work, self)
         with self._queue_lock:
             self._queue.append(item)
         with self._lock:
@@ -865,10 +865,11 @@ class StoreInfo(msgspec.Struct, frozen=True):
 class _Queued:
     """One write waiting for a group commit, and what became of it."""
 
-    __slots__ = ("done", "error", "result", "work")
+    __slots__ = ("done", "error", "result", "store", "work")
 
-    def __init__(self, work: Callable[[], int]) -> None:
+    def __init__(self, work: Callable[[], int], store: EventStore) -> None:
         self.work = work
+        self.store = store
         self.result = 0
         self.error: BaseException | None = None
         self.done = False
@@ -877,8 +878,13 @@ class _Queued:
         try:
             self.result = self.work()
         except Exception as e:
+            if isinstance(e, self.store._conn.Error):  # the backend's own error: explained
+                try:
+                    self.store._raise(e, "cannot append")
+                except MiniesError as explained:
+                    e = explained
             self.error = e
-            raise
+            raise e from None
 
     def fail(self, error: Exception) -> None:
         if self.error is None:  # a write that failed on its own keeps its own error

@@ -67,12 +67,20 @@ def test_a_copy_is_incremental_and_refuses_a_target_that_diverged(tmp_path: Path
     other = str(tmp_path / "other.db")
     fill(other, 100, 105)
     before = rows(target)
-    with pytest.raises(minies.SchemaError, match=r"the target's log is not a prefix of the source's \(they differ at or before position 6\)"):
-        minies.copy(other, target)  # the target holds 25 events; the source only 5 (and others)
-    fill(str(tmp_path / "diverged.db"), 0, 10)
-    shutil.copy(source, tmp_path / "longer.db")
-    with pytest.raises(minies.SchemaError, match="they differ at or before position 10"):
-        minies.copy(str(tmp_path / "longer.db"), str(tmp_path / "diverged.db"))  # same length of prefix, other events
+    with pytest.raises(minies.SchemaError, match=r"the target's log is not a prefix of the source's \(they differ at position 1\)"):
+        minies.copy(other, target)  # the target holds 25 events; the source 5 others
+    diverged, short = str(tmp_path / "diverged.db"), str(tmp_path / "short.db")
+    minies.copy(source, diverged)
+    fill(diverged, 500, 503)  # the same 25 events, then 3 of its own: it differs from 26 on
+    fill(source, 25, 30)
+    with pytest.raises(minies.SchemaError, match=r"\(they differ at position 26\); copy to a new store"):
+        minies.copy(source, diverged)
+    with minies.EventStore(target) as store:  # a true prefix of the target, shorter than it
+        store.backup(short)
+    fill(target, 600, 602)
+    before = rows(target)
+    with pytest.raises(minies.SchemaError, match=r"\(the target holds 2 more events\)"):
+        minies.copy(short, target)
     assert rows(target) == before
 
 

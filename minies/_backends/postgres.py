@@ -158,27 +158,32 @@ class PostgresBackend:
             for setting in settings:
                 raw.execute(setting)
             exists, known, current = raw.execute(postgres_sql.IDENTIFY).fetchone()
+            if self.readonly and not (exists and known):
+                raise SchemaError(f"{self.where} holds no minies log")
             if current is None:
-                if self.readonly or schema is None:
+                if schema is None:
                     raise SchemaError(f"{self.where} has no schema to create the log in (search_path is empty)")
                 raw.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                 current = schema
             self._schema = f'"{current}"'
             if not (exists and known):
-                if self.readonly:
-                    raise SchemaError(f"{self.where} holds no minies log")
-                with raw.transaction():
-                    # Several processes may open a fresh database at once: one creates, the others wait.
-                    raw.execute("SELECT pg_advisory_xact_lock(hashtext('minies schema ' || current_schema()))")
-                    exists, known, _ = raw.execute(postgres_sql.IDENTIFY).fetchone()
-                    if exists and not known:
-                        raise SchemaError(
-                            f"{self.where} has an 'events' table that is not a minies log; use another schema "
-                            "(?schema=NAME) or database"
-                        )
-                    if not exists:
-                        for statement in postgres_sql.CREATE:
-                            raw.execute(statement.format(schema=self._schema))
+                # Several processes may open a fresh database at once: one creates, the others
+                # wait, then look again in a transaction of their own (which sees the new tables).
+                lock = "hashtext('minies schema ' || current_schema())"
+                raw.execute(f"SELECT pg_advisory_lock({lock})")
+                try:
+                    with raw.transaction():
+                        exists, known, _ = raw.execute(postgres_sql.IDENTIFY).fetchone()
+                        if exists and not known:
+                            raise SchemaError(
+                                f"{self.where} has an 'events' table that is not a minies log; use another schema "
+                                "(?schema=NAME) or database"
+                            )
+                        if not exists:
+                            for statement in postgres_sql.CREATE:
+                                raw.execute(statement.format(schema=self._schema))
+                finally:
+                    raw.execute(f"SELECT pg_advisory_unlock({lock})")
             version = self.schema_version()
             if version > postgres_sql.SCHEMA_VERSION:
                 raise SchemaError(

@@ -1,0 +1,326 @@
+"""What only the PostgreSQL backend has to prove: many processes on one server, a superuser
+who tampers, copies between a file and a server, and the server's own failure modes.
+
+The contract every backend keeps (appends, reads, projections, subscriptions, audit,
+upcasting) runs on both backends in the other test files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import run_python
+from domain import AccountOpened, Balances, MoneyDeposited, SnappedAccount
+
+import minies
+from minies._backends.postgres import translate
+
+
+def psql(url: str, sql: str) -> subprocess.CompletedProcess[str]:
+    """Run SQL as the superuser through the stock ``psql`` client, in the store's schema."""
+    dsn, _, schema = url.partition("?schema=")
+    return subprocess.run(
+        [shutil.which("psql") or "psql", dsn, "-v", "ON_ERROR_STOP=1", "-q", "-c", f"SET search_path TO {schema}; {sql}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def fill(url: str, n: int = 12) -> None:
+    with minies.EventStore(url, projections=[Balances()]) as store:
+        for i in range(n):
+            store.append(f"acc-{i % 3}", [MoneyDeposited(amount=i)], aggregate_type="Account")
+
+
+WRITER = """
+import sys, minies
+from domain import MoneyDeposited
+url, me = sys.argv[1], int(sys.argv[2])
+with minies.EventStore(url) as store:
+    for i in range(40):
+        store.append(f"own-{me}", [MoneyDeposited(amount=i)], aggregate_type="Account")  # i: this process's order
+        while True:  # the shared aggregate: optimistic concurrency, retried on conflict
+            version = store.version("shared")
+            try:
+                store.append("shared", [MoneyDeposited(amount=me)], aggregate_type="Account", expected_version=version)
+                break
+            except minies.ConcurrencyError:
+                pass
+"""
+
+
+def test_four_processes_append_with_conflicts_gap_free_in_commit_order(pg_url: str) -> None:
+    minies.EventStore(pg_url).close()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, pg_url, str(me)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    with minies.EventStore(pg_url) as store:
+        records = list(store.read_all())
+        assert [r.position for r in records] == list(range(1, 321))  # 4 x (40 own + 40 shared), no gaps
+        shared = [r for r in records if r.aggregate_id == "shared"]
+        assert [r.version for r in shared] == list(range(1, 161))  # no lost update, no double
+        assert sorted(r.data.amount for r in shared) == sorted([0, 1, 2, 3] * 40)
+        for me in range(4):  # each process's appends sit in the log in the order it made them
+            assert [r.data.amount for r in records if r.aggregate_id == f"own-{me}"] == list(range(40))
+        assert store.verify().ok
+
+
+def test_threads_share_commits_on_postgres_and_each_append_keeps_its_own_outcome(pg_url: str) -> None:
+    with minies.EventStore(pg_url, projections=[Balances()]) as store:
+        store.append("shared", [AccountOpened(owner="o", balance=0)], aggregate_type="Account")
+        conflicts: list[int] = []
+
+        def work(me: int) -> None:
+            for i in range(25):
+                store.append(f"own-{me}", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=i)
+                try:
+                    store.append("shared", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=1 + i)
+                except minies.ConcurrencyError:
+                    conflicts.append(me)
+
+        threads = [threading.Thread(target=work, args=(me,)) for me in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        shared = store.version("shared") - 1
+        assert shared + len(conflicts) == 6 * 25  # every append either committed or got its own error
+        assert all(store.version(f"own-{me}") == 25 for me in range(6))
+        assert store.query("SELECT balance FROM balances WHERE account_id = 'shared'") == [(shared,)]
+        assert store.head()[0] == 1 + 150 + shared and store.verify().ok
+
+
+def test_the_server_refuses_changes_to_history_from_any_client(pg_url: str) -> None:
+    fill(pg_url)
+    for sql, refused in (
+        ("UPDATE events SET data = '{\"amount\": 999}' WHERE position = 3", "UPDATE is refused"),
+        ("DELETE FROM events WHERE position = 12", "DELETE is refused"),
+        ("TRUNCATE events", "TRUNCATE is refused"),
+        (
+            "INSERT INTO events SELECT 20, gen_random_uuid(), 'x', 'Account', 'MoneyDeposited', 1, '{}', '{}', now(),"
+            " '\\x00', 1",
+            "must take the next position",
+        ),
+    ):
+        result = psql(pg_url, sql)
+        assert result.returncode != 0 and refused in result.stderr, (sql, result.stderr)
+    with minies.EventStore(pg_url) as store:
+        with pytest.raises(psycopg.Error, match="UPDATE is refused"):
+            store._conn.execute("UPDATE events SET version = version")
+        assert store.head()[0] == 12 and store.verify().ok
+
+
+def test_a_superuser_who_disables_the_triggers_is_caught_by_verify(pg_url: str) -> None:
+    fill(pg_url)
+    edit = "ALTER TABLE events DISABLE TRIGGER USER; UPDATE events SET data = '{\"amount\": 999}' WHERE position = 3"
+    assert psql(pg_url, edit).returncode == 0
+    with minies.EventStore(pg_url) as store:
+        report = store.verify()
+        assert not report.ok and report.first_bad_position == 3 and "does not match its hash" in report.reason
+    assert psql(pg_url, "UPDATE events SET data = '{\"amount\":2}' WHERE position = 3").returncode == 0  # put back
+    with minies.EventStore(pg_url) as store:
+        assert store.verify().reason == "immutability triggers are disabled: events_append_only, events_no_delete, events_no_truncate, events_no_update"
+    assert psql(pg_url, "ALTER TABLE events ENABLE TRIGGER USER").returncode == 0
+    with minies.EventStore(pg_url) as store:
+        assert store.verify().ok
+    assert psql(pg_url, "DROP TRIGGER events_no_delete ON events").returncode == 0
+    with minies.EventStore(pg_url) as store:
+        assert store.verify().reason == "immutability triggers are missing: events_no_delete"
+    weakened = "CREATE OR REPLACE FUNCTION minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+    assert psql(pg_url, weakened).returncode == 0
+    with minies.EventStore(pg_url) as store:
+        assert store.verify().reason in (
+            "immutability triggers are missing: events_no_delete",
+            "the immutability trigger events_no_update was altered",
+        )
+
+
+def test_the_chain_recomputed_independently_from_the_servers_rows(pg_url: str) -> None:
+    """The README's recipe, by hand, on rows read with plain psycopg: the same head hash."""
+    fill(pg_url, 20)
+    with minies.EventStore(pg_url) as store:
+        head = store.head()
+    dsn, _, schema = pg_url.partition("?schema=")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        rows = conn.execute(
+            "SELECT position, event_id::text, aggregate_id, aggregate_type, event_type, version, data::text,"
+            " metadata::text, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
+            " schema_version FROM events ORDER BY position"
+        ).fetchall()
+    digest = bytes(32)
+    for *fields, schema_version in rows:
+        canonical = b"".join(b"%d:%s," % (len(str(f).encode()), str(f).encode()) for f in fields)
+        if schema_version != 1:
+            canonical += b"%d:%d," % (len(str(schema_version)), schema_version)
+        digest = hashlib.sha256(digest + canonical).digest()
+    assert (len(rows), digest.hex()) == head
+
+
+def test_copy_file_to_server_and_back_keeps_the_head_hash_and_is_incremental(tmp_path: Path, pg_url: str) -> None:
+    edge, back = str(tmp_path / "edge.db"), str(tmp_path / "back.db")
+    with minies.EventStore(edge, snapshot_every={SnappedAccount: 2}) as store:
+        account = SnappedAccount(id="s")
+        account.record(AccountOpened(owner="o", balance=1))
+        for i in range(5):
+            account.record(MoneyDeposited(amount=i))
+            store.save(account)
+    fill(edge)
+    with minies.EventStore(edge) as store:
+        head, snapshots = store.head(), store.snapshot_stats()
+    assert minies.copy(edge, pg_url).head_hash == head[1]
+    with minies.EventStore(pg_url, projections=[Balances()]) as server:  # projections rebuild there
+        assert server.head() == head and server.verify().ok and server.snapshot_stats() == snapshots
+        assert server.load(SnappedAccount, "s").balance == 11
+        assert server.query("SELECT balance FROM balances WHERE account_id = 'acc-0'") == [(18,)]
+    assert minies.copy(pg_url, back).head_hash == head[1]
+    fill(edge, 5)  # the edge device writes more: only those travel
+    report = minies.copy(edge, pg_url)
+    assert (report.copied, report.skipped) == (5, head[0])
+    with minies.EventStore(edge) as store:
+        assert report.head_hash == store.head()[1]
+    fill(back, 1)  # the other file diverged from the server
+    with pytest.raises(minies.SchemaError, match=rf"\(they differ at position {head[0] + 1}\); copy to a new store"):
+        minies.copy(back, pg_url)
+    result = subprocess.run(
+        [sys.executable, "-m", "minies", "copy", pg_url, str(tmp_path / "cli.db")], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and f"head {head[0] + 5} {report.head_hash}" in result.stdout
+
+
+def test_concurrent_first_opens_of_an_empty_database_all_succeed(pg_url: str) -> None:
+    code = "import sys, minies\nwith minies.EventStore(sys.argv[1]) as s: print(s.info().schema_version)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [proc.communicate(timeout=120) for proc in procs]
+    assert [(p.returncode, out) for p, (out, _) in zip(procs, outs, strict=True)] == [(0, "3\n")] * 6, outs
+
+
+def test_a_lock_held_past_the_timeout_is_a_storage_error(pg_url: str) -> None:
+    fill(pg_url, 1)
+    dsn, _, schema = pg_url.partition("?schema=")
+    with psycopg.connect(dsn) as other, minies.EventStore(pg_url, timeout=0.3) as store:
+        other.execute(f"SELECT * FROM {schema}.minies_head FOR UPDATE")  # another writer, mid-append
+        with pytest.raises(minies.StorageError, match=r"locked by another connection and stayed locked for 0.3s"):
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        other.rollback()
+        assert store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account") == 1
+
+
+def test_projections_on_postgres_cannot_end_the_transaction_or_write_minies_tables(pg_url: str) -> None:
+    class Rogue(minies.Projection):
+        sql = ""
+
+        def setup(self, db: minies.Database) -> None:
+            db.execute("CREATE TABLE seen (position BIGINT)")
+
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            db.execute("INSERT INTO seen VALUES (?)", (event.position,))
+            if Rogue.sql:
+                db.execute(Rogue.sql)
+
+    with minies.EventStore(pg_url, projections=[Rogue()]) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        for sql in (
+            "COMMIT",
+            "  rollback",
+            "SAVEPOINT x",
+            "SET search_path TO public",
+            "UPDATE minies_projections SET position = 0",
+            'insert into "minies_subscriptions" VALUES (1)',
+            "DELETE FROM events",
+            "SELECT 1; COMMIT",
+        ):
+            Rogue.sql = sql
+            with pytest.raises(minies.MiniesError, match="a projection may not run"):
+                store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        Rogue.sql = "SELECT ';' AS not_two_statements, '?' AS not_a_placeholder"
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert store.query("SELECT position FROM seen ORDER BY 1") == [(1,), (2,)]
+        assert store.version("a") == 2
+
+
+def test_placeholders_are_translated_outside_quotes_comments_and_casts() -> None:
+    assert translate("SELECT ?, :name, '?', \"a?\", 1::text, 5 % 2 -- ?\n") == (
+        "SELECT %s, %(name)s, '?', \"a?\", 1::text, 5 %% 2 -- ?\n",
+        False,
+    )
+    assert translate("SELECT 1; SELECT 2")[1] and not translate("SELECT 1;  ")[1]
+    assert translate("SELECT $x$ ? ; $x$")[0] == "SELECT $x$ ? ; $x$"
+
+
+def test_schemas_keep_apps_apart_and_names_are_checked(pg_dsn: str) -> None:
+    one, two = f"{pg_dsn}?schema=app_one_{id(pg_dsn)}", f"{pg_dsn}?schema=app_two_{id(pg_dsn)}"
+    fill(one, 3)
+    fill(two, 5)
+    with minies.EventStore(one) as a, minies.EventStore(two) as b:
+        assert (a.head()[0], b.head()[0]) == (3, 5)
+    with pytest.raises(ValueError, match="schema must be a lowercase SQL name"):
+        minies.EventStore(f"{pg_dsn}?schema=Robert'); DROP TABLE events;--")
+
+
+def test_a_read_only_store_refuses_writes_and_an_empty_schema(pg_url: str) -> None:
+    with pytest.raises(minies.SchemaError, match="holds no minies log"):
+        minies.EventStore(pg_url, readonly=True)
+    fill(pg_url, 2)
+    with minies.EventStore(pg_url, readonly=True) as store:
+        assert store.head()[0] == 2
+        with pytest.raises(minies.StorageError, match="read-only"):
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+
+
+def test_a_foreign_events_table_is_refused_untouched(pg_url: str) -> None:
+    dsn, _, schema = pg_url.partition("?schema=")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.events (id int)")
+    with pytest.raises(minies.SchemaError, match="has an 'events' table that is not a minies log"):
+        minies.EventStore(pg_url)
+    assert psql(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()").stdout.split()[2] == "1"
+
+
+def test_unreachable_servers_are_one_clear_error_without_the_password() -> None:
+    with pytest.raises(minies.StorageError, match=r"cannot connect to postgresql://u:\*\*\*@127.0.0.1:1/x: ") as caught:
+        minies.EventStore("postgresql://u:s3cret@127.0.0.1:1/x", timeout=2)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_without_psycopg_a_url_names_the_extra_to_install() -> None:
+    result = run_python(
+        "import sys; sys.modules['psycopg'] = None\nimport minies\n"
+        "try:\n    minies.EventStore('postgresql://u:pw@localhost/db')\nexcept minies.MiniesError as e:\n    print(e)",
+    )
+    assert result.stdout.strip() == (
+        'cannot open postgresql://u:***@localhost/db: PostgreSQL needs psycopg; install it with: pip install "minies[postgres]"'
+    )
+
+
+def test_the_command_line_works_on_a_server(pg_url: str) -> None:
+    fill(pg_url, 4)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "minies", *args], capture_output=True, text=True, timeout=60)
+
+    info = cli("info", pg_url)
+    assert info.returncode == 0 and "server" in info.stdout and "4 events in 3 aggregates" in info.stdout
+    assert cli("verify", pg_url).returncode == 0
+    events = cli("events", pg_url, "--json")
+    assert [json.loads(line)["position"] for line in events.stdout.splitlines()] == [1, 2, 3, 4]
