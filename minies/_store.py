@@ -878,13 +878,14 @@ class _Queued:
         try:
             self.result = self.work()
         except Exception as e:
-            if isinstance(e, self.store._conn.Error):  # the backend's own error: explained
-                try:
-                    self.store._raise(e, "cannot append")
-                except MiniesError as explained:
-                    e = explained
             self.error = e
-            raise e from None
+            if not isinstance(e, self.store._conn.Error):
+                raise
+            try:
+                self.store._raise(e, "cannot append")  # the backend's own error, explained
+            except MiniesError as explained:
+                self.error = explained
+                raise explained from None
 
     def fail(self, error: Exception) -> None:
         if self.error is None:  # a write that failed on its own keeps its own error

@@ -31,8 +31,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def cluster() -> Iterator[str]:
-    """The DSN of a running server; why not, as ``RuntimeError``, if none can be had."""
+def cluster(durable: bool = False) -> Iterator[str]:
+    """The DSN of a running server; why not, as ``RuntimeError``, if none can be had.
+
+    ``durable``: fsync on, as a real server runs (benchmarks); tests need no fsync."""
     if os.environ.get("MINIES_PG_DSN"):
         yield os.environ["MINIES_PG_DSN"]
         return
@@ -47,7 +49,8 @@ def cluster() -> Iterator[str]:
     run = lambda *args: subprocess.run([*as_postgres, *args], check=True, capture_output=True, text=True)  # noqa: E731
     try:
         run(f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync")
-        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync={'on' if durable else 'off'}"
+        options += " -c max_connections=200"
         run(f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start")
     except subprocess.CalledProcessError as e:
         shutil.rmtree(folder, ignore_errors=True)

@@ -324,3 +324,20 @@ def test_the_command_line_works_on_a_server(pg_url: str) -> None:
     assert cli("verify", pg_url).returncode == 0
     events = cli("events", pg_url, "--json")
     assert [json.loads(line)["position"] for line in events.stdout.splitlines()] == [1, 2, 3, 4]
+
+
+def test_durability_timeout_and_backup_map_to_the_server(pg_url: str) -> None:
+    with minies.EventStore(pg_url) as full, minies.EventStore(pg_url, durability="normal", timeout=2.5) as normal:
+        assert full.query("SHOW synchronous_commit") == [("on",)]
+        assert normal.query("SHOW synchronous_commit") == [("off",)]
+        assert normal.query("SHOW lock_timeout") == [("2500ms",)]
+        with pytest.raises(minies.StorageError, match=r"use pg_dump, or minies.copy\(url, 'x.db'\) for a minies file"):
+            full.backup("x.db")
+
+
+def test_the_readme_s_jsonb_expression_index_works_on_the_json_payloads(pg_url: str) -> None:
+    fill(pg_url, 30)
+    assert psql(pg_url, "CREATE INDEX events_amount ON events (((data::jsonb) ->> 'amount'))").returncode == 0
+    with minies.EventStore(pg_url) as store:
+        assert store.query("SELECT count(*) FROM events WHERE (data::jsonb) ->> 'amount' = ?", ("7",)) == [(1,)]
+        assert store.verify().ok  # the payloads' text, and so the chain, is untouched

@@ -1,0 +1,395 @@
+"""minies on PostgreSQL vs raw psycopg vs the `eventsourcing` library on PostgreSQL, ONE run.
+
+    python benchmarks/compare_postgres.py     # starts a private PostgreSQL 15 cluster (fsync on)
+    MINIES_PG_DSN=postgresql://... python benchmarks/compare_postgres.py   # or uses yours
+
+Every run gets a fresh schema on the same server, with synchronous_commit on for all three.
+Raw psycopg is what a careful engineer would write by hand on the seed's table (BIGSERIAL
+position, UUID ids, json payloads, the same UUIDv7 ids minies uses): one transaction per
+command, a pipelined executemany for one command's events, COPY for batches; one row per
+event for replay and scan. It checks no version and keeps no chain or gap-free order. Each
+figure is the best of ROUNDS runs; every run checks its own result.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+import psycopg
+import workloads as w
+from compare import BALANCE, ESAccount, check, timed
+from eventsourcing.application import Application
+
+import minies
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+import pgserver
+
+ROUNDS: Final = 3
+WRITERS: Final = 4
+DSN = ""
+
+
+@contextmanager
+def schema() -> Iterator[str]:
+    """A fresh schema's name, dropped afterwards."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def measure(runs: tuple[Callable[[str], float], ...]) -> list[float]:
+    rates: list[list[float]] = [[] for _ in runs]
+    for _ in range(ROUNDS):
+        for i, run in enumerate(runs):
+            with schema() as name:
+                rates[i].append(run(name))
+    return [max(r) for r in rates]
+
+
+# ---------------------------------------------------------------------------- minies
+def url(name: str) -> str:
+    return f"{DSN}?schema={name}"
+
+
+def minies_single(name: str) -> float:
+    with minies.EventStore(url(name)) as store:
+        store.append("acc", [w.Opened(owner="ann")], aggregate_type="Account")
+
+        def body() -> None:
+            for v in range(1, w.SINGLE_COMMANDS + 1):
+                store.append("acc", [w.Deposited(amount=v)], aggregate_type="Account", expected_version=v)
+
+        rate = timed(w.SINGLE_COMMANDS, body)
+        check("minies single", store.version("acc"), w.SINGLE_COMMANDS + 1)
+        return rate
+
+
+def minies_writers(name: str) -> float:
+    minies.EventStore(url(name)).close()
+    per_writer = w.SINGLE_COMMANDS // WRITERS
+
+    def writer(me: int) -> None:
+        with minies.EventStore(url(name)) as store:  # a connection each, as separate processes would have
+            for v in range(per_writer):
+                store.append(f"acc-{me}", [w.Deposited(amount=v)], aggregate_type="Account", expected_version=v)
+
+    rate = timed(per_writer * WRITERS, lambda: _threads(writer))
+    with minies.EventStore(url(name)) as store:
+        check("minies writers", store.head()[0], per_writer * WRITERS)
+    return rate
+
+
+def minies_batch(name: str) -> float:
+    with minies.EventStore(url(name)) as store:
+        batches = [w.deposits(w.BATCH_SIZE) for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE)]
+
+        def body() -> None:
+            for i, batch in enumerate(batches):
+                store.append(f"acc-{i}", batch, aggregate_type="Account", expected_version=0)
+
+        rate = timed(w.BATCH_TOTAL, body)
+        check("minies batch", store.head()[0], w.BATCH_TOTAL)
+        return rate
+
+
+def minies_replay(name: str) -> float:
+    with minies.EventStore(url(name)) as store:
+        store.append("acc", [w.Opened(owner="ann"), *w.deposits(w.REPLAY_EVENTS - 1)], aggregate_type="Account")
+        store.load(w.Account, "acc")
+        rate = timed(w.REPLAY_EVENTS, lambda: store.load(w.Account, "acc"))
+        check("minies replay", store.load(w.Account, "acc").balance, BALANCE)
+        return rate
+
+
+def minies_scan(name: str) -> float:
+    with minies.EventStore(url(name)) as store:
+        for i in range(w.SCAN_EVENTS // w.BATCH_SIZE):
+            store.append(f"acc-{i}", w.deposits(w.BATCH_SIZE), aggregate_type="Account")
+        check("minies scan", sum(1 for _ in store.read_all()), w.SCAN_EVENTS)
+        return timed(w.SCAN_EVENTS, lambda: sum(1 for _ in store.read_all()))
+
+
+# ---------------------------------------------------------------------------- raw psycopg
+RAW_SCHEMA: Final = """
+CREATE TABLE events (
+    position BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL UNIQUE, aggregate_id TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL, event_type TEXT NOT NULL, version BIGINT NOT NULL,
+    data JSON NOT NULL, metadata JSON NOT NULL DEFAULT '{}', created_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (aggregate_id, version))
+"""
+RAW_INSERT: Final = (
+    "INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, data, metadata, created_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+RAW_COPY: Final = (
+    "COPY events (event_id, aggregate_id, aggregate_type, event_type, version, data, metadata, created_at) FROM STDIN"
+)
+
+
+def raw_connect(name: str) -> psycopg.Connection:
+    conn = psycopg.connect(DSN, autocommit=True)
+    conn.execute(f"SET search_path TO {name}")
+    if not conn.execute("SELECT to_regclass('events')").fetchone()[0]:  # type: ignore[index]
+        conn.execute(RAW_SCHEMA)
+    return conn
+
+
+def raw_append(conn: psycopg.Connection, aggregate_id: str, events: list[minies.Event], first: int) -> None:
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.executemany(RAW_INSERT, w.raw_rows(aggregate_id, events, first))
+
+
+def raw_copy(conn: psycopg.Connection, aggregate_id: str, events: list[minies.Event], first: int) -> None:
+    with conn.transaction(), conn.cursor() as cursor, cursor.copy(RAW_COPY) as copy:
+        for row in w.raw_rows(aggregate_id, events, first):
+            copy.write_row(row)
+
+
+def raw_count(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])  # type: ignore[index]
+
+
+def raw_single(name: str) -> float:
+    with raw_connect(name) as conn:
+        raw_append(conn, "acc", [w.Opened(owner="ann")], 1)
+        events = [w.Deposited(amount=v) for v in range(1, w.SINGLE_COMMANDS + 1)]
+
+        def body() -> None:
+            for v, deposited in enumerate(events, 2):
+                raw_append(conn, "acc", [deposited], v)
+
+        rate = timed(w.SINGLE_COMMANDS, body)
+        check("raw single", raw_count(conn), w.SINGLE_COMMANDS + 1)
+        return rate
+
+
+def raw_writers(name: str) -> float:
+    raw_connect(name).close()
+    per_writer = w.SINGLE_COMMANDS // WRITERS
+
+    def writer(me: int) -> None:
+        with raw_connect(name) as conn:
+            for v in range(per_writer):
+                raw_append(conn, f"acc-{me}", [w.Deposited(amount=v)], v + 1)
+
+    rate = timed(per_writer * WRITERS, lambda: _threads(writer))
+    with raw_connect(name) as conn:
+        check("raw writers", raw_count(conn), per_writer * WRITERS)
+    return rate
+
+
+def raw_batch(name: str) -> float:
+    with raw_connect(name) as conn:
+        batches = [w.deposits(w.BATCH_SIZE) for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE)]
+
+        def body() -> None:
+            for i, batch in enumerate(batches):
+                raw_copy(conn, f"acc-{i}", batch, 1)
+
+        rate = timed(w.BATCH_TOTAL, body)
+        check("raw batch", raw_count(conn), w.BATCH_TOTAL)
+        return rate
+
+
+def raw_replay_once(conn: psycopg.Connection) -> w.Account:
+    account = w.Account(id="acc")
+    decoders = w._DECODERS
+    for event_type, data in conn.execute(
+        "SELECT event_type, data::text FROM events WHERE aggregate_id = %s ORDER BY version", ("acc",)
+    ):
+        account.apply(decoders[event_type](data))
+    return account
+
+
+def raw_replay(name: str) -> float:
+    with raw_connect(name) as conn:
+        raw_copy(conn, "acc", [w.Opened(owner="ann"), *w.deposits(w.REPLAY_EVENTS - 1)], 1)
+        raw_replay_once(conn)
+        rate = timed(w.REPLAY_EVENTS, lambda: raw_replay_once(conn))
+        check("raw replay", raw_replay_once(conn).balance, BALANCE)
+        return rate
+
+
+def raw_scan_once(conn: psycopg.Connection) -> int:
+    decoders = w._DECODERS
+    n = 0
+    for row in conn.execute(
+        "SELECT position, event_id::text, aggregate_id, aggregate_type, event_type, version, created_at, data::text,"
+        " metadata::text FROM events ORDER BY position"
+    ):
+        decoders[row[4]](row[7])
+        n += 1
+    return n
+
+
+def raw_scan(name: str) -> float:
+    with raw_connect(name) as conn:
+        for i in range(w.SCAN_EVENTS // w.BATCH_SIZE):
+            raw_copy(conn, f"acc-{i}", w.deposits(w.BATCH_SIZE), 1)
+        check("raw scan", raw_scan_once(conn), w.SCAN_EVENTS)
+        return timed(w.SCAN_EVENTS, lambda: raw_scan_once(conn))
+
+
+# ---------------------------------------------------------------------------- eventsourcing
+def es_app(name: str) -> Application:
+    info = psycopg.conninfo.conninfo_to_dict(DSN)
+    return Application(
+        env={
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": str(info.get("dbname", "postgres")),
+            "POSTGRES_HOST": str(info.get("host", "127.0.0.1")),
+            "POSTGRES_PORT": str(info.get("port", "5432")),
+            "POSTGRES_USER": str(info.get("user", "postgres")),
+            "POSTGRES_PASSWORD": str(info.get("password", "")),
+            "POSTGRES_SCHEMA": name,
+        }
+    )
+
+
+def es_count(app: Application) -> int:
+    return app.recorder.max_notification_id() or 0  # type: ignore[attr-defined]
+
+
+def es_single(name: str) -> float:
+    app = es_app(name)
+    account = ESAccount("ann")
+    app.save(account)
+
+    def body() -> None:
+        for v in range(w.SINGLE_COMMANDS):
+            account.deposit(v)
+            app.save(account)
+
+    rate = timed(w.SINGLE_COMMANDS, body)
+    check("eventsourcing single", es_count(app), w.SINGLE_COMMANDS + 1)
+    app.close()
+    return rate
+
+
+def es_writers(name: str) -> float:
+    es_app(name).close()
+    per_writer = w.SINGLE_COMMANDS // WRITERS
+
+    def writer(me: int) -> None:
+        app = es_app(name)
+        account = ESAccount("ann")
+        app.save(account)
+        for v in range(per_writer - 1):
+            account.deposit(v)
+            app.save(account)
+        app.close()
+
+    rate = timed(per_writer * WRITERS, lambda: _threads(writer))
+    app = es_app(name)
+    check("eventsourcing writers", es_count(app), per_writer * WRITERS)
+    app.close()
+    return rate
+
+
+def es_batch(name: str) -> float:
+    app = es_app(name)
+    accounts = []
+    for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE):
+        account = ESAccount("ann")
+        for v in range(w.BATCH_SIZE - 1):
+            account.deposit(v)
+        accounts.append(account)
+
+    def body() -> None:
+        for account in accounts:
+            app.save(account)
+
+    rate = timed(w.BATCH_TOTAL, body)
+    check("eventsourcing batch", es_count(app), w.BATCH_TOTAL)
+    app.close()
+    return rate
+
+
+def es_replay(name: str) -> float:
+    app = es_app(name)
+    account = ESAccount("ann")
+    for v in range(w.REPLAY_EVENTS - 1):
+        account.deposit(v % 100)
+    app.save(account)
+    app.repository.get(account.id)
+    rate = timed(w.REPLAY_EVENTS, lambda: app.repository.get(account.id))
+    check("eventsourcing replay", app.repository.get(account.id).balance, BALANCE)
+    app.close()
+    return rate
+
+
+def es_scan(name: str) -> float:
+    app = es_app(name)
+    for _ in range(w.SCAN_EVENTS // w.BATCH_SIZE):
+        account = ESAccount("ann")
+        for v in range(w.BATCH_SIZE - 1):
+            account.deposit(v)
+        app.save(account)
+
+    def body() -> int:
+        recorder, mapper = app.recorder, app.mapper
+        start, n = 1, 0
+        while True:
+            page = recorder.select_notifications(start=start, limit=1000)
+            for notification in page:
+                mapper.to_domain_event(notification)
+            n += len(page)
+            if len(page) < 1000:
+                return n
+            start = page[-1].id + 1
+
+    check("eventsourcing scan", body(), w.SCAN_EVENTS)
+    rate = timed(w.SCAN_EVENTS, body)
+    app.close()
+    return rate
+
+
+def _threads(work: Callable[[int], None]) -> None:
+    threads = [threading.Thread(target=work, args=(me,)) for me in range(WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+WORKLOADS: Final = [
+    ("single-event commands", minies_single, raw_single, es_single),
+    (f"{WRITERS} concurrent writers, single-event commands", minies_writers, raw_writers, es_writers),
+    (f"batch append ({w.BATCH_SIZE:,}/call, {w.BATCH_TOTAL:,} events)", minies_batch, raw_batch, es_batch),
+    (f"replay one {w.REPLAY_EVENTS:,}-event aggregate", minies_replay, raw_replay, es_replay),
+    (f"scan {w.SCAN_EVENTS:,} events in global order", minies_scan, raw_scan, es_scan),
+]
+
+
+def main() -> None:
+    global DSN
+    only = sys.argv[1:]
+    with pgserver.cluster(durable=True) as dsn:
+        DSN = dsn
+        with psycopg.connect(DSN) as conn:
+            print(f"PostgreSQL {conn.info.server_version}, psycopg {psycopg.__version__}, minies {minies.__version__}")
+        print()
+        x = "\N{MULTIPLICATION SIGN}"
+        print("| workload | minies ev/s | raw psycopg ev/s | eventsourcing ev/s | minies / raw | minies / eventsourcing |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, mine, raw, es in WORKLOADS:
+            if only and not any(o in name for o in only):
+                continue
+            m, r, e = measure((mine, raw, es))
+            print(f"| {name} | {m:,.0f} | {r:,.0f} | {e:,.0f} | {m / r:.2f}{x} | {m / e:.1f}{x} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
