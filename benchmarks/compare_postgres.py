@@ -77,17 +77,17 @@ def minies_single(name: str) -> float:
 
 
 def minies_writers(name: str) -> float:
-    minies.EventStore(url(name)).close()
     per_writer = w.SINGLE_COMMANDS // WRITERS
+    stores = [minies.EventStore(url(name)) for _ in range(WRITERS)]  # a connection each, as processes would have
 
     def writer(me: int) -> None:
-        with minies.EventStore(url(name)) as store:  # a connection each, as separate processes would have
-            for v in range(per_writer):
-                store.append(f"acc-{me}", [w.Deposited(amount=v)], aggregate_type="Account", expected_version=v)
+        for v in range(per_writer):
+            stores[me].append(f"acc-{me}", [w.Deposited(amount=v)], aggregate_type="Account", expected_version=v)
 
     rate = timed(per_writer * WRITERS, lambda: _threads(writer))
-    with minies.EventStore(url(name)) as store:
-        check("minies writers", store.head()[0], per_writer * WRITERS)
+    check("minies writers", stores[0].head()[0], per_writer * WRITERS)
+    for store in stores:
+        store.close()
     return rate
 
 
@@ -176,17 +176,17 @@ def raw_single(name: str) -> float:
 
 
 def raw_writers(name: str) -> float:
-    raw_connect(name).close()
     per_writer = w.SINGLE_COMMANDS // WRITERS
+    conns = [raw_connect(name) for _ in range(WRITERS)]
 
     def writer(me: int) -> None:
-        with raw_connect(name) as conn:
-            for v in range(per_writer):
-                raw_append(conn, f"acc-{me}", [w.Deposited(amount=v)], v + 1)
+        for v in range(per_writer):
+            raw_append(conns[me], f"acc-{me}", [w.Deposited(amount=v)], v + 1)
 
     rate = timed(per_writer * WRITERS, lambda: _threads(writer))
-    with raw_connect(name) as conn:
-        check("raw writers", raw_count(conn), per_writer * WRITERS)
+    check("raw writers", raw_count(conns[0]), per_writer * WRITERS)
+    for conn in conns:
+        conn.close()
     return rate
 
 
@@ -279,22 +279,21 @@ def es_single(name: str) -> float:
 
 
 def es_writers(name: str) -> float:
-    es_app(name).close()
     per_writer = w.SINGLE_COMMANDS // WRITERS
+    apps = [es_app(name) for _ in range(WRITERS)]  # one at a time: its concurrent CREATE TABLEs collide
+    accounts = [ESAccount("ann") for _ in range(WRITERS)]
 
     def writer(me: int) -> None:
-        app = es_app(name)
-        account = ESAccount("ann")
+        app, account = apps[me], accounts[me]
         app.save(account)
         for v in range(per_writer - 1):
             account.deposit(v)
             app.save(account)
-        app.close()
 
     rate = timed(per_writer * WRITERS, lambda: _threads(writer))
-    app = es_app(name)
-    check("eventsourcing writers", es_count(app), per_writer * WRITERS)
-    app.close()
+    check("eventsourcing writers", es_count(apps[0]), per_writer * WRITERS)
+    for app in apps:
+        app.close()
     return rate
 
 

@@ -779,3 +779,15 @@ def test_info_says_what_the_file_holds(location: str) -> None:
     assert (info.schema_version, info.events, info.aggregates) == (3, 3, 2)
     assert [(name, version, position) for name, version, position, _ in info.projections] == [("Balances", 1, 3)]
     assert [(name, position) for name, position, _ in info.subscriptions] == [("mailer", 2)]
+
+
+def test_query_and_verify_inside_a_transaction_see_its_writes_and_cannot_write(location: str) -> None:
+    with minies.EventStore(location) as store:
+        with store.transaction():
+            store.append("a", deposit(2), aggregate_type="Account")
+            assert store.query("SELECT count(*) FROM events") == [(2,)]  # the block's own writes
+            with pytest.raises(minies.QueryError, match="read-only"):
+                store.query("DELETE FROM minies_subscriptions")
+            assert store.verify().ok
+            store.append("a", deposit(1), aggregate_type="Account")
+        assert store.version("a") == 3 and store.query("SELECT count(*) FROM events") == [(3,)]

@@ -90,6 +90,7 @@ class Connection:
         self._texts: dict[str, str] = {}
         self._changes = 0
         self._versions = itertools.count()
+        self._begun = False  # a BEGIN not yet sent: it travels with the next statement
 
     def _text(self, statement: str) -> str:
         text = self._texts.get(statement)
@@ -98,14 +99,33 @@ class Connection:
         return text
 
     def execute(self, statement: str, params: Any = ()) -> _Rows:
-        cursor = self.raw.execute(self._text(statement), params if params else None)
+        if statement is postgres_sql.BEGIN:
+            self._begun = True  # one round trip less per write: sent with what follows
+            return _Rows([])
+        if self._begun:
+            self._begun = False
+            if statement is postgres_sql.COMMIT or statement is postgres_sql.ROLLBACK:
+                return _Rows([])  # nothing was written
+            with self.raw.pipeline():
+                self.raw.execute(postgres_sql.BEGIN)
+                cursor = self.raw.execute(self._text(statement), params if params else None)
+        else:
+            cursor = self.raw.execute(self._text(statement), params if params else None)
         self._changes = max(cursor.rowcount, 0)
         return _Rows(cursor.fetchall() if cursor.description is not None else [])
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.start()
         with self.raw.cursor() as cursor:
             cursor.executemany(self._text(statement), rows)
             self._changes = max(cursor.rowcount, 0)
+
+    def start(self) -> bool:
+        """Send a BEGIN still held back; True if a transaction is open."""
+        if self._begun:
+            self._begun = False
+            self.raw.execute(postgres_sql.BEGIN)
+        return not self.get_autocommit()
 
     def changes(self) -> int:
         return self._changes
@@ -117,7 +137,7 @@ class Connection:
         return int(self.execute(postgres_sql.COMMIT_COUNTER).get)
 
     def get_autocommit(self) -> bool:
-        return bool(self.raw.info.transaction_status == TransactionStatus.IDLE)
+        return not self._begun and bool(self.raw.info.transaction_status == TransactionStatus.IDLE)
 
 
 class PostgresBackend:
@@ -238,9 +258,14 @@ class PostgresBackend:
         text, several = translate(statement)
         if several:
             raise QueryError(f"store.query runs one statement, got several: {statement!r:.200}")
-        raw.execute("BEGIN READ ONLY")
+        # Outside a transaction: a read-only one. Inside one (store.transaction()), so the
+        # block's own writes are seen: a savepoint, rolled back whatever the statement did.
+        inside = self.conn.start()
+        raw.execute("SAVEPOINT minies_query" if inside else "BEGIN READ ONLY")
         try:
             cursor = raw.execute(text, params if params else None)
+            if (cursor.statusmessage or "").split(" ")[0] not in _READS:
+                raise pg_errors.ReadOnlySqlTransaction()
             return cursor.fetchall() if cursor.description is not None else []
         except pg_errors.ReadOnlySqlTransaction:
             raise QueryError(f"store.query is read-only; this SQL tries to write: {statement!r:.200}") from None
@@ -254,7 +279,9 @@ class PostgresBackend:
             self.raise_error(e, "cannot query")
         finally:
             with contextlib.suppress(psycopg.Error):
-                raw.execute("ROLLBACK")
+                raw.execute(
+                    "ROLLBACK TO SAVEPOINT minies_query; RELEASE SAVEPOINT minies_query" if inside else "ROLLBACK"
+                )
 
     def schema_version(self) -> int:
         return int(self.conn.execute(postgres_sql.SCHEMA_VERSION_NOW).get or 0)
@@ -263,6 +290,9 @@ class PostgresBackend:
     def reading(self) -> Iterator[None]:
         """One snapshot of the whole log (REPEATABLE READ), read-only."""
         raw = self.conn.raw
+        if self.conn.start():  # inside store.transaction(): its own view
+            yield
+            return
         raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield
@@ -299,6 +329,10 @@ class PostgresBackend:
 
     def close(self) -> None:
         self.conn.raw.close()
+
+
+# What a statement's status says when it only read.
+_READS = frozenset({"SELECT", "SHOW", "EXPLAIN", "VALUES", "TABLE", "FETCH"})
 
 
 class _Refused(Exception):
