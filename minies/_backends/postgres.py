@@ -116,6 +116,15 @@ class Connection:
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         self.start()
+        bulk = postgres_sql.BULK.get(statement)
+        if bulk is not None:
+            rows = rows if isinstance(rows, list) else list(rows)
+            if len(rows) > 1:
+                with self.raw.cursor() as cursor, cursor.copy(bulk) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                self._changes = len(rows)
+                return
         with self.raw.cursor() as cursor:
             cursor.executemany(self._text(statement), rows)
             self._changes = max(cursor.rowcount, 0)
@@ -332,6 +341,7 @@ class PostgresBackend:
 
 
 # What a statement's status says when it only read.
+_QUERY_END = "ROLLBACK TO SAVEPOINT minies_query; RELEASE SAVEPOINT minies_query"
 _READS = frozenset({"SELECT", "SHOW", "EXPLAIN", "VALUES", "TABLE", "FETCH"})
 
 

@@ -30,16 +30,22 @@ def _ts(column: str) -> str:
 # The head row: the last position and its hash, locked by each writer until it commits, so
 # positions are handed out in commit order with no gaps (a sequence hands out numbers at
 # INSERT, but rows appear at COMMIT: readers would skip events or see holes). The trigger
-# moves it for every inserted event, refusing any event that does not take the next position,
-# whichever client inserts.
+# moves it once per INSERT or COPY statement, refusing rows that do not take the next
+# positions, whichever client inserts.
 APPEND_FUNCTION: Final = """
 CREATE FUNCTION {schema}.minies_append() RETURNS trigger LANGUAGE plpgsql AS $minies$
+DECLARE
+  first bigint;
+  last bigint;
+  n bigint;
 BEGIN
-  UPDATE {schema}.minies_head SET position = NEW.position, hash = NEW.hash WHERE position = NEW.position - 1;
+  SELECT min(position), max(position), count(*) INTO first, last, n FROM new_rows;
+  UPDATE {schema}.minies_head SET position = last, hash = (SELECT hash FROM new_rows WHERE position = last)
+    WHERE position = first - 1 AND last - first + 1 = n;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'minies: events are append-only; a new event must take the next position';
   END IF;
-  RETURN NEW;
+  RETURN NULL;
 END $minies$"""
 REFUSE_FUNCTION: Final = """
 CREATE FUNCTION {schema}.minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $minies$
@@ -90,8 +96,8 @@ CREATE: Final = (
     APPEND_FUNCTION,
     REFUSE_FUNCTION,
     APPEND_STATE_FUNCTION,
-    "CREATE TRIGGER events_append_only BEFORE INSERT ON {schema}.events"
-    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_append()",
+    "CREATE TRIGGER events_append_only AFTER INSERT ON {schema}.events REFERENCING NEW TABLE AS new_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.minies_append()",
     "CREATE TRIGGER events_no_update BEFORE UPDATE ON {schema}.events"
     " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_refuse()",
     "CREATE TRIGGER events_no_delete BEFORE DELETE ON {schema}.events"
@@ -167,6 +173,11 @@ INSERT_EVENT: Final = (
     "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
     " data, metadata, created_at, hash, schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Many rows at once go by COPY (one statement, one trigger run): the same columns, in order.
+BULK: Final = {
+    INSERT_EVENT: "COPY events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
+    " data, metadata, created_at, hash, schema_version) FROM STDIN"
+}
 AGGREGATE_VERSION: Final = "SELECT max(version) FROM events WHERE aggregate_id = ?"
 HEAD: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 APPEND_STATE: Final = "SELECT version, aggregate_type, head, hash FROM minies_append_state(?)"
