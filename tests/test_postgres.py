@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -341,3 +342,20 @@ def test_the_readme_s_jsonb_expression_index_works_on_the_json_payloads(pg_url: 
     with minies.EventStore(pg_url) as store:
         assert store.query("SELECT count(*) FROM events WHERE (data::jsonb) ->> 'amount' = ?", ("7",)) == [(1,)]
         assert store.verify().ok  # the payloads' text, and so the chain, is untouched
+
+
+def test_the_readme_s_one_line_change_and_copy_command(tmp_path: Path, pg_dsn: str) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (line,) = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+    server = f"{pg_dsn}?schema=shop_{os.getpid()}"
+    run_python(
+        "import minies\nfrom domain import MoneyDeposited\nminies.EventStore('shop.db').close()\n"
+        + line.replace("postgresql://app:secret@db.internal:5432/shop?schema=shop", server)
+        + "store.append('a', [MoneyDeposited(amount=1)], aggregate_type='Account')\nstore.close()\n"
+    )
+    with minies.EventStore(server) as store:
+        assert store.head()[0] == 1
+    local = str(tmp_path / "local.db")
+    fill(local, 3)
+    copied = subprocess.run([sys.executable, "-m", "minies", "copy", local, server.replace("shop_", "shop2_")], capture_output=True, text=True)
+    assert copied.returncode == 0 and "copied 3 events" in copied.stdout, copied.stderr

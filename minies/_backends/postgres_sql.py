@@ -85,7 +85,6 @@ CREATE: Final = (
         schema_version INTEGER     NOT NULL DEFAULT 1,
         UNIQUE (aggregate_id, version)
     )""",
-    "CREATE INDEX events_type ON {schema}.events (event_type, position)",
     """
     CREATE TABLE {schema}.minies_head (
         one      BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
