@@ -90,7 +90,13 @@ class Connection:
         self._texts: dict[str, str] = {}
         self._changes = 0
         self._versions = itertools.count()
-        self._begun = False  # a BEGIN not yet sent: it travels with the next statement
+        # Round trips are what a write costs here, so two things wait for the next statement
+        # and travel with it in one pipeline: a BEGIN, and a one-event insert (which then
+        # reaches the server with the COMMIT). An append is two round trips: [BEGIN, lock
+        # and read the head] and [INSERT, COMMIT]. (Under the head lock, no insert of minies'
+        # can break a constraint, so nothing is lost by learning of a failure at the COMMIT.)
+        self._begun = False
+        self._held: tuple[str, Sequence[Any]] | None = None
 
     def _text(self, statement: str) -> str:
         text = self._texts.get(statement)
@@ -100,40 +106,57 @@ class Connection:
 
     def execute(self, statement: str, params: Any = ()) -> _Rows:
         if statement is postgres_sql.BEGIN:
-            self._begun = True  # one round trip less per write: sent with what follows
+            self._begun = True
             return _Rows([])
-        if self._begun:
+        if statement is postgres_sql.ROLLBACK or statement is postgres_sql.ROLLBACK_TO:
+            self._held = None
+            if self._begun:  # nothing reached the server
+                self._begun = False
+                return _Rows([])
+        elif statement is postgres_sql.COMMIT and self._begun and self._held is None:
             self._begun = False
-            if statement is postgres_sql.COMMIT or statement is postgres_sql.ROLLBACK:
-                return _Rows([])  # nothing was written
+            return _Rows([])
+        if self._begun or self._held is not None:
             with self.raw.pipeline():
-                self.raw.execute(postgres_sql.BEGIN)
+                self._send_waiting()
                 cursor = self.raw.execute(self._text(statement), params if params else None)
         else:
             cursor = self.raw.execute(self._text(statement), params if params else None)
         self._changes = max(cursor.rowcount, 0)
         return _Rows(cursor.fetchall() if cursor.description is not None else [])
 
+    def _send_waiting(self) -> None:
+        if self._begun:
+            self._begun = False
+            self.raw.execute(postgres_sql.BEGIN)
+        if self._held is not None:
+            statement, row = self._held
+            self._held = None
+            self.raw.execute(self._text(statement), row)
+
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
-        self.start()
+        rows = rows if isinstance(rows, list) else list(rows)
         bulk = postgres_sql.BULK.get(statement)
+        if bulk is not None and len(rows) == 1 and self._held is None:
+            self._held = (statement, rows[0])
+            self._changes = 1
+            return
+        self.start()
         if bulk is not None:
-            rows = rows if isinstance(rows, list) else list(rows)
-            if len(rows) > 1:
-                with self.raw.cursor() as cursor, cursor.copy(bulk) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                self._changes = len(rows)
-                return
+            with self.raw.cursor() as cursor, cursor.copy(bulk) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            self._changes = len(rows)
+            return
         with self.raw.cursor() as cursor:
             cursor.executemany(self._text(statement), rows)
             self._changes = max(cursor.rowcount, 0)
 
     def start(self) -> bool:
-        """Send a BEGIN still held back; True if a transaction is open."""
-        if self._begun:
-            self._begun = False
-            self.raw.execute(postgres_sql.BEGIN)
+        """Send what waits (a BEGIN, an insert); True if a transaction is open."""
+        if self._begun or self._held is not None:
+            with self.raw.pipeline():
+                self._send_waiting()
         return not self.get_autocommit()
 
     def changes(self) -> int:

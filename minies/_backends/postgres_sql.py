@@ -52,21 +52,20 @@ CREATE FUNCTION {schema}.minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $mi
 BEGIN
   RAISE EXCEPTION 'minies: events are immutable; % is refused', TG_OP;
 END $minies$"""
-# What an append needs before it writes: the head, locked, then the aggregate's version and
-# type. A VOLATILE function reads each statement with a fresh snapshot, so the version is read
-# after the lock is granted: it includes every commit before ours.
+# What an append needs before it writes: the head, once this writer holds the log's lock (a
+# transaction-level advisory lock: no row is written to take it), then the aggregate's
+# version and type. A VOLATILE function reads each statement with a fresh snapshot, so all
+# of it is read after the lock is granted: it includes every commit before ours. (The
+# trigger's UPDATE of the head row orders any other client's inserts too.)
 APPEND_STATE_FUNCTION: Final = """
 CREATE FUNCTION {schema}.minies_append_state(aggregate text)
 RETURNS TABLE (version bigint, aggregate_type text, head bigint, hash bytea) LANGUAGE plpgsql AS $minies$
-DECLARE
-  at bigint;
-  digest bytea;
 BEGIN
-  SELECT h.position, h.hash INTO at, digest FROM {schema}.minies_head h FOR UPDATE;
+  PERFORM pg_advisory_xact_lock('{schema}.minies_head'::regclass::oid::bigint);
   RETURN QUERY SELECT
     (SELECT max(e.version) FROM {schema}.events e WHERE e.aggregate_id = aggregate),
     (SELECT e.aggregate_type FROM {schema}.events e WHERE e.aggregate_id = aggregate AND e.version = 1),
-    at, digest;
+    h.position, h.hash FROM {schema}.minies_head h;
 END $minies$"""
 
 CREATE: Final = (
