@@ -175,8 +175,7 @@ def es_count(app: Application) -> int:
     return app.recorder.max_notification_id() or 0  # type: ignore[attr-defined]
 
 
-def es_single(path: str) -> float:
-    app = es_app(path)
+def es_single(app: Application) -> float:
     account = ESAccount("ann")
     app.save(account)
 
@@ -187,11 +186,11 @@ def es_single(path: str) -> float:
 
     rate = timed(w.SINGLE_COMMANDS, body)
     check("eventsourcing single", es_count(app), w.SINGLE_COMMANDS + 1)
+    app.close()
     return rate
 
 
-def es_batch(path: str) -> float:
-    app = es_app(path)
+def es_batch(app: Application) -> float:
     accounts = []
     for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE):
         account = ESAccount("ann")
@@ -205,11 +204,11 @@ def es_batch(path: str) -> float:
 
     rate = timed(w.BATCH_TOTAL, body)
     check("eventsourcing batch", es_count(app), w.BATCH_TOTAL)
+    app.close()
     return rate
 
 
-def es_replay(path: str) -> float:
-    app = es_app(path)
+def es_replay(app: Application) -> float:
     account = ESAccount("ann")
     for v in range(w.REPLAY_EVENTS - 1):
         account.deposit(v % 100)
@@ -217,11 +216,11 @@ def es_replay(path: str) -> float:
     app.repository.get(account.id)
     rate = timed(w.REPLAY_EVENTS, lambda: app.repository.get(account.id))
     check("eventsourcing replay", app.repository.get(account.id).balance, BALANCE)
+    app.close()
     return rate
 
 
-def es_scan(path: str) -> float:
-    app = es_app(path)
+def es_scan(app: Application) -> float:
     for _ in range(w.SCAN_EVENTS // w.BATCH_SIZE):
         account = ESAccount("ann")
         for v in range(w.BATCH_SIZE - 1):
@@ -241,7 +240,13 @@ def es_scan(path: str) -> float:
             start = page[-1].id + 1
 
     check("eventsourcing scan", body(), w.SCAN_EVENTS)
-    return timed(w.SCAN_EVENTS, body)
+    rate = timed(w.SCAN_EVENTS, body)
+    app.close()
+    return rate
+
+
+def on_file(run: Callable[[Application], float]) -> Callable[[str], float]:
+    return lambda path: run(es_app(path))
 
 
 def raw7(run: Callable[[str, str], float]) -> Callable[[str], float]:
@@ -253,10 +258,10 @@ def raw4(run: Callable[[str, str], float]) -> Callable[[str], float]:
 
 
 WORKLOADS: Final = [
-    ("single-event commands", minies_single, raw_single, es_single),
-    (f"batch append ({w.BATCH_SIZE:,}/call, {w.BATCH_TOTAL:,} events)", minies_batch, raw_batch, es_batch),
-    (f"replay one {w.REPLAY_EVENTS:,}-event aggregate", minies_replay, raw_replay, es_replay),
-    (f"scan {w.SCAN_EVENTS:,} events in global order", minies_scan, raw_scan, es_scan),
+    ("single-event commands", minies_single, raw_single, on_file(es_single)),
+    (f"batch append ({w.BATCH_SIZE:,}/call, {w.BATCH_TOTAL:,} events)", minies_batch, raw_batch, on_file(es_batch)),
+    (f"replay one {w.REPLAY_EVENTS:,}-event aggregate", minies_replay, raw_replay, on_file(es_replay)),
+    (f"scan {w.SCAN_EVENTS:,} events in global order", minies_scan, raw_scan, on_file(es_scan)),
 ]
 
 
@@ -270,7 +275,9 @@ def main() -> None:
         f" minies {minies.__version__}, eventsourcing {version('eventsourcing')}"
     )
     print()
-    print(f"eventsourcing runs on the stdlib sqlite3 module (SQLite {sqlite3.sqlite_version}); minies and raw on apsw's")
+    print(
+        f"eventsourcing runs on the stdlib sqlite3 module (SQLite {sqlite3.sqlite_version}); minies and raw on apsw's"
+    )
     print()
     x = "\N{MULTIPLICATION SIGN}"
     print(

@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+import compare
 import psycopg
 import workloads as w
-from compare import BALANCE, ESAccount, check, timed
+from compare import BALANCE, ESAccount, check, es_count, timed
 from eventsourcing.application import Application
 
 import minies
@@ -63,19 +64,6 @@ def url(name: str) -> str:
     return f"{DSN}?schema={name}"
 
 
-def minies_single(name: str) -> float:
-    with minies.EventStore(url(name)) as store:
-        store.append("acc", [w.Opened(owner="ann")], aggregate_type="Account")
-
-        def body() -> None:
-            for v in range(1, w.SINGLE_COMMANDS + 1):
-                store.append("acc", [w.Deposited(amount=v)], aggregate_type="Account", expected_version=v)
-
-        rate = timed(w.SINGLE_COMMANDS, body)
-        check("minies single", store.version("acc"), w.SINGLE_COMMANDS + 1)
-        return rate
-
-
 def minies_writers(name: str) -> float:
     per_writer = w.SINGLE_COMMANDS // WRITERS
     stores = [minies.EventStore(url(name)) for _ in range(WRITERS)]  # a connection each, as processes would have
@@ -89,36 +77,6 @@ def minies_writers(name: str) -> float:
     for store in stores:
         store.close()
     return rate
-
-
-def minies_batch(name: str) -> float:
-    with minies.EventStore(url(name)) as store:
-        batches = [w.deposits(w.BATCH_SIZE) for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE)]
-
-        def body() -> None:
-            for i, batch in enumerate(batches):
-                store.append(f"acc-{i}", batch, aggregate_type="Account", expected_version=0)
-
-        rate = timed(w.BATCH_TOTAL, body)
-        check("minies batch", store.head()[0], w.BATCH_TOTAL)
-        return rate
-
-
-def minies_replay(name: str) -> float:
-    with minies.EventStore(url(name)) as store:
-        store.append("acc", [w.Opened(owner="ann"), *w.deposits(w.REPLAY_EVENTS - 1)], aggregate_type="Account")
-        store.load(w.Account, "acc")
-        rate = timed(w.REPLAY_EVENTS, lambda: store.load(w.Account, "acc"))
-        check("minies replay", store.load(w.Account, "acc").balance, BALANCE)
-        return rate
-
-
-def minies_scan(name: str) -> float:
-    with minies.EventStore(url(name)) as store:
-        for i in range(w.SCAN_EVENTS // w.BATCH_SIZE):
-            store.append(f"acc-{i}", w.deposits(w.BATCH_SIZE), aggregate_type="Account")
-        check("minies scan", sum(1 for _ in store.read_all()), w.SCAN_EVENTS)
-        return timed(w.SCAN_EVENTS, lambda: sum(1 for _ in store.read_all()))
 
 
 # ---------------------------------------------------------------------------- raw psycopg
@@ -258,26 +216,6 @@ def es_app(name: str) -> Application:
     )
 
 
-def es_count(app: Application) -> int:
-    return app.recorder.max_notification_id() or 0  # type: ignore[attr-defined]
-
-
-def es_single(name: str) -> float:
-    app = es_app(name)
-    account = ESAccount("ann")
-    app.save(account)
-
-    def body() -> None:
-        for v in range(w.SINGLE_COMMANDS):
-            account.deposit(v)
-            app.save(account)
-
-    rate = timed(w.SINGLE_COMMANDS, body)
-    check("eventsourcing single", es_count(app), w.SINGLE_COMMANDS + 1)
-    app.close()
-    return rate
-
-
 def es_writers(name: str) -> float:
     per_writer = w.SINGLE_COMMANDS // WRITERS
     apps = [es_app(name) for _ in range(WRITERS)]  # one at a time: its concurrent CREATE TABLEs collide
@@ -297,64 +235,6 @@ def es_writers(name: str) -> float:
     return rate
 
 
-def es_batch(name: str) -> float:
-    app = es_app(name)
-    accounts = []
-    for _ in range(w.BATCH_TOTAL // w.BATCH_SIZE):
-        account = ESAccount("ann")
-        for v in range(w.BATCH_SIZE - 1):
-            account.deposit(v)
-        accounts.append(account)
-
-    def body() -> None:
-        for account in accounts:
-            app.save(account)
-
-    rate = timed(w.BATCH_TOTAL, body)
-    check("eventsourcing batch", es_count(app), w.BATCH_TOTAL)
-    app.close()
-    return rate
-
-
-def es_replay(name: str) -> float:
-    app = es_app(name)
-    account = ESAccount("ann")
-    for v in range(w.REPLAY_EVENTS - 1):
-        account.deposit(v % 100)
-    app.save(account)
-    app.repository.get(account.id)
-    rate = timed(w.REPLAY_EVENTS, lambda: app.repository.get(account.id))
-    check("eventsourcing replay", app.repository.get(account.id).balance, BALANCE)
-    app.close()
-    return rate
-
-
-def es_scan(name: str) -> float:
-    app = es_app(name)
-    for _ in range(w.SCAN_EVENTS // w.BATCH_SIZE):
-        account = ESAccount("ann")
-        for v in range(w.BATCH_SIZE - 1):
-            account.deposit(v)
-        app.save(account)
-
-    def body() -> int:
-        recorder, mapper = app.recorder, app.mapper
-        start, n = 1, 0
-        while True:
-            page = recorder.select_notifications(start=start, limit=1000)
-            for notification in page:
-                mapper.to_domain_event(notification)
-            n += len(page)
-            if len(page) < 1000:
-                return n
-            start = page[-1].id + 1
-
-    check("eventsourcing scan", body(), w.SCAN_EVENTS)
-    rate = timed(w.SCAN_EVENTS, body)
-    app.close()
-    return rate
-
-
 def _threads(work: Callable[[int], None]) -> None:
     threads = [threading.Thread(target=work, args=(me,)) for me in range(WRITERS)]
     for t in threads:
@@ -362,6 +242,20 @@ def _threads(work: Callable[[int], None]) -> None:
     for t in threads:
         t.join()
 
+
+def on_server(run: Callable[[str], float]) -> Callable[[str], float]:
+    """A workload of compare.py's minies on a fresh schema's URL."""
+    return lambda name: run(url(name))
+
+
+def es_on_server(run: Callable[[Application], float]) -> Callable[[str], float]:
+    return lambda name: run(es_app(name))
+
+
+minies_single, minies_batch = on_server(compare.minies_single), on_server(compare.minies_batch)
+minies_replay, minies_scan = on_server(compare.minies_replay), on_server(compare.minies_scan)
+es_single, es_batch = es_on_server(compare.es_single), es_on_server(compare.es_batch)
+es_replay, es_scan = es_on_server(compare.es_replay), es_on_server(compare.es_scan)
 
 WORKLOADS: Final = [
     ("single-event commands", minies_single, raw_single, es_single),
@@ -381,7 +275,9 @@ def main() -> None:
             print(f"PostgreSQL {conn.info.server_version}, psycopg {psycopg.__version__}, minies {minies.__version__}")
         print()
         x = "\N{MULTIPLICATION SIGN}"
-        print("| workload | minies ev/s | raw psycopg ev/s | eventsourcing ev/s | minies / raw | minies / eventsourcing |")
+        print(
+            "| workload | minies ev/s | raw psycopg ev/s | eventsourcing ev/s | minies / raw | minies / eventsourcing |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for name, mine, raw, es in WORKLOADS:
             if only and not any(o in name for o in only):

@@ -20,6 +20,9 @@ and for projections::
             .given("o1", OrderPlaced(customer_id="c", total=5.0), aggregate_type="Order")
             .then("SELECT status FROM order_summaries", [("placed",)]))
 
+Scenarios run in memory; ``on="postgresql://..."`` runs one in a fresh schema of that
+database instead (dropped afterwards), to check that a projection's SQL runs there too.
+
 Replay benchmarks of your own aggregates (with pytest-benchmark)::
 
     def test_replay_speed(benchmark, minies_file_store):
@@ -30,8 +33,10 @@ Replay benchmarks of your own aggregates (with pytest-benchmark)::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -39,11 +44,12 @@ from typing import Any, Generic, TypeVar
 import pytest
 
 from minies._aggregate import Aggregate
+from minies._backends import is_url
 from minies._events import Event
 from minies._projections import Projection
 from minies._store import EventStore
 
-__all__ = ["fill", "projection_scenario", "replay", "scenario"]
+__all__ = ["fill", "projection_scenario", "replay", "scenario", "throwaway_store"]
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -73,12 +79,33 @@ def _side_by_side(title: str, expected: Sequence[Any], actual: Sequence[Any]) ->
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def throwaway_store(on: str = ":memory:", **options: Any) -> Iterator[EventStore]:
+    """A fresh, empty store: in memory, or in a new schema of the PostgreSQL database the URL
+    ``on`` names, dropped afterwards. ``options`` go to ``EventStore``."""
+    if not is_url(on):
+        with EventStore(on, **options) as store:
+            yield store
+        return
+    from minies._backends.postgres import psycopg, split_schema  # the postgres extra
+
+    schema = f"minies_test_{uuid.uuid4().hex[:12]}"
+    dsn, _ = split_schema(on)
+    try:
+        with EventStore(f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}", **options) as store:
+            yield store
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 class Scenario(Generic[A]):
     """Given past events, when a command runs, then these new events (or this error)."""
 
-    def __init__(self, cls: type[A], aggregate_id: str = "aggregate-1") -> None:
+    def __init__(self, cls: type[A], aggregate_id: str = "aggregate-1", on: str = ":memory:") -> None:
         self._cls = cls
         self._id = aggregate_id
+        self._on = on
         self._history: list[Event] = []
         self._command: Callable[[A], object] | None = None
 
@@ -95,7 +122,7 @@ class Scenario(Generic[A]):
     def _run(self) -> A:
         if self._command is None:
             raise RuntimeError("scenario has no when(command)")
-        with EventStore(":memory:") as store:
+        with throwaway_store(self._on) as store:
             if self._history:
                 store.append(self._id, self._history, aggregate_type=self._cls.aggregate_type)
                 aggregate = store.load(self._cls, self._id)
@@ -127,16 +154,17 @@ class Scenario(Generic[A]):
         )
 
 
-def scenario(cls: type[A], aggregate_id: str = "aggregate-1") -> Scenario[A]:
-    """Start a given/when/then test of an aggregate class."""
-    return Scenario(cls, aggregate_id)
+def scenario(cls: type[A], aggregate_id: str = "aggregate-1", *, on: str = ":memory:") -> Scenario[A]:
+    """Start a given/when/then test of an aggregate class (``on``: see the module's doc)."""
+    return Scenario(cls, aggregate_id, on)
 
 
 class ProjectionScenario:
     """Given events in the log, then these rows in the projection's tables."""
 
-    def __init__(self, projection: Projection) -> None:
+    def __init__(self, projection: Projection, on: str = ":memory:") -> None:
         self._projection = projection
+        self._on = on
         self._batches: list[tuple[str, list[Event], str]] = []
 
     def given(self, aggregate_id: str, *events: Event, aggregate_type: str = "Aggregate") -> ProjectionScenario:
@@ -146,7 +174,7 @@ class ProjectionScenario:
 
     def then(self, sql: str, expected: Sequence[tuple[Any, ...]], params: Sequence[Any] = ()) -> None:
         """Assert ``sql`` returns ``expected``, both inline and after a rebuild from the log."""
-        with EventStore(":memory:", projections=[self._projection]) as store:
+        with throwaway_store(self._on, projections=[self._projection]) as store:
             for aggregate_id, events, aggregate_type in self._batches:
                 store.append(aggregate_id, events, aggregate_type=aggregate_type)
             for when in ("inline", "after a rebuild"):
@@ -156,9 +184,9 @@ class ProjectionScenario:
                 store.rebuild(self._projection.name)
 
 
-def projection_scenario(projection: Projection) -> ProjectionScenario:
-    """Start a given/then test of a projection."""
-    return ProjectionScenario(projection)
+def projection_scenario(projection: Projection, *, on: str = ":memory:") -> ProjectionScenario:
+    """Start a given/then test of a projection (``on``: see the module's doc)."""
+    return ProjectionScenario(projection, on)
 
 
 def fill(

@@ -359,3 +359,18 @@ def test_the_readme_s_one_line_change_and_copy_command(tmp_path: Path, pg_dsn: s
     fill(local, 3)
     copied = subprocess.run([sys.executable, "-m", "minies", "copy", local, server.replace("shop_", "shop2_")], capture_output=True, text=True)
     assert copied.returncode == 0 and "copied 3 events" in copied.stdout, copied.stderr
+
+
+def test_the_testing_kit_runs_scenarios_on_a_server_and_leaves_nothing(pg_dsn: str) -> None:
+    from minies.testing import projection_scenario, scenario
+
+    (
+        projection_scenario(Balances(), on=pg_dsn)
+        .given("acc-1", AccountOpened(owner="o", balance=5), MoneyDeposited(amount=3), aggregate_type="Account")
+        .then("SELECT account_id, balance FROM balances", [("acc-1", 8)])
+    )
+    scenario(SnappedAccount, "a", on=pg_dsn).given(AccountOpened(owner="o", balance=1)).when(
+        lambda account: account.deposit(2)
+    ).then(MoneyDeposited(amount=2))
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'minies_test_%'").fetchone() == (0,)

@@ -184,7 +184,7 @@ class PostgresBackend:
         self.readonly = readonly
         self._timeout = timeout
         self.file_version = postgres_sql.SCHEMA_VERSION
-        dsn, schema = _split_schema(url)
+        dsn, schema = split_schema(url)
         try:
             raw = psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout)))
         except psycopg.Error as e:
@@ -390,7 +390,7 @@ def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _split_schema(url: str) -> tuple[str, str | None]:
+def split_schema(url: str) -> tuple[str, str | None]:
     """The URL psycopg connects with, and the ``schema`` query parameter taken out of it."""
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)

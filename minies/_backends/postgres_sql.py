@@ -17,6 +17,27 @@ from __future__ import annotations
 
 from typing import Final
 
+# Statements in SQL both databases speak: the same text on both backends.
+from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them here
+    ADVANCE_PROJECTION,
+    AGGREGATE_HIGH,
+    COUNTS,
+    DEAD_LETTER_ATTEMPTS,
+    DROP_SNAPSHOTS,
+    EVENT_TYPE_AT,
+    HASH_AT,
+    HEAD,
+    HEAD_POSITION,
+    INSERT_EVENT,
+    LATEST_SNAPSHOT,
+    PROJECTION_POSITIONS,
+    PROJECTION_STATE,
+    SUBSCRIPTION_POSITION,
+    TYPE_COUNTS,
+    UNPARK,
+    VERSION_GAPS,
+)
+
 SCHEMA_VERSION: Final = 3
 
 # created_at as the SQLite backend stores it: 2026-03-04T15:23:47.123456Z
@@ -167,17 +188,12 @@ _EVENT_COLUMNS: Final = (
     "position, event_id::text, aggregate_id, aggregate_type, event_type, version,"
     f" {_ts('created_at')}, data::text, metadata::text"
 )
-INSERT_EVENT: Final = (
-    "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
-    " data, metadata, created_at, hash, schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 # Many rows at once go by COPY (one statement, one trigger run): the same columns, in order.
 BULK: Final = {
     INSERT_EVENT: "COPY events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
     " data, metadata, created_at, hash, schema_version) FROM STDIN"
 }
 AGGREGATE_VERSION: Final = "SELECT max(version) FROM events WHERE aggregate_id = ?"
-HEAD: Final = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
 APPEND_STATE: Final = "SELECT version, aggregate_type, head, hash FROM minies_append_state(?)"
 EVENT_BY_ID: Final = (
     f"SELECT aggregate_id, version, event_type, data::text, {_ts('created_at')} FROM events WHERE event_id = ?"
@@ -207,7 +223,6 @@ RAW_EVENTS: Final = (
     f" metadata::text, {_ts('created_at')}, hash, schema_version FROM events WHERE position > ?"
     " ORDER BY position LIMIT ?"
 )
-HASH_AT: Final = "SELECT hash FROM events WHERE position = ?"
 EVENT_TYPE_ROWS: Final = {
     3: f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types",
 }
@@ -226,7 +241,6 @@ COPY_SNAPSHOT: Final = (
     "INSERT INTO minies_snapshots (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
-AGGREGATE_HIGH: Final = "SELECT max(version) FROM events WHERE aggregate_id = ? AND version <= ?"
 
 
 def _netstring(expression: str) -> str:
@@ -251,18 +265,7 @@ CHAIN: Final = (
     f" || CASE schema_version WHEN 1 THEN '' ELSE {_netstring('schema_version::text')} END, 'UTF8')"
     " FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )
-EVENT_TYPE_AT: Final = "SELECT event_type FROM events WHERE position = ?"
-HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
 COMMIT_COUNTER: Final = "SELECT position FROM minies_head"
-VERSION_GAPS: Final = (
-    "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"
-    " HAVING min(version) != 1 OR max(version) != count(*) LIMIT 1"
-)
-COUNTS: Final = "SELECT count(*), count(DISTINCT aggregate_id), max(position) FROM events"
-TYPE_COUNTS: Final = (
-    "SELECT event_type, schema_version, count(*) FROM events GROUP BY event_type, schema_version"
-    " ORDER BY event_type, schema_version"
-)
 
 # ---------------------------------------------------------------------------- event types
 STORED_TYPES: Final = {3: "SELECT event_type, schema_version FROM minies_event_types"}
@@ -282,10 +285,6 @@ SAVE_SNAPSHOT: Final = (
     " aggregate_type = EXCLUDED.aggregate_type, fingerprint = EXCLUDED.fingerprint, state = EXCLUDED.state,"
     " created_at = EXCLUDED.created_at"
 )
-LATEST_SNAPSHOT: Final = (
-    "SELECT version, fingerprint, state FROM minies_snapshots"
-    " WHERE aggregate_id = ? AND version <= ? ORDER BY version DESC LIMIT ?"
-)
 PRUNE_SNAPSHOTS: Final = (
     "DELETE FROM minies_snapshots WHERE aggregate_id = ? AND version < ("
     " SELECT min(version) FROM (SELECT version FROM minies_snapshots WHERE aggregate_id = ?"
@@ -295,18 +294,14 @@ SNAPSHOT_STATS: Final = (
     "SELECT aggregate_type, count(*), coalesce(sum(octet_length(state)), 0) FROM minies_snapshots"
     " GROUP BY aggregate_type ORDER BY aggregate_type"
 )
-DROP_SNAPSHOTS: Final = "DELETE FROM minies_snapshots WHERE aggregate_type = ?"
 
 # ---------------------------------------------------------------------------- projections
-PROJECTION_STATE: Final = "SELECT version, position, objects FROM minies_projections WHERE name = ?"
-PROJECTION_POSITIONS: Final = "SELECT name, position FROM minies_projections"
 PROJECTIONS: Final = f"SELECT name, version, position, {_ts('updated_at')} FROM minies_projections ORDER BY name"
 SAVE_PROJECTION: Final = (
     "INSERT INTO minies_projections (name, version, position, objects, updated_at) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, position = EXCLUDED.position,"
     " objects = EXCLUDED.objects, updated_at = EXCLUDED.updated_at"
 )
-ADVANCE_PROJECTION: Final = "UPDATE minies_projections SET position = ?, updated_at = ? WHERE name = ?"
 # What a projection's setup created, to drop it before a rebuild (a table's indexes and
 # sequences go with it).
 SCHEMA_OBJECTS: Final = (
@@ -316,7 +311,6 @@ SCHEMA_OBJECTS: Final = (
 )
 
 # ---------------------------------------------------------------------------- subscriptions
-SUBSCRIPTION_POSITION: Final = "SELECT position FROM minies_subscriptions WHERE name = ?"
 SAVE_SUBSCRIPTION: Final = (
     "INSERT INTO minies_subscriptions (name, position, updated_at) VALUES (?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at"
@@ -330,8 +324,6 @@ DEAD_LETTERS: Final = (
     f"SELECT position, attempts, error, {_ts('parked_at')} FROM minies_dead_letters WHERE subscription = ?"
     " ORDER BY position"
 )
-UNPARK: Final = "DELETE FROM minies_dead_letters WHERE subscription = ? AND position = ?"
-DEAD_LETTER_ATTEMPTS: Final = "SELECT attempts FROM minies_dead_letters WHERE subscription = ? AND position = ?"
 AGGREGATES: Final = (
     "SELECT aggregate_id, min(aggregate_type), max(version) FROM events GROUP BY aggregate_id ORDER BY aggregate_id"
 )
