@@ -87,7 +87,9 @@ def throwaway_store(on: str = ":memory:", **options: Any) -> Iterator[EventStore
         with EventStore(on, **options) as store:
             yield store
         return
-    from minies._backends.postgres import psycopg, split_schema  # the postgres extra
+    import psycopg  # the postgres extra
+
+    from minies._backends.postgres import split_schema
 
     schema = f"minies_test_{uuid.uuid4().hex[:12]}"
     dsn, _ = split_schema(on)
