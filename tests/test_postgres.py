@@ -374,3 +374,27 @@ def test_the_testing_kit_runs_scenarios_on_a_server_and_leaves_nothing(pg_dsn: s
     ).then(MoneyDeposited(amount=2))
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'minies_test_%'").fetchone() == (0,)
+
+
+def test_a_dropped_session_is_replaced_where_nothing_can_be_lost(pg_url: str) -> None:
+    """A server restart, a failover, an idle timeout: the next call gets a new session, unless
+    the session died inside a transaction (that one fails, and only it)."""
+    dsn = pg_url.partition("?schema=")[0]
+
+    def kill(store: minies.EventStore) -> None:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.raw.info.backend_pid,))
+
+    with minies.EventStore(pg_url, projections=[Balances()]) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        kill(store)
+        assert store.append("a", [MoneyDeposited(amount=2)], aggregate_type="Account") == 2  # a new session
+        kill(store)
+        assert store.version("a") == 2 and store.query("SELECT balance FROM balances") == [(3,)]
+        with pytest.raises(minies.StorageError, match="cannot be reached or dropped the connection"), store.transaction():
+            store.append("a", [MoneyDeposited(amount=4)], aggregate_type="Account")
+            kill(store)
+            store.append("a", [MoneyDeposited(amount=8)], aggregate_type="Account")
+        assert store.version("a") == 2 and store.query("SELECT balance FROM balances") == [(3,)]  # all or nothing
+        assert store.append("a", [MoneyDeposited(amount=16)], aggregate_type="Account") == 3
+        assert store.verify().ok

@@ -84,8 +84,9 @@ class Connection:
 
     sql = postgres_sql
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, reconnect: Callable[[], Any]) -> None:
         self.raw = raw
+        self._reconnect = reconnect
         self.Error: type[Exception] = psycopg.Error
         self._texts: dict[str, str] = {}
         self._changes = 0
@@ -97,6 +98,7 @@ class Connection:
         # can break a constraint, so nothing is lost by learning of a failure at the COMMIT.)
         self._begun = False
         self._held: tuple[str, Sequence[Any]] | None = None
+        self._in_transaction = False  # from the engine's BEGIN to its COMMIT or ROLLBACK
 
     def _text(self, statement: str) -> str:
         text = self._texts.get(statement)
@@ -106,24 +108,44 @@ class Connection:
 
     def execute(self, statement: str, params: Any = ()) -> _Rows:
         if statement is postgres_sql.BEGIN:
-            self._begun = True
+            self._begun = self._in_transaction = True
             return _Rows([])
+        if statement is postgres_sql.ROLLBACK or statement is postgres_sql.COMMIT:
+            self._in_transaction = False
         if statement is postgres_sql.ROLLBACK or statement is postgres_sql.ROLLBACK_TO:
             self._held = None
-            if self._begun:  # nothing reached the server
+            if self._begun or self.raw.broken:  # nothing reached the server, or it is gone
                 self._begun = False
                 return _Rows([])
         elif statement is postgres_sql.COMMIT and self._begun and self._held is None:
             self._begun = False
             return _Rows([])
-        if self._begun or self._held is not None:
-            with self.raw.pipeline():
-                self._send_waiting()
-                cursor = self.raw.execute(self._text(statement), params if params else None)
-        else:
-            cursor = self.raw.execute(self._text(statement), params if params else None)
+        cursor = self._round_trip(lambda: self.raw.execute(self._text(statement), params if params else None))
         self._changes = max(cursor.rowcount, 0)
         return _Rows(cursor.fetchall() if cursor.description is not None else [])
+
+    def _round_trip(self, send: Callable[[], Any]) -> Any:
+        """``send`` after what waits (in one pipeline); once more on a new session if the
+        server dropped this one and nothing of a transaction can have been lost (this is its
+        first round trip, or there is none)."""
+        begun, held = self._begun, self._held
+        redo = begun or not self._in_transaction
+        if redo and (self.raw.broken or self.raw.closed):
+            self.raw = self._reconnect()
+        for attempt in (1, 2):
+            try:
+                if not (self._begun or self._held):
+                    return send()
+                with self.raw.pipeline():
+                    self._send_waiting()
+                    result = send()
+                return result
+            except psycopg.OperationalError:
+                if attempt == 2 or not redo or not self.raw.broken:
+                    raise
+                self.raw = self._reconnect()
+                self._begun, self._held = begun, held
+        raise AssertionError("unreachable")
 
     def _send_waiting(self) -> None:
         if self._begun:
@@ -153,10 +175,8 @@ class Connection:
             self._changes = max(cursor.rowcount, 0)
 
     def start(self) -> bool:
-        """Send what waits (a BEGIN, an insert); True if a transaction is open."""
-        if self._begun or self._held is not None:
-            with self.raw.pipeline():
-                self._send_waiting()
+        """Send what waits (a BEGIN, an insert), on a live session; True if a transaction is open."""
+        self._round_trip(lambda: None)
         return not self.get_autocommit()
 
     def changes(self) -> int:
@@ -169,7 +189,11 @@ class Connection:
         return int(self.execute(postgres_sql.COMMIT_COUNTER).get)
 
     def get_autocommit(self) -> bool:
-        return not self._begun and bool(self.raw.info.transaction_status == TransactionStatus.IDLE)
+        if self._begun:
+            return False
+        if self.raw.broken:  # a lost session: the engine's ROLLBACK ends its transaction here
+            return not self._in_transaction
+        return bool(self.raw.info.transaction_status == TransactionStatus.IDLE)
 
 
 class PostgresBackend:
@@ -185,30 +209,38 @@ class PostgresBackend:
         self._timeout = timeout
         self.file_version = postgres_sql.SCHEMA_VERSION
         dsn, schema = split_schema(url)
+        self._dsn = dsn
+        self._settings = [
+            f"SET lock_timeout = {int(timeout * 1000)}",
+            f"SET synchronous_commit = {'on' if durability == 'full' else 'off'}",
+        ]
+        if schema is not None:
+            self._settings.append(f"SET search_path TO {schema}")
+        self.conn = Connection(self._connect(), self._connect)
         try:
-            raw = psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout)))
+            self._prepare(schema)
+        except BaseException:
+            self.conn.raw.close()
+            raise
+        if readonly:
+            self._settings.append("SET default_transaction_read_only = on")
+            self.conn.raw.execute(self._settings[-1])
+
+    def _connect(self) -> Any:
+        """A new session, set up as this store's sessions are."""
+        try:
+            raw = psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, round(self._timeout)))
+            for setting in self._settings:
+                raw.execute(setting)
         except psycopg.Error as e:
             self.raise_error(e, f"cannot connect to {self.where}")
-        self.conn = Connection(raw)
-        try:
-            self._prepare(schema, durability)
-        except BaseException:
-            raw.close()
-            raise
+        return raw
 
-    def _prepare(self, schema: str | None, durability: str) -> None:
+    def _prepare(self, schema: str | None) -> None:
         raw = self.conn.raw
         try:
             if raw.info.encoding.lower() not in ("utf8", "utf-8"):
                 raise SchemaError(f"{self.where} does not use UTF-8; minies needs a UTF-8 database")
-            settings = [
-                f"SET lock_timeout = {int(self._timeout * 1000)}",
-                f"SET synchronous_commit = {'on' if durability == 'full' else 'off'}",
-            ]
-            if schema is not None:
-                settings.append(f"SET search_path TO {schema}")
-            for setting in settings:
-                raw.execute(setting)
             exists, known, current = raw.execute(postgres_sql.IDENTIFY).fetchone()
             if self.readonly and not (exists and known):
                 raise SchemaError(f"{self.where} holds no minies log")
@@ -242,8 +274,6 @@ class PostgresBackend:
                     f"{self.where} was written by a newer minies (schema version {version}, this one knows "
                     f"up to {postgres_sql.SCHEMA_VERSION}); upgrade minies to open it"
                 )
-            if self.readonly:
-                raw.execute("SET default_transaction_read_only = on")
         except psycopg.Error as e:
             self.raise_error(e, f"cannot open {self.where}")
 
@@ -286,13 +316,16 @@ class PostgresBackend:
         return Database(self.conn, _Refused, _refused_statement)
 
     def query(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
-        raw = self.conn.raw
         text, several = translate(statement)
         if several:
             raise QueryError(f"store.query runs one statement, got several: {statement!r:.200}")
         # Outside a transaction: a read-only one. Inside one (store.transaction()), so the
         # block's own writes are seen: a savepoint, rolled back whatever the statement did.
-        inside = self.conn.start()
+        try:
+            inside = self.conn.start()
+        except psycopg.Error as e:
+            self.raise_error(e, "cannot query")
+        raw = self.conn.raw
         raw.execute("SAVEPOINT minies_query" if inside else "BEGIN READ ONLY")
         try:
             cursor = raw.execute(text, params if params else None)
@@ -321,10 +354,10 @@ class PostgresBackend:
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
         """One snapshot of the whole log (REPEATABLE READ), read-only."""
-        raw = self.conn.raw
         if self.conn.start():  # inside store.transaction(): its own view
             yield
             return
+        raw = self.conn.raw
         raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield
