@@ -44,13 +44,16 @@ _decode_raws = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
 class EventStore:
-    """An event log, its snapshots and its read models, in one SQLite file.
+    """An event log, its snapshots and its read models, in one SQLite file (or PostgreSQL).
 
     Args:
-        path: a file path (created with the schema if missing) or ``":memory:"``.
+        path: a file path (created with the schema if missing), ``":memory:"``, or a
+            PostgreSQL URL (``postgresql://user:password@host:port/dbname?schema=NAME``; needs
+            ``pip install "minies[postgres]"``; the tables are created on first open).
         projections: read models kept up to date inside every append's transaction.
-        durability: ``"full"`` survives power loss (SQLite synchronous=FULL); ``"normal"``
-            survives process crashes and is faster (synchronous=NORMAL).
+        durability: ``"full"`` survives power loss (SQLite synchronous=FULL, PostgreSQL
+            synchronous_commit=on); ``"normal"`` survives process crashes and is faster
+            (synchronous=NORMAL, synchronous_commit=off).
         timeout: seconds a writer waits for another connection's write lock before giving up.
         readonly: open without writing anything to the file (for auditors and the CLI).
         snapshot_every: per-aggregate-class override of ``Aggregate.snapshot_every``.
@@ -63,7 +66,8 @@ class EventStore:
         StorageError: the file cannot be opened (missing directory, permissions, damaged).
 
     A store may be shared by threads: operations on it are serialised. Several stores, in
-    one process or many, may open the same file; SQLite serialises their writers.
+    one process or many (or, on PostgreSQL, many machines), may open the same log; their
+    writers take turns.
     """
 
     def __init__(
@@ -976,8 +980,8 @@ class _Write:
         if self._nested:
             store._conn.execute(store._sql.SAVEPOINT)
         else:
-            # IMMEDIATE takes the write lock up front: a writer waits (busy timeout) instead of
-            # failing later when it upgrades a read lock. https://sqlite.org/lang_transaction.html
+            # The backend's BEGIN (SQLite: IMMEDIATE, which takes the write lock up front, so a
+            # writer waits instead of failing later: https://sqlite.org/lang_transaction.html).
             try:
                 store._conn.execute(store._sql.BEGIN)
             except store._conn.Error as e:
