@@ -318,13 +318,26 @@ def test_the_command_line_works_on_a_server(pg_url: str) -> None:
     fill(pg_url, 4)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "minies", *args], capture_output=True, text=True, timeout=60)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+        return subprocess.run([sys.executable, "-m", "minies", *args], capture_output=True, text=True, timeout=60, env=env)
 
     info = cli("info", pg_url)
     assert info.returncode == 0 and "server" in info.stdout and "4 events in 3 aggregates" in info.stdout
     assert cli("verify", pg_url).returncode == 0
     events = cli("events", pg_url, "--json")
     assert [json.loads(line)["position"] for line in events.stdout.splitlines()] == [1, 2, 3, 4]
+    with minies.EventStore(pg_url) as store:
+        head = store.head()
+    assert cli("head", pg_url).stdout == f"{head[0]} {head[1]}\n"
+    assert cli("verify", pg_url, "--expect-head", f"{head[0]} {head[1]}").returncode == 0
+    assert len(cli("export", pg_url).stdout.splitlines()) == 4
+    assert "MoneyDeposited" in cli("types", pg_url).stdout
+    assert cli("snapshots", pg_url).returncode == 0
+    assert cli("check", pg_url, "--import", "domain").returncode == 0
+    rebuilt = cli("rebuild", pg_url, "Balances", "--import", "domain")
+    assert rebuilt.returncode == 0 and "rebuilt Balances: 4 events" in rebuilt.stdout, rebuilt.stderr
+    refused = cli("backup", pg_url, "copy.db")
+    assert refused.returncode == 2 and "use pg_dump, or minies.copy" in refused.stderr
 
 
 def test_durability_timeout_and_backup_map_to_the_server(pg_url: str) -> None:
