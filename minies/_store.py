@@ -105,6 +105,7 @@ class EventStore:
         self._upcasting_value = False
         self._changed = threading.Condition(self._lock)
         self._followers = 0  # subscriptions waiting on _changed; commits notify only if any
+        self._commits = 0  # this store's commits so far (a follower that missed a wake-up sees it)
         self.failed_projections: dict[str, ProjectionError] = {}
         self._closed = False
         self._backend = open_backend(path, durability=durability, timeout=self._timeout, readonly=readonly)
@@ -1014,6 +1015,7 @@ class _Write:
                 store._forget()
                 store._raise(e, "cannot commit")
             store._tip.committed(conn)
+            store._commits += 1
             if store._followers:
                 store._changed.notify_all()
             return

@@ -143,13 +143,15 @@ class Subscription:
         delivered = 0
         idle_since = time.monotonic()
         wait = 0.005
-        seen = -1
+        seen: tuple[int, int] | None = None
         with store._lock:
             store._followers += 1
         try:
             while stop is None or not stop.is_set():
                 with store._lock:
-                    version = store._open().commit_counter()
+                    # Others' commits, and this store's own (their wake-up may come while
+                    # this thread is not yet waiting, and must not be lost).
+                    version = (store._open().commit_counter(), store._commits)
                 if version != seen:
                     seen = version
                     n = self.poll(handler)
@@ -162,7 +164,7 @@ class Subscription:
                     break
                 with store._changed:
                     if store._changed.wait(wait):
-                        seen = -1
+                        seen = None
                 wait = min(wait * 2, max_wait)
         finally:
             with store._lock:

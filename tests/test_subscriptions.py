@@ -124,6 +124,29 @@ def test_follow_wakes_for_same_store_writers_and_stops(store: minies.EventStore)
     assert seen == list(range(1, 101))
 
 
+def test_follow_never_loses_a_wake_up(store: minies.EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit's wake-up can come while the follower is between its poll and its wait: it
+    must still deliver (here every wake-up is lost, and only polling is left)."""
+    monkeypatch.setattr(store._changed, "notify_all", lambda: None)
+    seen: list[int] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=lambda: store.subscription("live").follow(lambda r: seen.append(r.position), stop=stop, max_wait=0.05)
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        for batch in range(1, 4):
+            fill(store, 5)
+            while len(seen) < 5 * batch:
+                assert time.monotonic() < deadline, f"follow delivered {len(seen)} of {5 * batch} events in 30 s"
+                threading.Event().wait(0.01)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and seen == list(range(1, 16))
+
+
 def test_gap_free_positions_under_concurrent_writers_never_skip(location: str) -> None:
     """The invariant subscriptions and catch-up rely on, checked while 3 processes write."""
     minies.EventStore(location).close()
