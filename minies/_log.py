@@ -131,12 +131,13 @@ def log_pages(
 def read_log(
     conn: Connection,
     upcasting: bool,
-    after: int = 0,
-    types: frozenset[str] | None = None,
-    limit: int | None = None,
-    lock: AbstractContextManager[Any] = _NO_LOCK,
+    after: int,
+    types: frozenset[str] | None,
+    limit: int | None,
+    lock: AbstractContextManager[Any],
+    *,
+    raw: bool,
     upto: int = LAST,
-    raw: bool = False,
 ) -> Iterator[Recorded]:
     """``log_pages``, one event at a time, at most ``limit`` of them (``raw``: payloads as
     stored, plain dicts, no upcasting)."""

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import shop_today
 from conftest import run_python
+from domain import MoneyDeposited
 from hypothesis import given
 from hypothesis import strategies as st
 from shop_today import CityChanged, Customer, CustomerRegistered, Ordered, StreetChanged, todays_upcasters
@@ -375,3 +376,27 @@ def test_a_missing_last_step_or_a_step_beyond_the_class_is_refused_on_open() -> 
             "Stepped has an upcaster from v3, but its class is at v3: an upcaster turns v3 into v4; "
             "bump Stepped.schema_version"
         )
+
+
+def test_a_payload_that_no_longer_decodes_is_named_by_its_position(location: str) -> None:
+    """A class changed in place (no new schema_version, no upcaster): reads name the first
+    event that does not decode, and check_events lists every one."""
+
+    class Priced(minies.Event):
+        amount: int
+
+    with minies.EventStore(location) as store:
+        store.append("p", [Priced(amount=1)], aggregate_type="Item")
+        store.append("q", [Priced(amount=2), Priced(amount=3)], aggregate_type="Item")
+        store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
+        store._conn.execute("UPDATE events SET data = ? WHERE position IN (2, 3)", ('{"amount": "two"}',))
+        with pytest.raises(minies.SchemaError, match=r"event at position 2 \(Priced\) does not decode") as caught:
+            list(store.read_all())
+        assert caught.value.position == 2
+        assert [(p, t) for p, t, _ in store.check_events()] == [(2, "Priced"), (3, "Priced")]
+
+
+def test_raw_reads_page_through_long_logs(store: minies.EventStore) -> None:
+    store.append("long", [MoneyDeposited(amount=i) for i in range(4_500)], aggregate_type="Account")
+    assert [r.data["amount"] for r in store.read_all(raw=True)] == list(range(4_500))
+    assert sum(1 for _ in store.read("long", raw=True)) == 4_500
