@@ -111,8 +111,8 @@ def _explain(rows: list[tuple[Any, ...]], decoders: dict[str, Callable[[Any], An
 def log_pages(
     conn: Connection,
     upcasting: bool,
-    after: int = 0,
-    types: frozenset[str] | None = None,
+    after: int,
+    types: frozenset[str] | None,
     lock: AbstractContextManager[Any] = _NO_LOCK,
     upto: int = LAST,
 ) -> Iterator[list[Recorded]]:
@@ -137,18 +137,17 @@ def read_log(
     lock: AbstractContextManager[Any],
     *,
     raw: bool,
-    upto: int = LAST,
 ) -> Iterator[Recorded]:
     """``log_pages``, one event at a time, at most ``limit`` of them (``raw``: payloads as
     stored, plain dicts, no upcasting)."""
     if raw:
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, False, raw=True)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, None, lock, False, raw=True)
         if types is not None:
             pages = ([record for record in page if record.event_type in types] for page in pages)
     elif limit is not None and types is None:  # fetch no more than needed
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, limit, lock, upcasting)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, limit, lock, upcasting)
     else:
-        pages = log_pages(conn, upcasting, after, types, lock, upto)
+        pages = log_pages(conn, upcasting, after, types, lock)
     records = itertools.chain.from_iterable(pages)
     return records if limit is None else itertools.islice(records, limit)
 

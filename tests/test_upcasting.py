@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import shop_today
 from conftest import run_python
-from domain import MoneyDeposited
+from domain import AccountOpened, MoneyDeposited
 from hypothesis import given
 from hypothesis import strategies as st
 from shop_today import CityChanged, Customer, CustomerRegistered, Ordered, StreetChanged, todays_upcasters
@@ -390,7 +390,9 @@ def test_a_payload_that_no_longer_decodes_is_named_by_its_position(location: str
         store.append("q", [Priced(amount=2), Priced(amount=3)], aggregate_type="Item")
         store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
         store._conn.execute("UPDATE events SET data = ? WHERE position IN (2, 3)", ('{"amount": "two"}',))
-        with pytest.raises(minies.SchemaError, match=r"event at position 2 \(Priced\) does not decode") as caught:
+        with pytest.raises(
+            minies.SchemaError, match=r"event at position 2 \(Priced\) does not decode .*; add an upcaster or change the class back$"
+        ) as caught:
             list(store.read_all())
         assert caught.value.position == 2
         assert [(p, t) for p, t, _ in store.check_events()] == [(2, "Priced"), (3, "Priced")]
@@ -400,3 +402,13 @@ def test_raw_reads_page_through_long_logs(store: minies.EventStore) -> None:
     store.append("long", [MoneyDeposited(amount=i) for i in range(4_500)], aggregate_type="Account")
     assert [r.data["amount"] for r in store.read_all(raw=True)] == list(range(4_500))
     assert sum(1 for _ in store.read("long", raw=True)) == 4_500
+
+
+def test_filtered_and_limited_reads_while_upcasting_page_through_long_logs(store: minies.EventStore, upcasting: None) -> None:
+    """With upcasters registered, a type filter applies after upcasting, page by page."""
+    assert _upcasters.active()
+    store.append("long", [MoneyDeposited(amount=i) for i in range(4_500)], aggregate_type="Account")
+    store.append("other", [AccountOpened(owner="o", balance=0)], aggregate_type="Account")
+    assert [r.data.amount for r in store.read_all(event_types=[MoneyDeposited])] == list(range(4_500))
+    assert [r.position for r in store.read_all(event_types=[AccountOpened])] == [4_501]
+    assert [r.position for r in store.read_all(event_types=[MoneyDeposited], after=4_000, limit=3)] == [4_001, 4_002, 4_003]
