@@ -411,3 +411,9 @@ def test_a_dropped_session_is_replaced_where_nothing_can_be_lost(pg_url: str) ->
         assert store.version("a") == 2 and store.query("SELECT balance FROM balances") == [(3,)]  # all or nothing
         assert store.append("a", [MoneyDeposited(amount=16)], aggregate_type="Account") == 3
         assert store.verify().ok
+
+
+def test_postgres_urls_open_the_same_store(pg_url: str) -> None:
+    fill(pg_url, 2)
+    with minies.EventStore(pg_url.replace("postgresql://", "postgres://", 1)) as store:
+        assert store.head()[0] == 2 and store.verify().ok
