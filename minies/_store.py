@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import typing
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,7 +37,6 @@ A = TypeVar("A", bound=Aggregate)
 S = TypeVar("S")
 
 Durability = Literal["full", "normal"]
-_SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
 _LAST_VERSION: Final = (1 << 63) - 1
 _LOAD_CHUNK: Final = 20_000
 
@@ -81,7 +81,7 @@ class EventStore:
         snapshot_every: Mapping[type[Aggregate], int | None] | None = None,
         skip_failed_projections: bool = False,
     ) -> None:
-        if durability not in _SYNCHRONOUS:
+        if durability not in typing.get_args(Durability):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
         if not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from conftest import run_python
@@ -791,3 +792,11 @@ def test_query_and_verify_inside_a_transaction_see_its_writes_and_cannot_write(l
             assert store.verify().ok
             store.append("a", deposit(1), aggregate_type="Account")
         assert store.version("a") == 3 and store.query("SELECT count(*) FROM events") == [(3,)]
+
+
+def test_unknown_durability_and_timeout_are_refused_before_opening(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="durability must be 'full' or 'normal', got 'fast'"):
+        minies.EventStore(str(tmp_path / "x.db"), durability="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0, got -1"):
+        minies.EventStore(str(tmp_path / "x.db"), timeout=-1)
+    assert not (tmp_path / "x.db").exists()
