@@ -35,6 +35,7 @@ from minies._subscriptions import Subscription
 
 A = TypeVar("A", bound=Aggregate)
 S = TypeVar("S")
+T = TypeVar("T")
 
 Durability = Literal["full", "normal"]
 _LAST_VERSION: Final = (1 << 63) - 1
@@ -212,7 +213,7 @@ class EventStore:
         meta = _codec.encode_metadata(metadata)
         return self._grouped(lambda: self._append(aggregate_id, aggregate_type, expected_version, meta, *rows_in))
 
-    def _grouped(self, work: Callable[[], int]) -> int:
+    def _grouped(self, work: Callable[[], T]) -> T:
         """Run one write in a transaction it may share with other threads' writes: group commit.
 
         While one commit is in flight, other threads' writes queue; whoever takes the store's
@@ -233,7 +234,8 @@ class EventStore:
                 self._commit_queue()
         if item.error is not None:
             raise item.error
-        return item.result
+        result: T = item.result
+        return result
 
     def _commit_queue(self) -> None:
         """Commit every queued write together (the caller holds the store's lock)."""
@@ -314,8 +316,47 @@ class EventStore:
         datas: list[str],
         ids: list[str] | None,
     ) -> int:
+        types = [event.event_type for event in events]
+        schemas = [event.schema_version for event in events]
+        already = None if ids is None else lambda: self._already_appended(aggregate_id, expected, events, datas, ids)
+        version, rows, created = self._write_events(
+            aggregate_id, aggregate_type, expected, meta, types, datas, schemas, ids, already
+        )
+        if not rows:  # an idempotent retry of an append already recorded
+            return version
+        for event in events:
+            if (event.event_type, event.schema_version) not in self._stored_types:
+                self._remember_type(type(event))
+        if self._projector:
+            timestamp = _codec.parse_timestamp(created)
+            metadata = _codec.decode_metadata(meta)
+            records = [
+                Recorded(r[0], r[1], aggregate_id, aggregate_type, r[4], r[5], timestamp, e, metadata)
+                for r, e in zip(rows, events, strict=True)
+            ]
+            self._projector.apply(self._conn, self._db, records, rows[0][0] - 1, created)
+        return version
+
+    def _write_events(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        expected: int | AnyVersion,
+        meta: str,
+        types: list[str],
+        datas: list[str],
+        schemas: list[int],
+        ids: list[str] | None,
+        already: Callable[[], int | None] | None = None,
+    ) -> tuple[int, list[tuple[Any, ...]], str]:
+        """Insert encoded events after the aggregate's last: ``(new version, rows, created_at)``.
+
+        The caller holds the store's lock inside a write. ``already`` (when ``ids`` are given)
+        returns the version an identical earlier append reached, and then nothing is written
+        (the rows are empty).
+        """
         conn = self._conn
-        n = len(events)
+        n = len(datas)
         tip = self._tip
         stream = (aggregate_id, aggregate_type)
         known = tip.lookup(conn, stream) if self._depth == 1 else None
@@ -330,17 +371,15 @@ class EventStore:
                 )
         else:
             current, head_position, previous = known
-        if ids is not None:
-            done = self._already_appended(aggregate_id, expected, events, datas, ids)
+        if already is not None:
+            done = already()
             if done is not None:
-                return done
-        else:
+                return done, [], ""
+        if ids is None:
             ids = _codec.new_event_ids(n)
         if expected is not ANY and expected != current:
             raise ConcurrencyError(aggregate_id, expected, current)
         created = _codec.now_text()
-        types = [event.event_type for event in events]
-        schemas = [event.schema_version for event in events]
         digests = _audit.chain_batch(
             previous,
             head_position + 1,
@@ -358,7 +397,6 @@ class EventStore:
             (head_position + k, event_id, aggregate_id, aggregate_type, t, current + k, data, meta, created, h, s)
             for k, event_id, t, data, h, s in zip(range(1, n + 1), ids, types, datas, digests, schemas, strict=True)
         ]
-        position, version, previous = head_position + n, current + n, digests[-1]
         try:
             conn.executemany(conn.sql.INSERT_EVENT, rows)
         except conn.Error as e:
@@ -371,19 +409,8 @@ class EventStore:
                     aggregate_id, current, self._version_after_clash(aggregate_id, current)
                 ) from None
             self._raise(e, f"cannot append to {aggregate_id!r}")
-        tip.stage(stream, version, position, previous, self._depth == 1)
-        for event in events:
-            if (event.event_type, event.schema_version) not in self._stored_types:
-                self._remember_type(type(event))
-        if self._projector:
-            timestamp = _codec.parse_timestamp(created)
-            metadata = _codec.decode_metadata(meta)
-            records = [
-                Recorded(r[0], r[1], aggregate_id, aggregate_type, r[4], r[5], timestamp, e, metadata)
-                for r, e in zip(rows, events, strict=True)
-            ]
-            self._projector.apply(conn, self._db, records, head_position, created)
-        return version
+        tip.stage(stream, current + n, head_position + n, digests[-1], self._depth == 1)
+        return current + n, rows, created
 
     def _version_after_clash(self, aggregate_id: str, believed: int) -> int:
         """The aggregate's version now, as far as can be read after a failed insert."""
@@ -872,10 +899,10 @@ class _Queued:
 
     __slots__ = ("done", "error", "result", "store", "work")
 
-    def __init__(self, work: Callable[[], int], store: EventStore) -> None:
+    def __init__(self, work: Callable[[], Any], store: EventStore) -> None:
         self.work = work
         self.store = store
-        self.result = 0
+        self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
 

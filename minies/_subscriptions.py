@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -139,36 +139,19 @@ class Subscription:
         Returns:
             How many events were delivered.
         """
-        store = self.store
         delivered = 0
         idle_since = time.monotonic()
-        wait = 0.005
-        seen: tuple[int, int] | None = None
-        with store._lock:
-            store._followers += 1
-        try:
-            while stop is None or not stop.is_set():
-                with store._lock:
-                    # Others' commits, and this store's own (their wake-up may come while
-                    # this thread is not yet waiting, and must not be lost).
-                    version = (store._open().commit_counter(), store._commits)
-                if version != seen:
-                    seen = version
-                    n = self.poll(handler)
-                    if n:
-                        delivered += n
-                        idle_since = time.monotonic()
-                        wait = 0.005
-                        continue
-                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
-                    break
-                with store._changed:
-                    if store._changed.wait(wait):
-                        seen = None
-                wait = min(wait * 2, max_wait)
-        finally:
-            with store._lock:
-                store._followers -= 1
+
+        def done() -> bool:
+            if stop is not None and stop.is_set():
+                return True
+            return idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout
+
+        for _ in wakeups(self.store, done, max_wait):
+            n = self.poll(handler)
+            if n:
+                delivered += n
+                idle_since = time.monotonic()
         return delivered
 
     def dead_letters(self) -> list[DeadLetter]:
@@ -228,3 +211,37 @@ class Subscription:
         if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= head:
             raise ValueError(f"position must be an int from 0 to the head ({head}), got {position!r}")
         self._acknowledge(position, [])
+
+
+def wakeups(store: EventStore, done: Callable[[], bool], max_wait: float) -> Iterator[None]:
+    """Yield at once, then each time the log may have grown, until ``done()``.
+
+    Waits without re-reading the log: a commit through this store wakes it at once; other
+    connections' commits are noticed through the backend's commit counter (SQLite: ``PRAGMA
+    data_version``, a look at the WAL index in shared memory; PostgreSQL: the head row),
+    checked with a backoff of up to ``max_wait`` seconds.
+    """
+    seen: tuple[int, int] | None = None
+    wait = 0.005
+    first = True
+    with store._lock:
+        store._followers += 1
+    try:
+        while first or not done():
+            first = False
+            with store._lock:
+                # Others' commits, and this store's own (their wake-up may come while this
+                # thread is not yet waiting, and must not be lost).
+                version = (store._open().commit_counter(), store._commits)
+            if version != seen:
+                seen = version
+                wait = 0.005
+                yield
+                continue
+            with store._changed:
+                if store._changed.wait(wait):
+                    seen = None
+            wait = min(wait * 2, max_wait)
+    finally:
+        with store._lock:
+            store._followers -= 1

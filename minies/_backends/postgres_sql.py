@@ -24,6 +24,10 @@ from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them 
     COUNTS,
     DEAD_LETTER_ATTEMPTS,
     DROP_SNAPSHOTS,
+    ES_INSERT_RECORD,
+    ES_STREAM_TYPE,
+    ES_TRACK,
+    ES_TRACKED,
     EVENT_TYPE_AT,
     HASH_AT,
     HEAD,
@@ -332,6 +336,48 @@ AGGREGATES_OF_TYPE: Final = (
     " GROUP BY aggregate_id ORDER BY aggregate_id"
 )
 SUBSCRIPTIONS: Final = f"SELECT name, position, {_ts('updated_at')} FROM minies_subscriptions ORDER BY name"
+
+# ---------------------------------------------------------------------------- eventsourcing
+ES_STREAM: Final = (
+    "SELECT version, event_type, data::text, aggregate_type FROM events"
+    " WHERE aggregate_id = ? AND version > ? AND version <= ? ORDER BY version {order} LIMIT ?"
+)
+ES_NOTIFICATIONS: Final = (
+    "SELECT position, aggregate_id, aggregate_type, version, event_type, data::text FROM events"
+    " WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?"
+)
+ES_NOTIFICATIONS_OF_TOPICS: Final = (
+    "SELECT position, aggregate_id, aggregate_type, version, event_type, data::text FROM events"
+    " WHERE position >= ? AND position <= ? AND event_type IN (SELECT json_array_elements_text(?::json))"
+    " ORDER BY position LIMIT ?"
+)
+# Processes that start together must not race to create the same table.
+_ES_DDL_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('minies.eventsourcing'))"
+ES_CREATE_RECORDS: Final = (
+    _ES_DDL_LOCK,
+    """
+    CREATE TABLE IF NOT EXISTS {table} (
+        originator_id      text   NOT NULL,
+        id_type            text   NOT NULL,
+        originator_version bigint NOT NULL,
+        topic              text   NOT NULL,
+        state              bytea  NOT NULL,
+        PRIMARY KEY (originator_id, originator_version)
+    )""",
+)
+ES_RECORDS: Final = (
+    "SELECT originator_version, topic, state, id_type FROM {table}"
+    " WHERE originator_id = ? AND originator_version > ? AND originator_version <= ?"
+    " ORDER BY originator_version {order} LIMIT ?"
+)
+ES_CREATE_TRACKING: Final = (
+    _ES_DDL_LOCK,
+    """
+    CREATE TABLE IF NOT EXISTS eventsourcing_tracking (
+        application_name text   PRIMARY KEY,
+        notification_id  bigint NOT NULL
+    )""",
+)
 
 # ---------------------------------------------------------------------------- transactions
 BEGIN: Final = "BEGIN"

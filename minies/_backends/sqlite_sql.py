@@ -322,6 +322,58 @@ AGGREGATES_OF_TYPE: Final = (
 )
 SUBSCRIPTIONS: Final = "SELECT name, position, updated_at FROM minies_subscriptions ORDER BY name"
 
+# ---------------------------------------------------------------------------- eventsourcing
+# What minies.eventsourcing (the `eventsourcing` library's persistence module) reads and keeps
+# beside the log: its aggregates' events are minies events; records that are not a stream of
+# consecutive versions (snapshots) and its tracking rows live in tables of their own.
+ES_STREAM_TYPE: Final = "SELECT aggregate_type FROM events WHERE aggregate_id = ? AND version = 1"
+ES_STREAM: Final = (
+    "SELECT version, event_type, data, aggregate_type FROM events"
+    " WHERE aggregate_id = ? AND version > ? AND version <= ? ORDER BY version {order} LIMIT ?"
+)
+ES_NOTIFICATIONS: Final = (
+    "SELECT position, aggregate_id, aggregate_type, version, event_type, data FROM events"
+    " WHERE position >= ? AND position <= ? ORDER BY position LIMIT ?"
+)
+ES_NOTIFICATIONS_OF_TOPICS: Final = (
+    "SELECT position, aggregate_id, aggregate_type, version, event_type, data FROM events"
+    " WHERE position >= ? AND position <= ? AND event_type IN (SELECT value FROM json_each(?))"
+    " ORDER BY position LIMIT ?"
+)
+ES_CREATE_RECORDS: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS {table} (
+        originator_id      TEXT    NOT NULL,
+        id_type            TEXT    NOT NULL,
+        originator_version INTEGER NOT NULL,
+        topic              TEXT    NOT NULL,
+        state              BLOB    NOT NULL,
+        PRIMARY KEY (originator_id, originator_version)
+    ) WITHOUT ROWID""",
+)
+ES_INSERT_RECORD: Final = (
+    "INSERT INTO {table} (originator_id, id_type, originator_version, topic, state) VALUES (?, ?, ?, ?, ?)"
+)
+ES_RECORDS: Final = (
+    "SELECT originator_version, topic, state, id_type FROM {table}"
+    " WHERE originator_id = ? AND originator_version > ? AND originator_version <= ?"
+    " ORDER BY originator_version {order} LIMIT ?"
+)
+ES_CREATE_TRACKING: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS eventsourcing_tracking (
+        application_name TEXT    PRIMARY KEY,
+        notification_id  INTEGER NOT NULL
+    )""",
+)
+# Moves the application's tracking id forward, never back: 0 rows changed means refused.
+ES_TRACK: Final = (
+    "INSERT INTO eventsourcing_tracking (application_name, notification_id) VALUES (?, ?)"
+    " ON CONFLICT (application_name) DO UPDATE SET notification_id = excluded.notification_id"
+    " WHERE excluded.notification_id > eventsourcing_tracking.notification_id"
+)
+ES_TRACKED: Final = "SELECT notification_id FROM eventsourcing_tracking WHERE application_name = ?"
+
 # ---------------------------------------------------------------------------- transactions
 # The comments make these texts minies' own: apsw's statement cache is keyed by text, so a
 # projection's plain "COMMIT" is prepared afresh, and refused by the authorizer.
