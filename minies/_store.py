@@ -966,11 +966,14 @@ class _Tip:
         if self._data_version != conn.data_version():
             self._data_version = None
             return None
+        if self._staged is not None:  # an earlier append of this transaction moved the head
+            return None
         version = self._versions.get(stream)
         return None if version is None else (version, *self._head)
 
     def stage(self, stream: tuple[str, str], version: int, position: int, digest: bytes, alone: bool) -> None:
         """Note an append in progress; ``alone``: the transaction is the append's own."""
+        alone = alone and self._staged is None
         self._staged = (stream, version, position, digest) if alone else None
         if not alone:
             self._data_version = None
