@@ -516,5 +516,9 @@ class Factory(InfrastructureFactory[MiniesTrackingRecorder]):
             raise ProgrammingError(f"{key}={topic!r} is not a minies recorder class")
         return cls
 
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        self.close()
+
     def close(self) -> None:
         self.store.close()

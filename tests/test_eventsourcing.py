@@ -6,15 +6,33 @@ originator ids where the case allows. After every test, every log it wrote must 
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
+import sqlite3
+import subprocess
+import sys
+import time
+import zlib
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pgserver
 import pytest
-from eventsourcing.persistence import ApplicationRecorder, ProcessRecorder, TrackingRecorder
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    DataError,
+    IntegrityError,
+    OperationalError,
+    ProcessRecorder,
+    ProgrammingError,
+    StoredEvent,
+    Tracking,
+    TrackingRecorder,
+)
 from eventsourcing.tests import application, persistence, projection  # (modules: pytest collects only ours)
 from eventsourcing.utils import Environment
 
@@ -219,3 +237,142 @@ def _cases() -> dict[str, type]:
 
 
 globals().update(_cases())
+
+
+# ---------------------------------------------------------------------------- minies' own promises
+def _recorder(location: str) -> tuple[Factory, Any]:
+    factory = Factory(Environment(env={"MINIES_PATH": location}))
+    return factory, factory.process_recorder()
+
+
+STATES = [
+    b'{"name":"Alice","balance":{"_type_":"decimal_str","_data_":"10.00"}}',
+    b'{"$bytes":"not a wrapped state"}',  # a JSON object that looks like minies' wrapping
+    b"state1",
+    zlib.compress(b'{"name":"Alice"}'),
+    b'{"a":1} trailing',
+    b"\xff\xfe{}",
+    b"",
+    b"[1,2]",
+    b'{"a":"\\u0000"}',
+]
+
+
+def test_states_round_trip_byte_for_byte_and_json_states_stay_queryable(location: str) -> None:
+    factory, recorder = _recorder(location)
+    with factory:
+        originator = uuid4()
+        events = [StoredEvent(originator, k + 1, "bank:Account.Changed", state) for k, state in enumerate(STATES)]
+        assert recorder.insert_events(events) == list(range(1, len(STATES) + 1))
+        assert [e.state for e in recorder.select_events(originator)] == STATES
+        assert [n.state for n in recorder.select_notifications(None, 100)] == STATES
+    if location.startswith("postgresql:"):
+        return
+    with contextlib.closing(sqlite3.connect(location)) as db:  # the stock module reads the file
+        assert db.execute("SELECT json_extract(data, '$.name') FROM events WHERE version = 1").fetchone() == ("Alice",)
+        wrapped = db.execute("SELECT json_extract(data, '$.\"$bytes\"') FROM events WHERE version = 3").fetchone()[0]
+        assert base64.b64decode(wrapped) == b"state1"
+        with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+            db.execute("UPDATE events SET data = '{}' WHERE version = 1")
+
+
+def test_version_gaps_are_refused_and_nothing_is_written(location: str) -> None:
+    factory, recorder = _recorder(location)
+    with factory:
+        originator = uuid4()
+        recorder.insert_events([StoredEvent(originator, 0, "t", b"{}")])
+        with pytest.raises(DataError, match="version 2 would leave a gap"):
+            recorder.insert_events([StoredEvent(uuid4(), 1, "t", b"{}"), StoredEvent(originator, 2, "t", b"{}")])
+        with pytest.raises(DataError, match="versions must be consecutive"):
+            recorder.insert_events([StoredEvent(originator, 1, "t", b"{}"), StoredEvent(originator, 3, "t", b"{}")])
+        with pytest.raises(IntegrityError, match="version 0 is already recorded"):
+            recorder.insert_events([StoredEvent(originator, 0, "t", b"{}")])
+        assert recorder.max_notification_id() == 1
+        assert recorder.insert_events([StoredEvent(originator, 1, "t", b"{}")]) == [2]
+        assert [e.originator_version for e in recorder.select_events(originator)] == [0, 1]
+        # minies numbers the stream from 1; its type records where the library's versions began.
+        assert [(v, t) for _, _, t, v in _rows(factory.store)] == [
+            (1, "eventsourcing:uuid:0"),
+            (2, "eventsourcing:uuid:0"),
+        ]
+
+
+def _rows(store: minies.EventStore) -> list[tuple[int, str, str, int]]:
+    return [(r.position, r.aggregate_id, r.aggregate_type, r.version) for r in store.read_all(raw=True)]
+
+
+def test_ids_come_back_with_the_type_they_went_in_as(location: str) -> None:
+    factory, recorder = _recorder(location)
+    with factory:
+        as_uuid, as_text = uuid4(), str(uuid4())  # text that looks like a UUID stays text
+        recorder.insert_events([StoredEvent(as_uuid, 1, "t", b"{}"), StoredEvent(as_text, 1, "t", b"{}")])
+        got = [n.originator_id for n in recorder.select_notifications(None, 10)]
+        assert got == [as_uuid, as_text] and [type(i) for i in got] == [UUID, str]
+        assert recorder.select_events(as_text)[0].originator_id == as_text
+        assert recorder.select_events(as_uuid, gt=0, lte=1)[0].originator_id == as_uuid
+
+
+def test_a_batch_across_originators_is_atomic_and_positions_follow_the_input(location: str) -> None:
+    factory, recorder = _recorder(location)
+    with factory:
+        a, b = uuid4(), uuid4()
+        recorder.insert_events([StoredEvent(b, 1, "t", b"{}")])
+        with pytest.raises(IntegrityError, match="already recorded"):
+            recorder.insert_events([StoredEvent(a, 1, "t", b"{}"), StoredEvent(b, 1, "t", b"{}")])
+        assert recorder.select_events(a) == [] and recorder.max_notification_id() == 1
+        ids = recorder.insert_events(
+            [StoredEvent(a, 1, "t", b"{}"), StoredEvent(b, 2, "t", b"{}"), StoredEvent(a, 2, "t", b"{}")],
+            tracking=Tracking("upstream", 7),
+        )
+        assert ids == [2, 3, 4] and recorder.max_tracking_id("upstream") == 7
+        with pytest.raises(IntegrityError, match="already tracked"):  # events and tracking: all or nothing
+            recorder.insert_events([StoredEvent(a, 3, "t", b"{}")], tracking=Tracking("upstream", 7))
+        assert len(recorder.select_events(a)) == 2
+
+
+WRITER = """
+import sys, uuid
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import Environment
+from minies.eventsourcing import Factory
+with Factory(Environment(env={"MINIES_PATH": sys.argv[1]})) as factory:
+    factory.application_recorder().insert_events([StoredEvent(uuid.uuid4(), 1, "from.another:Process", b"{}")])
+"""
+
+
+def test_a_subscription_is_woken_by_another_process(location: str) -> None:
+    factory, recorder = _recorder(location)
+    with factory, recorder.subscribe(gt=None) as subscription:
+        subprocess.run([sys.executable, "-c", WRITER, location], check=True, timeout=60)
+        deadline = time.monotonic() + 30
+        for notification in subscription:  # blocks until the other process's commit is seen
+            assert notification.topic == "from.another:Process" and time.monotonic() < deadline
+            break
+
+
+def test_settings_are_checked_with_one_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="set the file \\(or PostgreSQL URL\\) .*MINIES_PATH"):
+        Factory(Environment(env={}))
+    with pytest.raises(OSError, match="MINIES_DURABILITY: durability must be 'full' or 'normal'"):
+        Factory(Environment(env={"MINIES_PATH": str(tmp_path / "a.db"), "MINIES_DURABILITY": "fast"}))
+    (tmp_path / "other.db").write_bytes(b"not a database, just bytes" * 200)
+    with pytest.raises(OperationalError, match="it is not a SQLite database"):
+        Factory(Environment(env={"MINIES_PATH": str(tmp_path / "other.db")}))
+    with Factory(Environment(env={"MINIES_PATH": str(tmp_path / "a.db")})) as factory:
+        with pytest.raises(ProgrammingError, match="purpose must be a lowercase SQL name"):
+            factory.aggregate_recorder("snapshots; DROP TABLE events")
+        with pytest.raises(DataError, match="originator_id must be a UUID or a non-empty str"):
+            factory.application_recorder().insert_events([StoredEvent(42, 1, "t", b"{}")])  # type: ignore[arg-type]
+
+
+def test_the_cli_verifies_an_application_s_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "bank.db")
+    os.environ["MINIES_PATH"] = path  # the example application reads its settings from here
+    try:
+        with application.BankAccounts(env={"PERSISTENCE_MODULE": "minies.eventsourcing"}) as app:
+            account = app.open_account("Alice", "alice@example.com")
+            app.credit_account(account, Decimal("10.00"))
+    finally:
+        del os.environ["MINIES_PATH"]
+    done = subprocess.run([sys.executable, "-m", "minies", "verify", path], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("ok: 2 events verified"), done.stdout + done.stderr
