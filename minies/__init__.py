@@ -16,6 +16,7 @@ from minies._errors import (
     StorageError,
 )
 from minies._events import ANY, Event, Recorded, metadata_scope
+from minies._processors import Processor
 from minies._projections import Database, Projection, RebuildReport
 from minies._store import EventStore, StoreInfo
 from minies._subscriptions import DeadLetter, Subscription
@@ -36,6 +37,7 @@ __all__ = [
     "EventStore",
     "MiniesError",
     "NotFound",
+    "Processor",
     "Projection",
     "ProjectionError",
     "QueryError",

@@ -30,6 +30,7 @@ from minies._errors import (
 )
 from minies._events import ANY, AnyVersion, Event, Recorded, type_names
 from minies._log import read_aggregate, read_log
+from minies._processors import ProcessHandler, Processor
 from minies._projections import Projection, Projector, RebuildReport
 from minies._subscriptions import Subscription
 
@@ -790,6 +791,28 @@ class EventStore:
         """
         _check_str("name", name)
         return Subscription(self, name, max_attempts=max_attempts, event_types=event_types)
+
+    def processor(
+        self,
+        name: str,
+        handler: ProcessHandler,
+        *,
+        max_attempts: int = 3,
+        event_types: Iterable[str | type[Event]] | None = None,
+    ) -> Processor:
+        """A named consumer that turns events into new events exactly once.
+
+        ``handler(record, store)`` appends or saves through ``store`` inside the transaction
+        that also moves the processor's checkpoint (see ``Processor``).
+
+        Args:
+            name: the checkpoint's key in the file (shared with subscriptions' names).
+            handler: called once per input event with the event and this store.
+            max_attempts: tries per event before it is parked as a dead letter.
+            event_types: process only these types (names or Event classes); None: all.
+        """
+        _check_str("name", name)
+        return Processor(self, name, handler, max_attempts=max_attempts, event_types=event_types)
 
     def aggregates(self, aggregate_type: str | type[Aggregate] | None = None) -> list[tuple[str, str, int]]:
         """``(aggregate_id, aggregate_type, version)`` of every aggregate (of one type), by id."""

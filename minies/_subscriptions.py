@@ -7,6 +7,7 @@ gap-free and commit in order, resuming from a checkpoint never skips an event.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from minies._store import EventStore
 
 Handler = Callable[[Recorded], object]
+Parked = tuple[int, int, str]  # (position, attempts, error) of a dead letter
 _BATCH: Final = 100
 
 
@@ -72,39 +74,53 @@ class Subscription:
         Raises:
             MiniesError: called inside ``store.transaction()``, whose events may still roll back.
         """
+        return self._consume(lambda record: self._deliver(handler, record), limit, atomic=False, verb="poll")
+
+    def _consume(
+        self, deliver: Callable[[Recorded], Parked | None], limit: int | None, *, atomic: bool, verb: str
+    ) -> int:
+        """Deliver pages of events after the checkpoint, acknowledging each page.
+
+        ``atomic``: each page, what ``deliver`` writes and the checkpoint commit in one
+        transaction (a processor's exactly-once); else the checkpoint follows the deliveries.
+        """
         store = self.store
         with store._lock:
             if store._depth:
                 raise MiniesError(
-                    f"subscription {self.name!r} cannot poll inside store.transaction(): it would deliver "
-                    "events that may still roll back; poll after the block"
+                    f"{'processor' if atomic else 'subscription'} {self.name!r} cannot {verb} inside store.transaction(): it would "
+                    f"deliver events that may still roll back; {verb} after the block"
                 )
         delivered = 0
-        after = self.position
         while limit is None or delivered < limit:
             want = _BATCH if limit is None else min(_BATCH, limit - delivered)
-            head = store.head()[0]
-            batch = list(store.read_all(after=after, limit=want, event_types=self.event_types))
-            if not batch and head <= after:
-                break
-            parked = [self._deliver(handler, record) for record in batch]
-            # A short page means everything up to the head seen before it was read was scanned,
-            # including the events the filter left out.
-            after = batch[-1].position if len(batch) == want else max(head, batch[-1].position if batch else 0)
-            self._acknowledge(after, [p for p in parked if p])
+            with contextlib.ExitStack() as page:
+                if atomic:
+                    page.enter_context(store._lock)
+                    page.enter_context(store._write())
+                after = self.position  # inside the page's transaction: one processor at a time
+                head = store.head()[0]
+                batch = list(store.read_all(after=after, limit=want, event_types=self.event_types))
+                if not batch and head <= after:
+                    break
+                parked = [deliver(record) for record in batch]
+                # A short page means everything up to the head seen before it was read was
+                # scanned, including the events the filter left out.
+                after = batch[-1].position if len(batch) == want else max(head, batch[-1].position if batch else 0)
+                self._acknowledge(after, [p for p in parked if p])
             delivered += len(batch)
             if len(batch) < want:
                 break
         return delivered
 
-    def _acknowledge(self, position: int, parked: list[tuple[int, int, str]]) -> None:
+    def _acknowledge(self, position: int, parked: list[Parked]) -> None:
         now = _codec.now_text()
         with self.store._lock, self.store._write():
             conn = self.store._conn
             conn.executemany(self.store._sql.PARK, [(self.name, *p, now) for p in parked])
             conn.execute(self.store._sql.SAVE_SUBSCRIPTION, (self.name, position, now))
 
-    def _deliver(self, handler: Handler, record: Recorded, attempts: int = 0) -> tuple[int, int, str] | None:
+    def _deliver(self, handler: Handler, record: Recorded, attempts: int = 0) -> Parked | None:
         for attempt in range(attempts + 1, attempts + self.max_attempts + 1):
             try:
                 handler(record)

@@ -87,7 +87,7 @@ _is_object = msgspec.json.Decoder(dict).decode
 # ---------------------------------------------------------------------------- the mapping
 def _data(state: bytes) -> str:
     """A state as the text of minies' ``data`` column (see the module's docstring)."""
-    if state[:1] == b"{" and not state.startswith(b'{"$bytes":"') and b"\x00" not in state:
+    if state.startswith(b"{") and not state.startswith(b'{"$bytes":"') and b"\x00" not in state:
         try:
             _is_object(state)
             return state.decode()
@@ -439,22 +439,33 @@ def _runs(stored_events: Sequence[StoredEvent]) -> list[tuple[str, str, int, lis
     """Consecutive events of one originator, as ``(id, id type, first version, topics, datas)``:
     each run is one minies append, in the order given (so positions follow the input)."""
     runs: list[tuple[str, str, int, list[str], list[str]]] = []
-    last: tuple[str, int] | None = None
+    topics: list[str] = []
+    datas: list[str] = []
+    last_id: object = None
+    last_version = 0
+    checked: set[str] = set()  # topics repeat: check each once
     for event in stored_events:
-        aggregate_id, id_type = _id_text(event.originator_id)
-        version = _version(event.originator_version)
-        if last is not None and last[0] == aggregate_id:
-            if version != last[1] + 1:
-                error = IntegrityError if version <= last[1] else DataError
+        version = event.originator_version
+        if type(version) is not int:
+            _version(version)
+        topic = event.topic
+        if topic not in checked:
+            checked.add(_topic(topic))
+        state = event.state
+        if event.originator_id == last_id and last_id is not None:
+            if version != last_version + 1:
+                error = IntegrityError if version <= last_version else DataError
                 raise error(
-                    f"originator {aggregate_id!r}: version {version} follows {last[1]} in one batch; "
+                    f"originator {runs[-1][0]!r}: version {version} follows {last_version} in one batch; "
                     "versions must be consecutive; nothing was written"
                 )
-            runs[-1][3].append(_topic(event.topic))
-            runs[-1][4].append(_data(bytes(event.state)))
         else:
-            runs.append((aggregate_id, id_type, version, [_topic(event.topic)], [_data(bytes(event.state))]))
-        last = (aggregate_id, version)
+            last_id = event.originator_id
+            topics, datas = [], []
+            runs.append((*_id_text(last_id), version, topics, datas))
+        topics.append(topic)
+        datas.append(_data(state if type(state) is bytes else bytes(state)))
+        last_version = version
     return runs
 
 
