@@ -87,9 +87,10 @@ class Subscription:
         store = self.store
         with store._lock:
             if store._depth:
+                kind = "processor" if atomic else "subscription"
                 raise MiniesError(
-                    f"{'processor' if atomic else 'subscription'} {self.name!r} cannot {verb} inside store.transaction(): it would "
-                    f"deliver events that may still roll back; {verb} after the block"
+                    f"{kind} {self.name!r} cannot {verb} inside store.transaction(): it would deliver events "
+                    f"that may still roll back; {verb} after the block"
                 )
         delivered = 0
         while limit is None or delivered < limit:
