@@ -376,3 +376,26 @@ def test_the_cli_verifies_an_application_s_file(tmp_path: Path) -> None:
         del os.environ["MINIES_PATH"]
     done = subprocess.run([sys.executable, "-m", "minies", "verify", path], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("ok: 2 events verified"), done.stdout + done.stderr
+    for command in ("info", "events"):
+        done = subprocess.run(
+            [sys.executable, "-m", "minies", command, path], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0 and "eventsourcing.tests.doma" in done.stdout, done.stdout  # (events cuts it)
+
+
+def test_settings_choose_the_side_tables_and_the_recorder_classes(tmp_path: Path) -> None:
+    path = str(tmp_path / "a.db")
+    with Factory(Environment(env={"MINIES_PATH": path, "CREATE_TABLE": "no"})) as factory:
+        factory.tracking_recorder()
+        factory.aggregate_recorder("snapshots")
+        factory.application_recorder().insert_events([StoredEvent(uuid4(), 1, "t", b"{}")])
+    tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "events" in tables and not {"eventsourcing_tracking", "eventsourcing_snapshots"} & tables
+    env = {"MINIES_PATH": ":memory:", "APPLICATION_RECORDER_TOPIC": "eventsourcing.sqlite:SQLiteApplicationRecorder"}
+    with (
+        Factory(Environment(env=env)) as factory,
+        pytest.raises(ProgrammingError, match="APPLICATION_RECORDER_TOPIC=.* is not a minies recorder class"),
+    ):
+        factory.application_recorder()
+    with Factory(Environment(env={"MINIES_PATH": ":memory:"})) as factory:
+        assert factory.application_recorder().insert_events([StoredEvent("a", 1, "t", b"{}")]) == [1]
