@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import ClassVar
 
 import pytest
 from conftest import schema_objects
@@ -270,7 +271,9 @@ def test_kill_during_a_rebuild_leaves_the_old_read_model(location: str) -> None:
             )
         before = store.query("SELECT * FROM order_summaries ORDER BY order_id")
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
-    proc = subprocess.Popen([sys.executable, "-c", REBUILDER, location, "2"], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REBUILDER, location, "2"], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "half-way"
     proc.send_signal(signal.SIGKILL)
@@ -297,13 +300,22 @@ class Strict(minies.Projection):
 def test_sql_errors_in_a_handler_are_a_projection_error_and_the_append_rolls_back(location: str) -> None:
     with minies.EventStore(location, projections=[Strict()]) as store:
         store.append("o1", [OrderPlaced(customer_id="c1", total=1.0)], aggregate_type="Order")
-        with pytest.raises(minies.ProjectionError, match=r"projection 'Strict': SQL failed at position 2: (ConstraintError: UNIQUE constraint failed: strict_orders.order_id|UniqueViolation: duplicate key value violates unique constraint \"strict_orders_pkey\")") as caught:
+        with pytest.raises(
+            minies.ProjectionError,
+            match=r"projection 'Strict': SQL failed at position 2: (ConstraintError: UNIQUE constraint failed: strict_orders.order_id|UniqueViolation: duplicate key value violates unique constraint \"strict_orders_pkey\")",
+        ) as caught:
             store.append("o2", [OrderPlaced(customer_id="c1", total=2.0)], aggregate_type="Order")
         assert caught.value.projection == "Strict" and caught.value.position == 2
         assert type(caught.value.__cause__).__name__ in ("ConstraintError", "UniqueViolation")  # the driver's own error
         assert store.version("o2") == 0 and store.query("SELECT count(*) FROM strict_orders") == [(1,)]
-        with pytest.raises(minies.ProjectionError, match="SQL failed at position 3") as caught:  # second event of a batch
-            store.append("o3", [OrderPlaced(customer_id="c3", total=3.0), OrderPlaced(customer_id="c1", total=3.0)], aggregate_type="Order")
+        with pytest.raises(
+            minies.ProjectionError, match="SQL failed at position 3"
+        ) as caught:  # second event of a batch
+            store.append(
+                "o3",
+                [OrderPlaced(customer_id="c3", total=3.0), OrderPlaced(customer_id="c1", total=3.0)],
+                aggregate_type="Order",
+            )
         assert caught.value.position == 3
         assert store.append("o2", [OrderPlaced(customer_id="c2", total=2.0)], aggregate_type="Order") == 1
 
@@ -351,11 +363,62 @@ def test_a_catch_up_that_fails_on_open_leaves_the_file_unchanged(db_path: str) -
             order(store, f"o{i}", i)
     with open(db_path, "rb") as f:
         before = f.read()
-    with pytest.raises(minies.ProjectionError, match=r"projection 'FailsLate': failed at position 7: ValueError: cannot handle position 7") as caught:
+    with pytest.raises(
+        minies.ProjectionError,
+        match=r"projection 'FailsLate': failed at position 7: ValueError: cannot handle position 7",
+    ) as caught:
         minies.EventStore(db_path, projections=[FailsLate()])
     assert caught.value.projection == "FailsLate" and caught.value.position == 7
     with open(db_path, "rb") as f:
         assert f.read() == before
     with minies.EventStore(db_path) as store:
-        assert store.query("SELECT count(*) FROM sqlite_master WHERE name IN ('late_seen', 'minies_projections')") == [(1,)]
+        assert store.query("SELECT count(*) FROM sqlite_master WHERE name IN ('late_seen', 'minies_projections')") == [
+            (1,)
+        ]
         assert store.query("SELECT count(*) FROM minies_projections") == [(0,)]
+
+
+class BatchTotals(minies.Projection):
+    """A projection that writes each batch with one executemany, and sees one type only."""
+
+    name = "batch_totals"
+    event_types: ClassVar = [OrderPlaced]
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE batch_totals (order_id TEXT PRIMARY KEY, total REAL)")
+
+    def handle_batch(self, db: minies.Database, events: list[minies.Recorded]) -> None:
+        db.executemany("INSERT INTO batch_totals VALUES (?, ?)", [(e.aggregate_id, e.data.total) for e in events])
+
+
+def test_a_batch_projection_writes_with_executemany_and_sees_only_its_types(location: str) -> None:
+    with minies.EventStore(location, projections=[BatchTotals()]) as store:
+        store.append(
+            "o1", [OrderPlaced(customer_id="c", total=5.0), OrderShipped(carrier="DHL")], aggregate_type="Order"
+        )
+        store.append("o2", [OrderPlaced(customer_id="c", total=7.0)], aggregate_type="Order")
+        assert store.query("SELECT order_id, total FROM batch_totals ORDER BY order_id") == [("o1", 5.0), ("o2", 7.0)]
+        placed_twice = [
+            OrderShipped(carrier="DHL"),
+            OrderPlaced(customer_id="c", total=1.0),
+            OrderPlaced(customer_id="c", total=2.0),
+        ]
+        with pytest.raises(minies.ProjectionError, match="projection 'batch_totals'") as caught:
+            store.append("o3", placed_twice, aggregate_type="Order")  # o3 twice: the batch's INSERT fails
+        # the batch's first event of the projection's types (position 4 is the OrderShipped)
+        assert (caught.value.projection, caught.value.position) == ("batch_totals", 5)
+        assert store.head()[0] == 3 and store.rebuild("batch_totals").events == 2  # its two OrderPlaced
+
+
+class Eraser(BatchTotals):
+    name = "eraser"
+
+    def handle_batch(self, db: minies.Database, events: list[minies.Recorded]) -> None:
+        db.executemany("DELETE FROM events WHERE position = ?", [(e.position,) for e in events])
+
+
+def test_executemany_is_screened_like_execute(location: str) -> None:
+    with minies.EventStore(location, projections=[Eraser()]) as store:
+        with pytest.raises(minies.MiniesError, match="or write the log or minies' own tables"):
+            store.append("o1", [OrderPlaced(customer_id="c", total=5.0)], aggregate_type="Order")
+        assert store.head()[0] == 0
