@@ -12,12 +12,11 @@ each input is processed exactly once as far as the file can see. Effects outside
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from minies._events import Event, Recorded, metadata_scope
-from minies._subscriptions import DeadLetter, Parked, Subscription, wakeups
+from minies._subscriptions import DeadLetter, Parked, Subscription, following
 
 if TYPE_CHECKING:
     from minies._store import EventStore
@@ -76,20 +75,7 @@ class Processor:
         Returns:
             How many events were processed.
         """
-        processed = 0
-        idle_since = time.monotonic()
-
-        def done() -> bool:
-            if stop is not None and stop.is_set():
-                return True
-            return idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout
-
-        for _ in wakeups(self.store, done, max_wait):
-            n = self.run()
-            if n:
-                processed += n
-                idle_since = time.monotonic()
-        return processed
+        return following(self.store, self.run, stop, idle_timeout, max_wait)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Inputs parked after ``max_attempts`` failures, oldest first."""

@@ -156,20 +156,7 @@ class Subscription:
         Returns:
             How many events were delivered.
         """
-        delivered = 0
-        idle_since = time.monotonic()
-
-        def done() -> bool:
-            if stop is not None and stop.is_set():
-                return True
-            return idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout
-
-        for _ in wakeups(self.store, done, max_wait):
-            n = self.poll(handler)
-            if n:
-                delivered += n
-                idle_since = time.monotonic()
-        return delivered
+        return following(self.store, lambda: self.poll(handler), stop, idle_timeout, max_wait)
 
     def dead_letters(self) -> list[DeadLetter]:
         """Events parked after ``max_attempts`` failures, oldest first."""
@@ -228,6 +215,31 @@ class Subscription:
         if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= head:
             raise ValueError(f"position must be an int from 0 to the head ({head}), got {position!r}")
         self._acknowledge(position, [])
+
+
+def following(
+    store: EventStore,
+    step: Callable[[], int],
+    stop: threading.Event | None,
+    idle_timeout: float | None,
+    max_wait: float,
+) -> int:
+    """Run ``step`` (which delivers what is new and says how much) at every wake-up until
+    ``stop`` is set or nothing arrived for ``idle_timeout`` seconds; return the total."""
+    total = 0
+    idle_since = time.monotonic()
+
+    def done() -> bool:
+        if stop is not None and stop.is_set():
+            return True
+        return idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout
+
+    for _ in wakeups(store, done, max_wait):
+        n = step()
+        if n:
+            total += n
+            idle_since = time.monotonic()
+    return total
 
 
 def wakeups(store: EventStore, done: Callable[[], bool], max_wait: float) -> Iterator[None]:
