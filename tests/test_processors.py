@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -185,3 +187,37 @@ def test_killed_processors_lose_and_repeat_nothing(tmp_path: Path) -> None:
         assert store.processor("shipping", ship).dead_letters() == []
         assert store.verify().ok
     assert kills >= 2 and any(0 < done < 600 for done in progress), (kills, progress)  # killed mid-way
+
+
+def test_a_processor_follows_runs_in_pages_and_manages_its_dead_letters(store: minies.EventStore) -> None:
+    place(store, 3)
+    attempts: collections.Counter[str] = collections.Counter()
+    failing = {"order-0", "order-1"}
+
+    def handler(record: minies.Recorded, s: minies.EventStore) -> None:
+        attempts[record.aggregate_id] += 1
+        if record.aggregate_id in failing:
+            raise RuntimeError("warehouse offline")
+        ship(record, s)
+
+    processor = store.processor("shipping", handler, event_types=[OrderPlaced])
+    assert processor.name == "shipping"
+    assert processor.run(limit=2) == 2 and processor.position == 2
+    assert attempts == {"order-0": 3, "order-1": 3}  # three tries by default, then parked
+    assert processor.run() == 1 and shipped(store) == ["shipment-order-2"]
+    failing.clear()
+    assert processor.redeliver(1) == 1  # only the one at position 1
+    assert [d.position for d in processor.dead_letters()] == [2]
+    processor.discard(2)
+    assert processor.dead_letters() == [] and sorted(shipped(store)) == ["shipment-order-0", "shipment-order-2"]
+
+    writer = threading.Thread(target=place, args=(store, 2, 3))
+    writer.start()
+    assert processor.follow(idle_timeout=2.0, max_wait=0.01) == 2  # woken by the other thread's commits
+    writer.join()
+    assert "shipment-order-4" in shipped(store)
+    stop = threading.Event()
+    stop.set()
+    assert processor.follow(stop=stop) == 0
+    processor.rewind(0)
+    assert processor.position == 0
