@@ -87,7 +87,7 @@ _is_object = msgspec.json.Decoder(dict).decode
 # ---------------------------------------------------------------------------- the mapping
 def _data(state: bytes) -> str:
     """A state as the text of minies' ``data`` column (see the module's docstring)."""
-    if state.startswith(b"{") and not state.startswith(b'{"$bytes":"') and b"\x00" not in state:
+    if state.startswith(b"{") and not state.startswith(b'{"$bytes":"'):
         try:
             _is_object(state)
             return state.decode()
@@ -188,9 +188,12 @@ class MiniesAggregateRecorder(MiniesRecorder, AggregateRecorder):
         stored: Any = store._conn.execute(store._sql.ES_STREAM_TYPE, (aggregate_id,)).fetchone()
         aggregate_type = _STREAM.format(id_type=id_type, first=first) if stored is None else stored[0]
         base = _stream(aggregate_type)[1]
+        if first < base:
+            raise IntegrityError(
+                f"originator {aggregate_id!r} begins at version {base}: version {first} is before it; "
+                "nothing was written"
+            )
         try:
-            if first < base:
-                raise ConcurrencyError(aggregate_id, first - base, 0)
             _, rows, _ = store._write_events(
                 aggregate_id,
                 aggregate_type,

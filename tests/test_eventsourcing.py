@@ -290,11 +290,38 @@ def test_version_gaps_are_refused_and_nothing_is_written(location: str) -> None:
         assert recorder.max_notification_id() == 1
         assert recorder.insert_events([StoredEvent(originator, 1, "t", b"{}")]) == [2]
         assert [e.originator_version for e in recorder.select_events(originator)] == [0, 1]
+        assert [e.originator_version for e in recorder.select_events(originator, gt=0)] == [1]
+        assert [e.originator_version for e in recorder.select_events(originator, lte=0)] == [0]
+        from_one = uuid4()
+        recorder.insert_events([StoredEvent(from_one, 1, "t", b"{}")])
+        with pytest.raises(IntegrityError, match="begins at version 1: version 0 is before it"):
+            recorder.insert_events([StoredEvent(from_one, 0, "t", b"{}")])
+        for bad in (True, 1.0, "2"):
+            with pytest.raises(DataError, match="originator_version must be an int"):
+                recorder.insert_events([StoredEvent(from_one, bad, "t", b"{}")])  # type: ignore[arg-type]
         # minies numbers the stream from 1; its type records where the library's versions began.
         assert [(v, t) for _, _, t, v in _rows(factory.store)] == [
             (1, "eventsourcing:uuid:0"),
             (2, "eventsourcing:uuid:0"),
+            (1, "eventsourcing:uuid:1"),
         ]
+
+
+def test_snapshots_live_in_their_side_table(location: str) -> None:
+    factory, _ = _recorder(location)
+    with factory:
+        snapshots = factory.aggregate_recorder("snapshots")
+        snapshot = StoredEvent(uuid4(), 7, "bank:Account.Snapshot", b"state")
+        snapshots.insert_events([snapshot])
+        with pytest.raises(IntegrityError, match="eventsourcing_snapshots already holds one of these records"):
+            snapshots.insert_events([StoredEvent(uuid4(), 1, "t", b""), snapshot])
+        assert snapshots.select_events(snapshot.originator_id, desc=True, limit=1) == [snapshot]
+        assert factory.store.head()[0] == 0  # not in the log
+    if not location.startswith("postgresql:"):
+        with contextlib.closing(sqlite3.connect(location)) as db:
+            assert db.execute("SELECT originator_version, state FROM eventsourcing_snapshots").fetchall() == [
+                (7, b"state")
+            ]
 
 
 def _rows(store: minies.EventStore) -> list[tuple[int, str, str, int]]:
