@@ -442,8 +442,8 @@ def _runs(stored_events: Sequence[StoredEvent]) -> list[tuple[str, str, int, lis
     """Consecutive events of one originator, as ``(id, id type, first version, topics, datas)``:
     each run is one minies append, in the order given (so positions follow the input)."""
     runs: list[tuple[str, str, int, list[str], list[str]]] = []
-    topics: list[str] = []
-    datas: list[str] = []
+    topics: list[str]  # of the current run
+    datas: list[str]
     last_id: object = None
     last_version = 0
     checked: set[str] = set()  # topics repeat: check each once

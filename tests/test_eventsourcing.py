@@ -388,8 +388,9 @@ def test_settings_are_checked_with_one_clear_message(tmp_path: Path) -> None:
     with Factory(Environment(env={"MINIES_PATH": str(tmp_path / "a.db")})) as factory:
         with pytest.raises(ProgrammingError, match="purpose must be a lowercase SQL name"):
             factory.aggregate_recorder("snapshots; DROP TABLE events")
-        with pytest.raises(DataError, match="originator_id must be a UUID or a non-empty str"):
-            factory.application_recorder().insert_events([StoredEvent(42, 1, "t", b"{}")])  # type: ignore[arg-type]
+        for bad_id in (42, "", "a\x00b"):
+            with pytest.raises(DataError, match="originator_id must be a UUID or a non-empty str"):
+                factory.application_recorder().insert_events([StoredEvent(bad_id, 1, "t", b"{}")])  # type: ignore[arg-type]
 
 
 def test_the_cli_verifies_an_application_s_file(tmp_path: Path) -> None:
