@@ -272,6 +272,7 @@ def test_states_round_trip_byte_for_byte_and_json_states_stay_queryable(location
         assert db.execute("SELECT json_extract(data, '$.name') FROM events WHERE version = 1").fetchone() == ("Alice",)
         wrapped = db.execute("SELECT json_extract(data, '$.\"$bytes\"') FROM events WHERE version = 3").fetchone()[0]
         assert base64.b64decode(wrapped) == b"state1"
+        assert db.execute("SELECT DISTINCT schema_version FROM events").fetchall() == [(1,)]  # never upcast
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             db.execute("UPDATE events SET data = '{}' WHERE version = 1")
 
@@ -281,11 +282,13 @@ def test_version_gaps_are_refused_and_nothing_is_written(location: str) -> None:
     with factory:
         originator = uuid4()
         recorder.insert_events([StoredEvent(originator, 0, "t", b"{}")])
-        with pytest.raises(DataError, match="version 2 would leave a gap"):
+        with pytest.raises(DataError, match="is at version 0: version 2 would leave a gap, which minies refuses"):
             recorder.insert_events([StoredEvent(uuid4(), 1, "t", b"{}"), StoredEvent(originator, 2, "t", b"{}")])
-        with pytest.raises(DataError, match="versions must be consecutive"):
+        with pytest.raises(DataError, match="version 3 follows 1 in one batch; versions must be consecutive; nothing"):
             recorder.insert_events([StoredEvent(originator, 1, "t", b"{}"), StoredEvent(originator, 3, "t", b"{}")])
-        with pytest.raises(IntegrityError, match="version 0 is already recorded"):
+        with pytest.raises(
+            IntegrityError, match=r"is at version 0: version 0 is already recorded; nothing was written"
+        ):
             recorder.insert_events([StoredEvent(originator, 0, "t", b"{}")])
         assert recorder.max_notification_id() == 1
         assert recorder.insert_events([StoredEvent(originator, 1, "t", b"{}")]) == [2]
@@ -378,8 +381,10 @@ def test_a_subscription_is_woken_by_another_process(location: str) -> None:
 
 
 def test_settings_are_checked_with_one_clear_message(tmp_path: Path) -> None:
-    with pytest.raises(OSError, match="set the file \\(or PostgreSQL URL\\) .*MINIES_PATH"):
-        Factory(Environment(env={}))
+    with pytest.raises(
+        OSError, match="PostgreSQL URL\\) in the environment, with one of: BANK_MINIES_PATH, MINIES_PATH$"
+    ):
+        Factory(Environment("Bank", {}))
     with pytest.raises(OSError, match="MINIES_DURABILITY: durability must be 'full' or 'normal'"):
         Factory(Environment(env={"MINIES_PATH": str(tmp_path / "a.db"), "MINIES_DURABILITY": "fast"}))
     (tmp_path / "other.db").write_bytes(b"not a database, just bytes" * 200)
@@ -388,6 +393,9 @@ def test_settings_are_checked_with_one_clear_message(tmp_path: Path) -> None:
     with Factory(Environment(env={"MINIES_PATH": str(tmp_path / "a.db")})) as factory:
         with pytest.raises(ProgrammingError, match="purpose must be a lowercase SQL name"):
             factory.aggregate_recorder("snapshots; DROP TABLE events")
+        for bad_topic in ("a,b", "a\x00b", "", 5):
+            with pytest.raises(DataError, match="topic must be a non-empty str without NUL or commas, got "):
+                factory.application_recorder().insert_events([StoredEvent("a", 1, bad_topic, b"{}")])  # type: ignore[arg-type]
         for bad_id in (42, "", "a\x00b"):
             with pytest.raises(DataError, match="originator_id must be a UUID or a non-empty str"):
                 factory.application_recorder().insert_events([StoredEvent(bad_id, 1, "t", b"{}")])  # type: ignore[arg-type]
