@@ -77,5 +77,10 @@ def run_python(code: str, *args: str, check: bool = True, timeout: float = 120) 
 def schema_objects(store: minies.EventStore) -> set[str]:
     """Names of the tables, indexes and views the store's database holds."""
     if store.path.startswith("postgres"):
-        return {name for (name,) in store.query("SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace")}
+        return {
+            name
+            for (name,) in store.query(
+                "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+            )
+        }
     return {name for (name,) in store.query("SELECT name FROM sqlite_master")}

@@ -52,7 +52,9 @@ class _File:
     """One file as the disk sees it: durable content and the operations since the last sync."""
 
     durable: bytearray
-    pending: list[tuple[str, int, bytes]] = field(default_factory=list)  # ("write", offset, data) | ("truncate", size, b"")
+    pending: list[tuple[str, int, bytes]] = field(
+        default_factory=list
+    )  # ("write", offset, data) | ("truncate", size, b"")
 
     def sync(self) -> None:
         self.durable = _apply(self.durable, self.pending)

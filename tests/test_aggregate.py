@@ -174,7 +174,10 @@ def test_load_and_fold_refuse_events_with_no_class_instead_of_feeding_dicts_to_a
     with minies.EventStore(location) as store:  # this process has no Mystery class
         opened(store, "acc-2")
         store.append("acc-1", [MoneyDeposited(amount=5)], aggregate_type="Account")
-        with pytest.raises(minies.SchemaError, match=r"aggregate 'acc-1' holds events of types with no class in this process \(Mystery\)"):
+        with pytest.raises(
+            minies.SchemaError,
+            match=r"aggregate 'acc-1' holds events of types with no class in this process \(Mystery\)",
+        ):
             store.load(Account, "acc-1")
         with pytest.raises(minies.SchemaError, match=r"no class in this process \(Mystery\)"):
             store.fold("acc-1", lambda state, event: state, None)

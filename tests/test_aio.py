@@ -46,12 +46,16 @@ def test_many_tasks_with_conflicts_lose_and_double_nothing(db_path: str) -> None
             async def task(n: int) -> None:
                 for i in range(5):
                     attempts[0] += 1
-                    await store.append(f"own-{n}", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=i)
+                    await store.append(
+                        f"own-{n}", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=i
+                    )
                 for _ in range(10_000):  # bounded retries on the shared aggregate
                     seen = await store.version("shared")
                     attempts[0] += 1
                     try:
-                        await store.append("shared", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=seen)
+                        await store.append(
+                            "shared", [MoneyDeposited(amount=1)], aggregate_type="Account", expected_version=seen
+                        )
                         return
                     except minies.ConcurrencyError:
                         continue

@@ -266,7 +266,11 @@ def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(location: str) ->
         for accepted in (f"{position} {digest}", digest, digest[:12], f" {position}  {digest.upper()[:20]} \n"):
             assert store.verify(expect_head=accepted).ok, accepted
         earlier = store.verify(expect_head=f"{position - 1} {digest}")  # the right hash, at the wrong position
-        assert not earlier.ok and earlier.reason == f"the expected head {position - 1} {digest} is not in this history (rewritten or truncated)"
+        assert (
+            not earlier.ok
+            and earlier.reason
+            == f"the expected head {position - 1} {digest} is not in this history (rewritten or truncated)"
+        )
         for refused in (digest[:11], f"x {digest}", f"{position} {digest} extra", 12345):
             with pytest.raises(ValueError, match="expect_head must be what `minies head` prints"):
                 store.verify(expect_head=refused)  # type: ignore[arg-type]

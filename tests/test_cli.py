@@ -82,7 +82,9 @@ def test_export_jsonl_and_csv(shop: str, tmp_path: object) -> None:
     assert rows[0] == [*minies.Recorded.__struct_fields__, "schema_version", "hash"] and len(rows) == 22
     assert json.loads(rows[-1][7])["customer_id"] == 'c\n"1"'
     con = sqlite3.connect(shop)
-    stored = con.execute("SELECT created_at, schema_version, lower(hex(hash)) FROM events WHERE position = 21").fetchone()
+    stored = con.execute(
+        "SELECT created_at, schema_version, lower(hex(hash)) FROM events WHERE position = 21"
+    ).fetchone()
     con.close()
     assert (rows[-1][6], rows[-1][9], rows[-1][10]) == (stored[0], str(stored[1]), stored[2])
     assert stored[0].endswith("Z")  # the file's own timestamp text, not a re-formatted one

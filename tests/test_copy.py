@@ -52,7 +52,9 @@ def test_a_copy_is_the_same_log_byte_for_byte(tmp_path: Path) -> None:
     with minies.EventStore(target, projections=[Balances()]) as copy:  # projections rebuild on the target
         assert copy.head() == head and copy.verify().ok
         with minies.EventStore(source, projections=[Balances()]) as original:  # caught up too
-            assert copy.query("SELECT * FROM balances ORDER BY 1") == original.query("SELECT * FROM balances ORDER BY 1")
+            assert copy.query("SELECT * FROM balances ORDER BY 1") == original.query(
+                "SELECT * FROM balances ORDER BY 1"
+            )
         assert copy.load(Saved, "s").balance == 3
 
 
@@ -67,7 +69,9 @@ def test_a_copy_is_incremental_and_refuses_a_target_that_diverged(tmp_path: Path
     other = str(tmp_path / "other.db")
     fill(other, 100, 105)
     before = rows(target)
-    with pytest.raises(minies.SchemaError, match=r"the target's log is not a prefix of the source's \(they differ at position 1\)"):
+    with pytest.raises(
+        minies.SchemaError, match=r"the target's log is not a prefix of the source's \(they differ at position 1\)"
+    ):
         minies.copy(other, target)  # the target holds 25 events; the source 5 others
     diverged, short = str(tmp_path / "diverged.db"), str(tmp_path / "short.db")
     minies.copy(source, diverged)
@@ -95,13 +99,22 @@ def test_an_old_file_copies_as_it_is(tmp_path: Path) -> None:
 def test_the_command_line_copies_and_says_what_it_did(tmp_path: Path) -> None:
     source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
     fill(source, 0, 3)
-    result = subprocess.run([sys.executable, "-m", "minies", "copy", source, target], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "minies", "copy", source, target], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     with minies.EventStore(source, readonly=True) as store:
         position, digest = store.head()
     assert result.stdout == f"copied 3 events to {target} (0 already there); head {position} {digest}\n"
     fill(str(tmp_path / "other.db"), 50, 55)
     refused = subprocess.run(
-        [sys.executable, "-m", "minies", "copy", str(tmp_path / "other.db"), target], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "minies", "copy", str(tmp_path / "other.db"), target],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert refused.returncode == 2 and refused.stderr.startswith("minies: error: cannot copy") and len(refused.stderr.splitlines()) == 1
+    assert (
+        refused.returncode == 2
+        and refused.stderr.startswith("minies: error: cannot copy")
+        and len(refused.stderr.splitlines()) == 1
+    )

@@ -110,7 +110,10 @@ def test_a_really_full_disk(tiny_disk: Path) -> None:
             try:
                 store.append(f"o{i}", big, aggregate_type="Order")
             except minies.StorageError as e:
-                assert "the disk is full (or the file reached its size limit); nothing from this call was written" in str(e)
+                assert (
+                    "the disk is full (or the file reached its size limit); nothing from this call was written"
+                    in str(e)
+                )
                 failures += 1
                 break
         assert failures == 1
@@ -124,7 +127,10 @@ def test_read_only_media(tiny_disk: Path) -> None:
     path = str(tiny_disk / "ro.db")
     fill(path, 5)
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
-    with pytest.raises(minies.StorageError, match="the file or its directory is read-only"), minies.EventStore(path) as store:
+    with (
+        pytest.raises(minies.StorageError, match="the file or its directory is read-only"),
+        minies.EventStore(path) as store,
+    ):
         store.append("a0", [MoneyDeposited(amount=1)], aggregate_type="Account")
     with minies.EventStore(path, readonly=True) as store:  # an auditor's copy on read-only media
         assert store.head()[0] == 5 and store.verify().ok

@@ -147,11 +147,26 @@ _WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         ({"amount_cents": 1.5}, TypeError, "amount_cents = 1.5", "Expected `int`, got `float`"),
         ({"amount_cents": 1, "memo": 7}, TypeError, "memo = 7", "Expected `str`, got `int`"),
         ({"amount_cents": 1, "tags": ["a", 2]}, TypeError, "tags = ['a', 2]", "at `$.tags[1]`"),
-        ({"amount_cents": 1, "line": {"sku": "x", "quantity": 1}}, TypeError, "line = {", "a dict where the class declares Line"),
+        (
+            {"amount_cents": 1, "line": {"sku": "x", "quantity": 1}},
+            TypeError,
+            "line = {",
+            "a dict where the class declares Line",
+        ),
         ({"amount_cents": 1, "line": Line(sku="x", quantity="2")}, TypeError, "line = Line(", "at `$.line.quantity`"),
-        ({"amount_cents": 1, "currency": "EUR"}, TypeError, "currency = 'EUR'", "a str where the class declares Currency"),
+        (
+            {"amount_cents": 1, "currency": "EUR"},
+            TypeError,
+            "currency = 'EUR'",
+            "a str where the class declares Currency",
+        ),
         ({"amount_cents": 1, "booked": "yesterday"}, ValueError, "booked = 'yesterday'", "Invalid RFC3339"),
-        ({"amount_cents": 1, "booked": "2026-01-02T03:04:05Z"}, TypeError, "booked = '2026", "a str where the class declares datetime"),
+        (
+            {"amount_cents": 1, "booked": "2026-01-02T03:04:05Z"},
+            TypeError,
+            "booked = '2026",
+            "a str where the class declares datetime",
+        ),
         ({"amount_cents": 1, "rate": float("nan")}, ValueError, "rate = nan", "would not read back as itself"),
         ({"amount_cents": 1, "parts": [1, 2]}, TypeError, "parts = [1, 2]", "a list where the class declares tuple"),
         ({"amount_cents": True}, TypeError, "amount_cents = True", "Expected `int`, got `bool`"),
@@ -187,7 +202,9 @@ class Bounded(minies.Event):
 
 
 def test_constraints_declared_with_msgspec_meta_are_enforced(store: minies.EventStore) -> None:
-    with pytest.raises(ValueError, match=re.escape("Bounded.percent = 101 does not match the class: Expected `int` <= 100")):
+    with pytest.raises(
+        ValueError, match=re.escape("Bounded.percent = 101 does not match the class: Expected `int` <= 100")
+    ):
         store.append("b", [Bounded(percent=101)], aggregate_type="B")
     assert store.version("b") == 0
 

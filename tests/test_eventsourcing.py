@@ -37,6 +37,7 @@ from eventsourcing.tests import application, persistence, projection  # (modules
 from eventsourcing.utils import Environment
 
 import minies
+from minies import MiniesError
 from minies.eventsourcing import (
     Factory,
     MiniesAggregateRecorder,
@@ -284,7 +285,10 @@ def test_version_gaps_are_refused_and_nothing_is_written(location: str) -> None:
         recorder.insert_events([StoredEvent(originator, 0, "t", b"{}")])
         with pytest.raises(DataError, match="is at version 0: version 2 would leave a gap, which minies refuses"):
             recorder.insert_events([StoredEvent(uuid4(), 1, "t", b"{}"), StoredEvent(originator, 2, "t", b"{}")])
-        with pytest.raises(DataError, match="version 3 follows 1 in one batch; versions must be consecutive; nothing"):
+        consecutive = (
+            f"originator '{originator}': version 3 follows 1 in one batch; versions must be consecutive; nothing"
+        )
+        with pytest.raises(DataError, match=consecutive):
             recorder.insert_events([StoredEvent(originator, 1, "t", b"{}"), StoredEvent(originator, 3, "t", b"{}")])
         with pytest.raises(
             IntegrityError, match=r"is at version 0: version 0 is already recorded; nothing was written"
@@ -297,10 +301,12 @@ def test_version_gaps_are_refused_and_nothing_is_written(location: str) -> None:
         assert [e.originator_version for e in recorder.select_events(originator, lte=0)] == [0]
         from_one = uuid4()
         recorder.insert_events([StoredEvent(from_one, 1, "t", b"{}")])
-        with pytest.raises(IntegrityError, match="begins at version 1: version 0 is before it"):
+        with pytest.raises(IntegrityError, match="begins at version 1: version 0 is before it; nothing was written$"):
             recorder.insert_events([StoredEvent(from_one, 0, "t", b"{}")])
+        with pytest.raises(DataError, match="is at version 1: version 3 would leave a gap"):
+            recorder.insert_events([StoredEvent(from_one, 3, "t", b"{}")])
         for bad in (True, 1.0, "2"):
-            with pytest.raises(DataError, match="originator_version must be an int"):
+            with pytest.raises(DataError, match=f"originator_version must be an int, got {bad!r}"):
                 recorder.insert_events([StoredEvent(from_one, bad, "t", b"{}")])  # type: ignore[arg-type]
         # minies numbers the stream from 1; its type records where the library's versions began.
         assert [(v, t) for _, _, t, v in _rows(factory.store)] == [
@@ -378,6 +384,14 @@ def test_a_subscription_is_woken_by_another_process(location: str) -> None:
         for notification in subscription:  # blocks until the other process's commit is seen
             assert notification.topic == "from.another:Process" and time.monotonic() < deadline
             break
+
+
+def test_a_subscription_whose_store_fails_raises_instead_of_ending_quietly(tmp_path: Path) -> None:
+    factory, recorder = _recorder(str(tmp_path / "a.db"))
+    with recorder.subscribe(gt=None) as subscription:
+        factory.close()  # the watcher's next look at the log fails
+        with pytest.raises((MiniesError, DataError), match="the store is closed"):  # (the watcher's, or the puller's)
+            next(subscription)
 
 
 def test_settings_are_checked_with_one_clear_message(tmp_path: Path) -> None:

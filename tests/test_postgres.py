@@ -30,7 +30,15 @@ def psql(url: str, sql: str) -> subprocess.CompletedProcess[str]:
     """Run SQL as the superuser through the stock ``psql`` client, in the store's schema."""
     dsn, _, schema = url.partition("?schema=")
     return subprocess.run(
-        [shutil.which("psql") or "psql", dsn, "-v", "ON_ERROR_STOP=1", "-q", "-c", f"SET search_path TO {schema}; {sql}"],
+        [
+            shutil.which("psql") or "psql",
+            dsn,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            f"SET search_path TO {schema}; {sql}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -139,14 +147,19 @@ def test_a_superuser_who_disables_the_triggers_is_caught_by_verify(pg_url: str) 
         assert not report.ok and report.first_bad_position == 3 and "does not match its hash" in report.reason
     assert psql(pg_url, "UPDATE events SET data = '{\"amount\":2}' WHERE position = 3").returncode == 0  # put back
     with minies.EventStore(pg_url) as store:
-        assert store.verify().reason == "immutability triggers are disabled: events_append_only, events_no_delete, events_no_truncate, events_no_update"
+        assert (
+            store.verify().reason
+            == "immutability triggers are disabled: events_append_only, events_no_delete, events_no_truncate, events_no_update"
+        )
     assert psql(pg_url, "ALTER TABLE events ENABLE TRIGGER USER").returncode == 0
     with minies.EventStore(pg_url) as store:
         assert store.verify().ok
     assert psql(pg_url, "DROP TRIGGER events_no_delete ON events").returncode == 0
     with minies.EventStore(pg_url) as store:
         assert store.verify().reason == "immutability triggers are missing: events_no_delete"
-    weakened = "CREATE OR REPLACE FUNCTION minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+    weakened = (
+        "CREATE OR REPLACE FUNCTION minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+    )
     assert psql(pg_url, weakened).returncode == 0
     with minies.EventStore(pg_url) as store:
         assert store.verify().reason in (
@@ -210,7 +223,12 @@ def test_copy_file_to_server_and_back_keeps_the_head_hash_and_is_incremental(tmp
 
 def test_concurrent_first_opens_of_an_empty_database_all_succeed(pg_url: str) -> None:
     code = "import sys, minies\nwith minies.EventStore(sys.argv[1]) as s: print(s.info().schema_version)"
-    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
     outs = [proc.communicate(timeout=120) for proc in procs]
     assert [(p.returncode, out) for p, (out, _) in zip(procs, outs, strict=True)] == [(0, "3\n")] * 6, outs
 
@@ -319,7 +337,9 @@ def test_the_command_line_works_on_a_server(pg_url: str) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-        return subprocess.run([sys.executable, "-m", "minies", *args], capture_output=True, text=True, timeout=60, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "minies", *args], capture_output=True, text=True, timeout=60, env=env
+        )
 
     info = cli("info", pg_url)
     assert info.returncode == 0 and "server" in info.stdout and "4 events in 3 aggregates" in info.stdout
@@ -370,7 +390,11 @@ def test_the_readme_s_one_line_change_and_copy_command(tmp_path: Path, pg_dsn: s
         assert store.head()[0] == 1
     local = str(tmp_path / "local.db")
     fill(local, 3)
-    copied = subprocess.run([sys.executable, "-m", "minies", "copy", local, server.replace("shop_", "shop2_")], capture_output=True, text=True)
+    copied = subprocess.run(
+        [sys.executable, "-m", "minies", "copy", local, server.replace("shop_", "shop2_")],
+        capture_output=True,
+        text=True,
+    )
     assert copied.returncode == 0 and "copied 3 events" in copied.stdout, copied.stderr
 
 
@@ -404,7 +428,10 @@ def test_a_dropped_session_is_replaced_where_nothing_can_be_lost(pg_url: str) ->
         assert store.append("a", [MoneyDeposited(amount=2)], aggregate_type="Account") == 2  # a new session
         kill(store)
         assert store.version("a") == 2 and store.query("SELECT balance FROM balances") == [(3,)]
-        with pytest.raises(minies.StorageError, match="cannot be reached or dropped the connection"), store.transaction():
+        with (
+            pytest.raises(minies.StorageError, match="cannot be reached or dropped the connection"),
+            store.transaction(),
+        ):
             store.append("a", [MoneyDeposited(amount=4)], aggregate_type="Account")
             kill(store)
             store.append("a", [MoneyDeposited(amount=8)], aggregate_type="Account")

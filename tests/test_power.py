@@ -56,7 +56,9 @@ Workload = Callable[[str, str, Acks], None]
 
 
 def open_store(path: str, durability: str) -> minies.EventStore:
-    store = minies.EventStore(path, projections=[Balances()], durability="normal" if durability == "off" else durability)  # type: ignore[arg-type]
+    store = minies.EventStore(
+        path, projections=[Balances()], durability="normal" if durability == "off" else durability
+    )  # type: ignore[arg-type]
     if durability == "off":  # only the harness's self-test: what minies never does
         store._conn.pragma("synchronous", "OFF")
     return store
@@ -90,7 +92,9 @@ def group_commits(path: str, durability: str, acks: Acks) -> None:
             for i in range(6):
                 ids = [str(uuid.uuid4()) for _ in range(1 + i % 2)]
                 acks.attempted.append(ids)
-                store.append(f"acc-{n}", [MoneyDeposited(amount=i) for _ in ids], aggregate_type="Account", event_ids=ids)
+                store.append(
+                    f"acc-{n}", [MoneyDeposited(amount=i) for _ in ids], aggregate_type="Account", event_ids=ids
+                )
                 if acks.alive():
                     acks.appended.append(ids)
 
@@ -181,7 +185,10 @@ def check(path: str, durability: str, acks: Acks, workload: str) -> list[str]:
         if workload == "migration" and store.query("SELECT count(*) FROM events") != [(3,)]:
             broken.append("the migration lost events")
     if workload == "copy":
-        with minies.EventStore(path, readonly=True) as target, minies.EventStore(source_beside(path), readonly=True) as source:
+        with (
+            minies.EventStore(path, readonly=True) as target,
+            minies.EventStore(source_beside(path), readonly=True) as source,
+        ):
             copied = [(r.event_id, r.position) for r in target.read_all()]
             if copied != [(r.event_id, r.position) for r in source.read_all()][: len(copied)]:
                 broken.append("the copy is not a prefix of the source")
@@ -208,9 +215,7 @@ CAMPAIGNS = {
     "checkpoint": Campaign("checkpoint", checkpoint, prefilled),
     "backup": Campaign("backup", backup, prefilled),
     "copy": Campaign("copy", copy, lambda path: prefilled(source_beside(path))),
-    "migration": Campaign(
-        "migration", migration, lambda path: shutil.copy(FIXTURES / "schema_v1.db", path)
-    ),
+    "migration": Campaign("migration", migration, lambda path: shutil.copy(FIXTURES / "schema_v1.db", path)),
 }
 
 

@@ -219,5 +219,6 @@ def test_a_processor_follows_runs_in_pages_and_manages_its_dead_letters(store: m
     stop = threading.Event()
     stop.set()
     assert processor.follow(stop=stop) == 0
+    assert processor.follow(idle_timeout=0.05) == 0  # its own default wait
     processor.rewind(0)
     assert processor.position == 0

@@ -229,7 +229,10 @@ def test_a_state_that_would_not_read_back_is_not_snapshotted_and_says_which_fiel
         assert snapshot_versions(store, "t") == [2]
         tally.record(Keyed(key=3, value=0.5))
         tally.record(Keyed(key=4, value=0.5))
-        with pytest.warns(minies.SnapshotWarning, match=r"Tally is not snapshotted: its field 'untyped' = \{3: 0.5\} would not read back as itself \(give it a precise type, e.g. dict\[int, int\]\); loads replay instead"):
+        with pytest.warns(
+            minies.SnapshotWarning,
+            match=r"Tally is not snapshotted: its field 'untyped' = \{3: 0.5\} would not read back as itself \(give it a precise type, e.g. dict\[int, int\]\); loads replay instead",
+        ):
             store.save(tally)
         assert snapshot_versions(store, "t") == [2]  # nothing that would change state on load
         tally.record(Keyed(key=5, value=1.0))
@@ -263,7 +266,9 @@ def test_snapshot_load_equals_full_replay_for_any_state(events: list[Keyed], eve
                     store.save(tally)
             store.save(tally)
             for upto in range(1, len(events) + 1):
-                replayed, _ = store.fold("t", lambda state, event: (state.apply(event), state)[1], Tally(id="t"), upto=upto)
+                replayed, _ = store.fold(
+                    "t", lambda state, event: (state.apply(event), state)[1], Tally(id="t"), upto=upto
+                )
                 replayed.version = upto
                 assert store.load(Tally, "t", upto=upto) == replayed
 
@@ -288,7 +293,9 @@ def test_a_state_that_does_not_even_decode_is_not_snapshotted_and_the_warning_po
     _snapshots._unsnapshottable.discard(Miscounted)
     aggregate = Miscounted(id="m")
     aggregate.record(MoneyDeposited(amount=1))
-    with pytest.warns(minies.SnapshotWarning, match="Miscounted is not snapshotted: its field 'count' = 'many'") as caught:
+    with pytest.warns(
+        minies.SnapshotWarning, match="Miscounted is not snapshotted: its field 'count' = 'many'"
+    ) as caught:
         store.save(aggregate)
     if "MUTANT_UNDER_TEST" not in os.environ:  # (mutmut adds a frame of its own)
         assert caught[0].filename == __file__  # the user's own line, not minies' insides
@@ -315,7 +322,9 @@ def test_the_newest_usable_snapshot_is_used_skipping_other_shapes_and_broken_one
 
 
 @pytest.mark.parametrize("field", ["id", "version"])
-def test_a_snapshot_whose_state_names_another_aggregate_or_version_is_ignored(store: minies.EventStore, field: str) -> None:
+def test_a_snapshot_whose_state_names_another_aggregate_or_version_is_ignored(
+    store: minies.EventStore, field: str
+) -> None:
     account = Snappy(id="s")
     account.record(AccountOpened(owner="o", balance=0))
     account.deposit(1)

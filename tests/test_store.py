@@ -273,7 +273,9 @@ def test_failed_append_inside_a_transaction_rolls_back_only_itself(store: minies
     assert [r.position for r in store.read_all()] == [1, 2]
 
 
-def test_a_failed_nested_block_rolls_back_to_its_savepoint_and_the_outer_block_commits(store: minies.EventStore) -> None:
+def test_a_failed_nested_block_rolls_back_to_its_savepoint_and_the_outer_block_commits(
+    store: minies.EventStore,
+) -> None:
     with store.transaction():
         store.append("a", deposit(), aggregate_type="Account")
         with pytest.raises(RuntimeError, match="inner"), store.transaction():
@@ -299,7 +301,10 @@ def test_a_lock_held_past_the_timeout_is_a_storage_error(db_path: str) -> None:
     with minies.EventStore(db_path, timeout=0.2) as store:
         store.append("a", deposit(), aggregate_type="Account")
         holder = subprocess.Popen(  # another process's writer, holding on (locks are per process)
-            [sys.executable, "-c", HOLD_THE_WRITE_LOCK, db_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", HOLD_THE_WRITE_LOCK, db_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         try:
@@ -591,7 +596,9 @@ def test_cached_tip_notices_other_writers_and_rollbacks(location: str) -> None:
 def test_a_stream_keeps_one_aggregate_type(file_store: minies.EventStore) -> None:
     file_store.append("big", deposit(), aggregate_type="Ledger")
     for _ in range(2):  # once with the tip cached, once after another connection wrote
-        with pytest.raises(ValueError, match="aggregate 'big' is a Ledger, not a Other: one stream keeps one aggregate_type"):
+        with pytest.raises(
+            ValueError, match="aggregate 'big' is a Ledger, not a Other: one stream keeps one aggregate_type"
+        ):
             file_store.append("big", deposit(), aggregate_type="Other")
         with minies.EventStore(file_store.path) as other:
             other.append("elsewhere", deposit(), aggregate_type="Other")
@@ -738,7 +745,11 @@ def test_a_group_commit_accepts_and_refuses_exactly_what_one_after_another_would
             ids = FIXED_IDS[fixed][:n] if fixed is not None else None
             try:
                 outcomes[k] = store.append(
-                    aggregate, deposit(n), aggregate_type="Account", expected_version=expected, event_ids=ids  # type: ignore[arg-type]
+                    aggregate,
+                    deposit(n),
+                    aggregate_type="Account",
+                    expected_version=expected,
+                    event_ids=ids,  # type: ignore[arg-type]
                 )
             except minies.MiniesError as e:
                 outcomes[k] = type(e)
@@ -766,7 +777,9 @@ def test_retrying_only_part_of_a_batch_is_a_duplicate_not_a_version(store: minie
     same = [MoneyDeposited(amount=7)] * 3
     assert store.append("p", same, aggregate_type="Account", event_ids=ids) == 3
     for part in (ids[:1], ids[:2], ids[1:], ids[2:]):
-        with pytest.raises(minies.DuplicateEventError, match="by an append with a different batch .this is only part of it."):
+        with pytest.raises(
+            minies.DuplicateEventError, match="by an append with a different batch .this is only part of it."
+        ):
             store.append("p", same[: len(part)], aggregate_type="Account", event_ids=part)
     assert store.append("p", same, aggregate_type="Account", event_ids=ids) == 3  # the whole batch: a retry
 

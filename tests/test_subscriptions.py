@@ -266,7 +266,9 @@ def test_rewind_accepts_exactly_the_positions_of_the_log(location: str) -> None:
         sub.rewind(3)  # the head itself: nothing to redeliver
         assert sub.position == 3 and sub.poll(lambda r: None) == 0
         for bad in (-1, 4, True, "1"):
-            with pytest.raises(ValueError, match=re.escape(f"position must be an int from 0 to the head (3), got {bad!r}")):
+            with pytest.raises(
+                ValueError, match=re.escape(f"position must be an int from 0 to the head (3), got {bad!r}")
+            ):
                 sub.rewind(bad)  # type: ignore[arg-type]
 
 

@@ -271,7 +271,9 @@ def test_the_event_types_table_keeps_one_schema_per_version(tmp_path: Path) -> N
 
     with minies.EventStore(str(copy)) as store:
         store.append("v", [Versioned(a=1, b="x")], aggregate_type="V")
-    rows = con.execute("SELECT schema_version, json_schema FROM minies_event_types WHERE event_type = 'Versioned'").fetchall()
+    rows = con.execute(
+        "SELECT schema_version, json_schema FROM minies_event_types WHERE event_type = 'Versioned'"
+    ).fetchall()
     assert [v for v, _ in rows] == [1, 2]
     assert '"b"' not in rows[0][1] and '"b"' in rows[1][1]
     con.close()
@@ -307,7 +309,9 @@ def test_registering_refreshes_every_cache_and_a_second_function_for_one_step_is
         def second(data: dict[str, Any]) -> dict[str, Any]:
             return data
 
-        with pytest.raises(minies.SchemaError, match="^Registered v1 already has an upcaster: test_registering_.*first$"):
+        with pytest.raises(
+            minies.SchemaError, match="^Registered v1 already has an upcaster: test_registering_.*first$"
+        ):
             minies.upcaster("Registered", 1)(second)
         assert _upcasters.upcasters[("Registered", 1)] is first
 
@@ -391,7 +395,8 @@ def test_a_payload_that_no_longer_decodes_is_named_by_its_position(location: str
         store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
         store._conn.execute("UPDATE events SET data = ? WHERE position IN (2, 3)", ('{"amount": "two"}',))
         with pytest.raises(
-            minies.SchemaError, match=r"event at position 2 \(Priced\) does not decode .*; add an upcaster or change the class back$"
+            minies.SchemaError,
+            match=r"event at position 2 \(Priced\) does not decode .*; add an upcaster or change the class back$",
         ) as caught:
             list(store.read_all())
         assert caught.value.position == 2
@@ -404,11 +409,17 @@ def test_raw_reads_page_through_long_logs(store: minies.EventStore) -> None:
     assert sum(1 for _ in store.read("long", raw=True)) == 4_500
 
 
-def test_filtered_and_limited_reads_while_upcasting_page_through_long_logs(store: minies.EventStore, upcasting: None) -> None:
+def test_filtered_and_limited_reads_while_upcasting_page_through_long_logs(
+    store: minies.EventStore, upcasting: None
+) -> None:
     """With upcasters registered, a type filter applies after upcasting, page by page."""
     assert _upcasters.active()
     store.append("long", [MoneyDeposited(amount=i) for i in range(4_500)], aggregate_type="Account")
     store.append("other", [AccountOpened(owner="o", balance=0)], aggregate_type="Account")
     assert [r.data.amount for r in store.read_all(event_types=[MoneyDeposited])] == list(range(4_500))
     assert [r.position for r in store.read_all(event_types=[AccountOpened])] == [4_501]
-    assert [r.position for r in store.read_all(event_types=[MoneyDeposited], after=4_000, limit=3)] == [4_001, 4_002, 4_003]
+    assert [r.position for r in store.read_all(event_types=[MoneyDeposited], after=4_000, limit=3)] == [
+        4_001,
+        4_002,
+        4_003,
+    ]
