@@ -238,16 +238,12 @@ class MiniesAggregateRecorder(MiniesRecorder, AggregateRecorder):
             rows: list[Any] = conn.execute(
                 statement, (aggregate_id, after, upto, _ALL if limit is None else limit)
             ).fetchall()
-        return [
-            StoredEvent(
-                originator_id=_originator(aggregate_id, is_uuid),
-                originator_version=version + base - 1,
-                topic=topic,
-                state=_state(data),
-            )
-            for version, topic, data, aggregate_type in rows
-            for is_uuid, base in (_stream(aggregate_type),)
-        ]
+        if not rows:
+            return []
+        is_uuid, base = _stream(rows[0][3])  # one stream: one type
+        if isinstance(originator_id, UUID) != is_uuid:
+            originator_id = _originator(aggregate_id, is_uuid)
+        return [StoredEvent(originator_id, version + base - 1, topic, _state(data)) for version, topic, data, _ in rows]
 
 
 class MiniesApplicationRecorder(MiniesAggregateRecorder, ApplicationRecorder):
@@ -277,17 +273,16 @@ class MiniesApplicationRecorder(MiniesAggregateRecorder, ApplicationRecorder):
                 ).fetchall()
             else:
                 rows = conn.execute(store._sql.ES_NOTIFICATIONS, (low, high, limit)).fetchall()
-        return [
-            Notification(
-                id=position,
-                originator_id=_originator(aggregate_id, is_uuid),
-                originator_version=version + base - 1,
-                topic=topic,
-                state=_state(data),
-            )
-            for position, aggregate_id, aggregate_type, version, topic, data in rows
-            for is_uuid, base in (_stream(aggregate_type),)
-        ]
+        originators: dict[str, UUID | str] = {}  # one UUID object per stream in the page
+        notifications = []
+        for position, aggregate_id, aggregate_type, version, topic, data in rows:
+            is_uuid, base = _stream(aggregate_type)
+            originator = originators.get(aggregate_id)
+            if originator is None:
+                originator = originators[aggregate_id] = _originator(aggregate_id, is_uuid)
+            # Notification(originator_id, originator_version, topic, state, id)
+            notifications.append(Notification(originator, version + base - 1, topic, _state(data), position))
+        return notifications
 
     def max_notification_id(self) -> int | None:
         with _translated():
