@@ -55,8 +55,19 @@ def inserts(trigger: str) -> float:
         for b in range(BATCHES):
             ids = _codec.new_event_ids(BATCH)
             rows = [
-                (position + k + 1, ids[k], f"acc-{b}", "Account", "Deposited", k + 1, f'{{"amount":{k % 100}}}',
-                 "{}", "2026-01-01T00:00:00.000000Z", os.urandom(32), 1)
+                (
+                    position + k + 1,
+                    ids[k],
+                    f"acc-{b}",
+                    "Account",
+                    "Deposited",
+                    k + 1,
+                    f'{{"amount":{k % 100}}}',
+                    "{}",
+                    "2026-01-01T00:00:00.000000Z",
+                    os.urandom(32),
+                    1,
+                )
                 for k in range(BATCH)
             ]
             position += BATCH

@@ -83,13 +83,17 @@ def main() -> None:
         many, worst = asyncio.run(tasks(os.path.join(tmp, "tasks.db")))
     print("| writers | appends/s | vs one thread | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| 1 thread | {one:,.0f} | 1.0× | {percentile(one_latency, .5):.2f} | {percentile(one_latency, .99):.2f} |")
     print(
-        f"| 8 threads | {eight:,.0f} | {eight / one:.1f}× | {percentile(eight_latency, .5):.2f}"
-        f" | {percentile(eight_latency, .99):.2f} |"
+        f"| 1 thread | {one:,.0f} | 1.0× | {percentile(one_latency, 0.5):.2f} | {percentile(one_latency, 0.99):.2f} |"
+    )
+    print(
+        f"| 8 threads | {eight:,.0f} | {eight / one:.1f}× | {percentile(eight_latency, 0.5):.2f}"
+        f" | {percentile(eight_latency, 0.99):.2f} |"
     )
     print(f"| {TASKS:,} asyncio tasks | {many:,.0f} | {many / one:.1f}× | | |")
-    print(f"\nworst event-loop tick delay while {TASKS:,} tasks appended {TASKS * PER_TASK:,} events: {worst * 1000:.1f} ms")
+    print(
+        f"\nworst event-loop tick delay while {TASKS:,} tasks appended {TASKS * PER_TASK:,} events: {worst * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -108,15 +108,15 @@ _CHUNK: Final = 4096
 
 def verify(
     conn: Connection,
-    backend_check: Callable[[], str | None],
+    backend_check: Callable[[], tuple[int | None, str | None]],
     *,
     expect_head: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Re-check the whole file. Streams the log in chunks, so memory stays constant.
 
-    ``backend_check`` gives the storage's own verdict (it may be running on another thread
-    and connection meanwhile: it does not depend on the chain).
+    ``backend_check`` gives the storage's own verdict (see ``Backend.check_structure``; it may
+    be running on another thread and connection meanwhile: it does not depend on the chain).
     """
     total: int = conn.execute(conn.sql.HEAD_POSITION).get
     expected_at, expected_hash = parse_head(expect_head) if expect_head is not None else (None, None)
@@ -127,12 +127,9 @@ def verify(
     bad: tuple[int, str] | None = None
     seen_expected = expected_hash is None
     for rows in _chunks(conn):
-        for pos, stored, typed, canonical in rows:
+        for pos, stored, canonical in rows:
             if pos != position + 1:
                 bad = (position + 1, f"position {position + 1} is missing (next stored is {pos})")
-                break
-            if not typed:
-                bad = (pos, f"event at position {pos} has a column of the wrong type (altered)")
                 break
             digest = sha256(previous + canonical).digest()
             if digest != stored:
@@ -148,8 +145,14 @@ def verify(
             break
         if progress:
             progress(position, total)
+    retyped, problem = backend_check()
+    if retyped is not None and retyped <= total and (bad is None or retyped <= bad[0]):
+        # the chain verified every event before it, so their stored hashes are the chain's
+        bad = (retyped, f"event at position {retyped} has a column of the wrong type (altered)")
+        position = retyped - 1
+        previous = conn.execute(conn.sql.HASH_AT, (position,)).get if position else GENESIS
     if bad is None:
-        bad = _structure(conn, position, backend_check)
+        bad = _structure(conn, position, problem)
     if bad is None and not seen_expected:
         bad = (position + 1, f"the expected head {expect_head} is not in this history (rewritten or truncated)")
     if bad is None and matches > 1:
@@ -175,7 +178,7 @@ def _chunks(conn: Connection) -> Iterator[list[Any]]:
         after = rows[-1][0]
 
 
-def _structure(conn: Connection, head: int, backend_check: Callable[[], str | None]) -> tuple[int, str] | None:
+def _structure(conn: Connection, head: int, problem: str | None) -> tuple[int, str] | None:
     """Checks beyond the chain: version continuity, then the backend's own (immutability
     guards, storage integrity)."""
     gap = conn.execute(conn.sql.VERSION_GAPS).fetchone()
@@ -185,7 +188,6 @@ def _structure(conn: Connection, head: int, backend_check: Callable[[], str | No
             head,
             f"aggregate {aggregate_id!r} has {count} events with versions {low}..{high}: not contiguous",
         )
-    problem = backend_check()
     return None if problem is None else (head, problem)
 
 

@@ -274,3 +274,50 @@ def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(location: str) ->
         for refused in (digest[:11], f"x {digest}", f"{position} {digest} extra", 12345):
             with pytest.raises(ValueError, match="expect_head must be what `minies head` prints"):
                 store.verify(expect_head=refused)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("edits", "first_bad", "reason"),
+    [
+        (["UPDATE events SET data = CAST(data AS BLOB) WHERE position = 10"], 10, "has a column of the wrong type"),
+        (["UPDATE events SET hash = hex(hash) WHERE position = 10"], 10, "has a column of the wrong type"),
+        (  # the retyped column comes first, whichever check sees its problem first
+            [
+                "UPDATE events SET metadata = CAST(metadata AS BLOB) WHERE position = 10",
+                "UPDATE events SET data = '{\"amount\":1}' WHERE position = 20",
+            ],
+            10,
+            "has a column of the wrong type",
+        ),
+        (
+            [
+                "UPDATE events SET data = '{\"amount\":1}' WHERE position = 7",
+                "UPDATE events SET event_id = CAST(event_id AS BLOB) WHERE position = 10",
+            ],
+            7,
+            "does not match its hash",
+        ),
+        (
+            [
+                "DELETE FROM events WHERE position = 4",
+                "UPDATE events SET data = CAST(data AS BLOB) WHERE position = 10",
+            ],
+            4,
+            "missing",
+        ),
+        (["UPDATE events SET version = CAST(version AS BLOB) WHERE position = 1"], 1, "has a column of the wrong type"),
+    ],
+)
+def test_a_report_names_the_first_bad_event_and_the_verified_head_before_it(
+    db_path: str, edits: list[str], first_bad: int, reason: str
+) -> None:
+    build(db_path)
+    con = sqlite3.connect(db_path)
+    hashes = dict(con.execute("SELECT position, hex(hash) FROM events"))
+    con.close()
+    tamper(db_path, *DROP.split("; "), *edits, *RESTORE)
+    result = report(db_path)
+    assert (result.ok, result.first_bad_position, result.events_checked) == (False, first_bad, first_bad - 1)
+    assert reason in result.reason and f"position {first_bad}" in result.reason
+    assert result.head_position == first_bad - 1
+    assert result.head_hash == (hashes[first_bad - 1].lower() if first_bad > 1 else "")

@@ -90,9 +90,10 @@ class Backend(Protocol):
 
     def schema_version(self) -> int: ...
 
-    def check_structure(self) -> Callable[[], str | None]:
-        """Start the backend's own checks (immutability guards, storage integrity); call the
-        result for the first problem found, or None."""
+    def check_structure(self) -> Callable[[], tuple[int | None, str | None]]:
+        """Start the backend's own checks; call the result for ``(the first event with a
+        column of the wrong type or None, the first problem with the immutability guards or
+        the storage's integrity or None)``."""
         ...
 
     def backup(self, target: str) -> None: ...

@@ -365,8 +365,9 @@ class PostgresBackend:
             with contextlib.suppress(psycopg.Error):
                 raw.execute("ROLLBACK")
 
-    def check_structure(self) -> Callable[[], str | None]:
-        """The immutability triggers: present, enabled, and running minies' own functions."""
+    def check_structure(self) -> Callable[[], tuple[int | None, str | None]]:
+        """The immutability triggers: present, enabled, and running minies' own functions.
+        (Columns cannot be retyped: PostgreSQL's are typed.)"""
         found = {
             name: (enabled, function, body)
             for name, enabled, function, body in self.conn.execute(postgres_sql.TRIGGER_STATE)
@@ -385,7 +386,7 @@ class PostgresBackend:
                 if used != function or body.split() != expected.split():
                     problem = f"the immutability trigger {name} was altered"
                     break
-        return lambda: problem
+        return lambda: (None, problem)
 
     def backup(self, target: str) -> None:
         raise StorageError(

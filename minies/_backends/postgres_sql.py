@@ -265,7 +265,7 @@ _CHAINED: Final = (
 # The canonical encoding of _audit, built by PostgreSQL (the database's encoding is UTF-8).
 # Columns are typed here: a retyped value cannot be stored, so every row is "typed".
 CHAIN: Final = (
-    f"SELECT position, hash, true, convert_to({' || '.join(_netstring(c) for c in _CHAINED)}"
+    f"SELECT position, hash, convert_to({' || '.join(_netstring(c) for c in _CHAINED)}"
     f" || CASE schema_version WHEN 1 THEN '' ELSE {_netstring('schema_version::text')} END, 'UTF8')"
     " FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )

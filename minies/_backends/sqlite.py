@@ -185,39 +185,40 @@ class SqliteBackend:
     def reading(self) -> apsw.Connection:
         return self.conn  # `with conn:` is one read transaction
 
-    def check_structure(self) -> Callable[[], str | None]:
-        """The immutability triggers, then SQLite's integrity check of every page and index.
-
-        The integrity check runs on a connection and thread of its own (SQLite releases the
-        GIL), so on two cores it costs a verify little wall time.
+    def check_structure(self) -> Callable[[], tuple[int | None, str | None]]:
+        """The immutability triggers; then, on a connection and thread of their own (SQLite
+        releases the GIL, so on two cores they cost a verify little wall time), the first
+        event with a retyped column and SQLite's integrity check of every page and index.
         """
         triggers = {name: " ".join(str(sql).split()) for name, sql in self.conn.execute(sqlite_sql.TRIGGER_SQL)}
         missing = sqlite_sql.TRIGGERS - triggers.keys()
+        guards = None
         if missing:
-            return lambda: f"immutability triggers are missing: {', '.join(sorted(missing))}"
-        if triggers["events_append_only"] != " ".join(sqlite_sql.APPEND_ONLY.split()):
-            return lambda: "the immutability trigger events_append_only was altered"
+            guards = f"immutability triggers are missing: {', '.join(sorted(missing))}"
+        elif triggers["events_append_only"] != " ".join(sqlite_sql.APPEND_ONLY.split()):
+            guards = "the immutability trigger events_append_only was altered"
         if self._memory:
-            problems = integrity_check(self.conn)
-            return lambda: _integrity_problem(problems)
-        result: list[str] = []
+            retyped, integrity = _scan(self.conn)
+            return lambda: (retyped, guards or integrity)
+        result: list[tuple[int | None, str | None]] = []
 
         def run() -> None:
             try:
                 conn = apsw.Connection(*self._reader_args)
                 try:
-                    result.extend(integrity_check(conn))
+                    result.append(_scan(conn))
                 finally:
                     conn.close()
             except apsw.Error as e:
-                result.append(f"cannot run the integrity check: {e}")
+                result.append((None, f"cannot run the integrity check: {e}"))
 
         thread = threading.Thread(target=run, name="minies-integrity-check", daemon=True)
         thread.start()
 
-        def wait() -> str | None:
+        def wait() -> tuple[int | None, str | None]:
             thread.join()
-            return _integrity_problem(result)
+            retyped, integrity = result[0]
+            return retyped, guards or integrity
 
         return wait
 
@@ -239,13 +240,10 @@ class SqliteBackend:
             self.raise_error(e, f"closing {self.path!r} failed")
 
 
-def integrity_check(conn: apsw.Connection) -> list[str]:
-    """SQLite's own check of every page and index: ``["ok"]`` or the problems found."""
-    return [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
-
-
-def _integrity_problem(problems: list[str]) -> str | None:
-    return None if problems == ["ok"] else "SQLite integrity check failed: " + "; ".join(problems[:3])
+def _scan(conn: apsw.Connection) -> tuple[int | None, str | None]:
+    retyped = conn.execute(sqlite_sql.RETYPED).get
+    problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    return retyped, None if problems == ["ok"] else "SQLite integrity check failed: " + "; ".join(problems[:3])
 
 
 # https://sqlite.org/c3ref/c_alter_table.html

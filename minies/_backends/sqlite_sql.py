@@ -229,14 +229,19 @@ _CHAINED: Final = (
     "created_at",
 )
 CHAIN: Final = (
-    "SELECT position, hash, typeof(event_id) = 'text' AND typeof(aggregate_id) = 'text'"
-    " AND typeof(aggregate_type) = 'text' AND typeof(event_type) = 'text' AND typeof(version) = 'integer'"
-    " AND typeof(data) = 'text' AND typeof(metadata) = 'text' AND typeof(created_at) = 'text'"
-    " AND typeof(hash) = 'blob' AND typeof(schema_version) = 'integer',"
+    "SELECT position, hash,"
     f" CAST(printf('{'%d:%s,' * len(_CHAINED)}', {', '.join(f'octet_length({c}), {c}' for c in _CHAINED)})"
     " || CASE schema_version WHEN 1 THEN '' ELSE printf('%d:%s,', octet_length(schema_version), schema_version) END"
     " AS BLOB)"
     " FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+# SQLite columns take any type, and a retyped value (TEXT -> BLOB, same bytes) would hash the
+# same: the first such event. One scan in C, on verify's background connection.
+RETYPED: Final = (
+    "SELECT min(position) FROM events WHERE NOT (typeof(event_id) = 'text' AND typeof(aggregate_id) = 'text'"
+    " AND typeof(aggregate_type) = 'text' AND typeof(event_type) = 'text' AND typeof(version) = 'integer'"
+    " AND typeof(data) = 'text' AND typeof(metadata) = 'text' AND typeof(created_at) = 'text'"
+    " AND typeof(hash) = 'blob' AND typeof(schema_version) = 'integer')"
 )
 EVENT_TYPE_AT: Final = "SELECT event_type FROM events WHERE position = ?"
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
