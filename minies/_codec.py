@@ -58,12 +58,6 @@ def decode_payload(text: str) -> dict[str, Any]:
     return value
 
 
-def from_payload(event_type: str, payload: dict[str, Any]) -> Any:
-    """A payload dict as the registered class's event (or the dict if there is no class)."""
-    cls = _events.registry.get(event_type)
-    return payload if cls is None else msgspec.convert(payload, cls)
-
-
 def decode_metadata(text: str) -> dict[str, Any]:
     """Decode a stored metadata column."""
     if text == "{}":

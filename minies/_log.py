@@ -78,19 +78,23 @@ def _upcast_page(rows: list[Any], decoders: dict[str, Callable[[Any], Any]]) -> 
     ones go through their upcasters (and may become several events, or none)."""
     renames = _upcasters.renames
     upcasters = _upcasters.upcasters
-    current = {name: cls.schema_version for name, cls in _events.registry.items() if name not in renames}
+    upcast = _upcasters.upcast
+    registry = _events.registry
+    current = {name: cls.schema_version for name, cls in registry.items() if name not in renames}
     timestamps = _codec.timestamps
-    records = []
+    decode, convert = _codec.decode_payload, msgspec.convert
+    records: list[Recorded] = []
+    append = records.append
     for p, i, a, at, t, v, c, d, m, sv in rows:
         meta = {} if m == "{}" else _codec.decode_metadata(m)
         if current.get(t) == sv or (t not in current and t not in renames and (t, sv) not in upcasters):
-            records.append(Recorded(p, i, a, at, t, v, timestamps[c], decoders[t](d), meta))
+            append(Recorded(p, i, a, at, t, v, timestamps[c], decoders[t](d), meta))
             continue
         try:
-            for new_type, payload in _upcasters.upcast(t, sv, _codec.decode_payload(d)):
-                records.append(
-                    Recorded(p, i, a, at, new_type, v, timestamps[c], _codec.from_payload(new_type, payload), meta)
-                )
+            for new_type, payload in upcast(t, sv, decode(d)):
+                cls = registry.get(new_type)
+                event = payload if cls is None else convert(payload, cls)
+                append(Recorded(p, i, a, at, new_type, v, timestamps[c], event, meta))
         except (SchemaError, msgspec.ValidationError) as e:
             raise SchemaError(f"event at position {p} ({t} v{sv}) cannot be upcast: {e}", p) from e
     return records

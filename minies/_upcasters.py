@@ -119,6 +119,45 @@ def validate() -> None:
             raise SchemaError(f"{name}'s upcasters have a gap: nothing turns v{gaps[0]} into v{gaps[0] + 1}")
 
 
+Step: TypeAlias = tuple[str, int, Upcaster]
+_paths: dict[tuple[str, int], tuple[str, tuple[Step, ...]]] = {}
+_paths_generation = -1
+
+
+def _path(event_type: str, version: int) -> tuple[str, tuple[Step, ...]]:
+    """Where a stored ``(event_type, version)`` goes while every upcaster returns a dict:
+    today's type name and the ``(name, version, upcaster)`` steps on the way (cached).
+
+    Raises:
+        SchemaError: the version is newer than the class, or a step is missing.
+    """
+    global _paths_generation
+    if _paths_generation != _events.generation:
+        _paths.clear()
+        _paths_generation = _events.generation
+    found = _paths.get((event_type, version))
+    if found is not None:
+        return found
+    name, v, steps = event_type, version, list[Step]()
+    while True:
+        while name in renames:
+            name = renames[name]
+        current = current_version(name)
+        if current is not None and v > current:
+            raise SchemaError(
+                f"a stored {name} event is at schema version {v}, but this code knows up to v{current}: "
+                "it was written by newer code; upgrade, or read raw dicts"
+            )
+        step = upcasters.get((name, v))
+        if step is None:
+            if current is not None and v != current:
+                raise SchemaError(f"no upcaster turns {name} v{v} into v{v + 1}; register one")
+            found = _paths[(event_type, version)] = (name, tuple(steps))
+            return found
+        steps.append((name, v, step))
+        v += 1
+
+
 def upcast(event_type: str, version: int, payload: Payload) -> list[tuple[str, Payload]]:
     """Bring one stored payload to today's shape: ``[(event_type, payload), ...]``.
 
@@ -132,36 +171,25 @@ def upcast(event_type: str, version: int, payload: Payload) -> list[tuple[str, P
     steps = 0
     while pending:
         name, v, data = pending.pop()
-        while True:  # one event through its chain; a split pushes its parts on `pending`
-            while name in renames:
-                name = renames[name]
-            cls = _events.registry.get(name)
-            current = None if cls is None else cls.schema_version
-            if current is not None and v > current:
-                raise SchemaError(
-                    f"a stored {name} event is at schema version {v}, but this code knows up to v{current}: "
-                    "it was written by newer code; upgrade, or read raw dicts"
-                )
-            step = upcasters.get((name, v))
-            if step is None:
-                if current is not None and v != current:
-                    raise SchemaError(f"no upcaster turns {name} v{v} into v{v + 1}; register one")
-                done.append((name, data))
-                break
+        today, path = _path(name, v)
+        for step_name, step_version, step in path:  # a split pushes its parts on `pending`
             steps += 1
             if steps > _MAX_STEPS:
                 raise SchemaError(f"upcasting {event_type} v{version} did not finish after {_MAX_STEPS} steps")
             result = step(data)
             if type(result) is dict:
-                v, data = v + 1, result
+                data = result
                 continue
             if isinstance(result, list):
-                pending.extend(reversed([_checked(name, v, item) for item in result]))
+                pending.extend(reversed([_checked(step_name, step_version, item) for item in result]))
             elif result is not None:
                 raise SchemaError(
-                    f"the upcaster for {name} v{v} returned {type(result).__name__}, not a dict, a list or None"
+                    f"the upcaster for {step_name} v{step_version} returned {type(result).__name__}, "
+                    "not a dict, a list or None"
                 )
             break
+        else:
+            done.append((today, data))
     return done
 
 

@@ -423,3 +423,27 @@ def test_filtered_and_limited_reads_while_upcasting_page_through_long_logs(
         4_002,
         4_003,
     ]
+
+
+class MeterReading(minies.Event):
+    value: int
+
+
+class Metered(minies.Event):
+    value: int
+
+
+def test_a_step_or_rename_registered_after_a_read_applies_to_the_next_read(tmp_path: Path) -> None:
+    with todays_upcasters(), minies.EventStore(str(tmp_path / "r.db")) as store:
+        store.append("meter", [MeterReading(value=1)], aggregate_type="Meter")
+        try:
+            MeterReading.schema_version = 2
+            minies.upcaster(MeterReading, 1)(lambda data: {"value": data["value"] * 10})
+            assert [r.data for r in store.read_all()] == [MeterReading(value=10)]
+            MeterReading.schema_version = 3
+            minies.upcaster(MeterReading, 2)(lambda data: {"value": data["value"] + 1})
+            assert [r.data for r in store.read_all()] == [MeterReading(value=11)]
+            minies.rename("MeterReading", Metered)  # stored v1 now reads as Metered v1
+            assert [(r.event_type, r.data) for r in store.read_all()] == [("Metered", Metered(value=1))]
+        finally:
+            MeterReading.schema_version = 1
