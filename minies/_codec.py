@@ -131,9 +131,12 @@ _PATH = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def field_named(problem: str, cls: type[msgspec.Struct]) -> str | None:
-    """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```)."""
+    """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```;
+    ``x`` is the name as encoded, which ``rename=`` may have changed)."""
     found = _PATH.search(problem)
-    return found.group(1) if found and found.group(1) in cls.__struct_fields__ else None
+    if found is None:
+        return None
+    return dict(zip(cls.__struct_encode_fields__, cls.__struct_fields__, strict=True)).get(found.group(1))
 
 
 _PLAIN_JSON: Final = (type(None), str, int, float, bool, dict, list)

@@ -31,6 +31,11 @@ class _EventMeta(msgspec.StructMeta):
     def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any) -> Any:
         options.setdefault("frozen", True)
         options.setdefault("kw_only", True)
+        if options.get("array_like"):
+            raise SchemaError(
+                f"{namespace['__qualname__']} is array_like, but a payload is stored as a JSON object (so that "
+                "json_extract finds its fields by name, and raw reads and upcasters get a dict): drop array_like=True"
+            )
         return super().__new__(mcls, name, bases, namespace, **options)
 
 

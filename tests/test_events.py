@@ -212,3 +212,37 @@ def test_constraints_declared_with_msgspec_meta_are_enforced(store: minies.Event
 def test_the_event_base_class_itself_is_refused(store: minies.EventStore) -> None:
     with pytest.raises(TypeError, match="expected an instance of a minies.Event subclass, got Event"):
         store.append("x", [minies.Event()], aggregate_type="X")
+
+
+class CamelEntry(minies.Event, rename="camel"):
+    customer_id: int
+    memo_text: str = ""
+
+
+def test_a_renamed_field_that_contradicts_its_class_is_named_by_its_attribute(store: minies.EventStore) -> None:
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            "CamelEntry.customer_id = 'x' does not match the class: Expected `int`, got `str` - at `$.customerId`;"
+            " nothing was written"
+        ),
+    ):
+        store.append("c", [CamelEntry(customer_id="x")], aggregate_type="C")  # type: ignore[arg-type]
+    store.append("c", [CamelEntry(customer_id=1, memo_text="m")], aggregate_type="C")
+    assert [r.data for r in store.read("c")] == [CamelEntry(customer_id=1, memo_text="m")]
+    assert [r.data for r in store.read_all(raw=True)] == [{"customerId": 1, "memoText": "m"}]  # as encoded
+
+
+def test_an_array_like_event_class_is_refused_when_defined() -> None:
+    with pytest.raises(
+        minies.SchemaError,
+        match=re.escape(
+            "Packed is array_like, but a payload is stored as a JSON object (so that json_extract finds its fields"
+            " by name, and raw reads and upcasters get a dict): drop array_like=True"
+        ),
+    ):
+
+        class Packed(minies.Event, array_like=True):
+            n: int
+
+    assert "Packed" not in _events.registry

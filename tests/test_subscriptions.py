@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -176,9 +177,13 @@ def test_poll_inside_a_transaction_is_refused_so_nothing_that_may_roll_back_is_d
         seen: list[int] = []
         with pytest.raises(RuntimeError, match="rolled back"), store.transaction():
             fill(store, 1, "b")
-            with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
+            refused = (
+                r"^subscription 'mailer' cannot poll inside store\.transaction\(\): it would deliver events"
+                r" that may still roll back; poll after the block$"
+            )
+            with pytest.raises(minies.MiniesError, match=refused):
                 sub.poll(lambda r: seen.append(r.position))
-            with pytest.raises(minies.MiniesError, match="cannot poll inside store.transaction"):
+            with pytest.raises(minies.MiniesError, match=refused):
                 sub.follow(lambda r: seen.append(r.position), idle_timeout=0)
             raise RuntimeError("rolled back")
         assert seen == [] and sub.position == 0
@@ -288,3 +293,58 @@ def test_the_default_is_three_attempts_and_redeliver_counts_every_success(locati
         assert attempts == [1, 1, 1, 2, 2, 2, 3, 3, 3]
         failing = False
         assert sub.redeliver(handler) == 3 and sub.dead_letters() == []
+
+
+def test_a_filtered_subscription_passes_a_log_with_none_of_its_types(location: str) -> None:
+    with minies.EventStore(location) as store:
+        fill(store, 5)
+        orders = store.subscription("orders", event_types=[OrderPlaced])
+        assert orders.poll(lambda r: None) == 0
+        assert orders.position == 5  # scanned, so the next poll starts after them
+
+
+def test_polls_and_follows_with_nothing_new_write_nothing(tmp_path: Path) -> None:
+    """An idle subscription must not write (flash wear, and other processes' wake-ups)."""
+    path = str(tmp_path / "idle.db")
+    seen: list[int] = []
+    with minies.EventStore(path) as store:
+        watcher = sqlite3.connect(path)
+
+        def commits_by_others() -> int:
+            return int(watcher.execute("PRAGMA data_version").fetchone()[0])
+
+        sub = store.subscription("idle")
+        before = commits_by_others()
+        assert sub.poll(seen.append) == 0  # a new subscription on an empty log
+        assert commits_by_others() == before
+        fill(store, 3)
+        assert sub.poll(seen.append) == 3
+        delivered = commits_by_others()
+        assert delivered != before  # the watcher does see this store's commits
+        assert [sub.poll(seen.append) for _ in range(3)] == [0, 0, 0]
+        assert sub.follow(seen.append, idle_timeout=0.05) == 0
+        assert commits_by_others() == delivered
+        watcher.close()
+
+
+def test_follow_with_no_idle_time_delivers_what_is_there_then_returns(location: str) -> None:
+    with minies.EventStore(location) as store:
+        fill(store, 4)
+        seen: list[int] = []
+        assert store.subscription("drain").follow(lambda r: seen.append(r.position), idle_timeout=0) == 4
+        assert seen == [1, 2, 3, 4]
+        assert store.subscription("drain").follow(lambda r: seen.append(r.position), idle_timeout=0.05) == 0
+
+
+def test_a_dead_letter_keeps_every_line_of_the_error_including_notes(location: str) -> None:
+    def fail(record: minies.Recorded) -> None:
+        error = ValueError("boom")
+        error.add_note(f"while mailing position {record.position}")
+        raise error
+
+    with minies.EventStore(location) as store:
+        fill(store, 1)
+        sub = store.subscription("mailer", max_attempts=1)
+        assert sub.poll(fail) == 1
+        [letter] = sub.dead_letters()
+        assert (letter.position, letter.attempts, letter.error) == (1, 1, "ValueError: boom\nwhile mailing position 1")

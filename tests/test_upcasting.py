@@ -447,3 +447,20 @@ def test_a_step_or_rename_registered_after_a_read_applies_to_the_next_read(tmp_p
             assert [(r.event_type, r.data) for r in store.read_all()] == [("Metered", Metered(value=1))]
         finally:
             MeterReading.schema_version = 1
+
+
+def test_a_stored_payload_that_is_not_an_object_is_named_in_raw_reads(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    with minies.EventStore(path) as store:
+        store.append("a", [MoneyDeposited(amount=1), MoneyDeposited(amount=2)], aggregate_type="Account")
+    con = sqlite3.connect(path)
+    con.execute("DROP TRIGGER events_no_update")
+    con.execute("UPDATE events SET data = '[1, 2]' WHERE position = 2")
+    con.commit()
+    con.close()
+    with minies.EventStore(path) as store, pytest.raises(minies.SchemaError) as caught:
+        list(store.read_all(raw=True))
+    assert str(caught.value) == (
+        "event at position 2 (MoneyDeposited) does not decode with the current class: "
+        "a payload must be a JSON object, got '[1, 2]'; add an upcaster or change the class back"
+    )
