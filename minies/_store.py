@@ -106,7 +106,6 @@ class EventStore:
         self._upcasting_key: tuple[int, int] | None = None
         self._upcasting_value = False
         self._changed = threading.Condition(self._lock)
-        self._followers = 0  # subscriptions waiting on _changed; commits notify only if any
         self._commits = 0  # this store's commits so far (a follower that missed a wake-up sees it)
         self.failed_projections: dict[str, ProjectionError] = {}
         self._closed = False
@@ -1069,8 +1068,7 @@ class _Write:
                 store._raise(e, "cannot commit")
             store._tip.committed(conn)
             store._commits += 1
-            if store._followers:
-                store._changed.notify_all()
+            store._changed.notify_all()
             return
         if not conn.get_autocommit():
             conn.execute(store._sql.ROLLBACK)

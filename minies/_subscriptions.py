@@ -253,24 +253,18 @@ def wakeups(store: EventStore, done: Callable[[], bool], max_wait: float) -> Ite
     seen: tuple[int, int] | None = None
     wait = 0.005
     first = True
-    with store._lock:
-        store._followers += 1
-    try:
-        while first or not done():
-            first = False
-            with store._lock:
-                # Others' commits, and this store's own (their wake-up may come while this
-                # thread is not yet waiting, and must not be lost).
-                version = (store._open().commit_counter(), store._commits)
-            if version != seen:
-                seen = version
-                wait = 0.005
-                yield
-                continue
-            with store._changed:
-                if store._changed.wait(wait):
-                    seen = None
-            wait = min(wait * 2, max_wait)
-    finally:
+    while first or not done():
+        first = False
         with store._lock:
-            store._followers -= 1
+            # Others' commits, and this store's own (their wake-up may come while this
+            # thread is not yet waiting, and must not be lost).
+            version = (store._open().commit_counter(), store._commits)
+        if version != seen:
+            seen = version
+            wait = 0.005
+            yield
+            continue
+        with store._changed:
+            if store._changed.wait(wait):
+                seen = None
+        wait = min(wait * 2, max_wait)
