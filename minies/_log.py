@@ -74,29 +74,31 @@ def _pages(
 
 
 def _upcast_page(rows: list[Any], decoders: dict[str, Callable[[Any], Any]]) -> list[Recorded]:
-    """A page read while upcasters are registered: today's events decode as usual, older
-    ones go through their upcasters (and may become several events, or none)."""
-    renames = _upcasters.renames
-    upcasters = _upcasters.upcasters
-    upcast = _upcasters.upcast
+    """A page read while upcasters are registered: events stored as today's classes write
+    them decode as usual, older ones go through their upcasters (and may become several
+    events, or none)."""
+    upcast, as_stored = _upcasters.upcast, _upcasters.as_stored
     registry = _events.registry
-    current = {name: cls.schema_version for name, cls in registry.items() if name not in renames}
     timestamps = _codec.timestamps
     decode, convert = _codec.decode_payload, msgspec.convert
+    plain: dict[tuple[str, int], bool] = {}
     records: list[Recorded] = []
     append = records.append
     for p, i, a, at, t, v, c, d, m, sv in rows:
         meta = {} if m == "{}" else _codec.decode_metadata(m)
-        if current.get(t) == sv or (t not in current and t not in renames and (t, sv) not in upcasters):
-            append(Recorded(p, i, a, at, t, v, timestamps[c], decoders[t](d), meta))
-            continue
         try:
-            for new_type, payload in upcast(t, sv, decode(d)):
-                cls = registry.get(new_type)
-                event = payload if cls is None else convert(payload, cls)
-                append(Recorded(p, i, a, at, new_type, v, timestamps[c], event, meta))
+            stored = plain.get((t, sv))
+            if stored is None:
+                stored = plain[(t, sv)] = as_stored(t, sv)
+            if not stored:
+                for new_type, payload in upcast(t, sv, decode(d)):
+                    cls = registry.get(new_type)
+                    event = payload if cls is None else convert(payload, cls)
+                    append(Recorded(p, i, a, at, new_type, v, timestamps[c], event, meta))
+                continue
         except (SchemaError, msgspec.ValidationError) as e:
             raise SchemaError(f"event at position {p} ({t} v{sv}) cannot be upcast: {e}", p) from e
+        append(Recorded(p, i, a, at, t, v, timestamps[c], decoders[t](d), meta))
     return records
 
 

@@ -126,7 +126,8 @@ _paths_generation = -1
 
 def _path(event_type: str, version: int) -> tuple[str, tuple[Step, ...]]:
     """Where a stored ``(event_type, version)`` goes while every upcaster returns a dict:
-    today's type name and the ``(name, version, upcaster)`` steps on the way (cached).
+    today's type name and the ``(name, version, upcaster)`` steps on the way (cached until
+    the next registration).
 
     Raises:
         SchemaError: the version is newer than the class, or a step is missing.
@@ -158,6 +159,16 @@ def _path(event_type: str, version: int) -> tuple[str, tuple[Step, ...]]:
         v += 1
 
 
+def as_stored(event_type: str, version: int) -> bool:
+    """True if stored ``(event_type, version)`` events read as they are: no rename, no step.
+
+    Raises:
+        SchemaError: as ``upcast`` would for them.
+    """
+    today, steps = _path(event_type, version)
+    return today == event_type and not steps
+
+
 def upcast(event_type: str, version: int, payload: Payload) -> list[tuple[str, Payload]]:
     """Bring one stored payload to today's shape: ``[(event_type, payload), ...]``.
 
@@ -166,31 +177,46 @@ def upcast(event_type: str, version: int, payload: Payload) -> list[tuple[str, P
     Raises:
         SchemaError: the payload is newer than the code's class, or an upcaster misbehaves.
     """
+    found = _paths.get((event_type, version)) if _paths_generation == _events.generation else None
+    today, path = found or _path(event_type, version)
+    for taken, (name, v, step) in enumerate(path, 1):  # the common case: a dict at every step
+        result = step(payload)
+        if type(result) is not dict:
+            return _branched(event_type, version, (name, v, result), taken)
+        payload = result
+    return [(today, payload)]
+
+
+def _branched(event_type: str, version: int, branch: tuple[str, int, Upcast], steps: int) -> list[tuple[str, Payload]]:
+    """``upcast`` once a step has split or dropped the event: each part goes its own way."""
     done: list[tuple[str, Payload]] = []
-    pending = [(event_type, version, payload)]
-    steps = 0
-    while pending:
-        name, v, data = pending.pop()
-        today, path = _path(name, v)
-        for step_name, step_version, step in path:  # a split pushes its parts on `pending`
-            steps += 1
-            if steps > _MAX_STEPS:
-                raise SchemaError(f"upcasting {event_type} v{version} did not finish after {_MAX_STEPS} steps")
-            result = step(data)
-            if type(result) is dict:
+    pending: list[tuple[str, int, Payload]] = []
+    while True:
+        name, v, result = branch
+        if isinstance(result, list):
+            pending.extend(reversed([_checked(name, v, item) for item in result]))
+        elif result is not None:
+            raise SchemaError(
+                f"the upcaster for {name} v{v} returned {type(result).__name__}, not a dict, a list or None"
+            )
+        while pending:
+            part, part_version, data = pending.pop()
+            today, path = _path(part, part_version)
+            for name, v, step in path:
+                steps += 1
+                if steps > _MAX_STEPS:
+                    raise SchemaError(f"upcasting {event_type} v{version} did not finish after {_MAX_STEPS} steps")
+                result = step(data)
+                if type(result) is not dict:
+                    branch = (name, v, result)
+                    break
                 data = result
+            else:
+                done.append((today, data))
                 continue
-            if isinstance(result, list):
-                pending.extend(reversed([_checked(step_name, step_version, item) for item in result]))
-            elif result is not None:
-                raise SchemaError(
-                    f"the upcaster for {step_name} v{step_version} returned {type(result).__name__}, "
-                    "not a dict, a list or None"
-                )
-            break
+            break  # settle the new branch first, as a depth-first walk
         else:
-            done.append((today, data))
-    return done
+            return done
 
 
 def _checked(name: str, version: int, item: object) -> tuple[str, int, Payload]:

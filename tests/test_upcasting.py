@@ -464,3 +464,17 @@ def test_a_stored_payload_that_is_not_an_object_is_named_in_raw_reads(tmp_path: 
         "event at position 2 (MoneyDeposited) does not decode with the current class: "
         "a payload must be a JSON object, got '[1, 2]'; add an upcaster or change the class back"
     )
+
+
+def test_splits_within_splits_and_drops_come_out_in_order() -> None:
+    with todays_upcasters():
+        minies.upcaster("Tree", 1)(lambda d: [("Leaf", 1, {"n": 1}), ("Tree", 2, {}), ("Leaf", 1, {"n": 4})])
+        minies.upcaster("Tree", 2)(lambda d: [("Leaf", 1, {"n": 2}), ("Gone", 1, {}), ("Leaf", 1, {"n": 3})])
+        minies.upcaster("Gone", 1)(lambda d: None)
+        minies.upcaster("Leaf", 1)(lambda d: {"n": d["n"] * 10})
+        minies.upcaster("Seed", 1)(lambda d: {**d, "grown": True})
+        minies.upcaster("Seed", 2)(lambda d: [("Leaf", 1, {"n": 5}), ("Leaf", 2, d)])
+        assert _upcasters.upcast("Tree", 1, {}) == [("Leaf", {"n": n}) for n in (10, 20, 30, 40)]
+        assert _upcasters.upcast("Seed", 1, {"a": 1}) == [("Leaf", {"n": 50}), ("Leaf", {"a": 1, "grown": True})]
+        assert _upcasters.upcast("Gone", 1, {}) == []
+        assert _upcasters.upcast("Leaf", 2, {"n": 7}) == [("Leaf", {"n": 7})]
