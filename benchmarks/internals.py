@@ -219,20 +219,20 @@ def main() -> None:
     plain, inline = best(singles([]), singles([Totals()]))
     print(
         f"| inline projection on a single-event append | {inline / SINGLE * 1e6:.0f} µs vs {plain / SINGLE * 1e6:.0f} µs"
-        f" | +{(inline / plain - 1) * 100:.0f}% | < +30% |",
+        f" | {(inline / plain - 1) * 100:+.0f}% | < +30% |",
         flush=True,
     )
     # The chain costs CPU, not I/O: measured in memory, where nothing hides it.
     with_chain, without = best(singles([], in_memory=True), unchained(singles([], in_memory=True)))
     print(
         f"| hash chain, single-event append (CPU, in memory) | {with_chain / SINGLE * 1e6:.0f} µs vs {without / SINGLE * 1e6:.0f} µs"
-        f" | +{(with_chain / without - 1) * 100:.0f}% | < +15% |",
+        f" | {(with_chain / without - 1) * 100:+.0f}% | < +15% |",
         flush=True,
     )
     with_chain, without = best(batches, unchained(batches))
     print(
         f"| hash chain, batch append (1,000/call, in memory) | {50_000 / with_chain:,.0f} vs {50_000 / without:,.0f} ev/s"
-        f" | +{(with_chain / without - 1) * 100:.0f}% | < +15% |",
+        f" | {(with_chain / without - 1) * 100:+.0f}% | < +15% |",
         flush=True,
     )
     mine, batched, raw = best(rebuild(Totals()), rebuild(BatchedTotals()), raw_upserts)
@@ -263,7 +263,7 @@ def main() -> None:
     plain, snapshotting = best(saves(w.Account), saves(Snapped))
     print(
         f"| save with a snapshot due | {snapshotting / 20 * 1e3:.2f} ms vs {plain / 20 * 1e3:.2f} ms"
-        f" | +{(snapshotting / plain - 1) * 100:.0f}% | < +50% |",
+        f" | {(snapshotting / plain - 1) * 100:+.0f}% | < +50% |",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:

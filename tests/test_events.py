@@ -246,3 +246,23 @@ def test_an_array_like_event_class_is_refused_when_defined() -> None:
             n: int
 
     assert "Packed" not in _events.registry
+
+
+class Note(msgspec.Struct, frozen=True):
+    extra: Any
+
+
+class Annotation(minies.Event):
+    note: Note
+
+
+def test_a_nested_struct_that_would_not_read_back_is_a_value_error_naming_the_field(
+    store: minies.EventStore,
+) -> None:
+    with pytest.raises(ValueError) as caught:  # the tuple in an untyped field reads back as a list
+        store.append("n", [Annotation(note=Note(extra=(1, 2)))], aggregate_type="N")
+    assert str(caught.value) == (
+        "Annotation.note = Note(extra=(1, 2)) would not read back as itself (JSON has no NaN or infinity, its"
+        " object keys are strings, and an untyped field reads back as plain JSON); nothing was written"
+    )
+    assert store.version("n") == 0
