@@ -136,7 +136,8 @@ def field_named(problem: str, cls: type[msgspec.Struct]) -> str | None:
     found = _PATH.search(problem)
     if found is None:
         return None
-    return dict(zip(cls.__struct_encode_fields__, cls.__struct_fields__, strict=True)).get(found.group(1))
+    encoded = cls.__struct_encode_fields__
+    return cls.__struct_fields__[encoded.index(found.group(1))] if found.group(1) in encoded else None
 
 
 _PLAIN_JSON: Final = (type(None), str, int, float, bool, dict, list)

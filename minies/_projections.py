@@ -207,7 +207,7 @@ class Projector:
             rows: list[Any] = conn.execute(conn.sql.PROJECTION_POSITIONS).fetchall()
             self._positions = dict(rows)
         for name, projection in self.projections.items():
-            position = self._positions.get(name, 0)
+            position = self._positions[name]  # every projection has a row after its catch-up on open
             if position < head_before:
                 self._replay(conn, db, projection, position, None, upto=head_before)
             wanted = self._types[name]

@@ -426,3 +426,20 @@ def test_executemany_is_screened_like_execute(location: str) -> None:
             "transaction, attach a file, or write the log or minies' own tables"
         )
         assert store.head()[0] == 0
+
+
+def test_an_explicit_name_is_inherited_and_the_class_name_default_is_not() -> None:
+    class Named(minies.Projection):
+        name = "order_totals"
+
+    class NamedChild(Named):
+        pass
+
+    class Unnamed(minies.Projection):
+        pass
+
+    class UnnamedChild(Unnamed):
+        pass
+
+    assert (Named.name, NamedChild.name) == ("order_totals", "order_totals")
+    assert (Unnamed.name, UnnamedChild.name) == ("Unnamed", "UnnamedChild")
