@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from minies import _codec
+from minies import _codec, _events
 from minies._backends import Connection
 from minies._errors import MiniesError, ProjectionError
 from minies._events import Event, Recorded, type_names
@@ -27,7 +27,9 @@ class Projection:
 
     Override ``setup`` to create the tables (it always runs on a fresh slate) and either
     ``handle`` for every event, or methods named ``on_<EventType>`` for the types you care
-    about; with the latter the projection only ever sees those types.
+    about; with the latter the projection only ever sees those types. In the method's name,
+    each character of the type that is not a letter, digit or ``_`` is written ``_``
+    (``on_shop_order_placed`` for "shop.order-placed", whose class must be defined by then).
 
     Attributes:
         name: ClassVar, the checkpoint's key; defaults to the class name.
@@ -88,7 +90,10 @@ class Projection:
         if self.event_types is not None:
             return type_names(self.event_types)
         if type(self).handle is Projection.handle:
-            return frozenset(name[3:] for name in dir(self) if name.startswith("on_") and callable(getattr(self, name)))
+            handled = {name[3:] for name in dir(self) if name.startswith("on_") and callable(getattr(self, name))}
+            # `on_shop_order_placed` handles "shop.order-placed" too: the registered types it names
+            spelled = {name for name in _events.registry if _NOT_IDENTIFIER.sub("_", name) in handled}
+            return frozenset(handled | spelled)
         return None
 
 
@@ -231,22 +236,17 @@ class Projector:
         self._known_head = head
 
     # ------------------------------------------------------------------ catch-up and rebuild
-    def catch_up(
-        self, conn: Connection, db: Database, name: str, progress: Progress | None = None
-    ) -> RebuildReport | None:
+    def catch_up(self, conn: Connection, db: Database, name: str) -> None:
         """Bring one projection up to the head; rebuild it if it is new or its version changed."""
         projection = self.projections[name]
         state = conn.execute(conn.sql.PROJECTION_STATE, (name,)).fetchone()
         head = conn.execute(conn.sql.HEAD_POSITION).get
         if state is None or state[0] != projection.version:
-            return self.rebuild(conn, db, name, progress)
-        if state[1] < head:
-            started = time.perf_counter()
-            count = self._replay(conn, db, projection, state[1], progress)
+            self.rebuild(conn, db, name)
+        elif state[1] < head:
+            self._replay(conn, db, projection, state[1], None)
             conn.execute(conn.sql.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
             self._known_head = None
-            return RebuildReport(name, count, time.perf_counter() - started)
-        return None
 
     def rebuild(self, conn: Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport:
         """Drop what the projection created, run ``setup`` again, replay the whole log."""
