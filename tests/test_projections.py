@@ -3,8 +3,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -475,3 +477,46 @@ def test_a_handler_name_spells_each_character_of_the_type_that_is_not_a_letter_o
         assert store.query("SELECT position, total FROM dotted") == [(1, 2.5)]
         assert store.rebuild("DottedTotals").events == 1  # the read from the log filters alike
         assert store.query("SELECT position, total FROM dotted") == [(1, 2.5)]
+
+
+def test_a_setup_that_raises_is_named_with_its_error_type() -> None:
+    class Moody(minies.Projection):
+        def setup(self, db: minies.Database) -> None:
+            raise ValueError("no tables today")
+
+    with pytest.raises(minies.ProjectionError) as caught:
+        minies.EventStore(":memory:", projections=[Moody()])
+    assert str(caught.value) == "projection 'Moody': setup failed: ValueError: no tables today"
+
+
+class WithView(minies.Projection):
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE viewed_orders (order_id TEXT PRIMARY KEY, total REAL NOT NULL)")
+        db.execute("CREATE INDEX viewed_orders_total ON viewed_orders (total)")
+        db.execute("CREATE VIEW big_orders AS SELECT order_id FROM viewed_orders WHERE total > 10")
+
+    def on_OrderPlaced(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute("INSERT INTO viewed_orders VALUES (?, ?)", (event.aggregate_id, event.data.total))
+
+
+def test_a_rebuild_drops_and_recreates_views_and_indexes_too(location: str) -> None:
+    with minies.EventStore(location, projections=[WithView()]) as store:
+        order(store, "o1", 5)
+        order(store, "o2", 50)
+        assert store.rebuild("WithView").events == 2
+        assert store.query("SELECT order_id FROM big_orders") == [("o2",)]
+        assert store.rebuild("WithView").events == 2
+        assert store.query("SELECT count(*) FROM viewed_orders") == [(2,)]
+
+
+def test_opening_a_store_whose_projections_are_up_to_date_writes_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "quiet.db")
+    with minies.EventStore(path, projections=[OrderSummaries()]) as store:
+        order(store, "o1")
+    watcher = sqlite3.connect(path)
+    before = watcher.execute("PRAGMA data_version").fetchone()[0]
+    with minies.EventStore(path, projections=[OrderSummaries()]) as store:
+        assert watcher.execute("PRAGMA data_version").fetchone()[0] == before
+        order(store, "o2")
+        assert watcher.execute("PRAGMA data_version").fetchone()[0] != before  # the watcher does see commits
+    watcher.close()
