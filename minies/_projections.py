@@ -27,7 +27,8 @@ class Projection:
 
     Override ``setup`` to create the tables (it always runs on a fresh slate) and either
     ``handle`` for every event, or methods named ``on_<EventType>`` for the types you care
-    about; with the latter the projection only ever sees those types. In the method's name,
+    about; with the latter the projection only ever sees those types (an overridden
+    ``handle_batch`` sees every type, unless ``event_types`` says otherwise). In the method's name,
     each character of the type that is not a letter, digit or ``_`` is written ``_``
     (``on_shop_order_placed`` for "shop.order-placed", whose class must be defined by then).
 
@@ -89,7 +90,7 @@ class Projection:
         """The event types this projection sees, or None for all of them."""
         if self.event_types is not None:
             return type_names(self.event_types)
-        if type(self).handle is Projection.handle:
+        if type(self).handle is Projection.handle and type(self).handle_batch is Projection.handle_batch:
             handled = {name[3:] for name in dir(self) if name.startswith("on_") and callable(getattr(self, name))}
             # `on_shop_order_placed` handles "shop.order-placed" too: the registered types it names
             spelled = {name for name in _events.registry if _NOT_IDENTIFIER.sub("_", name) in handled}

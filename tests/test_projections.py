@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -520,3 +521,66 @@ def test_opening_a_store_whose_projections_are_up_to_date_writes_nothing(tmp_pat
         order(store, "o2")
         assert watcher.execute("PRAGMA data_version").fetchone()[0] != before  # the watcher does see commits
     watcher.close()
+
+
+class PageCounter(minies.Projection):
+    """Counts what each page hands it; fails on the page holding ``fail_at`` once it is set."""
+
+    def __init__(self) -> None:
+        self.fail_at: int | None = None
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE page_counts (n INTEGER NOT NULL)")
+
+    def handle_batch(self, db: minies.Database, events: list[minies.Recorded]) -> None:
+        if self.fail_at is not None and events[0].position <= self.fail_at <= events[-1].position:
+            raise ValueError("this page is cursed")
+        db.execute("INSERT INTO page_counts VALUES (?)", (len(events),))
+
+
+def test_a_rebuild_over_several_pages_counts_every_event_and_its_own_time() -> None:
+    with minies.EventStore(":memory:", projections=[PageCounter()]) as store:
+        for i in range(4):
+            store.append(f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] * 1_000, aggregate_type="Order")
+        store.append("o4", [OrderPlaced(customer_id="c", total=1.0)], aggregate_type="Order")
+        started = time.perf_counter()
+        report = store.rebuild("PageCounter")
+        elapsed = time.perf_counter() - started
+        assert (report.name, report.events) == ("PageCounter", 4_001)
+        assert 0 < report.seconds <= elapsed  # its own duration, not a timestamp
+        assert store.query("SELECT n FROM page_counts") == [(2_000,), (2_000,), (1,)]
+
+
+def test_a_page_that_fails_without_a_position_is_named_by_its_range() -> None:
+    counter = PageCounter()
+    with minies.EventStore(":memory:", projections=[counter]) as store:
+        for i in range(5):
+            store.append(f"o{i}", [OrderPlaced(customer_id="c", total=1.0)] * 1_000, aggregate_type="Order")
+        counter.fail_at = 3_000
+        with pytest.raises(minies.ProjectionError) as caught:
+            store.rebuild("PageCounter")
+        assert str(caught.value) == (
+            "projection 'PageCounter': failed at a position in 2001..4000: ValueError: this page is cursed"
+        )
+        assert caught.value.position is None
+
+
+class WithTrigger(WithView):
+    def setup(self, db: minies.Database) -> None:
+        super().setup(db)
+        db.execute(
+            "CREATE TRIGGER viewed_orders_positive BEFORE INSERT ON viewed_orders WHEN NEW.total < 0"
+            " BEGIN SELECT RAISE(ABORT, 'negative total'); END"
+        )
+
+
+def test_a_rebuild_drops_and_recreates_triggers_too() -> None:
+    with minies.EventStore(":memory:", projections=[WithTrigger()]) as store:
+        order(store, "o1", 50)
+        assert store.rebuild("WithTrigger").events == 1
+        assert store.rebuild("WithTrigger").events == 1
+        assert store.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'viewed_orders'") == [
+            ("viewed_orders_positive",)
+        ]
+        with pytest.raises(minies.ProjectionError, match="negative total"):
+            order(store, "o2", -1)
