@@ -522,6 +522,48 @@ def test_one_store_shared_by_threads(location: str) -> None:
         assert [r.position for r in store.read_all()] == list(range(1, 801))
 
 
+def test_threads_reading_every_way_while_others_append_share_the_store_safely(db_path: str) -> None:
+    """Every read path takes the store's lock per page (a connection is not for two threads
+    at once): filtered, limited and raw reads of a log longer than a page, while writers append."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with minies.EventStore(db_path, durability="normal") as store:
+        for i in range(3):
+            store.append(f"seed-{i}", deposit(1_000), aggregate_type="Account")
+
+        def write(worker: int) -> None:
+            try:
+                for i in range(60):
+                    store.append(f"w{worker}", deposit(50), aggregate_type="Account", expected_version=50 * i)
+            except BaseException as e:
+                errors.append(e)
+
+        def read(kind: int) -> None:
+            try:
+                while not stop.is_set():
+                    if kind == 0:
+                        positions = [r.position for r in store.read_all(event_types=[MoneyDeposited])]
+                    elif kind == 1:
+                        positions = [r.position for r in store.read_all(raw=True)]
+                    else:
+                        positions = [r.position for r in store.read_all(limit=2_500)]
+                    assert positions == list(range(1, len(positions) + 1)) and len(positions) >= 2_500
+            except BaseException as e:
+                errors.append(e)
+
+        writers = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+        readers = [threading.Thread(target=read, args=(k,)) for k in range(3)]
+        for t in writers + readers:
+            t.start()
+        for t in writers:
+            t.join(120)
+        stop.set()
+        for t in readers:
+            t.join(120)
+        assert errors == []
+        assert store.head()[0] == 3_000 + 2 * 60 * 50
+
+
 WRITER = """
 import sys, minies
 from domain import MoneyDeposited
