@@ -8,8 +8,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import run_python
@@ -855,3 +857,59 @@ def test_unknown_durability_and_timeout_are_refused_before_opening(tmp_path: Pat
     with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0, got -1"):
         minies.EventStore(str(tmp_path / "x.db"), timeout=-1)
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.fixture
+def no_upcasting() -> Iterator[None]:
+    """No versioned class, upcaster or rename registered: reads take the plain path (the test
+    session imports versioned classes, so every other test reads through the upcasting one)."""
+    from minies import _events, _upcasters
+
+    saved = dict(_events.registry), dict(_upcasters.upcasters), dict(_upcasters.renames)
+    for name, cls in saved[0].items():
+        if cls.schema_version != 1:
+            del _events.registry[name]
+    _upcasters.upcasters.clear()
+    _upcasters.renames.clear()
+    _events.generation += 1
+    assert not _upcasters.active()
+    try:
+        yield
+    finally:
+        _events.registry.update(saved[0])
+        _upcasters.upcasters.update(saved[1])
+        _upcasters.renames.update(saved[2])
+        _events.generation += 1
+
+
+class PlacedTotals(minies.Projection):
+    event_types: ClassVar = [OrderPlaced]
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE placed_totals (position INTEGER PRIMARY KEY, total REAL NOT NULL)")
+
+    def handle_batch(self, db: minies.Database, events: list[minies.Recorded]) -> None:
+        db.executemany("INSERT INTO placed_totals VALUES (?, ?)", [(e.position, e.data.total) for e in events])
+
+
+def test_reads_without_any_upcasting_take_the_plain_path_and_filter_alike(location: str, no_upcasting: None) -> None:
+    with minies.EventStore(location, projections=[PlacedTotals()]) as store:
+        for i in range(6):  # over two pages: 2,000 deposits, then an order, ...
+            store.append(f"acc-{i}", deposit(700), aggregate_type="Account")
+            store.append(f"o{i}", [OrderPlaced(customer_id="c", total=float(i))], aggregate_type="Order")
+        assert not store._upcasting()
+        everything = list(store.read_all())
+        assert [r.position for r in everything] == list(range(1, 4_207))
+        orders = [r for r in everything if r.event_type == "OrderPlaced"]
+        assert [r.position for r in store.read_all(event_types=[OrderPlaced])] == [r.position for r in orders]
+        assert list(store.read_all(event_types=["OrderPlaced"], after=orders[2].position)) == orders[3:]
+        assert [r.position for r in store.read_all(limit=2_100)] == list(range(1, 2_101))
+        assert [r.data for r in store.read_all(raw=True, event_types=[OrderPlaced])] == [
+            {"customer_id": "c", "total": float(i), "items": []} for i in range(6)
+        ]
+        assert store.rebuild("PlacedTotals").events == 6
+        assert store.query("SELECT position, total FROM placed_totals") == [(r.position, r.data.total) for r in orders]
+        seen: list[int] = []
+        assert store.subscription("orders", event_types=[OrderPlaced]).poll(lambda r: seen.append(r.position)) == 6
+        assert seen == [r.position for r in orders]
+        assert [r.version for r in store.read("acc-5")] == list(range(1, 701))
