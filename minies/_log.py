@@ -74,9 +74,8 @@ def _pages(
 
 
 def _upcast_page(rows: list[Any], decoders: dict[str, Callable[[Any], Any]]) -> list[Recorded]:
-    """A page read while upcasters are registered: events stored as today's classes write
-    them decode as usual, older ones go through their upcasters (and may become several
-    events, or none)."""
+    """A page read while upcasters are registered: events stored in today's shape decode as
+    usual, older ones go through their upcasters (and may become several events, or none)."""
     upcast, as_stored = _upcasters.upcast, _upcasters.as_stored
     registry = _events.registry
     timestamps = _codec.timestamps
