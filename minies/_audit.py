@@ -150,7 +150,7 @@ def verify(
         # the chain verified every event before it, so their stored hashes are the chain's
         bad = (retyped, f"event at position {retyped} has a column of the wrong type (altered)")
         position = retyped - 1
-        previous = conn.execute(conn.sql.HASH_AT, (position,)).get if position else GENESIS
+        previous = conn.execute(conn.sql.HASH_AT, (position,)).get  # (None before position 1: unused)
     if bad is None:
         bad = _structure(conn, position, problem)
     if bad is None and not seen_expected:

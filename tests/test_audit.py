@@ -306,6 +306,11 @@ def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(location: str) ->
             "missing",
         ),
         (["UPDATE events SET version = CAST(version AS BLOB) WHERE position = 1"], 1, "has a column of the wrong type"),
+        (
+            ["UPDATE events SET created_at = CAST(created_at AS BLOB) WHERE position = 31"],
+            31,
+            "has a column of the wrong type",
+        ),
     ],
 )
 def test_a_report_names_the_first_bad_event_and_the_verified_head_before_it(
