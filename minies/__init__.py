@@ -9,16 +9,18 @@ from minies._errors import (
     DuplicateEventError,
     MiniesError,
     NotFound,
+    PersonalDataError,
     ProjectionError,
     QueryError,
     SchemaError,
     SnapshotWarning,
     StorageError,
 )
-from minies._events import ANY, Event, Recorded, metadata_scope
+from minies._events import ANY, ERASURES, Event, Recorded, SubjectForgotten, metadata_scope
+from minies._personal import Personal, forgotten
 from minies._processors import Processor
 from minies._projections import Database, Projection, RebuildReport
-from minies._store import EventStore, StoreInfo
+from minies._store import Erasure, EventStore, StoreInfo
 from minies._subscriptions import DeadLetter, Subscription
 from minies._upcasters import rename, upcaster
 
@@ -33,10 +35,14 @@ __all__ = [
     "Database",
     "DeadLetter",
     "DuplicateEventError",
+    "ERASURES",
+    "Erasure",
     "Event",
     "EventStore",
     "MiniesError",
     "NotFound",
+    "Personal",
+    "PersonalDataError",
     "Processor",
     "Projection",
     "ProjectionError",
@@ -47,9 +53,11 @@ __all__ = [
     "SnapshotWarning",
     "StorageError",
     "StoreInfo",
+    "SubjectForgotten",
     "Subscription",
     "VerifyReport",
     "copy",
+    "forgotten",
     "metadata_scope",
     "rename",
     "upcaster",

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from minies import _events
+from minies import _events, _personal
 from minies._events import Event
 
 _encoder = msgspec.json.Encoder()
@@ -118,6 +118,8 @@ def encode_event(event: Event) -> str:
         raise ValueError(f"{cls.__name__} is nested too deeply to be stored as JSON") from None
     try:
         if decode(data) == event:
+            if _personal.MARK_BYTES in data:
+                _personal.refuse_mark(cls.__name__)
             return data.decode()
     except msgspec.ValidationError as e:
         raise _contradiction(event, str(e)) from None

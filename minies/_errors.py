@@ -7,6 +7,8 @@
     ├── SchemaError           not a minies file, a newer schema, or an event type/class mismatch
     ├── ProjectionError       a projection failed while setting up or catching up
     ├── QueryError            store.query was given bad SQL or parameters, or SQL that writes
+    ├── PersonalDataError     a sealed personal field cannot be opened or written: altered,
+    │                         a wrong or missing key-encryption key, no cryptography package
     └── StorageError          the file cannot be written: disk full, read-only, locked, damaged
 
     SnapshotWarning           (a UserWarning) an aggregate's state would not read back as itself,
@@ -94,6 +96,12 @@ class ProjectionError(MiniesError):
 
     def __reduce__(self) -> tuple[type[ProjectionError], tuple[str, str, int | None]]:
         return (type(self), (self.projection, self.message, self.position))
+
+
+class PersonalDataError(MiniesError):
+    """A personal field cannot be sealed or opened: its ciphertext was altered or moved, its
+    key is missing, the key-encryption key is wrong or missing, or ``cryptography`` is not
+    installed (``pip install "minies[crypto]"``)."""
 
 
 class QueryError(MiniesError, ValueError):

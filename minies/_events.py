@@ -12,9 +12,10 @@ from typing import Any, ClassVar, Final, Literal, dataclass_transform
 
 import msgspec
 
+from minies import _personal
 from minies._errors import SchemaError
 
-__all__ = ["ANY", "Event", "Recorded", "metadata_scope", "registry"]
+__all__ = ["ANY", "Event", "Recorded", "SubjectForgotten", "metadata_scope", "registry"]
 
 _EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,199}")
 
@@ -30,13 +31,18 @@ class _EventMeta(msgspec.StructMeta):
     # every event class must be both, so they are the default for each one.
     def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any) -> Any:
         options.setdefault("frozen", True)
+        if _personal.may_declare(namespace.get("__annotations__", {})):
+            options.setdefault("weakref", True)  # minies.forgotten(event) keeps a weak reference
         options.setdefault("kw_only", True)
         if options.get("array_like"):
             raise SchemaError(
                 f"{namespace['__qualname__']} is array_like, but a payload is stored as a JSON object (so that "
                 "json_extract finds its fields by name, and raw reads and upcasters get a dict): drop array_like=True"
             )
-        return super().__new__(mcls, name, bases, namespace, **options)
+        cls = super().__new__(mcls, name, bases, namespace, **options)
+        if any(isinstance(base, _EventMeta) for base in bases):  # every subclass of Event
+            _register(cls)
+        return cls
 
 
 @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(msgspec.field,))
@@ -53,12 +59,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, metaclass=_EventMeta):
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
     """Bump it when the payload's shape changes, and register an upcaster for the old one."""
+    data_subject: ClassVar[str | None] = None
+    """The field holding the id of the person whose ``Personal[...]`` fields these are (None:
+    the aggregate id)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "event_type" not in cls.__dict__:
             cls.event_type = cls.__name__
-        _register(cls)
 
 
 def _register(cls: type[Event]) -> None:
@@ -78,8 +86,26 @@ def _register(cls: type[Event]) -> None:
             f"event type {name!r} is already registered by {old.__module__}.{old.__qualname__}; "
             f"give {cls.__module__}.{cls.__qualname__} another event_type"
         )
+    _personal.declare(cls)
     registry[name] = cls
     generation += 1
+
+
+class SubjectForgotten(Event, frozen=True, kw_only=True):
+    """Recorded by ``store.forget``: a data subject's key was destroyed (no personal data in it).
+
+    It is appended to the stream ``ERASURES``; who asked goes in its metadata (``user_id``).
+    """
+
+    event_type: ClassVar[str] = "minies.SubjectForgotten"
+    subject: str
+    reason: str = ""
+    keys: int = 1
+    """How many of the subject's keys were destroyed."""
+
+
+ERASURES: Final = "minies.erasures"
+"""The stream (aggregate id and type) of ``SubjectForgotten`` events."""
 
 
 class Recorded(msgspec.Struct, frozen=True, gc=False):

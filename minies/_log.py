@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
-from minies import _codec, _events, _upcasters
+from minies import _codec, _events, _personal, _upcasters
 from minies._backends import Connection
 from minies._errors import SchemaError
 from minies._events import Recorded
@@ -25,6 +25,10 @@ class _Raw(dict[str, Callable[[Any], Any]]):
     def __missing__(self, event_type: str) -> Callable[[Any], Any]:
         return _codec.decode_payload
 
+
+Opener = Callable[[str, str, str], tuple[str, frozenset[str]]]
+"""``(stored payload, event id, where) -> (payload with personal fields opened, fields forgotten)``:
+a store's ``Keyring.open`` on its connection, given to reads when the log holds sealed fields."""
 
 _RAW: Final = _Raw()
 PAGE: Final = 2000
@@ -42,6 +46,7 @@ def _pages(
     lock: AbstractContextManager[Any],
     upcasting: bool,
     raw: bool = False,
+    opener: Opener | None = None,
 ) -> Iterator[list[Recorded]]:
     upcasting = upcasting and not raw
     sql: str = conn.sql.VERSIONED[query] if upcasting else getattr(conn.sql, query)
@@ -51,8 +56,11 @@ def _pages(
     remaining = limit
     while remaining is None or remaining > 0:
         page = PAGE if remaining is None else min(PAGE, remaining)
+        gone = None
         with lock:
             rows: list[Any] = conn.execute(sql, args(after, page)).fetchall()
+            if opener is not None:
+                gone = _open(rows, opener)
         try:
             if upcasting:
                 records = _upcast_page(rows, decoders)
@@ -65,12 +73,41 @@ def _pages(
         except (msgspec.ValidationError, msgspec.DecodeError):
             _explain(rows, decoders)
             raise
+        if gone:
+            records = _mark_forgotten(records, gone)
         yield records
         if len(rows) < page:
             return
         after = rows[-1][key]
         if remaining is not None:
             remaining -= page
+
+
+def _open(rows: list[Any], opener: Opener) -> dict[int, frozenset[str]]:
+    """Open the sealed personal fields of a page's rows in place; the fields forgotten, by position."""
+    gone = {}
+    mark = _personal.MARK
+    for k, row in enumerate(rows):
+        if mark in row[7]:
+            text, names = opener(row[7], row[1], f"event at position {row[0]}")
+            rows[k] = (*row[:7], text, *row[8:])
+            if names:
+                gone[row[0]] = names
+    return gone
+
+
+def _mark_forgotten(records: list[Recorded], gone: dict[int, frozenset[str]]) -> list[Recorded]:
+    marked = []
+    for record in records:
+        names = gone.get(record.position)
+        if names:
+            data = record.data
+            if isinstance(data, msgspec.Struct):
+                fields, encoded = data.__struct_fields__, data.__struct_encode_fields__
+                names = frozenset(fields[encoded.index(n)] if n in encoded else n for n in names)
+            record = msgspec.structs.replace(record, data=_personal.mark(data, names))
+        marked.append(record)
+    return marked
 
 
 def _upcast_page(rows: list[Any], decoders: dict[str, Callable[[Any], Any]]) -> list[Recorded]:
@@ -120,17 +157,19 @@ def log_pages(
     types: frozenset[str] | None,
     lock: AbstractContextManager[Any] = _NO_LOCK,
     upto: int = LAST,
+    opener: Opener | None = None,
 ) -> Iterator[list[Recorded]]:
     """Events with ``after < position <= upto`` in position order, a page (list) at a time,
     optionally of some types only. ``upcasting``: see ``EventStore._upcasting``."""
     if types is None:
-        return _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, upcasting)
+        return _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, upcasting, False, opener)
     if upcasting:
         # A stored type may upcast into a wanted one (a rename, a split): filter after upcasting.
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, upcasting)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, upto, n), after, 0, None, lock, upcasting, False, opener)
         return ([record for record in page if record.event_type in types] for page in pages)
     type_list = msgspec.json.encode(sorted(types)).decode()
-    return _pages(conn, "READ_ALL_TYPES", lambda a, n: (a, upto, type_list, n), after, 0, None, lock, upcasting)
+    args: Callable[[int, int], tuple[Any, ...]] = lambda a, n: (a, upto, type_list, n)  # noqa: E731
+    return _pages(conn, "READ_ALL_TYPES", args, after, 0, None, lock, upcasting, False, opener)
 
 
 def read_log(
@@ -142,17 +181,18 @@ def read_log(
     lock: AbstractContextManager[Any],
     *,
     raw: bool,
+    opener: Opener | None = None,
 ) -> Iterator[Recorded]:
     """``log_pages``, one event at a time, at most ``limit`` of them (``raw``: payloads as
     stored, plain dicts, no upcasting)."""
     if raw:
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, None, lock, False, raw=True)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, None, lock, False, True, opener)
         if types is not None:
             pages = ([record for record in page if record.event_type in types] for page in pages)
     elif limit is not None and types is None:  # fetch no more than needed
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, limit, lock, upcasting)
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, limit, lock, upcasting, False, opener)
     else:
-        pages = log_pages(conn, upcasting, after, types, lock)
+        pages = log_pages(conn, upcasting, after, types, lock, opener=opener)
     records = itertools.chain.from_iterable(pages)
     return records if limit is None else itertools.islice(records, limit)
 
@@ -165,8 +205,9 @@ def read_aggregate(
     upto: int,
     lock: AbstractContextManager[Any] = _NO_LOCK,
     raw: bool = False,
+    opener: Opener | None = None,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
     args: Callable[[int, int], tuple[Any, ...]] = lambda a, n: (aggregate_id, a, upto, n)  # noqa: E731
-    pages = _pages(conn, "READ_AGGREGATE", args, after, 5, None, lock, upcasting, raw)
+    pages = _pages(conn, "READ_AGGREGATE", args, after, 5, None, lock, upcasting, raw, opener)
     return itertools.chain.from_iterable(pages)

@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from minies import _codec, _events
+from minies import _codec, _events, _personal
 from minies._backends import Connection
 from minies._errors import MiniesError, ProjectionError
 from minies._events import Event, Recorded, type_names
-from minies._log import LAST, log_pages
+from minies._log import LAST, Opener, log_pages
 
 
 class Projection:
@@ -79,6 +79,17 @@ class Projection:
             except Exception as e:
                 e.add_note(f"at position {event.position}")
                 raise
+
+    def forget(self, db: Database, subject: str) -> bool:
+        """Remove ``subject``'s personal data from the read model; ``store.forget`` calls it
+        inside its transaction, after destroying the subject's key.
+
+        Return True once done. The default returns False: then, if this projection sees an
+        event type with personal fields, it is rebuilt from the log, where the subject's
+        fields now read as forgotten (always right, and as slow as a rebuild). Override it to
+        delete or blank the subject's rows directly.
+        """
+        return False
 
     def _method_for(self, event_type: str) -> Callable[[Database, Recorded], None] | None:
         if "_on" not in self.__dict__:
@@ -183,8 +194,11 @@ class Projector:
     Every method runs inside a write transaction the store opened.
     """
 
-    def __init__(self, projections: Iterable[Projection], upcasting: Callable[[], bool]) -> None:
+    def __init__(
+        self, projections: Iterable[Projection], upcasting: Callable[[], bool], opener: Callable[[], Opener | None]
+    ) -> None:
         self._upcasting = upcasting
+        self._opener = opener
         self.projections: dict[str, Projection] = {}
         for projection in projections:
             if not isinstance(projection, Projection):
@@ -249,6 +263,25 @@ class Projector:
             conn.execute(conn.sql.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
             self._known_head = None
 
+    def erase(self, conn: Connection, db: Database, subject: str) -> list[str]:
+        """Take a forgotten subject's personal data out of every read model that may hold it
+        (its ``forget`` hook, else a rebuild); return the names of those that did."""
+        sealed = {cls.event_type for cls in _personal.SEALED}
+        done = []
+        for name, projection in self.projections.items():
+            with db.running():
+                try:
+                    handled = projection.forget(db, subject)
+                except conn.Error as e:
+                    raise ProjectionError(name, f"forget({subject!r}) failed: {type(e).__name__}: {e}") from e
+            wanted = self._types[name]
+            if not handled and (wanted is None or not sealed.isdisjoint(wanted)):
+                self.rebuild(conn, db, name)
+                handled = True
+            if handled:
+                done.append(name)
+        return done
+
     def rebuild(self, conn: Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport:
         """Drop what the projection created, run ``setup`` again, replay the whole log."""
         projection = self.projections[name]
@@ -288,7 +321,7 @@ class Projector:
         batch: list[Recorded] = []
         try:
             with db.running():
-                for batch in log_pages(conn, self._upcasting(), after, wanted, upto=upto):
+                for batch in log_pages(conn, self._upcasting(), after, wanted, upto=upto, opener=self._opener()):
                     if batch:
                         projection.handle_batch(db, batch)
                         count += len(batch)

@@ -4,6 +4,7 @@ storage backend (``minies._backends``), which it never names."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import typing
@@ -14,7 +15,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar
 
 import msgspec
 
-from minies import _audit, _codec, _events, _snapshots, _upcasters
+from minies import _audit, _codec, _events, _personal, _snapshots, _upcasters
 from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
 from minies._backends import Connection, open_backend
@@ -28,8 +29,8 @@ from minies._errors import (
     SnapshotWarning,
     StorageError,
 )
-from minies._events import ANY, AnyVersion, Event, Recorded, type_names
-from minies._log import read_aggregate, read_log
+from minies._events import ANY, ERASURES, AnyVersion, Event, Recorded, SubjectForgotten, type_names
+from minies._log import Opener, read_aggregate, read_log
 from minies._processors import ProcessHandler, Processor
 from minies._projections import Projection, Projector, RebuildReport
 from minies._subscriptions import Subscription
@@ -61,10 +62,15 @@ class EventStore:
         snapshot_every: per-aggregate-class override of ``Aggregate.snapshot_every``.
         skip_failed_projections: open even if a projection's setup or catch-up fails; the
             failed ones are left out (see ``failed_projections``) instead of raising.
+        key_encryption_key: 32 bytes kept outside the file (an app secret, a KMS): data
+            subjects' keys are stored wrapped by it, so the file alone reveals no personal
+            field. Without it, keys are stored as they are (``forget`` still destroys them).
 
     Raises:
         SchemaError: the file is not a minies database, or was written by a newer minies.
         ProjectionError: a projection failed to set up or catch up (nothing was changed).
+        PersonalDataError: ``key_encryption_key`` does not open the file's keys (nothing
+            was changed), or is given for a file whose keys are not wrapped.
         StorageError: the file cannot be opened (missing directory, permissions, damaged).
 
     A store may be shared by threads: operations on it are serialised. Several stores, in
@@ -82,6 +88,7 @@ class EventStore:
         readonly: bool = False,
         snapshot_every: Mapping[type[Aggregate], int | None] | None = None,
         skip_failed_projections: bool = False,
+        key_encryption_key: bytes | None = None,
     ) -> None:
         if durability not in typing.get_args(Durability):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
@@ -93,7 +100,7 @@ class EventStore:
         self._timeout = float(timeout)
         self._snapshot_every = dict(snapshot_every or {})
         _upcasters.validate()
-        self._projector = Projector(projections, self._upcasting)
+        self._projector = Projector(projections, self._upcasting, self._opener)
         if readonly and self._projector:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
@@ -114,8 +121,10 @@ class EventStore:
         self._sql = self._conn.sql
         self._file_version = self._backend.file_version
         try:
+            self._keys = _personal.Keyring(key_encryption_key, self._file_version >= 4)
             self._db = self._backend.projection_db()
             with self._translate(f"cannot open {self._backend.where}"):
+                self._keys.check(self._conn)
                 self._stored_types = set(self._stored_type_rows(self._conn))
             self._open_projections(skip_failed_projections)
         except BaseException:
@@ -137,6 +146,7 @@ class EventStore:
     def _forget(self) -> None:
         """After a rollback: cached knowledge of the log may describe writes that never happened."""
         self._tip.clear()
+        self._keys.clear()
         self._projector.forget()
         if not self._closed:
             with contextlib.suppress(self._conn.Error):
@@ -319,8 +329,11 @@ class EventStore:
         types = [event.event_type for event in events]
         schemas = [event.schema_version for event in events]
         already = None if ids is None else lambda: self._already_appended(aggregate_id, expected, events, datas, ids)
+        seal = None
+        if _personal.SEALED and any(type(event) in _personal.SEALED for event in events):
+            seal = functools.partial(self._keys.seal, self._conn, events, datas, aggregate_id=aggregate_id)
         version, rows, created = self._write_events(
-            aggregate_id, aggregate_type, expected, meta, types, datas, schemas, ids, already
+            aggregate_id, aggregate_type, expected, meta, types, datas, schemas, ids, already, seal
         )
         if not rows:  # an idempotent retry of an append already recorded
             return version
@@ -348,12 +361,14 @@ class EventStore:
         schemas: list[int],
         ids: list[str] | None,
         already: Callable[[], int | None] | None = None,
+        seal: Callable[..., list[str]] | None = None,
     ) -> tuple[int, list[tuple[Any, ...]], str]:
         """Insert encoded events after the aggregate's last: ``(new version, rows, created_at)``.
 
         The caller holds the store's lock inside a write. ``already`` (when ``ids`` are given)
         returns the version an identical earlier append reached, and then nothing is written
-        (the rows are empty).
+        (the rows are empty). ``seal(ids=, now=)`` gives the payloads as stored, their personal
+        fields sealed (it needs the events' ids).
         """
         conn = self._conn
         n = len(datas)
@@ -380,6 +395,8 @@ class EventStore:
         if expected is not ANY and expected != current:
             raise ConcurrencyError(aggregate_id, expected, current)
         created = _codec.now_text()
+        if seal is not None:
+            datas = seal(ids=ids, now=created)
         digests = _audit.chain_batch(
             previous,
             head_position + 1,
@@ -433,7 +450,12 @@ class EventStore:
             stored_aggregate, version, event_type, stored_data, _ = row
             if stored_aggregate != aggregate_id:
                 raise DuplicateEventError(event_id, f"by an event of aggregate {stored_aggregate!r}")
-            if event_type != event.event_type or stored_data != data:
+            if _personal.MARK in stored_data:  # sealed: compare what it holds (the nonces differ)
+                opened, gone = self._keys.open(self._conn, stored_data, event_id, f"event {event_id}")
+                same = not gone and _codec.decode_payload(opened) == _codec.decode_payload(data)
+            else:
+                same = stored_data == data
+            if event_type != event.event_type or not same:
                 raise DuplicateEventError(event_id, f"by a different event ({event_type} at version {version})")
             if first is None or version != first[1] + k:
                 raise DuplicateEventError(event_id, "by an append with a different batch")
@@ -476,6 +498,13 @@ class EventStore:
             self._upcasting_key = key
         return self._upcasting_value
 
+    def _opener(self) -> Opener | None:
+        """What reads open sealed personal fields with; None while the log holds no key.
+        Callers hold the store's lock."""
+        conn = self._open()
+        with self._translate("cannot read"):
+            return functools.partial(self._keys.open, conn) if self._keys.active(conn) else None
+
     # ------------------------------------------------------------------ reading
     def read(
         self, aggregate_id: str, *, after: int = 0, upto: int | None = None, raw: bool = False
@@ -488,8 +517,8 @@ class EventStore:
         _check_str("aggregate_id", aggregate_id)
         after, upto = _check_range(after, upto)
         with self._lock:
-            upcasting = self._upcasting()
-        return read_aggregate(self._open(), upcasting, aggregate_id, after, upto, self._reading(), raw)
+            upcasting, opener = self._upcasting(), self._opener()
+        return read_aggregate(self._open(), upcasting, aggregate_id, after, upto, self._reading(), raw, opener)
 
     def read_all(
         self,
@@ -512,8 +541,8 @@ class EventStore:
             raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
         types = None if event_types is None else type_names(event_types)
         with self._lock:
-            upcasting = self._upcasting()
-        return read_log(self._open(), upcasting, after, types, limit, self._reading(), raw=raw)
+            upcasting, opener = self._upcasting(), self._opener()
+        return read_log(self._open(), upcasting, after, types, limit, self._reading(), raw=raw, opener=opener)
 
     def version(self, aggregate_id: str) -> int:
         """The aggregate's current version, 0 if it has no events."""
@@ -533,7 +562,8 @@ class EventStore:
             projections: list[Any] = conn.execute(self._sql.PROJECTIONS).fetchall()
             subscriptions: list[Any] = conn.execute(self._sql.SUBSCRIPTIONS).fetchall()
             schema_version = self._backend.schema_version()
-        return StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions)
+            forgotten = int(conn.execute(self._sql.FORGOTTEN_SUBJECTS).get) if self._keys.enabled else 0
+        return StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions, forgotten)
 
     def head(self) -> tuple[int, str]:
         """The last position and its chain hash in hex: ``(0, "")`` for an empty log."""
@@ -657,9 +687,9 @@ class EventStore:
         the decode and ``step`` alone.
         """
         with self._lock:
-            upcasting = self._upcasting()
-        if upcasting:
-            return self._replay_upcasting(aggregate_id, aggregate_type, after, upto, step)
+            per_record = self._upcasting() or self._opener() is not None
+        if per_record:  # upcasting, or sealed fields (opening one needs its event's id)
+            return self._replay_records(aggregate_id, aggregate_type, after, upto, step)
         decoders = _codec.decoders()
         total = 0
         while after < upto:
@@ -702,11 +732,13 @@ class EventStore:
                 break
         return total
 
-    def _replay_upcasting(
+    def _replay_records(
         self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]
     ) -> int:
-        """``_replay`` while upcasters are registered: through the records, which upcast."""
-        for record in read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading()):
+        """``_replay`` through the records, which upcast and open sealed fields."""
+        with self._lock:
+            opener = self._opener()
+        for record in read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading(), False, opener):
             if aggregate_type is not None and record.aggregate_type != aggregate_type:
                 raise SchemaError(
                     f"aggregate {aggregate_id!r} holds {record.aggregate_type} events, not {aggregate_type}; "
@@ -849,8 +881,65 @@ class EventStore:
                 report = VerifyReport(False, 0, None, f"the file is damaged: {damage}", 0, "")
         return report
 
+    # ------------------------------------------------------------------ personal data
+    def forget(self, subject: str, *, reason: str = "", metadata: Mapping[str, Any] | None = None) -> Erasure:
+        """Forget a data subject: destroy its keys, so its ``Personal[...]`` fields read as
+        forgotten everywhere, from now on, while the log still verifies.
+
+        In one transaction: the subject's keys are destroyed; the snapshots of every aggregate
+        holding its sealed fields are dropped; each read model that may hold its data runs its
+        ``forget`` hook or is rebuilt; a ``SubjectForgotten`` event records the erasure (who
+        asked: ``metadata``). Then the WAL is truncated, so the key's bytes leave the disk
+        (``Erasure.purged``). Backups taken before still hold the key: back up again.
+
+        Args:
+            subject: the data subject's id (an event's ``data_subject`` field, or the aggregate id).
+            reason: why, for the record (no personal data).
+            metadata: stored with the ``SubjectForgotten`` event (e.g. ``user_id``).
+
+        Returns:
+            What was done; ``keys == 0`` (and nothing written) if the subject has no live key.
+
+        Raises:
+            ProjectionError: a read model's ``forget`` or rebuild failed; nothing was changed.
+            StorageError: the file cannot be written.
+        """
+        _check_str("subject", subject)
+        if not subject:
+            raise ValueError("subject must not be empty")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        meta = _codec.encode_metadata(metadata)
+        event = SubjectForgotten(subject=subject, reason=reason)
+        with self._lock:
+            if not self._keys.enabled:
+                return Erasure(subject, 0, [], [], 0, False)
+            with self._write(), self._translate(f"cannot forget {subject!r}"):
+                conn = self._conn
+                keys = self._keys.forget(conn, subject, _codec.now_text())
+                if not keys:
+                    return Erasure(subject, 0, [], [], 0, False)
+                holders = sorted(
+                    {
+                        row[0]
+                        for key in keys
+                        for row in conn.execute(self._sql.SEALED_AGGREGATES, (_personal.sealed_by(key),))
+                    }
+                )
+                for aggregate_id in holders:
+                    conn.execute(self._sql.DROP_SNAPSHOTS_OF, (aggregate_id,))
+                cleaned = self._projector.erase(conn, self._db, subject)
+                event = msgspec.structs.replace(event, keys=len(keys))
+                self._append(ERASURES, ERASURES, ANY, meta, [event], [_codec.encode_event(event)], None)
+                position = int(conn.execute(self._sql.HEAD_POSITION).get)
+            purged = self._backend.purge()
+        return Erasure(subject, len(keys), holders, cleaned, position, purged)
+
     def backup(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent single-file copy (no ``-wal`` needed) to ``path``.
+
+        The copy holds live data only: no bytes of a forgotten subject's key, even if it was
+        destroyed a moment ago.
 
         Raises:
             StorageError: ``path`` exists or cannot be written.
@@ -898,6 +987,27 @@ class EventStore:
         return f"<minies.EventStore {self._backend.where!r} ({state})>"
 
 
+class Erasure(msgspec.Struct, frozen=True):
+    """What ``EventStore.forget`` did.
+
+    Attributes:
+        subject: the data subject forgotten.
+        keys: how many of its keys were destroyed (0: it had none; nothing was written).
+        snapshots_dropped: the aggregates whose snapshots held its data and were dropped.
+        projections: the read models cleaned, by their ``forget`` hook or a rebuild.
+        position: the ``SubjectForgotten`` event's position (0 if none was written).
+        purged: the storage's log was truncated too (SQLite's WAL; False if a reader kept
+            old pages in use: they leave it at the next checkpoint, or on close).
+    """
+
+    subject: str
+    keys: int
+    snapshots_dropped: list[str]
+    projections: list[str]
+    position: int
+    purged: bool
+
+
 class StoreInfo(msgspec.Struct, frozen=True):
     """What ``EventStore.info`` reports.
 
@@ -907,6 +1017,7 @@ class StoreInfo(msgspec.Struct, frozen=True):
         aggregates: how many aggregates (streams).
         projections: ``(name, version, position, updated_at)`` of each projection's checkpoint.
         subscriptions: ``(name, position, updated_at)`` of each subscription's checkpoint.
+        forgotten_subjects: how many data subjects ``forget`` has forgotten.
     """
 
     schema_version: int
@@ -914,6 +1025,7 @@ class StoreInfo(msgspec.Struct, frozen=True):
     aggregates: int
     projections: list[tuple[str, int, int, str]]
     subscriptions: list[tuple[str, int, str]]
+    forgotten_subjects: int = 0
 
 
 class _Queued:

@@ -269,6 +269,9 @@ class PostgresBackend:
                 finally:
                     raw.execute(f"SELECT pg_advisory_unlock({lock})")
             version = self.schema_version()
+            if version < postgres_sql.SCHEMA_VERSION and not self.readonly:
+                self._migrate()
+                version = self.schema_version()
             if version > postgres_sql.SCHEMA_VERSION:
                 raise SchemaError(
                     f"{self.where} was written by a newer minies (schema version {version}, this one knows "
@@ -276,6 +279,21 @@ class PostgresBackend:
                 )
         except psycopg.Error as e:
             self.raise_error(e, f"cannot open {self.where}")
+
+    def _migrate(self) -> None:
+        """Bring an older log's schema up to date, once, whoever opens it first."""
+        raw = self.conn.raw
+        lock = "hashtext('minies schema ' || current_schema())"
+        raw.execute(f"SELECT pg_advisory_lock({lock})")
+        try:
+            with raw.transaction():
+                version = raw.execute(postgres_sql.SCHEMA_VERSION_NOW).fetchone()[0]
+                for target in range(version + 1, postgres_sql.SCHEMA_VERSION + 1):
+                    for statement in postgres_sql.MIGRATIONS[target]:
+                        raw.execute(statement)
+                    raw.execute("INSERT INTO minies_schema VALUES (%s)", (target,))
+        finally:
+            raw.execute(f"SELECT pg_advisory_unlock({lock})")
 
     # ------------------------------------------------------------------ errors
     def raise_error(self, error: BaseException, doing: str) -> NoReturn:
@@ -392,6 +410,15 @@ class PostgresBackend:
         raise StorageError(
             f"cannot back up {self.where} with backup(): use pg_dump, or minies.copy(url, {target!r}) for a minies file"
         )
+
+    def purge(self) -> bool:
+        """Rewrite the keys table so a destroyed key's old row versions leave its pages
+        (PostgreSQL keeps them until a vacuum; its WAL and backups are the operator's)."""
+        try:
+            self.conn.raw.execute(postgres_sql.PURGE_KEYS)
+        except psycopg.Error:
+            return False
+        return True
 
     def close(self) -> None:
         self.conn.raw.close()

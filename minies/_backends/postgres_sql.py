@@ -19,30 +19,38 @@ from typing import Final
 
 # Statements in SQL both databases speak: the same text on both backends.
 from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them here
+    ADD_KEY,
     ADVANCE_PROJECTION,
     AGGREGATE_HIGH,
     COUNTS,
     DEAD_LETTER_ATTEMPTS,
     DROP_SNAPSHOTS,
+    DROP_SNAPSHOTS_OF,
     ES_INSERT_RECORD,
     ES_STREAM_TYPE,
     ES_TRACK,
     ES_TRACKED,
     EVENT_TYPE_AT,
+    FORGET_KEY,
+    FORGOTTEN_SUBJECTS,
     HASH_AT,
     HEAD,
     HEAD_POSITION,
     INSERT_EVENT,
+    KEY_BY_ID,
+    KEY_OF_SUBJECT,
+    KEYS_OF_SUBJECT,
     LATEST_SNAPSHOT,
     PROJECTION_POSITIONS,
     PROJECTION_STATE,
+    SOME_KEY,
     SUBSCRIPTION_POSITION,
     TYPE_COUNTS,
     UNPARK,
     VERSION_GAPS,
 )
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # created_at as the SQLite backend stores it: 2026-03-04T15:23:47.123456Z
 TIMESTAMP: Final = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
@@ -93,6 +101,20 @@ BEGIN
     h.position, h.hash FROM {schema}.minies_head h;
 END $minies$"""
 
+# Statements that bring schema version N-1 to N (run on open, in one transaction).
+MIGRATIONS: Final = {
+    4: (
+        """
+        CREATE TABLE minies_keys (
+            key_id       TEXT        PRIMARY KEY,
+            subject      TEXT        NOT NULL,
+            key          BYTEA,
+            created_at   TIMESTAMPTZ NOT NULL,
+            forgotten_at TIMESTAMPTZ
+        )""",
+        "CREATE UNIQUE INDEX minies_keys_live ON minies_keys (subject) WHERE key IS NOT NULL",
+    ),
+}
 CREATE: Final = (
     """
     CREATE TABLE {schema}.events (
@@ -170,6 +192,7 @@ CREATE: Final = (
         PRIMARY KEY (subscription, position)
     )""",
     "CREATE TABLE {schema}.minies_schema (version INTEGER NOT NULL)",
+    *(statement.replace("minies_keys", "{schema}.minies_keys") for statement in MIGRATIONS[4]),
     f"INSERT INTO {{schema}}.minies_schema VALUES ({SCHEMA_VERSION})",
 )
 # The triggers verify expects, enabled, and the functions behind them, unaltered.
@@ -227,9 +250,9 @@ RAW_EVENTS: Final = (
     f" metadata::text, {_ts('created_at')}, hash, schema_version FROM events WHERE position > ?"
     " ORDER BY position LIMIT ?"
 )
-EVENT_TYPE_ROWS: Final = {
-    3: f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types",
-}
+EVENT_TYPE_ROWS: Final = dict.fromkeys(
+    (3, 4), f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types"
+)
 COPY_EVENT_TYPE: Final = (
     "INSERT INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -272,7 +295,7 @@ CHAIN: Final = (
 COMMIT_COUNTER: Final = "SELECT position FROM minies_head"
 
 # ---------------------------------------------------------------------------- event types
-STORED_TYPES: Final = {3: "SELECT event_type, schema_version FROM minies_event_types"}
+STORED_TYPES: Final = dict.fromkeys((3, 4), "SELECT event_type, schema_version FROM minies_event_types")
 ADD_TYPE: Final = (
     "INSERT INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -281,6 +304,16 @@ EVENT_TYPE_SCHEMAS: Final = (
     f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types"
     " ORDER BY event_type, schema_version"
 )
+
+# ---------------------------------------------------------------------------- personal data
+SEALED_AGGREGATES: Final = "SELECT DISTINCT aggregate_id FROM events WHERE strpos(data::text, ?) > 0"
+KEY_ROWS: Final = f"SELECT key_id, subject, key, {_ts('created_at')}, {_ts('forgotten_at')} FROM minies_keys"
+COPY_KEY: Final = (
+    "INSERT INTO minies_keys (key_id, subject, key, created_at, forgotten_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+ANY_KEY: Final = "SELECT EXISTS (SELECT 1 FROM minies_keys)"
+PURGE_KEYS: Final = "VACUUM FULL minies_keys"
 
 # ---------------------------------------------------------------------------- snapshots
 SAVE_SNAPSHOT: Final = (

@@ -108,6 +108,9 @@ class SqliteBackend:
                 if mode != "wal":
                     raise StorageError(f"cannot switch {self.path!r} to WAL mode (got {mode!r})")
             conn.pragma("synchronous", _SYNCHRONOUS[self._durability])
+            # Deleted content is overwritten with zeros, so a forgotten key or a read model's
+            # old row leaves no bytes behind (https://sqlite.org/pragma.html#pragma_secure_delete).
+            conn.pragma("secure_delete", True)
             conn.pragma("journal_size_limit", 64 * 1024 * 1024)
             if version != sqlite_sql.SCHEMA_VERSION:
                 conn.execute(sqlite_sql.BEGIN)  # the write lock: another process may be at it too
@@ -227,6 +230,20 @@ class SqliteBackend:
             self.conn.execute("VACUUM INTO ?", (target,))
         except apsw.Error as e:
             self.raise_error(e, f"cannot back up to {target!r}")
+
+    def purge(self) -> bool:
+        """Copy the WAL into the file and truncate it, so no old page (a destroyed key's, say)
+        survives in it. False if another connection's read kept some frames needed."""
+        if self.readonly or self._memory:
+            return not self._memory
+        try:
+            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.BusyError:
+            return False
+        except apsw.Error as e:
+            self.raise_error(e, f"cannot checkpoint {self.path!r}")
+        wal = self.path + "-wal"
+        return not os.path.exists(wal) or os.path.getsize(wal) == 0
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file, then close."""

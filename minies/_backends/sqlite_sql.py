@@ -17,7 +17,7 @@ import apsw
 from minies._errors import SchemaError
 
 APPLICATION_ID: Final = 0x6D696E69  # "mini"
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # ---------------------------------------------------------------------------- the schema
 # Appends only: a row must take the next position, and must not collide with a stored event
@@ -135,6 +135,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP TRIGGER IF EXISTS events_append_only",
         APPEND_ONLY,
     ),
+    # 4: one data key per data subject, for personal fields (see _personal). Outside the
+    # chain: forgetting a subject sets its key to NULL, and the log still verifies.
+    4: (
+        """
+        CREATE TABLE minies_keys (
+            key_id       TEXT PRIMARY KEY,
+            subject      TEXT NOT NULL,
+            key          BLOB,
+            created_at   TEXT NOT NULL,
+            forgotten_at TEXT
+        )""",
+        "CREATE UNIQUE INDEX minies_keys_live ON minies_keys (subject) WHERE key IS NOT NULL",
+    ),
 }
 
 # ---------------------------------------------------------------------------- the events
@@ -197,6 +210,7 @@ EVENT_TYPE_ROWS: Final = {  # by the file's schema version (a read-only source i
     2: "SELECT event_type, coalesce((SELECT schema_version FROM events e WHERE e.event_type = t.event_type"
     " ORDER BY position LIMIT 1), 1), python_class, json_schema, first_seen FROM minies_event_types t",
     3: "SELECT event_type, schema_version, python_class, json_schema, first_seen FROM minies_event_types",
+    4: "SELECT event_type, schema_version, python_class, json_schema, first_seen FROM minies_event_types",
 }
 COPY_EVENT_TYPE: Final = (
     "INSERT OR IGNORE INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
@@ -262,6 +276,7 @@ TYPE_COUNTS: Final = (
 STORED_TYPES: Final = {
     2: "SELECT DISTINCT event_type, schema_version FROM events",
     3: "SELECT event_type, schema_version FROM minies_event_types",
+    4: "SELECT event_type, schema_version FROM minies_event_types",
 }
 ADD_TYPE: Final = (
     "INSERT OR IGNORE INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
@@ -292,6 +307,22 @@ SNAPSHOT_STATS: Final = (
     " GROUP BY aggregate_type ORDER BY aggregate_type"
 )
 DROP_SNAPSHOTS: Final = "DELETE FROM minies_snapshots WHERE aggregate_type = ?"
+
+# ---------------------------------------------------------------------------- personal data
+ANY_KEY: Final = "SELECT EXISTS (SELECT 1 FROM minies_keys)"
+SOME_KEY: Final = "SELECT key_id, key FROM minies_keys WHERE key IS NOT NULL LIMIT 1"
+KEY_OF_SUBJECT: Final = "SELECT key_id, key FROM minies_keys WHERE subject = ? AND key IS NOT NULL"
+KEYS_OF_SUBJECT: Final = "SELECT key_id FROM minies_keys WHERE subject = ? AND key IS NOT NULL"
+KEY_BY_ID: Final = "SELECT key FROM minies_keys WHERE key_id = ?"
+ADD_KEY: Final = "INSERT INTO minies_keys (key_id, subject, key, created_at) VALUES (?, ?, ?, ?)"
+FORGET_KEY: Final = "UPDATE minies_keys SET key = NULL, forgotten_at = ? WHERE key_id = ?"
+FORGOTTEN_SUBJECTS: Final = "SELECT count(DISTINCT subject) FROM minies_keys WHERE key IS NULL"
+SEALED_AGGREGATES: Final = "SELECT DISTINCT aggregate_id FROM events WHERE instr(data, ?) > 0"
+DROP_SNAPSHOTS_OF: Final = "DELETE FROM minies_snapshots WHERE aggregate_id = ?"
+KEY_ROWS: Final = "SELECT key_id, subject, key, created_at, forgotten_at FROM minies_keys"
+COPY_KEY: Final = (
+    "INSERT OR IGNORE INTO minies_keys (key_id, subject, key, created_at, forgotten_at) VALUES (?, ?, ?, ?, ?)"
+)
 
 # ---------------------------------------------------------------------------- projections
 PROJECTION_STATE: Final = "SELECT version, position, objects FROM minies_projections WHERE name = ?"

@@ -1,0 +1,415 @@
+"""Personal data in an immutable log: fields sealed per data subject, forgotten by
+destroying the subject's key (crypto-shredding).
+
+A field declared ``Personal[T]`` is stored as a token, ``"minies-sealed:v1:<key id>:<base64>"``:
+its JSON value encrypted with AES-256-GCM under its data subject's key, the event's id and
+the field's name as associated data, so a token moved to another event or field does not
+decrypt. Keys live in ``minies_keys``, outside the hash chain (the chain covers the tokens,
+so ``verify`` needs no key). Forgetting a subject destroys its key: its tokens become noise,
+and every read shows the field as never written (the class's default).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import typing
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Final, NamedTuple, NoReturn, TypeAlias, TypeVar
+
+import msgspec
+
+from minies._errors import PersonalDataError, SchemaError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from minies._backends import Connection
+
+__all__ = ["Personal", "forgotten"]
+
+T = TypeVar("T")
+
+
+class _Mark:
+    def __repr__(self) -> str:
+        return "minies.PERSONAL"
+
+
+PERSONAL: Final = _Mark()
+Personal: TypeAlias = Annotated[T, PERSONAL]
+"""``email: minies.Personal[str] = ""``: the field is personal data of the event's data subject.
+
+It is stored encrypted under the subject's key; after ``store.forget(subject)`` every read
+gives the field's default instead (``minies.forgotten(event)`` names such fields)."""
+
+PREFIX: Final = "minies-sealed:v1:"
+MARK: Final = '"' + PREFIX
+"""How a sealed value starts inside stored JSON text (what readers look for)."""
+MARK_BYTES: Final = MARK.encode()
+_NONCE: Final = 12
+_KEY_BYTES: Final = 32
+
+
+class Spec(NamedTuple):
+    """Which fields of an event class are personal, and whose they are."""
+
+    fields: tuple[tuple[str, str], ...]
+    """``(attribute, name as encoded)`` of each personal field."""
+    subject: str | None
+    """The attribute naming the data subject; None: the aggregate id."""
+
+
+SEALED: dict[type, Spec] = {}
+"""Event classes with personal fields → their spec (filled when each class is defined)."""
+
+
+def may_declare(annotations: dict[str, Any]) -> bool:
+    """Could a class with these raw annotations declare personal fields? (Such classes get
+    weak references, which ``forgotten`` needs; a false yes only costs a pointer.)"""
+    for value in annotations.values():
+        if isinstance(value, str):
+            if "Personal" in value or "Annotated" in value:
+                return True
+        elif _is_personal(value) or any(_is_personal(arg) for arg in typing.get_args(value)):
+            return True
+    return False
+
+
+def _is_personal(hint: Any) -> bool:
+    return typing.get_origin(hint) is Annotated and any(m is PERSONAL for m in hint.__metadata__)
+
+
+def declare(cls: type[msgspec.Struct]) -> None:
+    """Record ``cls``'s personal fields and check the declaration (when the class is defined).
+
+    Raises:
+        SchemaError: a personal field has no default, or ``data_subject`` names no plain field.
+        PersonalDataError: the class declares personal data and ``cryptography`` is missing.
+    """
+    SEALED.pop(cls, None)
+    name = cls.__qualname__
+    subject = cls.__dict__.get("data_subject", getattr(cls, "data_subject", None))
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except NameError:  # a forward reference not defined yet: msgspec resolves it later, so can we
+        hints = {}
+        if subject is None and not may_declare(getattr(cls, "__annotations__", {})):
+            return
+        raise SchemaError(
+            f"{name} may declare personal fields, but its annotations cannot be resolved yet; define the "
+            "types it refers to before it"
+        ) from None
+    personal = []
+    for info in msgspec.structs.fields(cls):
+        hint = hints.get(info.name)
+        if hint is None or not _is_personal(hint):
+            if any(_is_personal(arg) for arg in typing.get_args(hint)):
+                raise SchemaError(
+                    f"{name}.{info.name}: write Personal[X | None], not Personal[X] | None "
+                    "(the whole field is personal)"
+                )
+            continue
+        if info.default is msgspec.NODEFAULT and info.default_factory is msgspec.NODEFAULT:
+            raise SchemaError(
+                f"{name}.{info.name} is personal but has no default: give it one (e.g. '' or None), the value "
+                "every read shows once its subject is forgotten"
+            )
+        personal.append((info.name, info.encode_name))
+    if subject is not None:
+        names = {info.name for info in msgspec.structs.fields(cls)}
+        if not isinstance(subject, str) or subject not in names:
+            raise SchemaError(f"{name}.data_subject = {subject!r} does not name a field of {name}")
+        if any(attr == subject for attr, _ in personal):
+            raise SchemaError(
+                f"{name}.data_subject = {subject!r} names a personal field; the subject's id must be plain"
+            )
+        if not personal:
+            raise SchemaError(f"{name}.data_subject is set, but no field is Personal[...]")
+    if not personal:
+        return
+    _cryptography()
+    if not cls.__struct_config__.weakref:
+        raise SchemaError(
+            f"{name} declares personal fields through an alias minies cannot see; use minies.Personal[...]"
+        )
+    SEALED[cls] = Spec(tuple(personal), subject)
+
+
+def _cryptography() -> type[AESGCM]:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise PersonalDataError(
+            'personal fields are encrypted with the cryptography package: pip install "minies[crypto]"'
+        ) from None
+    return AESGCM
+
+
+def sealed_by(key_id: str) -> str:
+    """The text every value sealed under ``key_id`` starts with."""
+    return f"{PREFIX}{key_id}:"
+
+
+def refuse_mark(cls_name: str) -> NoReturn:
+    """Refuse a payload that already holds something shaped like a sealed value."""
+    raise ValueError(
+        f"{cls_name} holds a string starting with {PREFIX!r}, which minies reserves for sealed personal "
+        "data; nothing was written"
+    )
+
+
+# ---------------------------------------------------------------------------- forgotten fields
+_forgotten: dict[int, tuple[weakref.ref[Any], frozenset[str]]] = {}
+
+
+class ForgottenPayload(dict[str, Any]):
+    """A payload read as a plain dict whose personal fields were forgotten (they are absent)."""
+
+
+def mark(value: Any, fields: frozenset[str]) -> Any:
+    """Remember that ``value`` (an event, or a payload dict) had ``fields`` forgotten."""
+    if type(value) is dict:
+        value = ForgottenPayload(value)
+    key = id(value)
+    try:
+        ref = weakref.ref(value, lambda _, key=key: _forgotten.pop(key, None))  # type: ignore[misc]
+    except TypeError:
+        return value
+    _forgotten[key] = (ref, fields)
+    return value
+
+
+def forgotten(value: Any) -> frozenset[str]:
+    """The fields of an event (or a ``Recorded``, or a payload dict) whose data subject was
+    forgotten: they read as the class's default (absent, in a dict). Empty for anything else.
+
+    ``minies.forgotten(record)`` tells a forgotten email from one that was really ``""``.
+    """
+    data = getattr(value, "data", value) if not isinstance(value, dict) else value
+    entry = _forgotten.get(id(data))
+    return entry[1] if entry is not None and entry[0]() is data else frozenset()
+
+
+# ---------------------------------------------------------------------------- the keys
+class Keyring:
+    """One store's view of ``minies_keys``: seals on append, opens on read, forgets.
+
+    Keys are cached until another connection commits (the data version changes), a write is
+    rolled back, or this store forgets a subject. With a key-encryption key, each data key is
+    stored wrapped (AES-256-GCM under it), and a copy of the file alone reveals nothing.
+    """
+
+    def __init__(self, key_encryption_key: bytes | None, enabled: bool) -> None:
+        if key_encryption_key is not None:
+            if not isinstance(key_encryption_key, bytes) or len(key_encryption_key) != _KEY_BYTES:
+                raise ValueError(
+                    f"key_encryption_key must be {_KEY_BYTES} bytes (e.g. os.urandom(32), kept outside the file)"
+                )
+            self._wrapper: AESGCM | None = _cryptography()(key_encryption_key)
+        else:
+            self._wrapper = None
+        self.enabled = enabled  # False for a file from before keys existed (schema < 4), read-only
+        self._seen: int | None = None
+        self._any: bool | None = None
+        self._by_subject: dict[str, tuple[str, AESGCM]] = {}
+        self._by_id: dict[str, AESGCM | None] = {}
+
+    def clear(self) -> None:
+        self._seen = self._any = None
+        self._by_subject.clear()
+        self._by_id.clear()
+
+    def _fresh(self, conn: Connection) -> None:
+        version = conn.data_version()
+        if version != self._seen:
+            self.clear()
+            self._seen = version
+
+    def active(self, conn: Connection) -> bool:
+        """Does the file hold any key (so reads must look for sealed values)?"""
+        if not self.enabled:
+            return False
+        self._fresh(conn)
+        if self._any is None:
+            self._any = bool(conn.execute(conn.sql.ANY_KEY).get)
+        return self._any
+
+    def check(self, conn: Connection) -> None:
+        """Refuse a key-encryption key that does not open this file's keys (or one missing).
+
+        Raises:
+            PersonalDataError: the keys are wrapped under another key, or not wrapped at all.
+        """
+        if not self.enabled:
+            return
+        row = conn.execute(conn.sql.SOME_KEY).fetchone()
+        if row is not None:
+            self._unwrap(row[0], bytes(row[1]), opening=True)
+
+    # ------------------------------------------------------------------ keys
+    def _unwrap(self, key_id: str, stored: bytes, opening: bool = False) -> AESGCM:
+        aesgcm = _cryptography()
+        wrapped = len(stored) != _KEY_BYTES
+        if self._wrapper is None:
+            if wrapped:
+                raise PersonalDataError(
+                    "this log's personal data keys are wrapped by a key-encryption key; open it with "
+                    "key_encryption_key= to read or write personal fields"
+                )
+            return aesgcm(stored)
+        if not wrapped:
+            raise PersonalDataError(
+                "this log's personal data keys are not wrapped, but a key_encryption_key was given; open it "
+                "without one (keys cannot be wrapped in place)"
+            )
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return aesgcm(self._wrapper.decrypt(stored[:_NONCE], stored[_NONCE:], b"minies key " + key_id.encode()))
+        except InvalidTag:
+            raise PersonalDataError(
+                "the key_encryption_key does not open this log's keys (a wrong key"
+                + (", nothing was written)" if opening else ", or a damaged key row)")
+            ) from None
+
+    def _key_of(self, conn: Connection, subject: str, now: str) -> tuple[str, AESGCM]:
+        found = self._by_subject.get(subject)
+        if found is not None:
+            return found
+        row = conn.execute(conn.sql.KEY_OF_SUBJECT, (subject,)).fetchone()
+        if row is not None:
+            found = (row[0], self._unwrap(row[0], bytes(row[1])))
+        else:
+            key_id = secrets.token_urlsafe(12)
+            key = os.urandom(_KEY_BYTES)
+            stored = key
+            if self._wrapper is not None:
+                nonce = os.urandom(_NONCE)
+                stored = nonce + self._wrapper.encrypt(nonce, key, b"minies key " + key_id.encode())
+            conn.execute(conn.sql.ADD_KEY, (key_id, subject, stored, now))
+            found = (key_id, _cryptography()(key))
+            self._any = True
+        self._by_subject[subject] = found
+        self._by_id[found[0]] = found[1]
+        return found
+
+    def _key_by_id(self, conn: Connection, key_id: str, where: str) -> AESGCM | None:
+        if key_id in self._by_id:
+            return self._by_id[key_id]
+        row = conn.execute(conn.sql.KEY_BY_ID, (key_id,)).fetchone()
+        if row is None:
+            raise PersonalDataError(f"{where} is sealed with key {key_id!r}, which this log does not hold (damaged?)")
+        key = None if row[0] is None else self._unwrap(key_id, bytes(row[0]))
+        self._by_id[key_id] = key
+        return key
+
+    # ------------------------------------------------------------------ sealing
+    def seal(
+        self, conn: Connection, events: Sequence[Any], datas: list[str], ids: list[str], aggregate_id: str, now: str
+    ) -> list[str]:
+        """The stored payloads of ``events``: their personal fields sealed under their subjects' keys.
+
+        Raises:
+            ValueError: an event's data subject field is empty or not a str.
+        """
+        self._fresh(conn)
+        sealed = list(datas)
+        encode = _encode
+        for k, event in enumerate(events):
+            spec = SEALED.get(type(event))
+            if spec is None:
+                continue
+            subject = aggregate_id if spec.subject is None else getattr(event, spec.subject)
+            if not isinstance(subject, str) or not subject:
+                raise ValueError(
+                    f"{type(event).__name__}.{spec.subject} = {subject!r} names the data subject: it must be a "
+                    "non-empty str; nothing was written"
+                )
+            key_id, key = self._key_of(conn, subject, now)
+            nonces = os.urandom(_NONCE * len(spec.fields))
+            tokens = {}
+            event_id = ids[k]
+            for n, (attr, name) in enumerate(spec.fields):
+                nonce = nonces[n * _NONCE : (n + 1) * _NONCE]
+                box = key.encrypt(nonce, encode(getattr(event, attr)), f"{event_id}/{name}".encode())
+                tokens[attr] = sealed_by(key_id) + base64.b64encode(nonce + box).decode()
+            sealed[k] = encode(msgspec.structs.replace(event, **tokens)).decode()
+        return sealed
+
+    def open(self, conn: Connection, text: str, event_id: str, where: str) -> tuple[str, frozenset[str]]:
+        """A stored payload with its sealed values opened, and the fields that were forgotten.
+
+        Raises:
+            PersonalDataError: a sealed value does not decrypt (tampered or moved), or its key is
+                missing, or is wrapped and this store has no key-encryption key.
+        """
+        parts = []
+        start = 0
+        gone: list[str] = []
+        while True:
+            at = text.find(MARK, start)
+            if at < 0:
+                break
+            end = text.find('"', at + 1)
+            key_id, _, box = text[at + 1 + len(PREFIX) : end].partition(":")
+            key = self._key_by_id(conn, key_id, where)
+            if key is None:
+                gone.append(_field_before(text, at))
+                start = end + 1
+                continue
+            name = _field_before(text, at)
+            try:
+                raw = base64.b64decode(box, validate=True)
+                plain = key.decrypt(raw[:_NONCE], raw[_NONCE:], f"{event_id}/{name}".encode())
+            except (binascii.Error, ValueError, _InvalidTag()) as e:
+                raise PersonalDataError(
+                    f"{where}: the personal field {name!r} does not decrypt (altered, or moved from another event "
+                    f"or field): {type(e).__name__}"
+                ) from None
+            parts.append(text[start:at])
+            parts.append(plain.decode())
+            start = end + 1
+        if gone:
+            payload = msgspec.json.decode(text)
+            for name in gone:
+                del payload[name]
+            return _open_rest(self, conn, _encode(payload).decode(), event_id, where), frozenset(gone)
+        if not parts:
+            return text, frozenset()
+        parts.append(text[start:])
+        return "".join(parts), frozenset()
+
+    # ------------------------------------------------------------------ forgetting
+    def forget(self, conn: Connection, subject: str, now: str) -> list[str]:
+        """Destroy ``subject``'s live keys (in the caller's write); return their ids."""
+        rows: list[Any] = conn.execute(conn.sql.KEYS_OF_SUBJECT, (subject,)).fetchall()
+        for (key_id,) in rows:
+            conn.execute(conn.sql.FORGET_KEY, (now, key_id))
+        self.clear()
+        return [row[0] for row in rows]
+
+
+def _open_rest(keys: Keyring, conn: Connection, text: str, event_id: str, where: str) -> str:
+    """Open what is left once the forgotten fields are removed (fields of another, live key)."""
+    opened, _ = keys.open(conn, text, event_id, where)
+    return opened
+
+
+def _field_before(text: str, at: int) -> str:
+    """The name of the top-level field whose value starts at ``at`` (``"name":<value>``)."""
+    colon = text.rindex(":", 0, at)
+    quote = text.rindex('"', 0, colon - 1)
+    return msgspec.json.decode(text[quote:colon].encode())
+
+
+def _InvalidTag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
+
+
+_encode: Callable[[Any], bytes] = msgspec.json.Encoder().encode
