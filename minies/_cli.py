@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import getpass
 import importlib
 import itertools
 import os
@@ -90,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     rebuild = command("rebuild", _rebuild, "drop one projection's tables and rebuild them from the log")
     rebuild.add_argument("name", help="the projection's name")
     _imports(rebuild)
+    forget = command(
+        "forget", _forget, "forget a data subject: destroy its key, so its personal fields read as forgotten"
+    )
+    forget.add_argument("subject", help="the data subject's id")
+    forget.add_argument("--reason", default="", help="why (recorded in the erasure event; no personal data)")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
     snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
     return parser
@@ -145,7 +152,44 @@ def _time(text: str) -> datetime:
 
 
 def _open(args: argparse.Namespace) -> EventStore:
-    return EventStore(args.file, readonly=True)
+    return EventStore(args.file, readonly=True, key_encryption_key=_key_encryption_key())
+
+
+def _key_encryption_key() -> bytes | None:
+    """``MINIES_KEY_ENCRYPTION_KEY`` (64 hex digits), for files whose keys are wrapped."""
+    text = os.environ.get("MINIES_KEY_ENCRYPTION_KEY")
+    if not text:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("MINIES_KEY_ENCRYPTION_KEY must be 64 hex digits (32 bytes)") from None
+
+
+def _forget(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError(f"forgetting {args.subject!r} cannot be undone; add --yes to confirm")
+        answer = input(f"Forget {args.subject!r} in {shown(args.file)}? Its personal data cannot be recovered. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing was changed")
+            return 1
+    with EventStore(args.file, key_encryption_key=_key_encryption_key()) as store:
+        erasure = store.forget(args.subject, reason=args.reason, metadata={"user_id": getpass.getuser()})
+    if not erasure.keys:
+        print(f"{args.subject!r} has no personal data here (or was forgotten already); nothing was changed")
+        return 0
+    print(
+        f"forgot {args.subject!r}: {_plural(erasure.keys, 'key')} destroyed, recorded at position {erasure.position}"
+        + (f"; snapshots dropped for {', '.join(erasure.snapshots_dropped)}" if erasure.snapshots_dropped else "")
+    )
+    if not erasure.purged and not is_url(args.file):
+        print("note: another connection kept the WAL in use; the key's bytes leave it at the next checkpoint")
+    print(
+        "applications' read models clean themselves when they next open the store; "
+        "backups taken before still hold the key"
+    )
+    return 0
 
 
 def _selected(store: EventStore, args: argparse.Namespace) -> Iterator[Recorded]:
@@ -197,6 +241,7 @@ def _info(args: argparse.Namespace) -> int:
         out(f"schema version  {info.schema_version}\n")
         out(f"events          {_plural(info.events, 'event')} in {_plural(info.aggregates, 'aggregate')}\n")
         out(f"head            {position} {digest or '-'}\n")
+        out(f"forgotten       {_plural(info.forgotten_subjects, 'data subject')}\n")
         out("event types\n")
         for event_type, version, count in store.event_types():
             out(f"  {event_type + ('' if version == 1 else f' v{version}'):<30} {count:>10,}\n")

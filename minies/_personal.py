@@ -244,7 +244,7 @@ class Keyring:
         Raises:
             PersonalDataError: the keys are wrapped under another key, or not wrapped at all.
         """
-        if not self.enabled:
+        if not self.enabled or self._wrapper is None:
             return
         row = conn.execute(conn.sql.SOME_KEY).fetchone()
         if row is not None:

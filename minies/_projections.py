@@ -18,7 +18,7 @@ import msgspec
 from minies import _codec, _events, _personal
 from minies._backends import Connection
 from minies._errors import MiniesError, ProjectionError
-from minies._events import Event, Recorded, type_names
+from minies._events import Event, Recorded, SubjectForgotten, type_names
 from minies._log import LAST, Opener, log_pages
 
 
@@ -212,6 +212,8 @@ class Projector:
         self._types = {name: p.wanted_types() for name, p in self.projections.items()}
         self._positions: dict[str, int] = {}
         self._known_head: int | None = None
+        self.erased: list[str] = []
+        """Read models cleaned of a forgotten subject (by ``SubjectForgotten`` events) lately."""
 
     def __bool__(self) -> bool:
         return bool(self.projections)
@@ -226,10 +228,13 @@ class Projector:
         if self._known_head != head_before:
             rows: list[Any] = conn.execute(conn.sql.PROJECTION_POSITIONS).fetchall()
             self._positions = dict(rows)
+        erased = [r.data.subject for r in records if isinstance(r.data, SubjectForgotten)]
         for name, projection in self.projections.items():
             position = self._positions[name]  # every projection has a row after its catch-up on open
             if position < head_before:
                 self._replay(conn, db, projection, position, None, upto=head_before)
+            if erased and self._erase(conn, db, name, erased):
+                continue
             wanted = self._types[name]
             mine = records if wanted is None else [r for r in records if r.event_type in wanted]
             if mine:
@@ -259,28 +264,36 @@ class Projector:
         if state is None or state[0] != projection.version:
             self.rebuild(conn, db, name)
         elif state[1] < head:
+            # A subject forgotten meanwhile (by another store, or the CLI, without this read model).
+            erased = [
+                msgspec.json.decode(data)["subject"] for (data,) in conn.execute(conn.sql.ERASED_AFTER, (state[1],))
+            ]
+            if erased and self._erase(conn, db, name, erased):
+                return
             self._replay(conn, db, projection, state[1], None)
             conn.execute(conn.sql.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
             self._known_head = None
 
-    def erase(self, conn: Connection, db: Database, subject: str) -> list[str]:
-        """Take a forgotten subject's personal data out of every read model that may hold it
-        (its ``forget`` hook, else a rebuild); return the names of those that did."""
+    def _erase(self, conn: Connection, db: Database, name: str, subjects: list[str]) -> bool:
+        """Take forgotten subjects' personal data out of one read model: its ``forget`` hook,
+        else a rebuild if it sees any type with personal fields. True if it was rebuilt (and
+        so is at the head already)."""
+        projection = self.projections[name]
         sealed = {cls.event_type for cls in _personal.SEALED}
-        done = []
-        for name, projection in self.projections.items():
+        wanted = self._types[name]
+        for subject in subjects:
             with db.running():
                 try:
                     handled = projection.forget(db, subject)
                 except conn.Error as e:
                     raise ProjectionError(name, f"forget({subject!r}) failed: {type(e).__name__}: {e}") from e
-            wanted = self._types[name]
-            if not handled and (wanted is None or not sealed.isdisjoint(wanted)):
-                self.rebuild(conn, db, name)
-                handled = True
             if handled:
-                done.append(name)
-        return done
+                self.erased.append(name)
+            elif wanted is None or not sealed.isdisjoint(wanted):
+                self.rebuild(conn, db, name)
+                self.erased.append(name)
+                return True
+        return False
 
     def rebuild(self, conn: Connection, db: Database, name: str, progress: Progress | None = None) -> RebuildReport:
         """Drop what the projection created, run ``setup`` again, replay the whole log."""

@@ -928,9 +928,10 @@ class EventStore:
                 )
                 for aggregate_id in holders:
                     conn.execute(self._sql.DROP_SNAPSHOTS_OF, (aggregate_id,))
-                cleaned = self._projector.erase(conn, self._db, subject)
                 event = msgspec.structs.replace(event, keys=len(keys))
+                self._projector.erased.clear()  # the event's inline apply cleans the read models
                 self._append(ERASURES, ERASURES, ANY, meta, [event], [_codec.encode_event(event)], None)
+                cleaned = sorted(set(self._projector.erased))
                 position = int(conn.execute(self._sql.HEAD_POSITION).get)
             purged = self._backend.purge()
         return Erasure(subject, len(keys), holders, cleaned, position, purged)

@@ -230,7 +230,7 @@ def test_concurrent_first_opens_of_an_empty_database_all_succeed(pg_url: str) ->
         for _ in range(6)
     ]
     outs = [proc.communicate(timeout=120) for proc in procs]
-    assert [(p.returncode, out) for p, (out, _) in zip(procs, outs, strict=True)] == [(0, "3\n")] * 6, outs
+    assert [(p.returncode, out) for p, (out, _) in zip(procs, outs, strict=True)] == [(0, "4\n")] * 6, outs
 
 
 def test_a_lock_held_past_the_timeout_is_a_storage_error(pg_url: str) -> None:

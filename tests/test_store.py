@@ -347,7 +347,7 @@ def test_file_is_wal_and_identifies_itself(db_path: str) -> None:
     con = sqlite3.connect(db_path)
     assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert con.execute("PRAGMA application_id").fetchone() == (0x6D696E69,)
-    assert con.execute("PRAGMA user_version").fetchone() == (3,)
+    assert con.execute("PRAGMA user_version").fetchone() == (4,)
     columns = [row[1] for row in con.execute("PRAGMA table_info(events)")]
     assert columns[:9] == [
         "position",
@@ -834,7 +834,7 @@ def test_info_says_what_the_file_holds(location: str) -> None:
         store.append("b", deposit(), aggregate_type="Account")
         store.subscription("mailer").poll(lambda r: None, limit=2)
         info = store.info()
-    assert (info.schema_version, info.events, info.aggregates) == (3, 3, 2)
+    assert (info.schema_version, info.events, info.aggregates, info.forgotten_subjects) == (4, 3, 2, 0)
     assert [(name, version, position) for name, version, position, _ in info.projections] == [("Balances", 1, 3)]
     assert [(name, position) for name, position, _ in info.subscriptions] == [("mailer", 2)]
 

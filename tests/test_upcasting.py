@@ -195,7 +195,7 @@ def test_the_first_file_format_migrates(tmp_path: Path) -> None:
     copy = tmp_path / "schema_v1.db"
     shutil.copy(FIXTURES / "schema_v1.db", copy)
     with minies.EventStore(str(copy)) as store:
-        assert store._conn.pragma("user_version") == 3
+        assert store._conn.pragma("user_version") == 4
         assert store.verify().ok
         assert [r.event_type for r in store.read_all()] == ["AccountOpened", "MoneyDeposited", "OrderPlaced"]
         store.append("acc-1", [shop_today.CityChanged(city="Bergen")], aggregate_type="Account")

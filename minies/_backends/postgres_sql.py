@@ -192,7 +192,7 @@ CREATE: Final = (
         PRIMARY KEY (subscription, position)
     )""",
     "CREATE TABLE {schema}.minies_schema (version INTEGER NOT NULL)",
-    *(statement.replace("minies_keys", "{schema}.minies_keys") for statement in MIGRATIONS[4]),
+    *(statement.replace(" minies_keys ", " {schema}.minies_keys ") for statement in MIGRATIONS[4]),
     f"INSERT INTO {{schema}}.minies_schema VALUES ({SCHEMA_VERSION})",
 )
 # The triggers verify expects, enabled, and the functions behind them, unaltered.
@@ -313,6 +313,7 @@ COPY_KEY: Final = (
     " ON CONFLICT DO NOTHING"
 )
 ANY_KEY: Final = "SELECT EXISTS (SELECT 1 FROM minies_keys)"
+ERASED_AFTER: Final = "SELECT data::text FROM events WHERE position > ? AND event_type = 'minies.SubjectForgotten'"
 PURGE_KEYS: Final = "VACUUM FULL minies_keys"
 
 # ---------------------------------------------------------------------------- snapshots
