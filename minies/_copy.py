@@ -36,7 +36,8 @@ def copy(
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> CopyReport:
-    """Copy the event log (events, event type schemas, snapshots) from ``source`` to ``target``.
+    """Copy the event log (events, event type schemas, snapshots, personal data keys) from
+    ``source`` to ``target``.
 
     Positions, event ids, timestamps, payloads, metadata, schema versions and hashes are kept
     byte for byte, so both have the same head hash. Projections are not copied: a store
@@ -73,7 +74,11 @@ def copy(
         with src._lock:
             types: list[Any] = src._open().execute(src._sql.EVENT_TYPE_ROWS[src._file_version]).fetchall()
             snapshots: list[Any] = src._open().execute(src._sql.SNAPSHOT_ROWS).fetchall()
+            keys: list[Any] = src._open().execute(src._sql.KEY_ROWS).fetchall() if src._file_version >= 4 else []
         with dst._lock, dst._write():
+            dst._conn.executemany(
+                dst._sql.COPY_KEY, [(i, s, k if k is None else bytes(k), c, f) for i, s, k, c, f in keys]
+            )
             dst._conn.executemany(dst._sql.COPY_EVENT_TYPE, types)
             dst._conn.execute(dst._sql.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
             dst._conn.executemany(dst._sql.COPY_SNAPSHOT, snapshots)

@@ -230,9 +230,12 @@ class Keyring:
             self._seen = version
 
     def active(self, conn: Connection) -> bool:
-        """Does the file hold any key (so reads must look for sealed values)?"""
+        """Must reads look for sealed values? (Yes if the file holds a key, or a class here
+        declares personal fields.)"""
         if not self.enabled:
             return False
+        if SEALED:  # (a log whose keys were all deleted must not read its sealed values as text)
+            return True
         self._fresh(conn)
         if self._any is None:
             self._any = bool(conn.execute(conn.sql.ANY_KEY).get)
@@ -284,6 +287,10 @@ class Keyring:
         if row is not None:
             found = (row[0], self._unwrap(row[0], bytes(row[1])))
         else:
+            if self._wrapper is None:  # never a plain key beside wrapped ones
+                some = conn.execute(conn.sql.SOME_KEY).fetchone()
+                if some is not None:
+                    self._unwrap(some[0], bytes(some[1]))
             key_id = secrets.token_urlsafe(12)
             key = os.urandom(_KEY_BYTES)
             stored = key

@@ -1,0 +1,666 @@
+"""Personal data: sealed per data subject, forgotten by destroying the subject's key."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minies
+from minies import _personal
+
+from conftest import run_python
+
+
+class CustomerRegistered(minies.Event):
+    data_subject: ClassVar[str] = "customer_id"
+    customer_id: str
+    email: minies.Personal[str] = ""
+    name: minies.Personal[str] = ""
+    plan: str = "free"
+
+
+class EmailChanged(minies.Event):
+    data_subject: ClassVar[str] = "customer_id"
+    customer_id: str
+    email: minies.Personal[str] = ""
+
+
+class PatientNoted(minies.Event):  # the subject is the aggregate id
+    note: minies.Personal[str] = ""
+    ward: int = 0
+
+
+class Customer(minies.Aggregate):
+    snapshot_every: ClassVar[int] = 2
+    email: str = ""
+    name: str = ""
+    changes: int = 0
+
+    def apply(self, event: minies.Event) -> None:
+        match event:
+            case CustomerRegistered(email=email, name=name):
+                self.email, self.name = email, name
+            case EmailChanged(email=email):
+                self.email = email
+                self.changes += 1
+
+
+class Emails(minies.Projection):
+    name = "emails"
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE emails (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+
+    def on_CustomerRegistered(self, db: minies.Database, r: minies.Recorded) -> None:
+        db.execute("INSERT INTO emails VALUES (?, ?)", (r.data.customer_id, r.data.email))
+
+    def on_EmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
+        db.execute("UPDATE emails SET email = ? WHERE customer_id = ?", (r.data.email, r.data.customer_id))
+
+
+class EmailsWithHook(Emails):
+    name = "emails_hooked"
+    forgotten: ClassVar[list[str]] = []
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE emails_hooked (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+
+    def on_CustomerRegistered(self, db: minies.Database, r: minies.Recorded) -> None:
+        db.execute("INSERT INTO emails_hooked VALUES (?, ?)", (r.data.customer_id, r.data.email))
+
+    def on_EmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
+        db.execute("UPDATE emails_hooked SET email = ? WHERE customer_id = ?", (r.data.email, r.data.customer_id))
+
+    def forget(self, db: minies.Database, subject: str) -> bool:
+        db.execute("DELETE FROM emails_hooked WHERE customer_id = ?", (subject,))
+        EmailsWithHook.forgotten.append(subject)
+        return True
+
+
+class Plans(minies.Projection):  # sees no personal type: not rebuilt by a forget
+    name = "plans"
+    event_types = ("minies.SubjectForgotten",)
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE plans (n INTEGER)")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute("INSERT INTO plans VALUES (1)")
+
+
+def register(store: minies.EventStore, customer: str, email: str, name: str = "Ann Example") -> None:
+    store.append(
+        customer,
+        [CustomerRegistered(customer_id=customer, email=email, name=name, plan="pro")],
+        aggregate_type="Customer",
+    )
+
+
+def stored_data(store: minies.EventStore) -> list[str]:
+    return [str(row[0]) for row in store.query("SELECT data FROM events ORDER BY position")]
+
+
+# ---------------------------------------------------------------------------- declaring
+
+
+def test_a_personal_field_needs_a_default_it_reads_as_once_forgotten() -> None:
+    with pytest.raises(minies.SchemaError, match=r"NoDefault.email is personal but has no default"):
+
+        class NoDefault(minies.Event):
+            email: minies.Personal[str]
+
+
+def test_data_subject_must_name_a_plain_field_of_the_class() -> None:
+    with pytest.raises(minies.SchemaError, match=r"data_subject = 'who' does not name a field"):
+
+        class Unknown(minies.Event):
+            data_subject: ClassVar[str] = "who"
+            email: minies.Personal[str] = ""
+
+    with pytest.raises(minies.SchemaError, match=r"names a personal field; the subject's id must be plain"):
+
+        class Itself(minies.Event):
+            data_subject: ClassVar[str] = "email"
+            email: minies.Personal[str] = ""
+
+    with pytest.raises(minies.SchemaError, match=r"data_subject is set, but no field is Personal"):
+
+        class Nothing(minies.Event):
+            data_subject: ClassVar[str] = "customer_id"
+            customer_id: str
+
+
+def test_the_whole_field_is_personal_not_one_arm_of_a_union() -> None:
+    with pytest.raises(minies.SchemaError, match=r"write Personal\[X \| None\], not Personal\[X\] \| None"):
+
+        class Half(minies.Event):
+            email: minies.Personal[str] | None = None
+
+
+def test_without_the_crypto_extra_a_personal_class_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
+    with pytest.raises(minies.PersonalDataError, match=r'pip install "minies\[crypto\]"'):
+
+        class NeedsCrypto(minies.Event):
+            email: minies.Personal[str] = ""
+
+    assert "NeedsCrypto" not in minies._events.registry
+
+
+def test_a_plain_value_shaped_like_a_sealed_one_is_refused(store: minies.EventStore) -> None:
+    bad = CustomerRegistered(customer_id="c1", plan="minies-sealed:v1:abc:def")
+    with pytest.raises(ValueError, match=r"reserves for sealed personal data; nothing was written"):
+        store.append("c1", [bad], aggregate_type="Customer")
+    assert store.head() == (0, "")
+
+
+# ---------------------------------------------------------------------------- sealing and reading
+
+
+def test_personal_fields_are_sealed_in_the_file_and_read_back_on_every_path(store: minies.EventStore) -> None:
+    register(store, "c1", "ann@example.com")
+    store.append("c1", [EmailChanged(customer_id="c1", email="ann@new.example")], aggregate_type="Customer")
+    for data in stored_data(store):
+        assert "ann@" not in data and "Ann Example" not in data and "minies-sealed:v1:" in data
+    # the plain fields stay queryable in SQL
+    plan = "SELECT json_extract(data, '$.plan') FROM events WHERE position = 1"
+    if store.path.startswith("postgres"):
+        plan = "SELECT data::json ->> 'plan' FROM events WHERE position = 1"
+    assert store.query(plan) == [("pro",)]
+
+    expected = CustomerRegistered(customer_id="c1", email="ann@example.com", name="Ann Example", plan="pro")
+    assert next(iter(store.read("c1"))).data == expected
+    assert [r.data for r in store.read_all(limit=1)] == [expected]
+    assert [r.data for r in store.read_all(event_types=[CustomerRegistered])] == [expected]
+    assert [r.data for r in store.read_all(raw=True)][0] == msgspec.to_builtins(expected)
+    customer = store.load(Customer, "c1")
+    assert (customer.email, customer.name, customer.changes) == ("ann@new.example", "Ann Example", 1)
+    delivered: list[Any] = []
+    store.subscription("mailer").poll(lambda r: delivered.append(r.data), limit=10)
+    assert delivered[0] == expected
+    assert minies.forgotten(delivered[0]) == frozenset()
+
+
+def test_a_snapshot_and_a_projection_see_the_plaintext(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Emails()]) as store:
+        register(store, "c1", "ann@example.com")
+        store.append("c1", [EmailChanged(customer_id="c1", email="ann@new.example")], aggregate_type="Customer")
+        assert store.query("SELECT email FROM emails") == [("ann@new.example",)]
+        customer = store.load(Customer, "c1")
+        customer.apply(EmailChanged(customer_id="c1", email="x@y.z"))  # local only
+    with minies.EventStore(db_path, projections=[Emails()]) as store:
+        store.rebuild("emails")
+        assert store.query("SELECT email FROM emails") == [("ann@new.example",)]
+
+
+def test_the_subject_defaults_to_the_aggregate_id(store: minies.EventStore) -> None:
+    store.append("patient-7", [PatientNoted(note="allergic to penicillin", ward=3)], aggregate_type="Patient")
+    assert store.query("SELECT subject FROM minies_keys") == [("patient-7",)]
+    erasure = store.forget("patient-7")
+    assert erasure.keys == 1
+    [record, _] = store.read_all()
+    assert record.data == PatientNoted(note="", ward=3) and minies.forgotten(record) == {"note"}
+
+
+def test_each_subject_has_one_key_and_an_empty_subject_is_refused(store: minies.EventStore) -> None:
+    register(store, "c1", "a@x")
+    register(store, "c2", "b@x")
+    store.append("c1", [EmailChanged(customer_id="c1", email="c@x")], aggregate_type="Customer")
+    assert sorted(s for (s,) in store.query("SELECT subject FROM minies_keys")) == ["c1", "c2"]
+    with pytest.raises(ValueError, match=r"CustomerRegistered.customer_id = '' names the data subject"):
+        store.append("c3", [CustomerRegistered(customer_id="", email="d@x")], aggregate_type="Customer")
+    assert store.head()[0] == 3
+
+
+def test_a_retry_with_the_same_ids_is_idempotent_and_a_different_payload_is_a_duplicate(
+    store: minies.EventStore,
+) -> None:
+    ids = [str(uuid.uuid4())]
+    event = CustomerRegistered(customer_id="c1", email="ann@example.com")
+    assert store.append("c1", [event], aggregate_type="Customer", event_ids=ids) == 1
+    assert store.append("c1", [event], aggregate_type="Customer", event_ids=ids) == 1
+    other = CustomerRegistered(customer_id="c1", email="bob@example.com")
+    with pytest.raises(minies.DuplicateEventError, match=r"by a different event"):
+        store.append("c1", [other], aggregate_type="Customer", event_ids=ids)
+    assert store.head()[0] == 1
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Point(msgspec.Struct, frozen=True):
+    x: int
+    y: float
+
+
+class Everything(minies.Event):
+    text: minies.Personal[str] = ""
+    number: minies.Personal[int] = 0
+    real: minies.Personal[float] = 0.0
+    flag: minies.Personal[bool] = False
+    blob: minies.Personal[bytes] = b""
+    maybe: minies.Personal[str | None] = None
+    items: minies.Personal[list[int]] = []
+    mapping: minies.Personal[dict[str, str]] = {}
+    point: minies.Personal[Point | None] = None
+    when: minies.Personal[datetime | None] = None
+    colour: minies.Personal[Colour] = Colour.RED
+
+
+everything = st.builds(
+    Everything,
+    text=st.text(),
+    number=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    real=st.floats(allow_nan=False, allow_infinity=False),
+    flag=st.booleans(),
+    blob=st.binary(max_size=64),
+    maybe=st.none() | st.text(max_size=10),
+    items=st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=5),
+    mapping=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    point=st.none() | st.builds(Point, x=st.integers(-1000, 1000), y=st.floats(allow_nan=False, allow_infinity=False)),
+    when=st.none() | st.datetimes(timezones=st.just(UTC)),
+    colour=st.sampled_from(Colour),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(event=everything)
+def test_personal_fields_of_every_type_round_trip_and_forget_to_their_defaults(event: Everything) -> None:
+    with minies.EventStore(":memory:") as store:
+        store.append("s", [event], aggregate_type="Thing")
+        assert "minies-sealed:v1:" in stored_data(store)[0]
+        [record] = store.read_all()
+        assert record.data == event
+        assert next(iter(store.read_all(raw=True))).data == msgspec.to_builtins(event)
+        store.forget("s")
+        [record, _] = store.read_all()
+        assert record.data == Everything()
+        assert minies.forgotten(record) == set(Everything.__struct_fields__)
+        assert store.verify().ok
+
+
+# ---------------------------------------------------------------------------- forgetting
+
+
+def test_forget_then_everything_still_works_and_the_history_hashes_the_same(location: str) -> None:
+    with minies.EventStore(location, projections=[Emails(), EmailsWithHook(), Plans()]) as store:
+        register(store, "c1", "ann@example.com")
+        register(store, "c2", "bob@example.com", name="Bob")
+        customer = store.load(Customer, "c1")
+        customer.record(EmailChanged(customer_id="c1", email="ann@new.example"))
+        store.save(customer)  # version 2: a snapshot
+        assert store.query("SELECT count(*) FROM minies_snapshots WHERE aggregate_id = 'c1'") == [(1,)]
+        head = store.head()
+        EmailsWithHook.forgotten.clear()
+
+        erasure = store.forget("c1", reason="GDPR request 17", metadata={"user_id": "dpo"})
+
+        assert (erasure.subject, erasure.keys, erasure.snapshots_dropped) == ("c1", 1, ["c1"])
+        assert erasure.projections == ["emails", "emails_hooked"] and erasure.position == head[0] + 1
+        assert EmailsWithHook.forgotten == ["c1"]
+        assert store.query("SELECT count(*) FROM minies_snapshots WHERE aggregate_id = 'c1'") == [(0,)]
+        # the read models: rebuilt (no hook) and hooked; the other subject untouched
+        assert sorted(store.query("SELECT customer_id, email FROM emails")) == [("c1", ""), ("c2", "bob@example.com")]
+        assert store.query("SELECT customer_id, email FROM emails_hooked") == [("c2", "bob@example.com")]
+        assert store.query("SELECT count(*) FROM plans") == [(1,)]  # saw the erasure event, no rebuild
+        # reads, loads, verify
+        records = list(store.read("c1"))
+        assert records[0].data == CustomerRegistered(customer_id="c1", plan="pro")
+        assert minies.forgotten(records[0]) == {"email", "name"} and minies.forgotten(records[1]) == {"email"}
+        assert minies.forgotten(records[0].data) == {"email", "name"}
+        customer = store.load(Customer, "c1")
+        assert (customer.email, customer.name, customer.changes) == ("", "", 1)
+        assert store.load(Customer, "c2").email == "bob@example.com"
+        report = store.verify(expect_head=f"{head[0]} {head[1]}")
+        assert report.ok, report.reason
+        [erased] = store.read_all(after=head[0])
+        assert erased.aggregate_id == minies.ERASURES and erased.metadata == {"user_id": "dpo"}
+        assert erased.data == minies.SubjectForgotten(subject="c1", reason="GDPR request 17", keys=1)
+        assert store.info().forgotten_subjects == 1
+        # a second forget finds nothing to destroy and writes nothing
+        assert store.forget("c1").keys == 0 and store.head()[0] == head[0] + 1
+        store.rebuild("emails")
+        assert sorted(store.query("SELECT customer_id, email FROM emails")) == [("c1", ""), ("c2", "bob@example.com")]
+
+
+def test_a_real_empty_value_is_not_reported_as_forgotten(store: minies.EventStore) -> None:
+    register(store, "c1", "")
+    register(store, "c2", "bob@x")
+    store.forget("c2")
+    first, second, _ = store.read_all()
+    assert first.data.email == second.data.email == ""
+    assert minies.forgotten(first) == frozenset() and minies.forgotten(second) == {"email", "name"}
+
+
+def test_new_personal_data_of_a_forgotten_subject_gets_a_new_key(store: minies.EventStore) -> None:
+    register(store, "c1", "old@x")
+    store.forget("c1")
+    store.append("c1", [EmailChanged(customer_id="c1", email="new@x")], aggregate_type="Customer")
+    customer = store.load(Customer, "c1")
+    assert customer.email == "new@x"
+    assert store.query("SELECT count(*), count(key) FROM minies_keys WHERE subject = 'c1'") == [(2, 1)]
+
+
+def test_read_models_of_another_store_clean_themselves_when_they_next_open(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Emails()]) as store:
+        register(store, "c1", "ann@example.com")
+    with minies.EventStore(db_path) as bare:  # as `minies forget` does: no projections
+        bare.forget("c1")
+    with minies.EventStore(db_path, projections=[Emails()]) as store:
+        assert store.query("SELECT email FROM emails") == [("",)]
+
+
+def test_a_forget_inside_a_transaction_that_fails_changes_nothing(store: minies.EventStore) -> None:
+    register(store, "c1", "ann@example.com")
+    with pytest.raises(RuntimeError, match="changed my mind"), store.transaction():
+        store.forget("c1")
+        raise RuntimeError("changed my mind")
+    assert next(iter(store.read("c1"))).data.email == "ann@example.com"
+    assert store.info().forgotten_subjects == 0 and store.head()[0] == 1
+
+
+def _scan(paths: list[Path], secrets: list[bytes]) -> list[tuple[str, bytes]]:
+    found = []
+    for path in paths:
+        if path.exists():
+            data = path.read_bytes()
+            found += [(path.name, s) for s in secrets if s in data]
+    return found
+
+
+def test_after_forget_neither_the_key_nor_any_plaintext_is_in_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "shop.db"
+    email, old_email, name = b"ann.secret@example.com", b"ann.older@example.com", b"Annabel Secretname"
+    with minies.EventStore(str(path), projections=[Emails(), EmailsWithHook()]) as store:
+        store.append(
+            "c1",
+            [CustomerRegistered(customer_id="c1", email=old_email.decode(), name=name.decode())],
+            aggregate_type="Customer",
+        )
+        for i in range(6):  # snapshots written and pruned, read-model rows updated in place
+            customer = store.load(Customer, "c1")
+            customer.record(EmailChanged(customer_id="c1", email=f"{i}{email.decode()}"[1 if i == 5 else 0 :]))
+            store.save(customer)
+        assert store.query("SELECT count(*) FROM minies_snapshots") == [(3,)]
+        register(store, "c2", "bob@example.com")
+        store.backup(str(tmp_path / "before.db"))
+        [(key,)] = store.query("SELECT key FROM minies_keys WHERE subject = 'c1'")
+        secrets = [bytes(key), email, old_email, name, b"older@example"]
+        wal = Path(str(path) + "-wal")
+        assert _scan([path, wal], [bytes(key)]) and _scan([path, wal], [email])  # the key, the read model
+        assert not any(email.decode() in data for data in stored_data(store))  # the log: sealed from the start
+
+        erasure = store.forget("c1")
+        assert erasure.purged
+
+        assert _scan([path, wal], secrets) == []
+        store.backup(str(tmp_path / "after.db"))
+        assert _scan([tmp_path / "after.db"], secrets) == []
+        assert _scan([tmp_path / "before.db"], [bytes(key)])  # what the README warns about
+        assert store.load(Customer, "c1").email == "" and store.verify().ok
+    assert _scan([path, wal], secrets) == []
+    with sqlite3.connect(path) as con:  # the stock module sees a consistent file
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT count(*) FROM minies_keys WHERE key IS NULL").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------------------- key-encryption key
+
+KEK = bytes(range(32))
+
+
+def test_with_a_key_encryption_key_the_file_alone_reveals_no_personal_field(db_path: str) -> None:
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        register(store, "c1", "ann@example.com")
+        assert next(iter(store.read("c1"))).data.email == "ann@example.com"
+        [(key,)] = store.query("SELECT key FROM minies_keys")
+        assert len(key) == 12 + 32 + 16  # wrapped: nonce, key, tag
+    with minies.EventStore(db_path, readonly=True) as thief:
+        assert thief.verify().ok  # an auditor needs no key
+        with pytest.raises(minies.PersonalDataError, match=r"wrapped by a key-encryption key; open it with"):
+            list(thief.read_all())
+    with minies.EventStore(db_path) as without:
+        with pytest.raises(minies.PersonalDataError, match=r"wrapped by a key-encryption key"):
+            register(without, "c2", "bob@example.com")
+        assert without.forget("c1").keys == 1  # destroying a key needs no key-encryption key
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        assert next(iter(store.read("c1"))).data.email == ""
+
+
+def test_a_wrong_key_encryption_key_is_refused_on_open_and_nothing_is_written(db_path: str) -> None:
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        register(store, "c1", "ann@example.com")
+    before = Path(db_path).read_bytes()
+    with pytest.raises(
+        minies.PersonalDataError, match=r"does not open this log's keys \(a wrong key, nothing was written\)"
+    ):
+        minies.EventStore(db_path, key_encryption_key=bytes(32))
+    assert Path(db_path).read_bytes() == before and not Path(db_path + "-wal").exists()
+    with pytest.raises(ValueError, match=r"key_encryption_key must be 32 bytes"):
+        minies.EventStore(db_path, key_encryption_key=b"short")
+
+
+def test_a_key_encryption_key_for_a_file_whose_keys_are_plain_is_refused(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        register(store, "c1", "ann@example.com")
+    with pytest.raises(minies.PersonalDataError, match=r"keys are not wrapped, but a key_encryption_key was given"):
+        minies.EventStore(db_path, key_encryption_key=KEK)
+
+
+# ---------------------------------------------------------------------------- tampering and crashes
+
+
+def _untriggered(path: str, sql: str, params: tuple[Any, ...]) -> None:
+    with sqlite3.connect(path) as con:
+        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        con.execute(sql, params)
+
+
+def test_a_tampered_ciphertext_is_caught_by_verify_and_by_decryption(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        register(store, "c1", "ann@example.com")
+        register(store, "c2", "bob@example.com")
+        [data] = [d for d in stored_data(store)[:1]]
+    token = json.loads(data)["email"]
+    flipped = token[:-6] + ("A" if token[-6] != "A" else "B") + token[-5:]
+    _untriggered(db_path, "UPDATE events SET data = ? WHERE position = 1", (data.replace(token, flipped),))
+    with minies.EventStore(db_path) as store:
+        report = store.verify()
+        assert not report.ok and report.first_bad_position == 1
+        with pytest.raises(
+            minies.PersonalDataError, match=r"event at position 1: the personal field 'email' does not decrypt"
+        ):
+            list(store.read_all())
+
+
+def test_a_ciphertext_moved_to_another_event_or_field_does_not_decrypt(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        register(store, "c1", "ann@example.com")
+        store.append("c1", [EmailChanged(customer_id="c1", email="x@y")], aggregate_type="Customer")
+        first, second = stored_data(store)
+    token = json.loads(first)["email"]
+    moved = json.dumps({**json.loads(second), "email": token}, separators=(",", ":"))
+    _untriggered(db_path, "UPDATE events SET data = ? WHERE position = 2", (moved,))
+    with (
+        minies.EventStore(db_path) as store,
+        pytest.raises(minies.PersonalDataError, match=r"moved from another event"),
+    ):
+        list(store.read("c1"))
+    swapped = json.loads(first)
+    swapped["email"], swapped["name"] = swapped["name"], swapped["email"]
+    _untriggered(
+        db_path, "UPDATE events SET data = ? WHERE position = 1", (json.dumps(swapped, separators=(",", ":")),)
+    )
+    with minies.EventStore(db_path) as store, pytest.raises(minies.PersonalDataError, match=r"field 'email' does not"):
+        list(store.read_all(limit=1))
+
+
+def test_a_sealed_value_whose_key_row_is_missing_is_named(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        register(store, "c1", "ann@example.com")
+    with sqlite3.connect(db_path) as con:
+        con.execute("DELETE FROM minies_keys")
+    with (
+        minies.EventStore(db_path) as store,
+        pytest.raises(minies.PersonalDataError, match=r"which this log does not hold"),
+    ):
+        list(store.read_all())
+
+
+_SLOW_FORGET = """
+import sys, time, minies
+from typing import ClassVar
+
+class CustomerRegistered(minies.Event):
+    data_subject: ClassVar[str] = "customer_id"
+    customer_id: str
+    email: minies.Personal[str] = ""
+
+class Slow(minies.Projection):
+    name = "slow"
+    def setup(self, db):
+        db.execute("CREATE TABLE slow (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+    def on_CustomerRegistered(self, db, r):
+        db.execute("INSERT INTO slow VALUES (?, ?)", (r.data.customer_id, r.data.email))
+    def forget(self, db, subject):
+        db.execute("DELETE FROM slow WHERE customer_id = ?", (subject,))
+        print("forgetting", flush=True)
+        time.sleep(60)
+        return True
+
+with minies.EventStore(sys.argv[1], projections=[Slow()]) as store:
+    if sys.argv[2] == "fill":
+        store.append("c1", [CustomerRegistered(customer_id="c1", email="ann@example.com")], aggregate_type="Customer")
+    else:
+        store.forget("c1")
+"""
+
+
+def test_kill_9_in_the_middle_of_forget_changes_nothing(db_path: str) -> None:
+    run_python(_SLOW_FORGET, db_path, "fill")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_FORGET, db_path, "forget"], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        line = proc.stdout.readline()
+        assert line == "forgetting\n" and time.monotonic() < deadline
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    with minies.EventStore(db_path) as store:
+        assert next(iter(store.read("c1"))).data.email == "ann@example.com"
+        assert store.info().forgotten_subjects == 0 and store.head()[0] == 1
+        assert store.query("SELECT email FROM slow") == [("ann@example.com",)]
+        assert store.verify().ok
+
+
+# ---------------------------------------------------------------------------- copies, CLI, PostgreSQL
+
+
+def test_a_copy_keeps_the_keys_and_the_head_hash(tmp_path: Path, location: str) -> None:
+    source = str(tmp_path / "src.db")
+    with minies.EventStore(source) as store:
+        register(store, "c1", "ann@example.com")
+        register(store, "c2", "bob@example.com")
+        store.forget("c2")
+        head = store.head()
+    report = minies.copy(source, location)
+    assert report.head_hash == head[1]
+    with minies.EventStore(location) as copy:
+        first, second, _ = copy.read_all()
+        assert first.data.email == "ann@example.com" and minies.forgotten(second) == {"email", "name"}
+        assert copy.info().forgotten_subjects == 1
+
+
+def test_the_cli_forgets_with_confirmation_and_info_counts(tmp_path: Path) -> None:
+    path = str(tmp_path / "cli.db")
+    with minies.EventStore(path) as store:
+        register(store, "c1", "ann@example.com")
+    cli = [sys.executable, "-m", "minies"]
+    refused = subprocess.run([*cli, "forget", path, "c1"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "cannot be undone; add --yes to confirm" in refused.stderr
+    events = subprocess.run([*cli, "events", path, "--json"], capture_output=True, text=True, check=True)
+    assert "ann@example.com" in events.stdout  # keys stored plainly: the CLI opens sealed fields
+    done = subprocess.run(
+        [*cli, "forget", path, "c1", "--yes", "--reason", "request 9"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "forgot 'c1': 1 key destroyed, recorded at position 2" in done.stdout
+    info = subprocess.run([*cli, "info", path], capture_output=True, text=True, check=True)
+    assert "forgotten       1 data subject\n" in info.stdout
+    events = subprocess.run([*cli, "events", path, "--json"], capture_output=True, text=True, check=True)
+    assert "ann@example.com" not in events.stdout and '"reason":"request 9"' in events.stdout
+    verify = subprocess.run([*cli, "verify", path], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_cli_reads_wrapped_keys_with_the_key_from_the_environment(tmp_path: Path) -> None:
+    path = str(tmp_path / "kek.db")
+    with minies.EventStore(path, key_encryption_key=KEK) as store:
+        register(store, "c1", "ann@example.com")
+    cli = [sys.executable, "-m", "minies", "events", path, "--json"]
+    without = subprocess.run(cli, capture_output=True, text=True)
+    assert without.returncode == 2 and "wrapped by a key-encryption key" in without.stderr
+    env = {**os.environ, "MINIES_KEY_ENCRYPTION_KEY": KEK.hex()}
+    with_key = subprocess.run(cli, capture_output=True, text=True, env=env, check=True)
+    assert "ann@example.com" in with_key.stdout
+
+
+def test_postgres_forgets_and_vacuums_the_keys(pg_url: str) -> None:
+    with minies.EventStore(pg_url, projections=[Emails()]) as store:
+        register(store, "c1", "ann@example.com")
+        erasure = store.forget("c1")
+        assert erasure.purged and erasure.projections == ["emails"]
+        assert store.query("SELECT count(*) FROM minies_keys WHERE key IS NULL") == [(1,)]
+        assert store.query("SELECT email FROM emails") == [("",)]
+        assert store.verify().ok
+
+
+def test_a_version_3_postgres_log_gains_the_keys_table(pg_url: str) -> None:
+    with minies.EventStore(pg_url) as store:
+        store.append("a", [PatientNoted(ward=1)], aggregate_type="Patient")
+        raw = store._backend.conn.raw  # as minies 0.2 left it: no keys table, schema version 3
+        raw.execute("DROP TABLE minies_keys")
+        raw.execute("UPDATE minies_schema SET version = 3")
+        assert store._backend.schema_version() == 3
+    with minies.EventStore(pg_url) as store:
+        assert store.info().schema_version == 4
+        store.append("p", [PatientNoted(note="secret")], aggregate_type="Patient")
+        assert next(iter(store.read("p"))).data.note == "secret"
+
+
+def test_a_read_only_store_on_a_version_3_file_reads_and_never_looks_for_keys(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    with minies.EventStore(str(path)) as store:
+        store.append("a", [PatientNoted(ward=1)], aggregate_type="Patient")
+    with sqlite3.connect(path) as con:
+        con.execute("DROP TABLE minies_keys")
+        con.execute("PRAGMA user_version = 3")
+    with minies.EventStore(str(path), readonly=True) as store:
+        assert [r.data.ward for r in store.read_all()] == [1] and store.info().forgotten_subjects == 0
+        assert store.forget("a").keys == 0
+
+
+def test_personal_is_a_plain_annotation_to_msgspec() -> None:
+    assert _personal.SEALED[CustomerRegistered].fields == (("email", "email"), ("name", "name"))
+    assert msgspec.json.decode(b'{"customer_id":"c","email":"e"}', type=CustomerRegistered).email == "e"
