@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import enum
 import re
+import typing
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, ClassVar, Final, Literal, dataclass_transform
@@ -41,7 +42,7 @@ class _EventMeta(msgspec.StructMeta):
             )
         cls = super().__new__(mcls, name, bases, namespace, **options)
         if any(isinstance(base, _EventMeta) for base in bases):  # every subclass of Event
-            _register(cls)
+            _register(typing.cast("type[Event]", cls))
         return cls
 
 

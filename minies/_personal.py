@@ -410,7 +410,8 @@ def _field_before(text: str, at: int) -> str:
     """The name of the top-level field whose value starts at ``at`` (``"name":<value>``)."""
     colon = text.rindex(":", 0, at)
     quote = text.rindex('"', 0, colon - 1)
-    return msgspec.json.decode(text[quote:colon].encode())
+    name: str = msgspec.json.decode(text[quote:colon].encode())
+    return name
 
 
 def _InvalidTag() -> type[Exception]:
