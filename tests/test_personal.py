@@ -25,7 +25,7 @@ import minies
 from minies import _personal
 
 
-class CustomerRegistered(minies.Event):
+class PersonSignedUp(minies.Event):
     data_subject: ClassVar[str] = "customer_id"
     customer_id: str
     email: minies.Personal[str] = ""
@@ -33,13 +33,13 @@ class CustomerRegistered(minies.Event):
     plan: str = "free"
 
 
-class EmailChanged(minies.Event):
+class PersonEmailChanged(minies.Event):
     data_subject: ClassVar[str] = "customer_id"
     customer_id: str
     email: minies.Personal[str] = ""
 
 
-class PatientNoted(minies.Event):  # the subject is the aggregate id
+class PatientNoteAdded(minies.Event):  # the subject is the aggregate id
     note: minies.Personal[str] = ""
     ward: int = 0
 
@@ -52,9 +52,9 @@ class Customer(minies.Aggregate):
 
     def apply(self, event: minies.Event) -> None:
         match event:
-            case CustomerRegistered(email=email, name=name):
+            case PersonSignedUp(email=email, name=name):
                 self.email, self.name = email, name
-            case EmailChanged(email=email):
+            case PersonEmailChanged(email=email):
                 self.email = email
                 self.changes += 1
 
@@ -65,10 +65,10 @@ class Emails(minies.Projection):
     def setup(self, db: minies.Database) -> None:
         db.execute("CREATE TABLE emails (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
 
-    def on_CustomerRegistered(self, db: minies.Database, r: minies.Recorded) -> None:
+    def on_PersonSignedUp(self, db: minies.Database, r: minies.Recorded) -> None:
         db.execute("INSERT INTO emails VALUES (?, ?)", (r.data.customer_id, r.data.email))
 
-    def on_EmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
+    def on_PersonEmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
         db.execute("UPDATE emails SET email = ? WHERE customer_id = ?", (r.data.email, r.data.customer_id))
 
 
@@ -79,10 +79,10 @@ class EmailsWithHook(Emails):
     def setup(self, db: minies.Database) -> None:
         db.execute("CREATE TABLE emails_hooked (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
 
-    def on_CustomerRegistered(self, db: minies.Database, r: minies.Recorded) -> None:
+    def on_PersonSignedUp(self, db: minies.Database, r: minies.Recorded) -> None:
         db.execute("INSERT INTO emails_hooked VALUES (?, ?)", (r.data.customer_id, r.data.email))
 
-    def on_EmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
+    def on_PersonEmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
         db.execute("UPDATE emails_hooked SET email = ? WHERE customer_id = ?", (r.data.email, r.data.customer_id))
 
     def forget(self, db: minies.Database, subject: str) -> bool:
@@ -105,7 +105,7 @@ class Plans(minies.Projection):  # sees no personal type: not rebuilt by a forge
 def register(store: minies.EventStore, customer: str, email: str, name: str = "Ann Example") -> None:
     store.append(
         customer,
-        [CustomerRegistered(customer_id=customer, email=email, name=name, plan="pro")],
+        [PersonSignedUp(customer_id=customer, email=email, name=name, plan="pro")],
         aggregate_type="Customer",
     )
 
@@ -162,7 +162,7 @@ def test_without_the_crypto_extra_a_personal_class_is_refused_by_name(monkeypatc
 
 
 def test_a_plain_value_shaped_like_a_sealed_one_is_refused(store: minies.EventStore) -> None:
-    bad = CustomerRegistered(customer_id="c1", plan="minies-sealed:v1:abc:def")
+    bad = PersonSignedUp(customer_id="c1", plan="minies-sealed:v1:abc:def")
     with pytest.raises(ValueError, match=r"reserves for sealed personal data; nothing was written"):
         store.append("c1", [bad], aggregate_type="Customer")
     assert store.head() == (0, "")
@@ -173,7 +173,7 @@ def test_a_plain_value_shaped_like_a_sealed_one_is_refused(store: minies.EventSt
 
 def test_personal_fields_are_sealed_in_the_file_and_read_back_on_every_path(store: minies.EventStore) -> None:
     register(store, "c1", "ann@example.com")
-    store.append("c1", [EmailChanged(customer_id="c1", email="ann@new.example")], aggregate_type="Customer")
+    store.append("c1", [PersonEmailChanged(customer_id="c1", email="ann@new.example")], aggregate_type="Customer")
     for data in stored_data(store):
         assert "ann@" not in data and "Ann Example" not in data and "minies-sealed:v1:" in data
     # the plain fields stay queryable in SQL
@@ -182,10 +182,10 @@ def test_personal_fields_are_sealed_in_the_file_and_read_back_on_every_path(stor
         plan = "SELECT data::json ->> 'plan' FROM events WHERE position = 1"
     assert store.query(plan) == [("pro",)]
 
-    expected = CustomerRegistered(customer_id="c1", email="ann@example.com", name="Ann Example", plan="pro")
+    expected = PersonSignedUp(customer_id="c1", email="ann@example.com", name="Ann Example", plan="pro")
     assert next(iter(store.read("c1"))).data == expected
     assert [r.data for r in store.read_all(limit=1)] == [expected]
-    assert [r.data for r in store.read_all(event_types=[CustomerRegistered])] == [expected]
+    assert [r.data for r in store.read_all(event_types=[PersonSignedUp])] == [expected]
     assert next(iter(store.read_all(raw=True))).data == msgspec.to_builtins(expected)
     customer = store.load(Customer, "c1")
     assert (customer.email, customer.name, customer.changes) == ("ann@new.example", "Ann Example", 1)
@@ -198,31 +198,31 @@ def test_personal_fields_are_sealed_in_the_file_and_read_back_on_every_path(stor
 def test_a_snapshot_and_a_projection_see_the_plaintext(db_path: str) -> None:
     with minies.EventStore(db_path, projections=[Emails()]) as store:
         register(store, "c1", "ann@example.com")
-        store.append("c1", [EmailChanged(customer_id="c1", email="ann@new.example")], aggregate_type="Customer")
+        store.append("c1", [PersonEmailChanged(customer_id="c1", email="ann@new.example")], aggregate_type="Customer")
         assert store.query("SELECT email FROM emails") == [("ann@new.example",)]
         customer = store.load(Customer, "c1")
-        customer.apply(EmailChanged(customer_id="c1", email="x@y.z"))  # local only
+        customer.apply(PersonEmailChanged(customer_id="c1", email="x@y.z"))  # local only
     with minies.EventStore(db_path, projections=[Emails()]) as store:
         store.rebuild("emails")
         assert store.query("SELECT email FROM emails") == [("ann@new.example",)]
 
 
 def test_the_subject_defaults_to_the_aggregate_id(store: minies.EventStore) -> None:
-    store.append("patient-7", [PatientNoted(note="allergic to penicillin", ward=3)], aggregate_type="Patient")
+    store.append("patient-7", [PatientNoteAdded(note="allergic to penicillin", ward=3)], aggregate_type="Patient")
     assert store.query("SELECT subject FROM minies_keys") == [("patient-7",)]
     erasure = store.forget("patient-7")
     assert erasure.keys == 1
     [record, _] = store.read_all()
-    assert record.data == PatientNoted(note="", ward=3) and minies.forgotten(record) == {"note"}
+    assert record.data == PatientNoteAdded(note="", ward=3) and minies.forgotten(record) == {"note"}
 
 
 def test_each_subject_has_one_key_and_an_empty_subject_is_refused(store: minies.EventStore) -> None:
     register(store, "c1", "a@x")
     register(store, "c2", "b@x")
-    store.append("c1", [EmailChanged(customer_id="c1", email="c@x")], aggregate_type="Customer")
+    store.append("c1", [PersonEmailChanged(customer_id="c1", email="c@x")], aggregate_type="Customer")
     assert sorted(s for (s,) in store.query("SELECT subject FROM minies_keys")) == ["c1", "c2"]
-    with pytest.raises(ValueError, match=r"CustomerRegistered.customer_id = '' names the data subject"):
-        store.append("c3", [CustomerRegistered(customer_id="", email="d@x")], aggregate_type="Customer")
+    with pytest.raises(ValueError, match=r"PersonSignedUp.customer_id = '' names the data subject"):
+        store.append("c3", [PersonSignedUp(customer_id="", email="d@x")], aggregate_type="Customer")
     assert store.head()[0] == 3
 
 
@@ -230,10 +230,10 @@ def test_a_retry_with_the_same_ids_is_idempotent_and_a_different_payload_is_a_du
     store: minies.EventStore,
 ) -> None:
     ids = [str(uuid.uuid4())]
-    event = CustomerRegistered(customer_id="c1", email="ann@example.com")
+    event = PersonSignedUp(customer_id="c1", email="ann@example.com")
     assert store.append("c1", [event], aggregate_type="Customer", event_ids=ids) == 1
     assert store.append("c1", [event], aggregate_type="Customer", event_ids=ids) == 1
-    other = CustomerRegistered(customer_id="c1", email="bob@example.com")
+    other = PersonSignedUp(customer_id="c1", email="bob@example.com")
     with pytest.raises(minies.DuplicateEventError, match=r"by a different event"):
         store.append("c1", [other], aggregate_type="Customer", event_ids=ids)
     assert store.head()[0] == 1
@@ -249,7 +249,7 @@ class Point(msgspec.Struct, frozen=True):
     y: float
 
 
-class Everything(minies.Event):
+class SealedEverything(minies.Event):
     text: minies.Personal[str] = ""
     number: minies.Personal[int] = 0
     real: minies.Personal[float] = 0.0
@@ -264,7 +264,7 @@ class Everything(minies.Event):
 
 
 everything = st.builds(
-    Everything,
+    SealedEverything,
     text=st.text(),
     number=st.integers(min_value=-(2**63), max_value=2**63 - 1),
     real=st.floats(allow_nan=False, allow_infinity=False),
@@ -281,7 +281,7 @@ everything = st.builds(
 
 @settings(max_examples=60, deadline=None)
 @given(event=everything)
-def test_personal_fields_of_every_type_round_trip_and_forget_to_their_defaults(event: Everything) -> None:
+def test_personal_fields_of_every_type_round_trip_and_forget_to_their_defaults(event: SealedEverything) -> None:
     with minies.EventStore(":memory:") as store:
         store.append("s", [event], aggregate_type="Thing")
         assert "minies-sealed:v1:" in stored_data(store)[0]
@@ -290,8 +290,8 @@ def test_personal_fields_of_every_type_round_trip_and_forget_to_their_defaults(e
         assert next(iter(store.read_all(raw=True))).data == msgspec.to_builtins(event)
         store.forget("s")
         [record, _] = store.read_all()
-        assert record.data == Everything()
-        assert minies.forgotten(record) == set(Everything.__struct_fields__)
+        assert record.data == SealedEverything()
+        assert minies.forgotten(record) == set(SealedEverything.__struct_fields__)
         assert store.verify().ok
 
 
@@ -303,7 +303,7 @@ def test_forget_then_everything_still_works_and_the_history_hashes_the_same(loca
         register(store, "c1", "ann@example.com")
         register(store, "c2", "bob@example.com", name="Bob")
         customer = store.load(Customer, "c1")
-        customer.record(EmailChanged(customer_id="c1", email="ann@new.example"))
+        customer.record(PersonEmailChanged(customer_id="c1", email="ann@new.example"))
         store.save(customer)  # version 2: a snapshot
         assert store.query("SELECT count(*) FROM minies_snapshots WHERE aggregate_id = 'c1'") == [(1,)]
         head = store.head()
@@ -321,7 +321,7 @@ def test_forget_then_everything_still_works_and_the_history_hashes_the_same(loca
         assert store.query("SELECT count(*) FROM plans") == [(1,)]  # saw the erasure event, no rebuild
         # reads, loads, verify
         records = list(store.read("c1"))
-        assert records[0].data == CustomerRegistered(customer_id="c1", plan="pro")
+        assert records[0].data == PersonSignedUp(customer_id="c1", plan="pro")
         assert minies.forgotten(records[0]) == {"email", "name"} and minies.forgotten(records[1]) == {"email"}
         assert minies.forgotten(records[0].data) == {"email", "name"}
         customer = store.load(Customer, "c1")
@@ -351,7 +351,7 @@ def test_a_real_empty_value_is_not_reported_as_forgotten(store: minies.EventStor
 def test_new_personal_data_of_a_forgotten_subject_gets_a_new_key(store: minies.EventStore) -> None:
     register(store, "c1", "old@x")
     store.forget("c1")
-    store.append("c1", [EmailChanged(customer_id="c1", email="new@x")], aggregate_type="Customer")
+    store.append("c1", [PersonEmailChanged(customer_id="c1", email="new@x")], aggregate_type="Customer")
     customer = store.load(Customer, "c1")
     assert customer.email == "new@x"
     assert store.query("SELECT count(*), count(key) FROM minies_keys WHERE subject = 'c1'") == [(2, 1)]
@@ -390,12 +390,12 @@ def test_after_forget_neither_the_key_nor_any_plaintext_is_in_the_files(tmp_path
     with minies.EventStore(str(path), projections=[Emails(), EmailsWithHook()]) as store:
         store.append(
             "c1",
-            [CustomerRegistered(customer_id="c1", email=old_email.decode(), name=name.decode())],
+            [PersonSignedUp(customer_id="c1", email=old_email.decode(), name=name.decode())],
             aggregate_type="Customer",
         )
         for i in range(6):  # snapshots written and pruned, read-model rows updated in place
             customer = store.load(Customer, "c1")
-            customer.record(EmailChanged(customer_id="c1", email=f"{i}{email.decode()}"[1 if i == 5 else 0 :]))
+            customer.record(PersonEmailChanged(customer_id="c1", email=f"{i}{email.decode()}"[1 if i == 5 else 0 :]))
             store.save(customer)
         assert store.query("SELECT count(*) FROM minies_snapshots") == [(3,)]
         register(store, "c2", "bob@example.com")
@@ -492,7 +492,7 @@ def test_a_tampered_ciphertext_is_caught_by_verify_and_by_decryption(db_path: st
 def test_a_ciphertext_moved_to_another_event_or_field_does_not_decrypt(db_path: str) -> None:
     with minies.EventStore(db_path) as store:
         register(store, "c1", "ann@example.com")
-        store.append("c1", [EmailChanged(customer_id="c1", email="x@y")], aggregate_type="Customer")
+        store.append("c1", [PersonEmailChanged(customer_id="c1", email="x@y")], aggregate_type="Customer")
         first, second = stored_data(store)
     token = json.loads(first)["email"]
     moved = json.dumps({**json.loads(second), "email": token}, separators=(",", ":"))
@@ -527,7 +527,7 @@ _SLOW_FORGET = """
 import sys, time, minies
 from typing import ClassVar
 
-class CustomerRegistered(minies.Event):
+class PersonSignedUp(minies.Event):
     data_subject: ClassVar[str] = "customer_id"
     customer_id: str
     email: minies.Personal[str] = ""
@@ -536,7 +536,7 @@ class Slow(minies.Projection):
     name = "slow"
     def setup(self, db):
         db.execute("CREATE TABLE slow (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
-    def on_CustomerRegistered(self, db, r):
+    def on_PersonSignedUp(self, db, r):
         db.execute("INSERT INTO slow VALUES (?, ?)", (r.data.customer_id, r.data.email))
     def forget(self, db, subject):
         db.execute("DELETE FROM slow WHERE customer_id = ?", (subject,))
@@ -546,7 +546,7 @@ class Slow(minies.Projection):
 
 with minies.EventStore(sys.argv[1], projections=[Slow()]) as store:
     if sys.argv[2] == "fill":
-        store.append("c1", [CustomerRegistered(customer_id="c1", email="ann@example.com")], aggregate_type="Customer")
+        store.append("c1", [PersonSignedUp(customer_id="c1", email="ann@example.com")], aggregate_type="Customer")
     else:
         store.forget("c1")
 """
@@ -637,21 +637,21 @@ def test_postgres_forgets_and_vacuums_the_keys(pg_url: str) -> None:
 
 def test_a_version_3_postgres_log_gains_the_keys_table(pg_url: str) -> None:
     with minies.EventStore(pg_url) as store:
-        store.append("a", [PatientNoted(ward=1)], aggregate_type="Patient")
+        store.append("a", [PatientNoteAdded(ward=1)], aggregate_type="Patient")
         raw = store._backend.conn.raw  # as minies 0.2 left it: no keys table, schema version 3
         raw.execute("DROP TABLE minies_keys")
         raw.execute("UPDATE minies_schema SET version = 3")
         assert store._backend.schema_version() == 3
     with minies.EventStore(pg_url) as store:
         assert store.info().schema_version == 4
-        store.append("p", [PatientNoted(note="secret")], aggregate_type="Patient")
+        store.append("p", [PatientNoteAdded(note="secret")], aggregate_type="Patient")
         assert next(iter(store.read("p"))).data.note == "secret"
 
 
 def test_a_read_only_store_on_a_version_3_file_reads_and_never_looks_for_keys(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
     with minies.EventStore(str(path)) as store:
-        store.append("a", [PatientNoted(ward=1)], aggregate_type="Patient")
+        store.append("a", [PatientNoteAdded(ward=1)], aggregate_type="Patient")
     with sqlite3.connect(path) as con:
         con.execute("DROP TABLE minies_keys")
         con.execute("PRAGMA user_version = 3")
@@ -661,5 +661,5 @@ def test_a_read_only_store_on_a_version_3_file_reads_and_never_looks_for_keys(tm
 
 
 def test_personal_is_a_plain_annotation_to_msgspec() -> None:
-    assert _personal.SEALED[CustomerRegistered].fields == (("email", "email"), ("name", "name"))
-    assert msgspec.json.decode(b'{"customer_id":"c","email":"e"}', type=CustomerRegistered).email == "e"
+    assert _personal.SEALED[PersonSignedUp].fields == (("email", "email"), ("name", "name"))
+    assert msgspec.json.decode(b'{"customer_id":"c","email":"e"}', type=PersonSignedUp).email == "e"

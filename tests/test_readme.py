@@ -28,6 +28,7 @@ def test_python_examples_run(tmp_path: Path) -> None:
     assert "would e-mail about order_1" in result.stdout
     assert "1 order invoiced; 0 on the second run" in result.stdout and "correlation: req_xyz" in result.stdout
     assert "tricks: ['roll over']" in result.stdout and "dogs.db verifies: True" in result.stdout
+    assert "Ada Byron\nTrue ['birth_year', 'name']\nverifies: True | forgotten: 1\n" in result.stdout
 
 
 def test_testing_example_passes_under_pytest(tmp_path: Path) -> None:
