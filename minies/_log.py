@@ -26,8 +26,8 @@ class _Raw(dict[str, Callable[[Any], Any]]):
         return _codec.decode_payload
 
 
-Opener = Callable[[str, str, str], tuple[str, frozenset[str]]]
-"""``(stored payload, event id, where) -> (payload with personal fields opened, fields forgotten)``:
+Opener = Callable[[str, str, int], tuple[str, frozenset[str]]]
+"""``(stored payload, event id, position) -> (payload with personal fields opened, fields forgotten)``:
 a store's ``Keyring.open`` on its connection, given to reads when the log holds sealed fields."""
 
 _RAW: Final = _Raw()
@@ -89,7 +89,7 @@ def _open(rows: list[Any], opener: Opener) -> dict[int, frozenset[str]]:
     mark = _personal.MARK
     for k, row in enumerate(rows):
         if mark in row[7]:
-            text, names = opener(row[7], row[1], f"event at position {row[0]}")
+            text, names = opener(row[7], row[1], row[0])
             rows[k] = (*row[:7], text, *row[8:])
             if names:
                 gone[row[0]] = names

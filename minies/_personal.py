@@ -11,7 +11,6 @@ and every read shows the field as never written (the class's default).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import secrets
@@ -234,9 +233,9 @@ class Keyring:
         declares personal fields.)"""
         if not self.enabled:
             return False
+        self._fresh(conn)
         if SEALED:  # (a log whose keys were all deleted must not read its sealed values as text)
             return True
-        self._fresh(conn)
         if self._any is None:
             self._any = bool(conn.execute(conn.sql.ANY_KEY).get)
         return self._any
@@ -304,12 +303,12 @@ class Keyring:
         self._by_id[found[0]] = found[1]
         return found
 
-    def _key_by_id(self, conn: Connection, key_id: str, where: str) -> AESGCM | None:
-        if key_id in self._by_id:
-            return self._by_id[key_id]
+    def _key_by_id(self, conn: Connection, key_id: str, position: int) -> AESGCM | None:
         row = conn.execute(conn.sql.KEY_BY_ID, (key_id,)).fetchone()
         if row is None:
-            raise PersonalDataError(f"{where} is sealed with key {key_id!r}, which this log does not hold (damaged?)")
+            raise PersonalDataError(
+                f"event at position {position} is sealed with key {key_id!r}, which this log does not hold (damaged?)"
+            )
         key = None if row[0] is None else self._unwrap(key_id, bytes(row[0]))
         self._by_id[key_id] = key
         return key
@@ -325,7 +324,9 @@ class Keyring:
         """
         self._fresh(conn)
         sealed = list(datas)
-        encode = _encode
+        encode, b64, replace = _encode, binascii.b2a_base64, msgspec.structs.replace
+        nonces = os.urandom(_NONCE * sum(len(SEALED[type(e)].fields) for e in events if type(e) in SEALED))
+        n = 0
         for k, event in enumerate(events):
             spec = SEALED.get(type(event))
             if spec is None:
@@ -337,17 +338,18 @@ class Keyring:
                     "non-empty str; nothing was written"
                 )
             key_id, key = self._key_of(conn, subject, now)
-            nonces = os.urandom(_NONCE * len(spec.fields))
+            prefix = sealed_by(key_id)
             tokens = {}
-            event_id = ids[k]
-            for n, (attr, name) in enumerate(spec.fields):
-                nonce = nonces[n * _NONCE : (n + 1) * _NONCE]
-                box = key.encrypt(nonce, encode(getattr(event, attr)), f"{event_id}/{name}".encode())
-                tokens[attr] = sealed_by(key_id) + base64.b64encode(nonce + box).decode()
-            sealed[k] = encode(msgspec.structs.replace(event, **tokens)).decode()
+            event_id = ids[k] + "/"
+            for attr, name in spec.fields:
+                nonce = nonces[n : n + _NONCE]
+                n += _NONCE
+                box = key.encrypt(nonce, encode(getattr(event, attr)), (event_id + name).encode())
+                tokens[attr] = prefix + b64(nonce + box, newline=False).decode()
+            sealed[k] = encode(replace(event, **tokens)).decode()
         return sealed
 
-    def open(self, conn: Connection, text: str, event_id: str, where: str) -> tuple[str, frozenset[str]]:
+    def open(self, conn: Connection, text: str, event_id: str, position: int) -> tuple[str, frozenset[str]]:
         """A stored payload with its sealed values opened, and the fields that were forgotten.
 
         Raises:
@@ -357,34 +359,34 @@ class Keyring:
         parts = []
         start = 0
         gone: list[str] = []
-        while True:
-            at = text.find(MARK, start)
-            if at < 0:
-                break
-            end = text.find('"', at + 1)
-            key_id, _, box = text[at + 1 + len(PREFIX) : end].partition(":")
-            key = self._key_by_id(conn, key_id, where)
-            if key is None:
-                gone.append(_field_before(text, at))
-                start = end + 1
-                continue
+        find, keys, skip = text.find, self._by_id, len(MARK)
+        at = find(MARK)
+        while at >= 0:
+            end = find('"', at + skip)
+            key_id, _, box = text[at + skip : end].partition(":")
+            key = keys[key_id] if key_id in keys else self._key_by_id(conn, key_id, position)
             name = _field_before(text, at)
-            try:
-                raw = base64.b64decode(box, validate=True)
-                plain = key.decrypt(raw[:_NONCE], raw[_NONCE:], f"{event_id}/{name}".encode())
-            except (binascii.Error, ValueError, _InvalidTag()) as e:
-                raise PersonalDataError(
-                    f"{where}: the personal field {name!r} does not decrypt (altered, or moved from another event "
-                    f"or field): {type(e).__name__}"
-                ) from None
-            parts.append(text[start:at])
-            parts.append(plain.decode())
+            if key is None:
+                gone.append(name)
+            else:
+                try:
+                    raw = binascii.a2b_base64(box, strict_mode=True)
+                    plain = key.decrypt(raw[:_NONCE], raw[_NONCE:], (event_id + "/" + name).encode())
+                except (binascii.Error, ValueError, _InvalidTag()) as e:
+                    raise PersonalDataError(
+                        f"event at position {position}: the personal field {name!r} does not decrypt (altered, or "
+                        f"moved from another event or field): {type(e).__name__}"
+                    ) from None
+                parts.append(text[start:at])
+                parts.append(plain.decode())
             start = end + 1
+            at = find(MARK, start)
         if gone:
             payload = msgspec.json.decode(text)
             for name in gone:
                 del payload[name]
-            return _open_rest(self, conn, _encode(payload).decode(), event_id, where), frozenset(gone)
+            opened, _ = self.open(conn, _encode(payload).decode(), event_id, position)
+            return opened, frozenset(gone)
         if not parts:
             return text, frozenset()
         parts.append(text[start:])
@@ -400,17 +402,14 @@ class Keyring:
         return [row[0] for row in rows]
 
 
-def _open_rest(keys: Keyring, conn: Connection, text: str, event_id: str, where: str) -> str:
-    """Open what is left once the forgotten fields are removed (fields of another, live key)."""
-    opened, _ = keys.open(conn, text, event_id, where)
-    return opened
-
-
 def _field_before(text: str, at: int) -> str:
-    """The name of the top-level field whose value starts at ``at`` (``"name":<value>``)."""
-    colon = text.rindex(":", 0, at)
-    quote = text.rindex('"', 0, colon - 1)
-    name: str = msgspec.json.decode(text[quote:colon].encode())
+    """The name of the top-level field whose value starts at ``at`` (``"name":<value>``, as
+    msgspec writes it: no spaces)."""
+    quote = text.rfind('"', 0, at - 2)
+    name = text[quote + 1 : at - 2]
+    if "\\" in name:  # an escaped character in a renamed field's name
+        decoded: str = msgspec.json.decode(text[quote : at - 1].encode())
+        return decoded
     return name
 
 
