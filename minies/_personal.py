@@ -50,6 +50,7 @@ MARK: Final = '"' + PREFIX
 """How a sealed value starts inside stored JSON text (what readers look for)."""
 MARK_BYTES: Final = MARK.encode()
 _NONCE: Final = 12
+_NONE: Final[frozenset[str]] = frozenset()
 _KEY_BYTES: Final = 32
 
 
@@ -359,19 +360,22 @@ class Keyring:
         parts = []
         start = 0
         gone: list[str] = []
-        find, keys, skip = text.find, self._by_id, len(MARK)
+        find, rfind, keys, skip = text.find, text.rfind, self._by_id, len(MARK)
+        a2b, aad = binascii.a2b_base64, event_id + "/"
         at = find(MARK)
         while at >= 0:
             end = find('"', at + skip)
             key_id, _, box = text[at + skip : end].partition(":")
             key = keys[key_id] if key_id in keys else self._key_by_id(conn, key_id, position)
-            name = _field_before(text, at)
+            name = text[rfind('"', 0, at - 2) + 1 : at - 2]  # "name":"minies-sealed:..."
+            if "\\" in name:
+                name = _field_before(text, at)
             if key is None:
                 gone.append(name)
             else:
                 try:
-                    raw = binascii.a2b_base64(box, strict_mode=True)
-                    plain = key.decrypt(raw[:_NONCE], raw[_NONCE:], (event_id + "/" + name).encode())
+                    raw = a2b(box, strict_mode=True)
+                    plain = key.decrypt(raw[:_NONCE], raw[_NONCE:], (aad + name).encode())
                 except (binascii.Error, ValueError, _InvalidTag()) as e:
                     raise PersonalDataError(
                         f"event at position {position}: the personal field {name!r} does not decrypt (altered, or "
@@ -388,9 +392,9 @@ class Keyring:
             opened, _ = self.open(conn, _encode(payload).decode(), event_id, position)
             return opened, frozenset(gone)
         if not parts:
-            return text, frozenset()
+            return text, _NONE
         parts.append(text[start:])
-        return "".join(parts), frozenset()
+        return "".join(parts), _NONE
 
     # ------------------------------------------------------------------ forgetting
     def forget(self, conn: Connection, subject: str, now: str) -> list[str]:
@@ -404,12 +408,8 @@ class Keyring:
 
 def _field_before(text: str, at: int) -> str:
     """The name of the top-level field whose value starts at ``at`` (``"name":<value>``, as
-    msgspec writes it: no spaces)."""
-    quote = text.rfind('"', 0, at - 2)
-    name = text[quote + 1 : at - 2]
-    if "\\" in name:  # an escaped character in a renamed field's name
-        decoded: str = msgspec.json.decode(text[quote : at - 1].encode())
-        return decoded
+    msgspec writes it: no spaces), its escapes decoded."""
+    name: str = msgspec.json.decode(text[text.rfind('"', 0, at - 2) : at - 1].encode())
     return name
 
 

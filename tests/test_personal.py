@@ -663,3 +663,38 @@ def test_a_read_only_store_on_a_version_3_file_reads_and_never_looks_for_keys(tm
 def test_personal_is_a_plain_annotation_to_msgspec() -> None:
     assert _personal.SEALED[PersonSignedUp].fields == (("email", "email"), ("name", "name"))
     assert msgspec.json.decode(b'{"customer_id":"c","email":"e"}', type=PersonSignedUp).email == "e"
+
+
+class Failing(minies.Projection):
+    name = "failing"
+    fail: ClassVar[bool] = True
+
+    def on_PersonSignedUp(self, db: minies.Database, r: minies.Recorded) -> None:
+        if Failing.fail:
+            raise RuntimeError("read model refused")
+
+
+def test_a_rolled_back_append_takes_its_new_key_with_it(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Failing()]) as store:
+        Failing.fail = True
+        with pytest.raises(RuntimeError, match="read model refused"):
+            register(store, "c1", "ann@example.com")
+        assert store.query("SELECT count(*) FROM minies_keys") == [(0,)]
+        Failing.fail = False
+        register(store, "c1", "ann@example.com")  # a new key, written this time
+        assert next(iter(store.read("c1"))).data.email == "ann@example.com"
+    with minies.EventStore(db_path) as again:
+        assert next(iter(again.read("c1"))).data.email == "ann@example.com"
+
+
+def test_a_subject_forgotten_by_another_store_is_forgotten_here_too(location: str) -> None:
+    with minies.EventStore(location) as mine, minies.EventStore(location) as theirs:
+        register(mine, "c1", "ann@example.com")
+        customer = mine.load(Customer, "c1")  # this store has the key cached now
+        assert customer.email == "ann@example.com"
+        theirs.forget("c1")
+        assert mine.load(Customer, "c1").email == ""
+        assert minies.forgotten(next(iter(mine.read("c1")))) == {"email", "name"}
+        customer.record(PersonEmailChanged(customer_id="c1", email="new@example.com"))
+        mine.save(customer)  # sealed under a new key, not the destroyed one
+        assert theirs.load(Customer, "c1").email == "new@example.com"
