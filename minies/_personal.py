@@ -51,6 +51,8 @@ MARK: Final = '"' + PREFIX
 MARK_BYTES: Final = MARK.encode()
 _NONCE: Final = 12
 _NONE: Final[frozenset[str]] = frozenset()
+SNAPSHOTS: Final = "minies.snapshots"
+"""The subject of minies' own key, which seals snapshots when the keys are wrapped."""
 _KEY_BYTES: Final = 32
 
 
@@ -395,6 +397,34 @@ class Keyring:
             return text, _NONE
         parts.append(text[start:])
         return "".join(parts), _NONE
+
+    # ------------------------------------------------------------------ snapshots
+    @property
+    def wraps(self) -> bool:
+        """Is there a key-encryption key (so snapshots, which hold plaintext, are sealed too)?"""
+        return self._wrapper is not None
+
+    def seal_state(self, conn: Connection, state: str, where: str, now: str) -> str:
+        """A snapshot's state sealed whole, as a JSON string, under minies' own snapshot key."""
+        self._fresh(conn)
+        key_id, key = self._key_of(conn, SNAPSHOTS, now)
+        nonce = os.urandom(_NONCE)
+        box = key.encrypt(nonce, state.encode(), ("snapshot/" + where).encode())
+        return f'"{sealed_by(key_id)}{binascii.b2a_base64(nonce + box, newline=False).decode()}"'
+
+    def open_state(self, conn: Connection, state: str, where: str) -> str | None:
+        """A sealed snapshot state opened; None if it cannot be (no key-encryption key, its key
+        destroyed, or altered): the snapshot is then not used, and the events are replayed."""
+        self._fresh(conn)
+        key_id, _, box = state[len(MARK) : -1].partition(":")
+        try:
+            key = self._by_id[key_id] if key_id in self._by_id else self._key_by_id(conn, key_id, 0)
+            if key is None:
+                return None
+            raw = binascii.a2b_base64(box, strict_mode=True)
+            return key.decrypt(raw[:_NONCE], raw[_NONCE:], ("snapshot/" + where).encode()).decode()
+        except (PersonalDataError, binascii.Error, ValueError, _InvalidTag()):
+            return None
 
     # ------------------------------------------------------------------ forgetting
     def forget(self, conn: Connection, subject: str, now: str) -> list[str]:

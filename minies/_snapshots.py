@@ -9,11 +9,12 @@ fingerprint is derived from the class's msgspec JSON Schema (every field and typ
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Final, TypeVar
 
 import msgspec
 
-from minies import _codec, _events, _upcasters
+from minies import _codec, _events, _personal, _upcasters
 from minies._aggregate import Aggregate
 from minies._backends import Connection
 
@@ -48,13 +49,14 @@ def shape_hash(cls: type[Aggregate], event_schema: list[object]) -> str:
     return hashlib.sha256(shape).hexdigest()[:32]
 
 
-def write(conn: Connection, aggregate: Aggregate) -> str | None:
+def write(conn: Connection, aggregate: Aggregate, seal: Callable[[str, str], str] | None = None) -> str | None:
     """Store ``aggregate``'s state at its version and prune older snapshots.
 
     Only a state that decodes back to an equal aggregate is stored (an untyped ``dict`` with
     int keys, a NaN, a tuple in a ``list`` field would not): loading from a snapshot must give
     exactly what a full replay gives. Otherwise nothing is stored, that class is not
     snapshotted again, and the first time the reason is returned (the caller warns).
+    ``seal(state, where)``, if given, encrypts the state (a store with a key-encryption key).
     """
     cls = type(aggregate)
     if cls in _unsnapshottable:
@@ -78,7 +80,7 @@ def write(conn: Connection, aggregate: Aggregate) -> str | None:
             aggregate.version,
             cls.aggregate_type,
             fingerprint(cls),
-            state.decode(),
+            state.decode() if seal is None else seal(state.decode(), f"{aggregate.id}/{aggregate.version}"),
             _codec.now_text(),
         ),
     )
@@ -86,12 +88,19 @@ def write(conn: Connection, aggregate: Aggregate) -> str | None:
     return None
 
 
-def latest(conn: Connection, cls: type[A], aggregate_id: str, upto: int) -> A | None:
-    """The newest usable snapshot at or below ``upto``, decoded, or None."""
+def latest(
+    conn: Connection, cls: type[A], aggregate_id: str, upto: int, open_state: Callable[[str, str], str | None]
+) -> A | None:
+    """The newest usable snapshot at or below ``upto``, decoded, or None. ``open_state(state,
+    where)`` decrypts a sealed state (None if it cannot: then the snapshot is not usable)."""
     wanted = fingerprint(cls)
     for version, stored_fingerprint, state in conn.execute(conn.sql.LATEST_SNAPSHOT, (aggregate_id, upto, KEEP)):
         if stored_fingerprint != wanted:
             continue
+        if state.startswith(_personal.MARK):
+            state = open_state(state, f"{aggregate_id}/{version}")
+            if state is None:
+                continue
         try:
             aggregate = msgspec.json.decode(state, type=cls)
         except msgspec.DecodeError:

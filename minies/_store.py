@@ -610,7 +610,10 @@ class EventStore:
         def work() -> int:
             version = self._append(aggregate.id, cls.aggregate_type, loaded_at, meta, *rows_in)
             if every and version // every != loaded_at // every:
-                skipped.extend(filter(None, [_snapshots.write(self._conn, aggregate)]))
+                seal = None
+                if self._keys.wraps:  # a snapshot holds plaintext: sealed too, or the file would reveal it
+                    seal = functools.partial(self._keys.seal_state, self._conn, now=_codec.now_text())
+                skipped.extend(filter(None, [_snapshots.write(self._conn, aggregate, seal)]))
             return version
 
         version = self._grouped(work)  # perhaps committed by another thread: warn in this one
@@ -636,7 +639,8 @@ class EventStore:
         _check_str("aggregate_id", aggregate_id)
         _, last = _check_range(0, upto)
         with self._lock, self._translate("cannot read"):
-            aggregate = _snapshots.latest(self._open(), cls, aggregate_id, last)
+            conn = self._open()
+            aggregate = _snapshots.latest(conn, cls, aggregate_id, last, functools.partial(self._keys.open_state, conn))
         if aggregate is None:
             aggregate = cls(id=aggregate_id)
         found = self._replay(aggregate_id, cls.aggregate_type, aggregate.version, last, aggregate.apply)

@@ -698,3 +698,58 @@ def test_a_subject_forgotten_by_another_store_is_forgotten_here_too(location: st
         customer.record(PersonEmailChanged(customer_id="c1", email="new@example.com"))
         mine.save(customer)  # sealed under a new key, not the destroyed one
         assert theirs.load(Customer, "c1").email == "new@example.com"
+
+
+def test_with_a_key_encryption_key_snapshots_are_sealed_too(db_path: str) -> None:
+    email = "snapshot.secret@example.com"
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        customer = Customer(id="c1")
+        customer.record(PersonSignedUp(customer_id="c1", email=email, name="Snap Shot"))
+        customer.record(PersonEmailChanged(customer_id="c1", email=email))
+        store.save(customer)  # version 2: a snapshot, holding the plaintext state
+        [(state,)] = store.query("SELECT state FROM minies_snapshots")
+        assert state.startswith('"minies-sealed:v1:') and email not in state
+        assert store.load(Customer, "c1") == customer
+        account = Wallet(id="w1")
+        account.record(Deposited(amount=5))
+        account.record(Deposited(amount=7))
+        store.save(account)
+    with sqlite3.connect(db_path) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert email.encode() not in Path(db_path).read_bytes()
+    with minies.EventStore(db_path, readonly=True) as without:  # a sealed snapshot it cannot open: replay
+        assert without.load(Wallet, "w1").total == 12
+        with pytest.raises(minies.PersonalDataError, match=r"wrapped by a key-encryption key"):
+            without.load(Customer, "c1")
+
+
+class Deposited(minies.Event):
+    event_type: ClassVar[str] = "personal_test.Deposited"
+    amount: int
+
+
+class Wallet(minies.Aggregate):
+    snapshot_every: ClassVar[int] = 2
+    total: int = 0
+
+    def apply(self, event: minies.Event) -> None:
+        if isinstance(event, Deposited):
+            self.total += event.amount
+
+
+def test_a_sealed_snapshot_is_what_load_uses(db_path: str) -> None:
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        wallet = Wallet(id="w1")
+        wallet.record(Deposited(amount=5))
+        wallet.record(Deposited(amount=7))
+        store.save(wallet)
+        [(state,)] = store.query("SELECT state FROM minies_snapshots")
+        opened = store._keys.open_state(store._conn, state, "w1/2")
+        assert opened is not None and msgspec.json.decode(opened)["total"] == 12
+        assert store._keys.open_state(store._conn, state, "w1/3") is None  # bound to where it was written
+        # a snapshot sealed with another total: load shows it, so load opened it
+        forged = store._keys.seal_state(store._conn, opened.replace('"total":12', '"total":99'), "w1/2", "now")
+    with sqlite3.connect(db_path) as con:
+        con.execute("UPDATE minies_snapshots SET state = ?", (forged,))
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        assert store.load(Wallet, "w1").total == 99
