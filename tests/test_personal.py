@@ -753,3 +753,23 @@ def test_a_sealed_snapshot_is_what_load_uses(db_path: str) -> None:
         con.execute("UPDATE minies_snapshots SET state = ?", (forged,))
     with minies.EventStore(db_path, key_encryption_key=KEK) as store:
         assert store.load(Wallet, "w1").total == 99
+
+
+def test_a_processor_and_the_async_store_see_the_plaintext(db_path: str) -> None:
+    import asyncio
+
+    seen: list[str] = []
+
+    def welcome(record: minies.Recorded, store: minies.EventStore) -> None:
+        seen.append(record.data.email)
+
+    with minies.EventStore(db_path) as store:
+        register(store, "c1", "ann@example.com")
+        assert store.processor("welcome", welcome, event_types=[PersonSignedUp]).run() == 1
+    assert seen == ["ann@example.com"]
+
+    async def main() -> list[str]:
+        async with minies.AsyncEventStore(db_path) as store:
+            return [r.data.email async for r in store.read("c1")]
+
+    assert asyncio.run(main()) == ["ann@example.com"]
