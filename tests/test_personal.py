@@ -773,3 +773,30 @@ def test_a_processor_and_the_async_store_see_the_plaintext(db_path: str) -> None
             return [r.data.email async for r in store.read("c1")]
 
     assert asyncio.run(main()) == ["ann@example.com"]
+
+
+@pytest.mark.parametrize(("answer", "forgotten_subjects"), [("n", 0), ("y", 1)])
+def test_the_cli_asks_on_a_terminal_before_forgetting(tmp_path: Path, answer: str, forgotten_subjects: int) -> None:
+    import pty
+
+    path = str(tmp_path / "tty.db")
+    with minies.EventStore(path) as store:
+        register(store, "c1", "ann@example.com")
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minies", "forget", path, "c1"],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(controller, f"{answer}\n".encode())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == (1 if answer == "n" else 0), err
+    assert ("nothing was changed" in out) == (answer == "n")
+    with minies.EventStore(path) as store:
+        assert store.info().forgotten_subjects == forgotten_subjects
