@@ -61,29 +61,24 @@ class Customer(minies.Aggregate):
 
 class Emails(minies.Projection):
     name = "emails"
+    table: ClassVar[str] = "emails"
 
     def setup(self, db: minies.Database) -> None:
-        db.execute("CREATE TABLE emails (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+        db.execute(f"CREATE TABLE {self.table} (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
 
     def on_PersonSignedUp(self, db: minies.Database, r: minies.Recorded) -> None:
-        db.execute("INSERT INTO emails VALUES (?, ?)", (r.data.customer_id, r.data.email))
+        db.execute(f"INSERT INTO {self.table} VALUES (?, ?)", (r.data.customer_id, r.data.email))
 
     def on_PersonEmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
-        db.execute("UPDATE emails SET email = ? WHERE customer_id = ?", (r.data.email, r.data.customer_id))
+        db.execute(f"UPDATE {self.table} SET email = ? WHERE customer_id = ?", (r.data.email, r.data.customer_id))
 
 
 class EmailsWithHook(Emails):
+    """The same read model, cleaned by its own ``forget`` instead of a rebuild."""
+
     name = "emails_hooked"
+    table: ClassVar[str] = "emails_hooked"
     forgotten: ClassVar[list[str]] = []
-
-    def setup(self, db: minies.Database) -> None:
-        db.execute("CREATE TABLE emails_hooked (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
-
-    def on_PersonSignedUp(self, db: minies.Database, r: minies.Recorded) -> None:
-        db.execute("INSERT INTO emails_hooked VALUES (?, ?)", (r.data.customer_id, r.data.email))
-
-    def on_PersonEmailChanged(self, db: minies.Database, r: minies.Recorded) -> None:
-        db.execute("UPDATE emails_hooked SET email = ? WHERE customer_id = ?", (r.data.email, r.data.customer_id))
 
     def forget(self, db: minies.Database, subject: str) -> bool:
         db.execute("DELETE FROM emails_hooked WHERE customer_id = ?", (subject,))
