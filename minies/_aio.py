@@ -20,7 +20,7 @@ from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
 from minies._events import Recorded
 from minies._projections import RebuildReport
-from minies._store import EventStore
+from minies._store import Erasure, EventStore
 
 A = TypeVar("A", bound=Aggregate)
 P = ParamSpec("P")
@@ -104,6 +104,10 @@ class AsyncEventStore:
     async def verify(self, *, expect_head: str | None = None) -> VerifyReport:
         """``EventStore.verify``."""
         return await self._run(self.store.verify, expect_head=expect_head)
+
+    async def forget(self, subject: str, **options: Any) -> Erasure:
+        """``EventStore.forget``: destroy a data subject's keys."""
+        return await self._run(self.store.forget, subject, **options)
 
     async def rebuild(self, name: str) -> RebuildReport:
         """``EventStore.rebuild``."""

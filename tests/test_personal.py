@@ -106,7 +106,7 @@ def register(store: minies.EventStore, customer: str, email: str, name: str = "A
 
 
 def stored_data(store: minies.EventStore) -> list[str]:
-    return [str(row[0]) for row in store.query("SELECT data FROM events ORDER BY position")]
+    return [row[0] for row in store.query("SELECT CAST(data AS TEXT) FROM events ORDER BY position")]
 
 
 # ---------------------------------------------------------------------------- declaring
@@ -768,6 +768,32 @@ def test_a_processor_and_the_async_store_see_the_plaintext(db_path: str) -> None
             return [r.data.email async for r in store.read("c1")]
 
     assert asyncio.run(main()) == ["ann@example.com"]
+
+    async def forget() -> minies.Erasure:
+        async with minies.AsyncEventStore(db_path) as store:
+            return await store.forget("c1", reason="asked")
+
+    assert asyncio.run(forget()).keys == 1
+    with minies.EventStore(db_path) as store:
+        assert next(iter(store.read("c1"))).data.email == ""
+
+
+class Renamed(minies.Event, rename="camel"):
+    home_address: minies.Personal[str] = ""
+    plain_value: int = 0
+
+
+def test_a_renamed_personal_field_is_sealed_under_its_stored_name_and_forgotten_by_its_attribute(
+    store: minies.EventStore,
+) -> None:
+    store.append("r1", [Renamed(home_address="1 Secret Lane", plain_value=3)], aggregate_type="R")
+    [data] = stored_data(store)
+    assert '"homeAddress":"minies-sealed:v1:' in data and '"plainValue":3' in data
+    assert next(iter(store.read("r1"))).data.home_address == "1 Secret Lane"
+    store.forget("r1")
+    record = next(iter(store.read("r1")))
+    assert record.data == Renamed(plain_value=3) and minies.forgotten(record) == {"home_address"}
+    assert minies.forgotten(next(iter(store.read("r1", raw=True)))) == {"homeAddress"}
 
 
 @pytest.mark.parametrize(("answer", "forgotten_subjects"), [("n", 0), ("y", 1)])
