@@ -94,11 +94,10 @@ def declare(cls: type[msgspec.Struct]) -> None:
     """
     SEALED.pop(cls, None)
     name = cls.__qualname__
-    subject = cls.__dict__.get("data_subject", getattr(cls, "data_subject", None))
+    subject = getattr(cls, "data_subject", None)
     try:
         hints = typing.get_type_hints(cls, include_extras=True)
-    except NameError:  # a forward reference not defined yet: msgspec resolves it later, so can we
-        hints = {}
+    except NameError:  # a forward reference not defined yet: fine for msgspec, which resolves it later
         if subject is None and not may_declare(getattr(cls, "__annotations__", {})):
             return
         raise SchemaError(

@@ -821,3 +821,20 @@ def test_the_cli_asks_on_a_terminal_before_forgetting(tmp_path: Path, answer: st
     assert ("nothing was changed" in out) == (answer == "n")
     with minies.EventStore(path) as store:
         assert store.info().forgotten_subjects == forgotten_subjects
+
+
+def test_a_forward_reference_is_fine_unless_personal_fields_hide_behind_it() -> None:
+    namespace: dict[str, Any] = {"minies": minies, "ClassVar": ClassVar}
+    exec(
+        "from __future__ import annotations\n"
+        "class LaterPlain(minies.Event):\n"
+        "    item: DefinedLater | None = None\n",
+        namespace,
+    )
+    with pytest.raises(minies.SchemaError, match=r"LaterPersonal may declare personal fields, but its annotations"):
+        exec(
+            "from __future__ import annotations\n"
+            "class LaterPersonal(minies.Event):\n"
+            "    item: minies.Personal[DefinedLater | None] = None\n",
+            namespace,
+        )
