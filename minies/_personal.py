@@ -305,11 +305,11 @@ class Keyring:
         self._by_id[found[0]] = found[1]
         return found
 
-    def _key_by_id(self, conn: Connection, key_id: str, position: int) -> AESGCM | None:
+    def _key_by_id(self, conn: Connection, key_id: str, position: int | str) -> AESGCM | None:
         row = conn.execute(conn.sql.KEY_BY_ID, (key_id,)).fetchone()
         if row is None:
             raise PersonalDataError(
-                f"event at position {position} is sealed with key {key_id!r}, which this log does not hold (damaged?)"
+                f"{_event_at(position)} is sealed with key {key_id!r}, which this log does not hold (damaged?)"
             )
         key = None if row[0] is None else self._unwrap(key_id, bytes(row[0]))
         self._by_id[key_id] = key
@@ -351,8 +351,9 @@ class Keyring:
             sealed[k] = encode(replace(event, **tokens)).decode()
         return sealed
 
-    def open(self, conn: Connection, text: str, event_id: str, position: int) -> tuple[str, frozenset[str]]:
+    def open(self, conn: Connection, text: str, event_id: str, position: int | str) -> tuple[str, frozenset[str]]:
         """A stored payload with its sealed values opened, and the fields that were forgotten.
+        (``position`` names the event in messages: its position, or any text.)
 
         Raises:
             PersonalDataError: a sealed value does not decrypt (tampered or moved), or its key is
@@ -379,7 +380,7 @@ class Keyring:
                     plain = key.decrypt(raw[:_NONCE], raw[_NONCE:], (aad + name).encode())
                 except (binascii.Error, ValueError, _InvalidTag()) as e:
                     raise PersonalDataError(
-                        f"event at position {position}: the personal field {name!r} does not decrypt (altered, or "
+                        f"{_event_at(position)}: the personal field {name!r} does not decrypt (altered, or "
                         f"moved from another event or field): {type(e).__name__}"
                     ) from None
                 parts.append(text[start:at])
@@ -440,6 +441,10 @@ def _field_before(text: str, at: int) -> str:
     msgspec writes it: no spaces), its escapes decoded."""
     name: str = msgspec.json.decode(text[text.rfind('"', 0, at - 2) : at - 1].encode())
     return name
+
+
+def _event_at(position: int | str) -> str:
+    return f"event at position {position}" if isinstance(position, int) else position
 
 
 def _InvalidTag() -> type[Exception]:

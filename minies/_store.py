@@ -451,7 +451,7 @@ class EventStore:
             if stored_aggregate != aggregate_id:
                 raise DuplicateEventError(event_id, f"by an event of aggregate {stored_aggregate!r}")
             if _personal.MARK in stored_data:  # sealed: compare what it holds (the nonces differ)
-                opened, gone = self._keys.open(self._conn, stored_data, event_id, version)
+                opened, gone = self._keys.open(self._conn, stored_data, event_id, f"event {event_id}")
                 same = not gone and _codec.decode_payload(opened) == _codec.decode_payload(data)
             else:
                 same = stored_data == data
