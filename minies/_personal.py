@@ -190,7 +190,7 @@ def forgotten(value: Any) -> frozenset[str]:
 
     ``minies.forgotten(record)`` tells a forgotten email from one that was really ``""``.
     """
-    data = getattr(value, "data", value) if not isinstance(value, dict) else value
+    data = getattr(value, "data", value)  # a Recorded's payload; an event or dict as it is
     entry = _forgotten.get(id(data))
     return entry[1] if entry is not None and entry[0]() is data else frozenset()
 

@@ -838,3 +838,45 @@ def test_a_forward_reference_is_fine_unless_personal_fields_hide_behind_it() -> 
             "    item: minies.Personal[DefinedLater | None] = None\n",
             namespace,
         )
+
+
+def test_what_forgotten_remembers_goes_with_the_events(store: minies.EventStore) -> None:
+    import gc
+
+    register(store, "c1", "ann@example.com")
+    store.forget("c1")
+    before = len(_personal._forgotten)
+    records = list(store.read_all()) + list(store.read_all(raw=True))
+    assert len(_personal._forgotten) == before + 2
+    assert minies.forgotten(records[0]) == minies.forgotten(records[2]) == {"email", "name"}
+    del records
+    gc.collect()
+    assert len(_personal._forgotten) == before
+
+
+def test_a_declaration_is_read_from_the_class_when_it_is_defined(store: minies.EventStore) -> None:
+    class Visit(minies.Event, rename="camel"):
+        data_subject: ClassVar[str] = "patient_id"
+        patient_id: str
+        doctor_note: minies.Personal[str] = ""
+        ward: int = 0
+        allergies: minies.Personal[list[str]] = []
+
+    class Plain(minies.Event):
+        ward: int = 0
+
+    spec = _personal.Spec((("doctor_note", "doctorNote"), ("allergies", "allergies")), "patient_id")
+    assert _personal.SEALED[Visit] == spec and Plain not in _personal.SEALED
+    assert Visit.__struct_config__.weakref and not Plain.__struct_config__.weakref
+    store.append("visit-1", [Visit(patient_id="p1", doctor_note="x", allergies=["nuts"])], aggregate_type="Visit")
+    assert store.query("SELECT subject FROM minies_keys") == [("p1",)]
+    [data] = stored_data(store)
+    assert '"doctorNote":"minies-sealed:v1:' in data and '"ward":0' in data and '"patientId":"p1"' in data
+    assert next(iter(store.read("visit-1"))).data.allergies == ["nuts"]
+
+
+def test_which_annotations_may_declare_personal_fields() -> None:
+    assert _personal.may_declare({"a": minies.Personal[str]})
+    assert _personal.may_declare({"a": list[minies.Personal[str]]})  # refused later, but seen
+    assert _personal.may_declare({"a": "minies.Personal[str]"}) and _personal.may_declare({"a": "Annotated[str, x]"})
+    assert not _personal.may_declare({"a": int, "b": "list[str]", "c": list[int]})
