@@ -418,6 +418,10 @@ def test_after_forget_neither_the_key_nor_any_plaintext_is_in_the_files(tmp_path
 # ---------------------------------------------------------------------------- key-encryption key
 
 KEK = bytes(range(32))
+WRAPPED = (
+    r"^this log's personal data keys are wrapped by a key-encryption key; open it with key_encryption_key= to read "
+    r"or write personal fields$"
+)
 
 
 def test_with_a_key_encryption_key_the_file_alone_reveals_no_personal_field(db_path: str) -> None:
@@ -428,10 +432,10 @@ def test_with_a_key_encryption_key_the_file_alone_reveals_no_personal_field(db_p
         assert len(key) == 12 + 32 + 16  # wrapped: nonce, key, tag
     with minies.EventStore(db_path, readonly=True) as thief:
         assert thief.verify().ok  # an auditor needs no key
-        with pytest.raises(minies.PersonalDataError, match=r"wrapped by a key-encryption key; open it with"):
+        with pytest.raises(minies.PersonalDataError, match=WRAPPED):
             list(thief.read_all())
     with minies.EventStore(db_path) as without:
-        with pytest.raises(minies.PersonalDataError, match=r"wrapped by a key-encryption key"):
+        with pytest.raises(minies.PersonalDataError, match=WRAPPED):
             register(without, "c2", "bob@example.com")
         assert without.forget("c1").keys == 1  # destroying a key needs no key-encryption key
     with minies.EventStore(db_path, key_encryption_key=KEK) as store:
@@ -443,7 +447,8 @@ def test_a_wrong_key_encryption_key_is_refused_on_open_and_nothing_is_written(db
         register(store, "c1", "ann@example.com")
     before = Path(db_path).read_bytes()
     with pytest.raises(
-        minies.PersonalDataError, match=r"does not open this log's keys \(a wrong key, nothing was written\)"
+        minies.PersonalDataError,
+        match=r"^the key_encryption_key does not open this log's keys \(a wrong key, nothing was written\)$",
     ):
         minies.EventStore(db_path, key_encryption_key=bytes(32))
     assert Path(db_path).read_bytes() == before and not Path(db_path + "-wal").exists()
@@ -454,7 +459,11 @@ def test_a_wrong_key_encryption_key_is_refused_on_open_and_nothing_is_written(db
 def test_a_key_encryption_key_for_a_file_whose_keys_are_plain_is_refused(db_path: str) -> None:
     with minies.EventStore(db_path) as store:
         register(store, "c1", "ann@example.com")
-    with pytest.raises(minies.PersonalDataError, match=r"keys are not wrapped, but a key_encryption_key was given"):
+    with pytest.raises(
+        minies.PersonalDataError,
+        match=r"^this log's personal data keys are not wrapped, but a key_encryption_key was given; open it "
+        r"without one \(keys cannot be wrapped in place\)$",
+    ):
         minies.EventStore(db_path, key_encryption_key=KEK)
 
 
@@ -513,7 +522,10 @@ def test_a_sealed_value_whose_key_row_is_missing_is_named(db_path: str) -> None:
         con.execute("DELETE FROM minies_keys")
     with (
         minies.EventStore(db_path) as store,
-        pytest.raises(minies.PersonalDataError, match=r"which this log does not hold"),
+        pytest.raises(
+            minies.PersonalDataError,
+            match=r"^event at position 1 is sealed with key '[\w-]+', which this log does not hold",
+        ),
     ):
         list(store.read_all())
 
@@ -826,9 +838,7 @@ def test_the_cli_asks_on_a_terminal_before_forgetting(tmp_path: Path, answer: st
 def test_a_forward_reference_is_fine_unless_personal_fields_hide_behind_it() -> None:
     namespace: dict[str, Any] = {"minies": minies, "ClassVar": ClassVar}
     exec(
-        "from __future__ import annotations\n"
-        "class LaterPlain(minies.Event):\n"
-        "    item: DefinedLater | None = None\n",
+        "from __future__ import annotations\nclass LaterPlain(minies.Event):\n    item: DefinedLater | None = None\n",
         namespace,
     )
     with pytest.raises(minies.SchemaError, match=r"LaterPersonal may declare personal fields, but its annotations"):
@@ -880,3 +890,19 @@ def test_which_annotations_may_declare_personal_fields() -> None:
     assert _personal.may_declare({"a": list[minies.Personal[str]]})  # refused later, but seen
     assert _personal.may_declare({"a": "minies.Personal[str]"}) and _personal.may_declare({"a": "Annotated[str, x]"})
     assert not _personal.may_declare({"a": int, "b": "list[str]", "c": list[int]})
+
+
+def test_a_damaged_wrapped_key_is_named_as_such_when_it_is_needed(db_path: str) -> None:
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        register(store, "c1", "ann@example.com")
+        register(store, "c2", "bob@example.com")
+    with sqlite3.connect(db_path) as con:  # the second key's last byte flipped
+        [(key,)] = con.execute("SELECT key FROM minies_keys WHERE subject = 'c2'")
+        con.execute("UPDATE minies_keys SET key = ? WHERE subject = 'c2'", (key[:-1] + bytes([key[-1] ^ 1]),))
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:  # opens: the first key unwraps
+        assert next(iter(store.read("c1"))).data.email == "ann@example.com"
+        with pytest.raises(
+            minies.PersonalDataError,
+            match=r"^the key_encryption_key does not open this log's keys \(a wrong key, or a damaged key row\)$",
+        ):
+            list(store.read("c2"))
