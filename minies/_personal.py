@@ -300,7 +300,6 @@ class Keyring:
                 stored = nonce + self._wrapper.encrypt(nonce, key, b"minies key " + key_id.encode())
             conn.execute(conn.sql.ADD_KEY, (key_id, subject, stored, now))
             found = (key_id, _cryptography()(key))
-            self._any = True
         self._by_subject[subject] = found
         self._by_id[found[0]] = found[1]
         return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import enum
 import json
 import os
@@ -148,7 +149,10 @@ def test_the_whole_field_is_personal_not_one_arm_of_a_union() -> None:
 
 def test_without_the_crypto_extra_a_personal_class_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
-    with pytest.raises(minies.PersonalDataError, match=r'pip install "minies\[crypto\]"'):
+    with pytest.raises(
+        minies.PersonalDataError,
+        match=r'^personal fields are encrypted with the cryptography package: pip install "minies\[crypto\]"$',
+    ):
 
         class NeedsCrypto(minies.Event):
             email: minies.Personal[str] = ""
@@ -216,7 +220,10 @@ def test_each_subject_has_one_key_and_an_empty_subject_is_refused(store: minies.
     register(store, "c2", "b@x")
     store.append("c1", [PersonEmailChanged(customer_id="c1", email="c@x")], aggregate_type="Customer")
     assert sorted(s for (s,) in store.query("SELECT subject FROM minies_keys")) == ["c1", "c2"]
-    with pytest.raises(ValueError, match=r"PersonSignedUp.customer_id = '' names the data subject"):
+    with pytest.raises(
+        ValueError,
+        match=r"^PersonSignedUp.customer_id = '' names the data subject: it must be a non-empty str; nothing was written$",
+    ):
         store.append("c3", [PersonSignedUp(customer_id="", email="d@x")], aggregate_type="Customer")
     assert store.head()[0] == 3
 
@@ -440,6 +447,10 @@ def test_with_a_key_encryption_key_the_file_alone_reveals_no_personal_field(db_p
         assert without.forget("c1").keys == 1  # destroying a key needs no key-encryption key
     with minies.EventStore(db_path, key_encryption_key=KEK) as store:
         assert next(iter(store.read("c1"))).data.email == ""
+        register(store, "c3", "cy@example.com")
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:  # c3's key read back from the file
+        store.append("c3", [PersonEmailChanged(customer_id="c3", email="cy@new.example")], aggregate_type="Customer")
+        assert store.load(Customer, "c3").email == "cy@new.example"
 
 
 def test_a_wrong_key_encryption_key_is_refused_on_open_and_nothing_is_written(db_path: str) -> None:
@@ -906,3 +917,17 @@ def test_a_damaged_wrapped_key_is_named_as_such_when_it_is_needed(db_path: str) 
             match=r"^the key_encryption_key does not open this log's keys \(a wrong key, or a damaged key row\)$",
         ):
             list(store.read("c2"))
+
+
+def test_every_sealed_value_of_a_batch_has_its_own_nonce_and_plain_events_stay_plain(store: minies.EventStore) -> None:
+    batch: list[minies.Event] = [Deposited(amount=1)]  # a plain event first, then sealed ones
+    batch += [PatientNoteAdded(note=f"note {i}", ward=i) for i in range(50)]
+    batch += [PersonSignedUp(customer_id=f"c{i}", email="same@example.com", name="Same") for i in range(3)]
+    store.append("patient-1", batch, aggregate_type="Patient")
+    tokens = [value for data in stored_data(store) for value in json.loads(data).values()]
+    sealed = [t.rsplit(":", 1)[1] for t in tokens if isinstance(t, str) and t.startswith("minies-sealed:v1:")]
+    assert len(sealed) == 50 + 3 * 2
+    nonces = [binascii.a2b_base64(box)[:12] for box in sealed]
+    assert len(set(nonces)) == len(nonces)
+    assert stored_data(store)[0] == '{"amount":1}'
+    assert [r.data for r in store.read("patient-1")] == batch
