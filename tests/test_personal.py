@@ -931,3 +931,20 @@ def test_every_sealed_value_of_a_batch_has_its_own_nonce_and_plain_events_stay_p
     assert len(set(nonces)) == len(nonces)
     assert stored_data(store)[0] == '{"amount":1}'
     assert [r.data for r in store.read("patient-1")] == batch
+
+
+def test_a_process_without_personal_classes_opens_sealed_fields_only_where_the_file_has_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sealed, plain = str(tmp_path / "sealed.db"), str(tmp_path / "plain.db")
+    with minies.EventStore(sealed) as store:
+        register(store, "c1", "ann@example.com")
+    with minies.EventStore(plain) as store:
+        store.append("w1", [Deposited(amount=1)], aggregate_type="Wallet")
+    monkeypatch.setattr(_personal, "SEALED", {})  # as in `minies events FILE`, which imports no class
+    with minies.EventStore(sealed, readonly=True) as store:
+        assert next(iter(store.read_all(raw=True))).data["email"] == "ann@example.com"
+    with minies.EventStore(plain, readonly=True) as store:
+        with store._lock:
+            assert store._opener() is None  # no key, no class: reads never look for sealed values
+        assert [r.data for r in store.read_all()] == [Deposited(amount=1)]
