@@ -627,6 +627,8 @@ def test_the_cli_forgets_with_confirmation_and_info_counts(tmp_path: Path) -> No
     assert "forgotten       1 data subject\n" in info.stdout
     events = subprocess.run([*cli, "events", path, "--json"], capture_output=True, text=True, check=True)
     assert "ann@example.com" not in events.stdout and '"reason":"request 9"' in events.stdout
+    export = subprocess.run([*cli, "export", path, "--format", "csv"], capture_output=True, text=True, check=True)
+    assert "ann@example.com" not in export.stdout and "minies.SubjectForgotten" in export.stdout
     verify = subprocess.run([*cli, "verify", path], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
