@@ -950,3 +950,24 @@ def test_a_process_without_personal_classes_opens_sealed_fields_only_where_the_f
         with store._lock:
             assert store._opener() is None  # no key, no class: reads never look for sealed values
         assert [r.data for r in store.read_all()] == [Deposited(amount=1)]
+
+
+def test_postgres_keeps_no_destroyed_key_in_the_keys_table_files(pg_url: str) -> None:
+    with minies.EventStore(pg_url) as store:
+        register(store, "c1", "ann@example.com")
+        register(store, "c2", "bob@example.com")
+        [(key,)] = store.query("SELECT key FROM minies_keys WHERE subject = 'c1'")
+        raw = store._backend.conn.raw
+        raw.execute("CHECKPOINT")  # the key's row is in the table's file now
+
+        def table_file() -> bytes:
+            directory, relation = raw.execute(
+                "SELECT current_setting('data_directory'), pg_relation_filepath('minies_keys')"
+            ).fetchone()
+            return Path(directory, relation).read_bytes()
+
+        assert bytes(key) in table_file()
+        assert store.forget("c1").purged
+        raw.execute("CHECKPOINT")
+        assert bytes(key) not in table_file()
+        assert next(iter(store.read("c2"))).data.email == "bob@example.com"
