@@ -803,7 +803,7 @@ def test_a_processor_and_the_async_store_see_the_plaintext(db_path: str) -> None
         assert next(iter(store.read("c1"))).data.email == ""
 
 
-class Renamed(minies.Event, rename="camel"):
+class CamelCased(minies.Event, rename="camel"):
     home_address: minies.Personal[str] = ""
     plain_value: int = 0
 
@@ -811,13 +811,13 @@ class Renamed(minies.Event, rename="camel"):
 def test_a_renamed_personal_field_is_sealed_under_its_stored_name_and_forgotten_by_its_attribute(
     store: minies.EventStore,
 ) -> None:
-    store.append("r1", [Renamed(home_address="1 Secret Lane", plain_value=3)], aggregate_type="R")
+    store.append("r1", [CamelCased(home_address="1 Secret Lane", plain_value=3)], aggregate_type="R")
     [data] = stored_data(store)
     assert '"homeAddress":"minies-sealed:v1:' in data and '"plainValue":3' in data
     assert next(iter(store.read("r1"))).data.home_address == "1 Secret Lane"
     store.forget("r1")
     record = next(iter(store.read("r1")))
-    assert record.data == Renamed(plain_value=3) and minies.forgotten(record) == {"home_address"}
+    assert record.data == CamelCased(plain_value=3) and minies.forgotten(record) == {"home_address"}
     assert minies.forgotten(next(iter(store.read("r1", raw=True)))) == {"homeAddress"}
 
 
@@ -885,12 +885,12 @@ def test_a_declaration_is_read_from_the_class_when_it_is_defined(store: minies.E
         ward: int = 0
         allergies: minies.Personal[list[str]] = []
 
-    class Plain(minies.Event):
+    class PlainVisit(minies.Event):
         ward: int = 0
 
     spec = _personal.Spec((("doctor_note", "doctorNote"), ("allergies", "allergies")), "patient_id")
-    assert _personal.SEALED[Visit] == spec and Plain not in _personal.SEALED
-    assert Visit.__struct_config__.weakref and not Plain.__struct_config__.weakref
+    assert _personal.SEALED[Visit] == spec and PlainVisit not in _personal.SEALED
+    assert Visit.__struct_config__.weakref and not PlainVisit.__struct_config__.weakref
     store.append("visit-1", [Visit(patient_id="p1", doctor_note="x", allergies=["nuts"])], aggregate_type="Visit")
     assert store.query("SELECT subject FROM minies_keys") == [("p1",)]
     [data] = stored_data(store)
