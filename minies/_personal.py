@@ -92,7 +92,6 @@ def declare(cls: type[msgspec.Struct]) -> None:
         SchemaError: a personal field has no default, or ``data_subject`` names no plain field.
         PersonalDataError: the class declares personal data and ``cryptography`` is missing.
     """
-    SEALED.pop(cls, None)
     name = cls.__qualname__
     subject = getattr(cls, "data_subject", None)
     try:
@@ -368,9 +367,8 @@ class Keyring:
             end = find('"', at + skip)
             key_id, _, box = text[at + skip : end].partition(":")
             key = keys[key_id] if key_id in keys else self._key_by_id(conn, key_id, position)
-            name = text[rfind('"', 0, at - 2) + 1 : at - 2]  # "name":"minies-sealed:..."
-            if "\\" in name:
-                name = _field_before(text, at)
+            # "name":"minies-sealed:...": msgspec writes no spaces, and field names need no escapes
+            name = text[rfind('"', 0, at - 2) + 1 : at - 2]
             if key is None:
                 gone.append(name)
             else:
@@ -433,13 +431,6 @@ class Keyring:
             conn.execute(conn.sql.FORGET_KEY, (now, key_id))
         self.clear()
         return [row[0] for row in rows]
-
-
-def _field_before(text: str, at: int) -> str:
-    """The name of the top-level field whose value starts at ``at`` (``"name":<value>``, as
-    msgspec writes it: no spaces), its escapes decoded."""
-    name: str = msgspec.json.decode(text[text.rfind('"', 0, at - 2) : at - 1].encode())
-    return name
 
 
 def _event_at(position: int | str) -> str:

@@ -114,7 +114,11 @@ def stored_data(store: minies.EventStore) -> list[str]:
 
 
 def test_a_personal_field_needs_a_default_it_reads_as_once_forgotten() -> None:
-    with pytest.raises(minies.SchemaError, match=r"NoDefault.email is personal but has no default"):
+    with pytest.raises(
+        minies.SchemaError,
+        match=r"\.NoDefault.email is personal but has no default: give it one \(e.g. '' or None\), the value every "
+        r"read shows once its subject is forgotten$",
+    ):
 
         class NoDefault(minies.Event):
             email: minies.Personal[str]
@@ -141,7 +145,10 @@ def test_data_subject_must_name_a_plain_field_of_the_class() -> None:
 
 
 def test_the_whole_field_is_personal_not_one_arm_of_a_union() -> None:
-    with pytest.raises(minies.SchemaError, match=r"write Personal\[X \| None\], not Personal\[X\] \| None"):
+    with pytest.raises(
+        minies.SchemaError,
+        match=r"\.Half.email: write Personal\[X \| None\], not Personal\[X\] \| None \(the whole field is personal\)$",
+    ):
 
         class Half(minies.Event):
             email: minies.Personal[str] | None = None
@@ -854,7 +861,11 @@ def test_a_forward_reference_is_fine_unless_personal_fields_hide_behind_it() -> 
         "from __future__ import annotations\nclass LaterPlain(minies.Event):\n    item: DefinedLater | None = None\n",
         namespace,
     )
-    with pytest.raises(minies.SchemaError, match=r"LaterPersonal may declare personal fields, but its annotations"):
+    with pytest.raises(
+        minies.SchemaError,
+        match=r"^LaterPersonal may declare personal fields, but its annotations cannot be resolved yet; define the types "
+        r"it refers to before it$",
+    ):
         exec(
             "from __future__ import annotations\n"
             "class LaterPersonal(minies.Event):\n"
@@ -971,3 +982,41 @@ def test_postgres_keeps_no_destroyed_key_in_the_keys_table_files(pg_url: str) ->
         raw.execute("CHECKPOINT")
         assert bytes(key) not in table_file()
         assert next(iter(store.read("c2"))).data.email == "bob@example.com"
+
+
+def test_personal_fields_hidden_behind_an_alias_in_string_annotations_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "aliased_events.py").write_text(
+        "from __future__ import annotations\n"
+        "import minies\n"
+        "Secret = minies.Personal\n"
+        "class Aliased(minies.Event):\n"
+        "    code: Secret[str] = ''\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        minies.SchemaError,
+        match=r"^Aliased declares personal fields through an alias minies cannot see; use minies.Personal\[...\]$",
+    ):
+        __import__("aliased_events")
+
+
+def test_a_ciphertext_that_is_not_base64_is_named_as_such(db_path: str) -> None:
+    ids = [str(uuid.uuid4())]
+    event = PersonSignedUp(customer_id="c1", email="ann@example.com")
+    with minies.EventStore(db_path) as store:
+        store.append("c1", [event], aggregate_type="Customer", event_ids=ids)
+        [data] = stored_data(store)
+    token = json.loads(data)["email"]
+    broken = token[:-10] + "!" + token[-9:]
+    _untriggered(db_path, "UPDATE events SET data = ? WHERE position = 1", (data.replace(token, broken),))
+    with minies.EventStore(db_path) as store:
+        with pytest.raises(
+            minies.PersonalDataError,
+            match=r"^event at position 1: the personal field 'email' does not decrypt \(altered, or moved from "
+            r"another event or field\): Error$",
+        ):
+            list(store.read_all())
+        with pytest.raises(minies.PersonalDataError, match=rf"^event {ids[0]}: the personal field 'email' does not"):
+            store.append("c1", [event], aggregate_type="Customer", event_ids=ids)  # a retry opens what is stored
