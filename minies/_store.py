@@ -691,8 +691,8 @@ class EventStore:
         the decode and ``step`` alone.
         """
         with self._lock:
-            per_record = self._upcasting() or self._opener() is not None
-        if per_record:  # upcasting, or sealed fields (opening one needs its event's id)
+            upcasting, sealing = self._upcasting(), self._opener() is not None
+        if upcasting:
             return self._replay_records(aggregate_id, aggregate_type, after, upto, step)
         decoders = _codec.decoders()
         total = 0
@@ -706,6 +706,8 @@ class EventStore:
             payloads, types, high, count, low_type, high_type = row
             if not count:
                 break
+            if sealing and _personal.MARK in payloads:  # opening a sealed field needs its event's id
+                return total + self._replay_records(aggregate_id, aggregate_type, after, upto, step)
             if aggregate_type is not None and (low_type != aggregate_type or high_type != aggregate_type):
                 raise SchemaError(
                     f"aggregate {aggregate_id!r} holds {low_type} events, not {aggregate_type}; "

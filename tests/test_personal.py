@@ -1020,3 +1020,21 @@ def test_a_ciphertext_that_is_not_base64_is_named_as_such(db_path: str) -> None:
             list(store.read_all())
         with pytest.raises(minies.PersonalDataError, match=rf"^event {ids[0]}: the personal field 'email' does not"):
             store.append("c1", [event], aggregate_type="Customer", event_ids=ids)  # a retry opens what is stored
+
+
+def test_a_load_takes_the_fast_path_until_a_chunk_holds_sealed_fields(
+    store: minies.EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(minies._store, "_LOAD_CHUNK", 2)  # chunks: two plain events, then two sealed ones
+    events = [
+        Deposited(amount=1),
+        Deposited(amount=2),
+        PersonSignedUp(customer_id="c9", email="first@example.com"),
+        PersonEmailChanged(customer_id="c9", email="second@example.com"),
+        Deposited(amount=3),
+    ]
+    store.append("c9", events, aggregate_type="Customer")
+    customer = store.load(Customer, "c9")
+    assert (customer.version, customer.email, customer.changes) == (5, "second@example.com", 1)
+    assert store.fold("c9", lambda n, e: n + 1, 0) == (5, 5)
+    assert store.load(Customer, "c9", upto=3).email == "first@example.com"
