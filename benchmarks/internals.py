@@ -62,7 +62,7 @@ class PlainSignup(minies.Event):
 
 
 def personal(cls: type[Signup] | type[PlainSignup]) -> Callable[[str], tuple[float, float]]:
-    """Batch append (50 customers × 1,000 events), then read_all: in memory, one class."""
+    """Batch append (50 customers of 1,000 events each), then read_all: in memory, one class."""
 
     def run(path: str) -> tuple[float, float]:
         with minies.EventStore(":memory:") as store:
