@@ -401,6 +401,25 @@ def test_a_payload_that_no_longer_decodes_is_named_by_its_position(location: str
             list(store.read_all())
         assert caught.value.position == 2
         assert [(p, t) for p, t, _ in store.check_events()] == [(2, "Priced"), (3, "Priced")]
+        [(_, _, message), _] = store.check_events()
+        assert message.startswith("event at position 2 (Priced) does not decode with the current class: ")
+
+
+def test_check_events_reports_progress_and_every_failure_of_a_long_log(store: minies.EventStore) -> None:
+    class Counted(minies.Event):
+        n: int
+
+    store.append("c", [Counted(n=i) for i in range(20_005)], aggregate_type="Counter")
+    seen: list[tuple[int, int]] = []
+    assert store.check_events(progress=lambda done, total: seen.append((done, total))) == []
+    assert seen == [(10_000, 20_005), (20_000, 20_005)]
+    with store.transaction():
+        store._conn.execute(
+            "DROP TRIGGER events_no_update" + (" ON events" if store.path.startswith("postgres") else "")
+        )
+        store._conn.execute("UPDATE events SET data = ? WHERE position IN (1, 15000, 20005)", ('{"n": "x"}',))
+    problems = store.check_events()
+    assert [(p, t) for p, t, _ in problems] == [(1, "Counted"), (15_000, "Counted"), (20_005, "Counted")]
 
 
 def test_raw_reads_page_through_long_logs(store: minies.EventStore) -> None:
