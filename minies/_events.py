@@ -101,8 +101,6 @@ class SubjectForgotten(Event, frozen=True, kw_only=True):
     event_type: ClassVar[str] = "minies.SubjectForgotten"
     subject: str
     reason: str = ""
-    keys: int = 1
-    """How many of the subject's keys were destroyed."""
 
 
 ERASURES: Final = "minies.erasures"

@@ -934,7 +934,6 @@ class EventStore:
                 )
                 for aggregate_id in holders:
                     conn.execute(self._sql.DROP_SNAPSHOTS_OF, (aggregate_id,))
-                event = msgspec.structs.replace(event, keys=len(keys))
                 self._projector.erased.clear()  # the event's inline apply cleans the read models
                 self._append(ERASURES, ERASURES, ANY, meta, [event], [_codec.encode_event(event)], None)
                 cleaned = sorted(set(self._projector.erased))

@@ -340,7 +340,7 @@ def test_forget_then_everything_still_works_and_the_history_hashes_the_same(loca
         assert report.ok, report.reason
         [erased] = store.read_all(after=head[0])
         assert erased.aggregate_id == minies.ERASURES and erased.metadata == {"user_id": "dpo"}
-        assert erased.data == minies.SubjectForgotten(subject="c1", reason="GDPR request 17", keys=1)
+        assert erased.data == minies.SubjectForgotten(subject="c1", reason="GDPR request 17")
         assert store.info().forgotten_subjects == 1
         # a second forget finds nothing to destroy and writes nothing
         assert store.forget("c1").keys == 0 and store.head()[0] == head[0] + 1
@@ -1038,3 +1038,30 @@ def test_a_load_takes_the_fast_path_until_a_chunk_holds_sealed_fields(
     assert (customer.version, customer.email, customer.changes) == (5, "second@example.com", 1)
     assert store.fold("c9", lambda n, e: n + 1, 0) == (5, 5)
     assert store.load(Customer, "c9", upto=3).email == "first@example.com"
+
+
+def test_forget_checks_its_arguments_and_says_when_there_was_nothing_to_forget(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        with pytest.raises(TypeError, match=r"^subject must be a str, got int: 7$"):
+            store.forget(7)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"^subject must not be empty$"):
+            store.forget("")
+        with pytest.raises(TypeError, match=r"^reason must be a str, got bytes$"):
+            store.forget("c1", reason=b"why")  # type: ignore[arg-type]
+        assert store.forget("nobody") == minies.Erasure("nobody", 0, [], [], 0, False)
+        register(store, "c1", "ann@example.com")
+        store.forget("c1")
+        [(key, forgotten_at, created_at)] = store.query("SELECT key, forgotten_at, created_at FROM minies_keys")
+        assert key is None and forgotten_at >= created_at
+        assert store.forget("c1") == minies.Erasure("c1", 0, [], [], 0, False)
+        [erasure] = store.read_all(event_types=[minies.SubjectForgotten])
+        assert erasure.data == minies.SubjectForgotten(subject="c1")
+    with minies.EventStore(db_path, readonly=True) as store:
+        assert store.forget("c1") == minies.Erasure("c1", 0, [], [], 0, False)  # nothing live: nothing to write
+    with minies.EventStore(db_path) as store:
+        register(store, "c2", "bob@example.com")
+    with (
+        minies.EventStore(db_path, readonly=True) as store,
+        pytest.raises(minies.StorageError, match=r"^cannot forget 'c2': the file or its directory is read-only"),
+    ):
+        store.forget("c2")
