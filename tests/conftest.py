@@ -84,3 +84,26 @@ def schema_objects(store: minies.EventStore) -> set[str]:
             )
         }
     return {name for (name,) in store.query("SELECT name FROM sqlite_master")}
+
+
+@pytest.fixture
+def no_upcasting() -> Iterator[None]:
+    """No versioned class, upcaster or rename registered: reads take the plain path (the test
+    session imports versioned classes, so every other test reads through the upcasting one)."""
+    from minies import _events, _upcasters
+
+    saved = dict(_events.registry), dict(_upcasters.upcasters), dict(_upcasters.renames)
+    for name, cls in saved[0].items():
+        if cls.schema_version != 1:
+            del _events.registry[name]
+    _upcasters.upcasters.clear()
+    _upcasters.renames.clear()
+    _events.generation += 1
+    assert not _upcasters.active()
+    try:
+        yield
+    finally:
+        _events.registry.update(saved[0])
+        _upcasters.upcasters.update(saved[1])
+        _upcasters.renames.update(saved[2])
+        _events.generation += 1

@@ -9,6 +9,14 @@ from domain import Account, AccountOpened, AccountRenamed, MoneyDeposited, Money
 import minies
 
 
+@pytest.fixture(params=["upcasting path", "plain path"], autouse=True)
+def replay_path(request: pytest.FixtureRequest) -> None:
+    """Every test here twice: loads through the records (while upcasting is possible, as in the
+    rest of the session) and through SQLite's chunked JSON arrays (nothing to upcast)."""
+    if request.param == "plain path":
+        request.getfixturevalue("no_upcasting")
+
+
 def opened(store: minies.EventStore, account_id: str = "acc-1", balance: int = 1000) -> Account:
     account = Account(id=account_id)
     account.record(AccountOpened(owner="ann", balance=balance))

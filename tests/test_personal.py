@@ -1023,7 +1023,7 @@ def test_a_ciphertext_that_is_not_base64_is_named_as_such(db_path: str) -> None:
 
 
 def test_a_load_takes_the_fast_path_until_a_chunk_holds_sealed_fields(
-    store: minies.EventStore, monkeypatch: pytest.MonkeyPatch
+    store: minies.EventStore, monkeypatch: pytest.MonkeyPatch, no_upcasting: None
 ) -> None:
     monkeypatch.setattr(minies._store, "_LOAD_CHUNK", 2)  # chunks: two plain events, then two sealed ones
     events = [

@@ -859,29 +859,6 @@ def test_unknown_durability_and_timeout_are_refused_before_opening(tmp_path: Pat
     assert not (tmp_path / "x.db").exists()
 
 
-@pytest.fixture
-def no_upcasting() -> Iterator[None]:
-    """No versioned class, upcaster or rename registered: reads take the plain path (the test
-    session imports versioned classes, so every other test reads through the upcasting one)."""
-    from minies import _events, _upcasters
-
-    saved = dict(_events.registry), dict(_upcasters.upcasters), dict(_upcasters.renames)
-    for name, cls in saved[0].items():
-        if cls.schema_version != 1:
-            del _events.registry[name]
-    _upcasters.upcasters.clear()
-    _upcasters.renames.clear()
-    _events.generation += 1
-    assert not _upcasters.active()
-    try:
-        yield
-    finally:
-        _events.registry.update(saved[0])
-        _upcasters.upcasters.update(saved[1])
-        _upcasters.renames.update(saved[2])
-        _events.generation += 1
-
-
 class PlacedTotals(minies.Projection):
     event_types: ClassVar = [OrderPlaced]
 
