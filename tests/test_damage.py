@@ -188,3 +188,26 @@ def test_auditors_read_a_closed_file_and_leave_the_folder_as_they_found_it(tmp_p
             assert result.returncode == expected, (command, result.stderr)
             assert "Traceback" not in result.stderr
         assert listing(folder) == before
+
+
+def test_every_read_of_a_damaged_file_says_so_in_one_message(tmp_path: Path, no_upcasting: None) -> None:
+    path = str(tmp_path / "scratched.db")
+    with minies.EventStore(path) as store:
+        for i in range(60):
+            store.append(f"a{i % 5}", [MoneyDeposited(amount=j) for j in range(50)], aggregate_type="Account")
+    with open(path, "r+b") as f:  # scratches across the events' pages; the schema (page 1) intact
+        for page in range(10, os.path.getsize(path) // 4096 - 2, 3):
+            f.seek(4096 * page + 100)
+            f.write(b"\xff" * 200)
+    damaged = r"^cannot read: the file is damaged \(database disk image is malformed\); restore it from a backup$"
+    with minies.EventStore(path, readonly=True) as store:
+        for read in (
+            store.info,
+            store.event_types,
+            store.aggregates,
+            store.check_events,
+            lambda: store.fold("a1", lambda n, e: n + 1, 0),
+            lambda: list(store.read_all()),
+        ):
+            with pytest.raises(minies.StorageError, match=damaged):
+                read()
