@@ -645,10 +645,7 @@ class EventStore:
             aggregate = cls(id=aggregate_id)
         found = self._replay(aggregate_id, cls.aggregate_type, aggregate.version, last, aggregate.apply)
         if found == 0 and aggregate.version == 0:
-            raise NotFound(
-                f"aggregate {aggregate_id!r} has no events"
-                + (f" at or below version {upto}" if upto is not None else "")
-            )
+            raise _no_events(aggregate_id, upto)
         aggregate.version += found
         return aggregate
 
@@ -679,7 +676,7 @@ class EventStore:
 
         found = self._replay(aggregate_id, aggregate_type, 0, last, step)
         if found == 0:
-            raise NotFound(f"aggregate {aggregate_id!r} has no events")
+            raise _no_events(aggregate_id, upto)
         return state[0], found
 
     def _replay(
@@ -1193,6 +1190,12 @@ class _Write:
         store._forget()
         if isinstance(error, conn.Error):  # minies' own SQL failed mid-write: rolled back
             store._raise(error, "cannot write")
+
+
+def _no_events(aggregate_id: str, upto: int | None) -> NotFound:
+    return NotFound(
+        f"aggregate {aggregate_id!r} has no events" + (f" at or below version {upto}" if upto is not None else "")
+    )
 
 
 def _no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:

@@ -210,3 +210,15 @@ def test_load_refuses_a_stream_holding_two_aggregate_types_in_either_order(locat
             store.load(Account, "acc-1")
         with pytest.raises(minies.SchemaError, match="not Account"):
             store.fold("acc-1", lambda state, event: state, None, aggregate_type="Account")
+
+
+def test_fold_checks_its_arguments(store: minies.EventStore) -> None:
+    opened(store)
+    with pytest.raises(TypeError, match=r"^aggregate_id must be a str, got int: 1$"):
+        store.fold(1, lambda n, e: n, 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^upto must be an int >= 0 or None, got -1$"):
+        store.fold("acc-1", lambda n, e: n, 0, upto=-1)
+    with pytest.raises(minies.NotFound, match=r"^aggregate 'acc-1' has no events at or below version 0$"):
+        store.fold("acc-1", lambda n, e: n + 1, 0, upto=0)
+    with pytest.raises(minies.NotFound, match=r"^aggregate 'nobody' has no events$"):
+        store.fold("nobody", lambda n, e: n + 1, 0)
