@@ -184,7 +184,8 @@ def test_load_and_fold_refuse_events_with_no_class_instead_of_feeding_dicts_to_a
         store.append("acc-1", [MoneyDeposited(amount=5)], aggregate_type="Account")
         with pytest.raises(
             minies.SchemaError,
-            match=r"aggregate 'acc-1' holds events of types with no class in this process \(Mystery\)",
+            match=r"^aggregate 'acc-1' holds events of types with no class in this process \(Mystery\); import the "
+            r"module that defines them \(read\(\) returns such events as dicts\)$",
         ):
             store.load(Account, "acc-1")
         with pytest.raises(minies.SchemaError, match=r"no class in this process \(Mystery\)"):

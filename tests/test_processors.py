@@ -100,6 +100,22 @@ def test_a_processor_refuses_to_run_inside_a_transaction_and_checks_its_handler(
         processor.run()
     with pytest.raises(TypeError, match="handler must be callable as handler\\(record, store\\)"):
         store.processor("shipping", "ship")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^name must be a str, got int: 7$"):
+        store.processor(7, ship)  # type: ignore[arg-type]
+
+
+def test_a_processor_tries_an_input_three_times_by_default(store: minies.EventStore) -> None:
+    place(store, 1)
+    tries: list[int] = []
+
+    def broken(record: minies.Recorded, s: minies.EventStore) -> None:
+        tries.append(record.position)
+        raise RuntimeError("always")
+
+    processor = store.processor("shipping", broken, event_types=[OrderPlaced])
+    assert processor.run() == 1 and tries == [1, 1, 1]
+    [letter] = processor.dead_letters()
+    assert letter.attempts == 3
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
