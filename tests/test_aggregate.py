@@ -85,7 +85,10 @@ def test_saving_several_aggregates_in_one_transaction(store: minies.EventStore) 
 
 def test_wrong_class_is_a_clear_error(store: minies.EventStore) -> None:
     store.append("o-1", [OrderPlaced(customer_id="c", total=1.0)], aggregate_type="Order")
-    with pytest.raises(minies.SchemaError, match="holds Order events, not Account"):
+    with pytest.raises(
+        minies.SchemaError,
+        match=r"^aggregate '[^']+' holds Order events, not Account; load it with the matching class$",
+    ):
         store.load(Account, "o-1")
 
 
@@ -207,7 +210,10 @@ def test_load_refuses_a_stream_holding_two_aggregate_types_in_either_order(locat
             (second, bytes(32)),
         )
     with minies.EventStore(location) as store:
-        with pytest.raises(minies.SchemaError, match=r"aggregate 'acc-1' holds (Account|Other) events, not Account"):
+        with pytest.raises(
+            minies.SchemaError,
+            match=r"^aggregate 'acc-1' holds (Account|Other) events, not Account; load it with the matching class$",
+        ):
             store.load(Account, "acc-1")
         with pytest.raises(minies.SchemaError, match="not Account"):
             store.fold("acc-1", lambda state, event: state, None, aggregate_type="Account")
@@ -223,3 +229,17 @@ def test_fold_checks_its_arguments(store: minies.EventStore) -> None:
         store.fold("acc-1", lambda n, e: n + 1, 0, upto=0)
     with pytest.raises(minies.NotFound, match=r"^aggregate 'nobody' has no events$"):
         store.fold("nobody", lambda n, e: n + 1, 0)
+
+
+def test_a_payload_that_no_longer_decodes_is_named_by_its_version(store: minies.EventStore) -> None:
+    opened(store, "acc-9")
+    store.append("acc-9", [MoneyDeposited(amount=5)], aggregate_type="Account")
+    with store.transaction():
+        store._conn.execute(
+            "DROP TRIGGER events_no_update" + (" ON events" if store.path.startswith("postgres") else "")
+        )
+        store._conn.execute("UPDATE events SET data = ? WHERE position = 2", ('{"amount": "five"}',))
+    with pytest.raises(
+        minies.SchemaError, match=r"(event 2 of aggregate 'acc-9'|event at position 2 .*) does not decode"
+    ):
+        store.load(Account, "acc-9")

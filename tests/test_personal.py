@@ -684,7 +684,7 @@ def test_a_read_only_store_on_a_version_3_file_reads_and_never_looks_for_keys(tm
         con.execute("PRAGMA user_version = 3")
     with minies.EventStore(str(path), readonly=True) as store:
         assert [r.data.ward for r in store.read_all()] == [1] and store.info().forgotten_subjects == 0
-        assert store.forget("a").keys == 0
+        assert store.forget("a") == minies.Erasure("a", 0, [], [], 0, False)
 
 
 def test_personal_is_a_plain_annotation_to_msgspec() -> None:
@@ -1038,6 +1038,11 @@ def test_a_load_takes_the_fast_path_until_a_chunk_holds_sealed_fields(
     assert (customer.version, customer.email, customer.changes) == (5, "second@example.com", 1)
     assert store.fold("c9", lambda n, e: n + 1, 0) == (5, 5)
     assert store.load(Customer, "c9", upto=3).email == "first@example.com"
+    # sealed values first, then plain ones; and a plain stream of three chunks
+    store.append("c8", [*events[2:4], Deposited(amount=1), Deposited(amount=2)], aggregate_type="Customer")
+    assert store.load(Customer, "c8").email == "second@example.com"
+    store.append("w8", [Deposited(amount=i) for i in range(5)], aggregate_type="Wallet")
+    assert store.fold("w8", lambda n, e: n + e.amount, 0) == (10, 5)
 
 
 def test_forget_checks_its_arguments_and_says_when_there_was_nothing_to_forget(db_path: str) -> None:
