@@ -1070,3 +1070,26 @@ def test_forget_checks_its_arguments_and_says_when_there_was_nothing_to_forget(d
         pytest.raises(minies.StorageError, match=r"^cannot forget 'c2': the file or its directory is read-only"),
     ):
         store.forget("c2")
+
+
+def test_a_load_that_switches_to_records_still_refuses_another_aggregate_type(
+    db_path: str, monkeypatch: pytest.MonkeyPatch, no_upcasting: None
+) -> None:
+    monkeypatch.setattr(minies._store, "_LOAD_CHUNK", 2)
+    with minies.EventStore(db_path) as store:
+        store.append(
+            "c7",
+            [PersonSignedUp(customer_id="c7", email="a@x"), Deposited(amount=1), Deposited(amount=2)],
+            aggregate_type="Customer",
+        )
+    with sqlite3.connect(db_path) as con:
+        con.execute("DROP TRIGGER events_no_update")
+        con.execute("UPDATE events SET aggregate_type = 'Other' WHERE position = 3")
+    with (
+        minies.EventStore(db_path) as store,
+        pytest.raises(
+            minies.SchemaError,
+            match=r"^aggregate 'c7' holds Other events, not Customer; load it with the matching class$",
+        ),
+    ):
+        store.load(Customer, "c7")
