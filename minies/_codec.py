@@ -136,10 +136,13 @@ def field_named(problem: str, cls: type[msgspec.Struct]) -> str | None:
     """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```;
     ``x`` is the name as encoded, which ``rename=`` may have changed)."""
     found = _PATH.search(problem)
-    if found is None:
-        return None
-    encoded = cls.__struct_encode_fields__
-    return cls.__struct_fields__[encoded.index(found.group(1))] if found.group(1) in encoded else None
+    return None if found is None else attribute(cls, found.group(1))
+
+
+def attribute(cls: type[msgspec.Struct], encoded: str) -> str | None:
+    """The attribute a field's encoded name (which ``rename=`` may have changed) belongs to."""
+    names = cls.__struct_encode_fields__
+    return cls.__struct_fields__[names.index(encoded)] if encoded in names else None
 
 
 _PLAIN_JSON: Final = (type(None), str, int, float, bool, dict, list)

@@ -103,8 +103,7 @@ def _mark_forgotten(records: list[Recorded], gone: dict[int, frozenset[str]]) ->
         if names:
             data = record.data
             if isinstance(data, msgspec.Struct):
-                fields, encoded = data.__struct_fields__, data.__struct_encode_fields__
-                names = frozenset(fields[encoded.index(n)] if n in encoded else n for n in names)
+                names = frozenset(_codec.attribute(type(data), n) or n for n in names)
             record = msgspec.structs.replace(record, data=_personal.mark(data, names))
         marked.append(record)
     return marked

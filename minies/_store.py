@@ -688,9 +688,9 @@ class EventStore:
         the decode and ``step`` alone.
         """
         with self._lock:
-            upcasting, sealing = self._upcasting(), self._opener() is not None
+            upcasting, opener = self._upcasting(), self._opener()
         if upcasting:
-            return self._replay_records(aggregate_id, aggregate_type, after, upto, step)
+            return self._replay_records(aggregate_id, aggregate_type, after, upto, step, opener)
         decoders = _codec.decoders()
         total = 0
         while after < upto:
@@ -703,8 +703,8 @@ class EventStore:
             payloads, types, high, count, low_type, high_type = row
             if not count:
                 break
-            if sealing and _personal.MARK in payloads:  # opening a sealed field needs its event's id
-                return total + self._replay_records(aggregate_id, aggregate_type, after, upto, step)
+            if opener is not None and _personal.MARK in payloads:  # opening a sealed field needs its event's id
+                return total + self._replay_records(aggregate_id, aggregate_type, after, upto, step, opener)
             if aggregate_type is not None and (low_type != aggregate_type or high_type != aggregate_type):
                 raise SchemaError(
                     f"aggregate {aggregate_id!r} holds {low_type} events, not {aggregate_type}; "
@@ -736,11 +736,15 @@ class EventStore:
         return total
 
     def _replay_records(
-        self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]
+        self,
+        aggregate_id: str,
+        aggregate_type: str | None,
+        after: int,
+        upto: int,
+        step: Callable[[Event], None],
+        opener: Opener | None,
     ) -> int:
         """``_replay`` through the records, which upcast and open sealed fields."""
-        with self._lock:
-            opener = self._opener()
         for record in read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading(), False, opener):
             if aggregate_type is not None and record.aggregate_type != aggregate_type:
                 raise SchemaError(
@@ -914,14 +918,15 @@ class EventStore:
             raise TypeError(f"reason must be a str, got {type(reason).__name__}")
         meta = _codec.encode_metadata(metadata)
         event = SubjectForgotten(subject=subject, reason=reason)
+        nothing = Erasure(subject, 0, [], [], 0, False)
         with self._lock:
             if not self._keys.enabled:
-                return Erasure(subject, 0, [], [], 0, False)
+                return nothing
             with self._write(), self._translate(f"cannot forget {subject!r}"):
                 conn = self._conn
                 keys = self._keys.forget(conn, subject, _codec.now_text())
                 if not keys:
-                    return Erasure(subject, 0, [], [], 0, False)
+                    return nothing
                 holders = sorted(
                     {
                         row[0]

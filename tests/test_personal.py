@@ -1082,9 +1082,7 @@ def test_a_load_that_switches_to_records_still_refuses_another_aggregate_type(
             [PersonSignedUp(customer_id="c7", email="a@x"), Deposited(amount=1), Deposited(amount=2)],
             aggregate_type="Customer",
         )
-    with sqlite3.connect(db_path) as con:
-        con.execute("DROP TRIGGER events_no_update")
-        con.execute("UPDATE events SET aggregate_type = 'Other' WHERE position = 3")
+    _untriggered(db_path, "UPDATE events SET aggregate_type = 'Other' WHERE position = 3", ())
     with (
         minies.EventStore(db_path) as store,
         pytest.raises(

@@ -253,8 +253,7 @@ class PostgresBackend:
             if not (exists and known):
                 # Several processes may open a fresh database at once: one creates, the others
                 # wait, then look again in a transaction of their own (which sees the new tables).
-                lock = "hashtext('minies schema ' || current_schema())"
-                raw.execute(f"SELECT pg_advisory_lock({lock})")
+                raw.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
                 try:
                     with raw.transaction():
                         exists, known, _ = raw.execute(postgres_sql.IDENTIFY).fetchone()
@@ -267,7 +266,7 @@ class PostgresBackend:
                             for statement in postgres_sql.CREATE:
                                 raw.execute(statement.format(schema=self._schema))
                 finally:
-                    raw.execute(f"SELECT pg_advisory_unlock({lock})")
+                    raw.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
             version = self.schema_version()
             if version < postgres_sql.SCHEMA_VERSION and not self.readonly:
                 self._migrate()
@@ -283,8 +282,7 @@ class PostgresBackend:
     def _migrate(self) -> None:
         """Bring an older log's schema up to date, once, whoever opens it first."""
         raw = self.conn.raw
-        lock = "hashtext('minies schema ' || current_schema())"
-        raw.execute(f"SELECT pg_advisory_lock({lock})")
+        raw.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
         try:
             with raw.transaction():
                 version = raw.execute(postgres_sql.SCHEMA_VERSION_NOW).fetchone()[0]
@@ -293,7 +291,7 @@ class PostgresBackend:
                         raw.execute(statement)
                     raw.execute("INSERT INTO minies_schema VALUES (%s)", (target,))
         finally:
-            raw.execute(f"SELECT pg_advisory_unlock({lock})")
+            raw.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
 
     # ------------------------------------------------------------------ errors
     def raise_error(self, error: BaseException, doing: str) -> NoReturn:
@@ -423,6 +421,9 @@ class PostgresBackend:
     def close(self) -> None:
         self.conn.raw.close()
 
+
+# Held while one process creates or migrates a schema's tables (the others wait, then look again).
+_SCHEMA_LOCK = "hashtext('minies schema ' || current_schema())"
 
 # What a statement's status says when it only read.
 _QUERY_END = "ROLLBACK TO SAVEPOINT minies_query; RELEASE SAVEPOINT minies_query"

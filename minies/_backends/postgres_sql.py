@@ -22,6 +22,7 @@ from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them 
     ADD_KEY,
     ADVANCE_PROJECTION,
     AGGREGATE_HIGH,
+    ANY_KEY,
     COUNTS,
     DEAD_LETTER_ATTEMPTS,
     DROP_SNAPSHOTS,
@@ -312,7 +313,6 @@ COPY_KEY: Final = (
     "INSERT INTO minies_keys (key_id, subject, key, created_at, forgotten_at) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
-ANY_KEY: Final = "SELECT EXISTS (SELECT 1 FROM minies_keys)"
 ERASED_AFTER: Final = "SELECT data::text FROM events WHERE position > ? AND event_type = 'minies.SubjectForgotten'"
 PURGE_KEYS: Final = "VACUUM FULL minies_keys"
 
