@@ -105,6 +105,7 @@ class EventStore:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
         self._depth = 0
+        self._inserting: tuple[str, int, str] | None = None  # the latest append's, for _raise
         self._writer: int | None = None  # the thread inside a write transaction, if any
         self._queue: list[_Queued] = []  # writes waiting for the next group commit
         self._queue_lock = threading.Lock()
@@ -155,6 +156,14 @@ class EventStore:
 
     # ------------------------------------------------------------------ errors
     def _raise(self, e: BaseException, doing: str) -> NoReturn:
+        clash = self._backend.conflict(e)
+        if clash is not None and self._inserting is not None:
+            # The UNIQUE constraints are the last line of defence behind an append's own checks.
+            # (PostgreSQL reports a one-event insert's clash with the statement sent after it.)
+            aggregate_id, current, first_id = self._inserting
+            if clash == "event_id":
+                raise DuplicateEventError(first_id, "by another event") from None
+            raise ConcurrencyError(aggregate_id, current, self._version_after_clash(aggregate_id, current)) from None
         self._backend.raise_error(e, doing)
 
     @contextlib.contextmanager
@@ -258,14 +267,18 @@ class EventStore:
             else:
                 with self._write():
                     for item in batch:
-                        with contextlib.suppress(Exception), self._write():  # a savepoint each
-                            item.run()
+                        try:
+                            with self._write():  # a savepoint each
+                                item.run()
+                        except Exception as e:  # its own error, or its savepoint's end failed
+                            item.error = item.error or e
         except Exception as e:  # BEGIN or COMMIT failed: nothing in the batch was written
             for item in batch:
-                item.fail(e)
+                item.fail(e, alone=len(batch) == 1)
         except BaseException:
+            interrupted = StorageError("the group commit was interrupted; nothing from this call was written")
             for item in batch:
-                item.fail(StorageError("the group commit was interrupted; nothing from this call was written"))
+                item.fail(interrupted, alone=False)
             raise
         finally:
             for item in batch:
@@ -309,7 +322,7 @@ class EventStore:
             ids = []
             for value in event_ids:
                 try:
-                    ids.append(str(uuid.UUID(value)) if isinstance(value, str) else _bad_id(value))
+                    ids.append(str(uuid.UUID(value if isinstance(value, str) else "")))
                 except ValueError:
                     raise ValueError(f"event id {value!r} is not a UUID string") from None
             if len(set(ids)) != len(ids):
@@ -414,17 +427,10 @@ class EventStore:
             (head_position + k, event_id, aggregate_id, aggregate_type, t, current + k, data, meta, created, h, s)
             for k, event_id, t, data, h, s in zip(range(1, n + 1), ids, types, datas, digests, schemas, strict=True)
         ]
+        self._inserting = (aggregate_id, current, ids[0])
         try:
             conn.executemany(conn.sql.INSERT_EVENT, rows)
         except conn.Error as e:
-            # The UNIQUE constraints are the last line of defence behind the checks above.
-            clash = self._backend.conflict(e)
-            if clash == "event_id":
-                raise DuplicateEventError(ids[0], "by another event") from None
-            if clash == "version":
-                raise ConcurrencyError(
-                    aggregate_id, current, self._version_after_clash(aggregate_id, current)
-                ) from None
             self._raise(e, f"cannot append to {aggregate_id!r}")
         tip.stage(stream, current + n, head_position + n, digests[-1], self._depth == 1)
         return current + n, rows, created
@@ -432,7 +438,7 @@ class EventStore:
     def _version_after_clash(self, aggregate_id: str, believed: int) -> int:
         """The aggregate's version now, as far as can be read after a failed insert."""
         try:
-            return int(self._conn.execute(self._sql.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
+            return int(self._conn.execute(self._sql.AGGREGATE_VERSION, (aggregate_id,)).get)  # a row clashed: it exists
         except self._conn.Error:  # PostgreSQL: the failed statement ended what the transaction can do
             return believed + 1
 
@@ -443,10 +449,10 @@ class EventStore:
         found = [self._conn.execute(self._sql.EVENT_BY_ID, (i,)).fetchone() for i in ids]
         if all(row is None for row in found):
             return None
-        first = found[0]
+        if any(row is None for row in found):
+            raise DuplicateEventError(ids[0], "by an earlier append that held only part of this batch")
+        first = found[0][1]
         for k, (row, event, data, event_id) in enumerate(zip(found, events, datas, ids, strict=True)):
-            if row is None:
-                raise DuplicateEventError(ids[0], "by an earlier append that held only part of this batch")
             stored_aggregate, version, event_type, stored_data, _ = row
             if stored_aggregate != aggregate_id:
                 raise DuplicateEventError(event_id, f"by an event of aggregate {stored_aggregate!r}")
@@ -457,15 +463,14 @@ class EventStore:
                 same = stored_data == data
             if event_type != event.event_type or not same:
                 raise DuplicateEventError(event_id, f"by a different event ({event_type} at version {version})")
-            if first is None or version != first[1] + k:
+            if version != first + k:
                 raise DuplicateEventError(event_id, "by an append with a different batch")
-        assert first is not None
-        around = (aggregate_id, first[1] - 1, first[1] + len(ids), first[4])
+        around = (aggregate_id, first - 1, first + len(ids), found[0][4])
         if self._conn.execute(self._sql.SAME_APPEND_AROUND, around).get:
             raise DuplicateEventError(ids[0], "by an append with a different batch (this is only part of it)")
-        if expected is not ANY and first[1] != expected + 1:
-            raise DuplicateEventError(ids[0], f"by an append at version {first[1]}, not {expected + 1}")
-        return int(first[1]) + len(ids) - 1
+        if expected is not ANY and first != expected + 1:
+            raise DuplicateEventError(ids[0], f"by an append at version {first}, not {expected + 1}")
+        return int(first) + len(ids) - 1
 
     def _remember_type(self, cls: type[Event]) -> None:
         try:
@@ -637,7 +642,7 @@ class EventStore:
         if not (isinstance(cls, type) and issubclass(cls, Aggregate)):
             raise TypeError(f"load() takes an Aggregate subclass, got {cls!r}")
         _check_str("aggregate_id", aggregate_id)
-        _, last = _check_range(0, upto)
+        last = _check_upto(upto)
         with self._lock, self._translate("cannot read"):
             conn = self._open()
             aggregate = _snapshots.latest(conn, cls, aggregate_id, last, functools.partial(self._keys.open_state, conn))
@@ -668,7 +673,7 @@ class EventStore:
             SchemaError: ``aggregate_type`` is given and the events are of another type.
         """
         _check_str("aggregate_id", aggregate_id)
-        _, last = _check_range(0, upto)
+        last = _check_upto(upto)
         state = [initial]
 
         def step(event: Event) -> None:
@@ -1061,9 +1066,11 @@ class _Queued:
                 self.error = explained
                 raise explained from None
 
-    def fail(self, error: Exception) -> None:
-        if self.error is None:  # a write that failed on its own keeps its own error
-            self.error = StorageError(str(error)) if isinstance(error, MiniesError) else error
+    def fail(self, error: Exception, alone: bool) -> None:
+        """The transaction failed: a write alone in it fails with its error, the others with a
+        StorageError each (a write that failed on its own keeps its own error)."""
+        if self.error is None:
+            self.error = error if alone else StorageError(str(error))
 
 
 class _Reading:
@@ -1170,11 +1177,14 @@ class _Write:
             store._writer = None
         if self._nested:
             if kind is None:
-                conn.execute(store._sql.RELEASE)
-            else:
-                if not conn.get_autocommit():
-                    conn.execute(store._sql.ROLLBACK_TO)
-                store._forget()
+                try:
+                    conn.execute(store._sql.RELEASE)
+                    return
+                except conn.Error as e:  # PostgreSQL sends a held one-event insert with it
+                    error = e
+            if not conn.get_autocommit():
+                conn.execute(store._sql.ROLLBACK_TO)
+            store._forget()
             if isinstance(error, conn.Error):
                 store._raise(error, "cannot write")
             return
@@ -1211,10 +1221,6 @@ def _no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:
     )
 
 
-def _bad_id(value: object) -> NoReturn:
-    raise ValueError(f"event id {value!r} is not a UUID string")
-
-
 def _check_text(what: str, value: str) -> None:
     """Ids are stored as SQLite text: valid UTF-8 with no NUL, which C-string tools cut short."""
     if value.isascii():
@@ -1238,8 +1244,12 @@ def _check_str(what: str, value: object) -> None:
 def _check_range(after: object, upto: object) -> tuple[int, int]:
     if not isinstance(after, int) or isinstance(after, bool) or after < 0:
         raise ValueError(f"after must be an int >= 0, got {after!r}")
+    return after, _check_upto(upto)
+
+
+def _check_upto(upto: object) -> int:
     if upto is None:
-        return after, _LAST_VERSION
+        return _LAST_VERSION
     if not isinstance(upto, int) or isinstance(upto, bool) or upto < 0:
         raise ValueError(f"upto must be an int >= 0 or None, got {upto!r}")
-    return after, upto
+    return upto

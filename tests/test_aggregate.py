@@ -231,6 +231,31 @@ def test_fold_checks_its_arguments(store: minies.EventStore) -> None:
         store.fold("nobody", lambda n, e: n + 1, 0)
 
 
+def test_load_and_save_check_their_arguments(store: minies.EventStore) -> None:
+    opened(store)
+    with pytest.raises(TypeError, match=r"^load\(\) takes an Aggregate subclass, got 'Account'$"):
+        store.load("Account", "acc-1")  # type: ignore[type-var]
+    with pytest.raises(
+        TypeError, match=r"^load\(\) takes an Aggregate subclass, got <class 'minies._demo.MoneyDeposited'>$"
+    ):
+        store.load(MoneyDeposited, "acc-1")  # type: ignore[type-var]
+    with pytest.raises(TypeError, match=r"^aggregate_id must be a str, got int: 1$"):
+        store.load(Account, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^upto must be an int >= 0 or None, got -1$"):
+        store.load(Account, "acc-1", upto=-1)
+    with pytest.raises(TypeError, match=r"^save\(\) takes a minies.Aggregate, got MoneyDeposited$"):
+        store.save(MoneyDeposited(amount=1))  # type: ignore[arg-type]
+    assert store.load(Account, "acc-1", upto=1).version == 1
+
+
+def test_save_stores_its_metadata_with_every_event(store: minies.EventStore) -> None:
+    account = Account(id="acc-m")
+    account.record(AccountOpened(owner="ann", balance=1))
+    account.deposit(2)
+    assert store.save(account, metadata={"user": "ann", "request": 7}) == 2
+    assert [r.metadata for r in store.read("acc-m")] == [{"user": "ann", "request": 7}] * 2
+
+
 def test_a_payload_that_no_longer_decodes_is_named_by_its_version(store: minies.EventStore) -> None:
     opened(store, "acc-9")
     store.append("acc-9", [MoneyDeposited(amount=5)], aggregate_type="Account")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from domain import MoneyDeposited, OrderPlaced
+from domain import MoneyDeposited, OrderPlaced, SnappedAccount
 
 import minies
 
@@ -211,3 +212,25 @@ def test_every_read_of_a_damaged_file_says_so_in_one_message(tmp_path: Path, no_
         ):
             with pytest.raises(minies.StorageError, match=damaged):
                 read()
+
+
+def test_a_damaged_snapshot_table_is_one_message_for_load_and_the_snapshot_stats(tmp_path: Path) -> None:
+    path = str(tmp_path / "snapshots.db")
+    with minies.EventStore(path) as store:
+        account = SnappedAccount(id="s")
+        for _ in range(80):
+            account.deposit(1)
+        store.save(account)
+        assert store.snapshot_stats()[0][:2] == ("Account", 1)
+    con = sqlite3.connect(path)
+    (root,) = con.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'minies_snapshots'").fetchone()
+    con.close()
+    with open(path, "r+b") as f:  # scratch the snapshot table's root page: only its readers see it
+        f.seek(4096 * (root - 1))
+        f.write(b"\xff" * 64)
+    damaged = r"^cannot read: the file is damaged \(database disk image is malformed\); restore it from a backup$"
+    with minies.EventStore(path, readonly=True) as store:
+        for read in (store.snapshot_stats, lambda: store.load(SnappedAccount, "s")):
+            with pytest.raises(minies.StorageError, match=damaged):
+                read()
+        assert store.version("s") == 80  # the events are intact

@@ -8,17 +8,20 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
+import psycopg
 import pytest
 from conftest import run_python
-from domain import AccountOpened, Balances, MoneyDeposited, MoneyWithdrawn, OrderPlaced
+from domain import AccountOpened, Balances, MoneyDeposited, MoneyWithdrawn, OrderPlaced, SnappedAccount
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minies
+from minies._backends import postgres_sql as _pg_schema
 from minies._backends import sqlite_sql as _schema
 
 
@@ -135,20 +138,88 @@ def test_expected_version_mismatch_raises_and_writes_nothing(store: minies.Event
     assert len(all_rows(store)) == 3
 
 
-def test_unique_constraint_is_the_last_line_of_defence(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Break the version check on purpose (the state query reports one version too few), so
-    only the UNIQUE (aggregate_id, version) constraint stands between the append and a
-    second version 2."""
-    with minies.EventStore(db_path) as store:
-        store.append("a", deposit(2), aggregate_type="Account")
-    broken = _schema.APPEND_STATE.replace("SELECT version FROM", "SELECT version - 1 FROM", 1)
-    assert broken != _schema.APPEND_STATE
-    monkeypatch.setattr(_schema, "APPEND_STATE", broken)
-    with minies.EventStore(db_path) as store:  # a fresh store: nothing cached, the query is asked
-        with pytest.raises(minies.ConcurrencyError, match="aggregate 'a' is at version 2, expected 1") as caught:
-            store.append("a", deposit(), aggregate_type="Account")
-        assert (caught.value.expected, caught.value.actual) == (1, 2)
-        assert [r.version for r in store.read("a")] == [1, 2] and store.verify().ok
+def break_the_version_check(location: str, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make the append's state query report two versions too few; return what repairs it."""
+    if "?schema=" not in location:
+        broken = _schema.APPEND_STATE.replace("(SELECT version FROM", "(SELECT version - 2 FROM", 1)
+        assert broken != _schema.APPEND_STATE
+        monkeypatch.setattr(_schema, "APPEND_STATE", broken)
+        return monkeypatch.undo
+    dsn, _, schema = location.partition("?schema=")
+    function = _pg_schema.APPEND_STATE_FUNCTION.format(schema=schema).replace("CREATE", "CREATE OR REPLACE", 1)
+    broken = function.replace("(SELECT max(e.version)", "(SELECT max(e.version) - 2", 1)
+    assert broken != function
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(broken)
+
+    def repair() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(function)
+
+    return repair
+
+
+def test_unique_constraint_is_the_last_line_of_defence(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the version check on purpose (the append's state query reports two versions too
+    few), so only the UNIQUE (aggregate_id, version) constraint stands between the append and
+    a second version 2."""
+    with minies.EventStore(location) as store:
+        store.append("a", deposit(3), aggregate_type="Account")
+    on_postgres = "?schema=" in location
+    repair = break_the_version_check(location, monkeypatch)
+    for events in (deposit(), deposit(2)):  # PostgreSQL holds a one-event insert until the COMMIT
+        clash = r"^aggregate 'a' is at version \d, expected 1;"
+        with minies.EventStore(location) as store, pytest.raises(minies.ConcurrencyError, match=clash) as caught:
+            store.append("a", events, aggregate_type="Account")  # a fresh store: nothing cached
+        # The version is read again after the failed insert, except where PostgreSQL's failed
+        # statement ended what the transaction can read: there it says "at least one more".
+        actual = 2 if on_postgres and len(events) == 2 else 3
+        assert (caught.value.expected, caught.value.actual) == (1, actual)
+    repair()
+    with minies.EventStore(location) as store:
+        assert [r.version for r in store.read("a")] == [1, 2, 3] and store.verify().ok
+
+
+def test_a_clash_inside_a_group_commit_fails_only_its_own_write(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last line of defence inside a shared transaction (on PostgreSQL the clash shows at
+    the end of the write's savepoint): that write fails, the others commit."""
+    with minies.EventStore(location) as store:
+        store.append("a", deposit(3), aggregate_type="Account")
+    break_the_version_check(location, monkeypatch)
+    with minies.EventStore(location) as store:
+        outcomes: dict[int, object] = {}
+
+        def call(k: int, aggregate: str) -> None:
+            try:
+                outcomes[k] = store.append(aggregate, deposit(), aggregate_type="Account")
+            except minies.MiniesError as e:
+                outcomes[k] = e
+
+        threads = []
+        store._lock.acquire()  # a commit in flight: every request queues, in this order
+        try:
+            for k, aggregate in enumerate(["b", "a", "c"]):
+                threads.append(threading.Thread(target=call, args=(k, aggregate)))
+                threads[-1].start()
+                deadline = time.monotonic() + 30
+                while len(store._queue) < k + 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.0005)
+        finally:
+            store._lock.release()
+        for t in threads:
+            t.join(30)
+        assert outcomes[0] == 1 and outcomes[2] == 1
+        assert isinstance(outcomes[1], minies.ConcurrencyError) and str(outcomes[1]).startswith(
+            "aggregate 'a' is at version 3, expected 1;"
+        )
+        assert [(r.aggregate_id, r.version) for r in store.read_all()] == [
+            ("a", 1),
+            ("a", 2),
+            ("a", 3),
+            ("b", 1),
+            ("c", 1),
+        ]
 
 
 def test_idempotent_retry_with_event_ids(store: minies.EventStore) -> None:
@@ -163,28 +234,65 @@ def test_idempotent_retry_with_event_ids(store: minies.EventStore) -> None:
     same = [MoneyDeposited(amount=7)] * 3  # identical events: only the ids' order tells them apart
     same_ids = [str(uuid.uuid4()) for _ in range(3)]
     assert store.append("s", same, aggregate_type="Account", event_ids=same_ids) == 3
-    with pytest.raises(minies.DuplicateEventError, match="by an append with a different batch"):
+    with pytest.raises(
+        minies.DuplicateEventError,
+        match=f"^event id '{same_ids[0]}' is already used by an append with a different batch;",
+    ) as caught:
         store.append("s", same, aggregate_type="Account", event_ids=[same_ids[1], same_ids[0], same_ids[2]])
+    assert caught.value.event_id == same_ids[0]
     assert store.version("s") == 3
 
 
 @pytest.mark.parametrize(
-    ("aggregate", "events", "ids", "expected"),
-    [
-        ("a", [MoneyDeposited(amount=99)], [0], minies.ANY),  # same id, different event
-        ("other", [MoneyDeposited(amount=1)], [0], minies.ANY),  # same id, another aggregate
-        ("a", [MoneyDeposited(amount=1), MoneyDeposited(amount=5)], [0, None], minies.ANY),  # partial overlap
-        ("a", [MoneyDeposited(amount=1)], [0], 3),  # same event, claimed at another version
+    ("aggregate", "events", "ids", "expected", "clash", "detail"),
+    [  # same id, different event
+        ("a", [MoneyDeposited(amount=99)], [0], minies.ANY, 0, "by a different event (MoneyDeposited at version 1)"),
+        ("other", [MoneyDeposited(amount=1)], [0], minies.ANY, 0, "by an event of aggregate 'a'"),
+        (  # partial overlap
+            "a",
+            [MoneyDeposited(amount=1), MoneyDeposited(amount=5)],
+            [0, None],
+            minies.ANY,
+            0,
+            "by an earlier append that held only part of this batch",
+        ),
+        (
+            "a",
+            [MoneyDeposited(amount=2)],
+            [1],
+            minies.ANY,
+            1,
+            "by an append with a different batch (this is only part of it)",
+        ),
+        ("a", [MoneyDeposited(amount=1)], [0], 3, 0, "by an append with a different batch (this is only part of it)"),
+        ("b", deposit(2), [0, 1], minies.ANY, 0, "by an event of aggregate 'a'"),
+        ("a", deposit(2), [0, 1], 3, 0, "by an append at version 1, not 4"),  # same events, claimed at another version
+        (
+            "a",
+            [MoneyDeposited(amount=1), MoneyDeposited(amount=3)],
+            [0, 1],
+            minies.ANY,
+            1,
+            "by a different event (MoneyDeposited at version 2)",
+        ),
     ],
 )
 def test_reused_event_id_for_something_else_is_an_error(
-    store: minies.EventStore, aggregate: str, events: list[minies.Event], ids: list[int | None], expected: object
+    store: minies.EventStore,
+    aggregate: str,
+    events: list[minies.Event],
+    ids: list[int | None],
+    expected: object,
+    clash: int,
+    detail: str,
 ) -> None:
     stored = [str(uuid.uuid4()), str(uuid.uuid4())]
     store.append("a", deposit(2), aggregate_type="Account", event_ids=stored)
     event_ids = [stored[i] if i is not None else str(uuid.uuid4()) for i in ids]
-    with pytest.raises(minies.DuplicateEventError, match=stored[0]):
+    message = f"event id '{stored[clash]}' is already used {detail}; pick a new id"
+    with pytest.raises(minies.DuplicateEventError, match=f"^{re.escape(message)}$") as caught:
         store.append(aggregate, events, aggregate_type="Account", event_ids=event_ids, expected_version=expected)  # type: ignore[arg-type]
+    assert caught.value.event_id == stored[clash]
     assert len(all_rows(store)) == 2
 
 
@@ -210,7 +318,8 @@ class NotAnEvent:
         ({"metadata": {"x": object()}}, TypeError, "metadata cannot be stored as JSON"),
         ({"metadata": {1: "x"}}, TypeError, "metadata keys must be str"),
         ({"metadata": ["x"]}, TypeError, "metadata must be a dict"),
-        ({"event_ids": ["not-a-uuid"]}, ValueError, "is not a UUID string"),
+        ({"event_ids": ["not-a-uuid"]}, ValueError, "^event id 'not-a-uuid' is not a UUID string$"),
+        ({"event_ids": [42]}, ValueError, "^event id 42 is not a UUID string$"),
         ({"event_ids": [str(uuid.uuid4())] * 2, "events": deposit(2)}, ValueError, "same id twice"),
         ({"event_ids": [str(uuid.uuid4())] * 2}, ValueError, "2 ids for 1 events"),
     ],
@@ -720,6 +829,7 @@ def test_a_failed_group_commit_fails_every_append_in_it_with_the_same_error(db_p
         store._conn.set_commit_hook(None)
         messages = {str(e) for e in outcomes.values()}
         assert len(outcomes) == 4 and all(isinstance(e, minies.StorageError) for e in outcomes.values())
+        assert len({id(e) for e in outcomes.values()}) == 4  # one exception each: threads raise their own
         assert len(messages) == 1 and "cannot commit" in messages.pop()
         assert [r.aggregate_id for r in store.read_all()] == ["before"]  # none of them was written
         assert store.append("a0", deposit(), aggregate_type="Account", expected_version=0) == 1
@@ -825,6 +935,44 @@ def test_retrying_only_part_of_a_batch_is_a_duplicate_not_a_version(store: minie
         ):
             store.append("p", same[: len(part)], aggregate_type="Account", event_ids=part)
     assert store.append("p", same, aggregate_type="Account", event_ids=ids) == 3  # the whole batch: a retry
+
+
+def test_every_id_argument_is_checked_by_name(store: minies.EventStore) -> None:
+    for call in (store.read, store.version, lambda i: store.subscription(i)):
+        with pytest.raises(TypeError, match=r"^(aggregate_id|name) must be a str, got int: 7$") as caught:
+            call(7)  # type: ignore[arg-type]
+        assert str(caught.value).split()[0] == ("aggregate_id" if call in (store.read, store.version) else "name")
+
+
+def test_snapshots_are_dropped_by_type_name_or_class(store: minies.EventStore) -> None:
+    for drop in ("Account", SnappedAccount):
+        account = SnappedAccount(id=f"s-{drop}")
+        for _ in range(40):
+            account.deposit(1)
+        store.save(account)
+        assert store.snapshot_stats()[0][:2] == ("Account", 1)
+        assert store.drop_snapshots(drop) == 1 and store.snapshot_stats() == []
+
+
+def test_repr_says_where_and_whether_closed(db_path: str) -> None:
+    store = minies.EventStore(db_path, durability="normal")
+    assert repr(store) == f"<minies.EventStore {db_path!r} (normal)>"
+    store.close()
+    assert repr(store) == f"<minies.EventStore {db_path!r} (closed)>"
+
+
+def test_a_rolled_back_new_event_type_is_recorded_by_the_next_append(location: str) -> None:
+    class Fresh(minies.Event):
+        n: int
+
+    with minies.EventStore(location) as store:
+        with pytest.raises(RuntimeError, match="^undo$"), store.transaction():
+            store.append("f", [Fresh(n=1)], aggregate_type="F")
+            raise RuntimeError("undo")
+        assert store.event_types() == []
+        store.append("f", [Fresh(n=2)], aggregate_type="F")
+        assert [(t, v) for t, v, _ in store.event_types()] == [("Fresh", 1)]
+        assert store.query("SELECT event_type FROM minies_event_types") == [("Fresh",)]
 
 
 def test_info_says_what_the_file_holds(location: str) -> None:

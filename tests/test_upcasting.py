@@ -50,6 +50,15 @@ def test_old_file_reads_as_todays_events(upcasting: None, shop: str) -> None:
         ]
         customer = store.load(Customer, "cust-1")
         assert (customer.name, customer.street, customer.city, customer.version) == ("Ann", "1 Main St", "Oslo", 3)
+        assert [r.data for r in store.read("cust-1")] == [  # one aggregate's events: today's classes too
+            CustomerRegistered(name="Ann"),
+            StreetChanged(street="1 Main St"),
+            CityChanged(city="Oslo"),
+        ]
+        assert [r.data for r in store.read("cust-1", after=1, upto=2)] == [
+            StreetChanged(street="1 Main St"),
+            CityChanged(city="Oslo"),
+        ]
         assert store.check_events() == []
         old = [(r.event_type, r.data) for r in store.read_all(raw=True, event_types=["Ordered"])]
         assert old[0] == ("Ordered", {"customer_id": "cust-1", "amount": 129.99})  # history exactly as written

@@ -323,7 +323,7 @@ class PostgresBackend:
         return _first_line(error) if isinstance(error, pg_errors.DataCorrupted) else None
 
     def conflict(self, error: BaseException) -> str | None:
-        if not isinstance(error, pg_errors.UniqueViolation):
+        if not isinstance(error, pg_errors.UniqueViolation) or error.diag.table_name != "events":
             return None
         return "event_id" if "event_id" in (error.diag.constraint_name or "") else "version"
 

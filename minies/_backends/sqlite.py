@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from minies._errors import QueryError, SchemaError, StorageError
 from minies._projections import Database
 
 _SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
+# An event that clashes with a recorded one: the UNIQUE constraints, or the append-only
+# trigger in front of them.
+_CLASH: Final = re.compile(r"UNIQUE constraint failed: events\.|minies: events are append-only; this")
 
 
 class Connection(apsw.Connection):
@@ -156,9 +160,10 @@ class SqliteBackend:
         return str(error) if isinstance(error, apsw.CorruptError) else None
 
     def conflict(self, error: BaseException) -> str | None:
-        if not isinstance(error, apsw.ConstraintError):
+        message = str(error)
+        if not isinstance(error, apsw.ConstraintError) or not _CLASH.search(message):
             return None
-        return "event_id" if "event_id" in str(error) else "version"
+        return "event_id" if "event_id" in message else "version"
 
     # ------------------------------------------------------------------ what the engine asks
     def projection_db(self) -> Database:
