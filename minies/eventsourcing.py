@@ -346,7 +346,7 @@ class MiniesRecordsRecorder(MiniesRecorder, AggregateRecorder):
             try:
                 store._conn.executemany(statement, rows)
             except store._conn.Error as e:
-                if store._backend.conflict(e):
+                if store._backend.conflict(e, self.table):
                     raise IntegrityError(
                         f"{self.table} already holds one of these records; nothing was written"
                     ) from None

@@ -76,8 +76,9 @@ class Backend(Protocol):
         """What is damaged, if ``error`` says the stored data is."""
         ...
 
-    def conflict(self, error: BaseException) -> str | None:
-        """``"event_id"`` or ``"version"`` if an insert broke that uniqueness, else None."""
+    def conflict(self, error: BaseException, table: str = "events") -> str | None:
+        """If an insert into ``table`` broke a uniqueness: which (for events, ``"event_id"`` or
+        ``"version"``); else None."""
         ...
 
     def projection_db(self) -> Any:

@@ -322,8 +322,8 @@ class PostgresBackend:
     def damage(self, error: BaseException) -> str | None:
         return _first_line(error) if isinstance(error, pg_errors.DataCorrupted) else None
 
-    def conflict(self, error: BaseException) -> str | None:
-        if not isinstance(error, pg_errors.UniqueViolation) or error.diag.table_name != "events":
+    def conflict(self, error: BaseException, table: str = "events") -> str | None:
+        if not isinstance(error, pg_errors.UniqueViolation) or error.diag.table_name != table:
             return None
         return "event_id" if "event_id" in (error.diag.constraint_name or "") else "version"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -20,9 +19,9 @@ from minies._errors import QueryError, SchemaError, StorageError
 from minies._projections import Database
 
 _SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
-# An event that clashes with a recorded one: the UNIQUE constraints, or the append-only
-# trigger in front of them.
-_CLASH: Final = re.compile(r"UNIQUE constraint failed: events\.|minies: events are append-only; this")
+# An event that clashes with a recorded one, as the append-only trigger (in front of the
+# UNIQUE constraints) says it.
+_CLASHED: Final = "minies: events are append-only; this "
 
 
 class Connection(apsw.Connection):
@@ -159,9 +158,11 @@ class SqliteBackend:
     def damage(self, error: BaseException) -> str | None:
         return str(error) if isinstance(error, apsw.CorruptError) else None
 
-    def conflict(self, error: BaseException) -> str | None:
+    def conflict(self, error: BaseException, table: str = "events") -> str | None:
         message = str(error)
-        if not isinstance(error, apsw.ConstraintError) or not _CLASH.search(message):
+        if not isinstance(error, apsw.ConstraintError):
+            return None
+        if f"UNIQUE constraint failed: {table}." not in message and not (table == "events" and _CLASHED in message):
             return None
         return "event_id" if "event_id" in message else "version"
 
