@@ -542,7 +542,7 @@ class EventStore:
             raw: every payload as stored, a plain dict, not upcast.
         """
         _check_range(after, None)
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
         types = None if event_types is None else type_names(event_types)
         with self._lock:

@@ -214,8 +214,18 @@ def test_every_read_of_a_damaged_file_says_so_in_one_message(tmp_path: Path, no_
                 read()
 
 
-def test_a_damaged_snapshot_table_is_one_message_for_load_and_the_snapshot_stats(tmp_path: Path) -> None:
-    path = str(tmp_path / "snapshots.db")
+@pytest.mark.parametrize(
+    ("scratched", "reads"),
+    [
+        ("minies_snapshots", ["snapshot_stats", "load"]),
+        ("events", ["head"]),  # the table itself (its root page): the head is its last row
+        ("sqlite_autoindex_events_2", ["version"]),  # UNIQUE (aggregate_id, version)
+    ],
+)
+def test_a_damaged_table_or_index_is_one_message_for_each_read_through_it(
+    tmp_path: Path, scratched: str, reads: list[str]
+) -> None:
+    path = str(tmp_path / "scratched.db")
     with minies.EventStore(path) as store:
         account = SnappedAccount(id="s")
         for _ in range(80):
@@ -223,14 +233,19 @@ def test_a_damaged_snapshot_table_is_one_message_for_load_and_the_snapshot_stats
         store.save(account)
         assert store.snapshot_stats()[0][:2] == ("Account", 1)
     con = sqlite3.connect(path)
-    (root,) = con.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'minies_snapshots'").fetchone()
+    (root,) = con.execute("SELECT rootpage FROM sqlite_schema WHERE name = ?", (scratched,)).fetchone()
     con.close()
-    with open(path, "r+b") as f:  # scratch the snapshot table's root page: only its readers see it
+    with open(path, "r+b") as f:  # scratch one root page: only the reads through it see it
         f.seek(4096 * (root - 1))
         f.write(b"\xff" * 64)
     damaged = r"^cannot read: the file is damaged \(database disk image is malformed\); restore it from a backup$"
+    calls = {
+        "snapshot_stats": lambda store: store.snapshot_stats(),
+        "load": lambda store: store.load(SnappedAccount, "s"),
+        "head": lambda store: store.head(),
+        "version": lambda store: store.version("s"),
+    }
     with minies.EventStore(path, readonly=True) as store:
-        for read in (store.snapshot_stats, lambda: store.load(SnappedAccount, "s")):
+        for read in reads:
             with pytest.raises(minies.StorageError, match=damaged):
-                read()
-        assert store.version("s") == 80  # the events are intact
+                calls[read](store)

@@ -73,6 +73,10 @@ def test_read_all_order_filters_and_limit(store: minies.EventStore) -> None:
     assert [r.position for r in store.read_all()] == [1, 2, 3, 4]
     assert [r.position for r in store.read_all(after=2)] == [3, 4]
     assert [r.position for r in store.read_all(limit=3)] == [1, 2, 3]
+    assert list(store.read_all(limit=0)) == []
+    for bad in (-1, "3", True, 2.0):
+        with pytest.raises(ValueError, match=rf"^limit must be an int >= 0 or None, got {re.escape(repr(bad))}$"):
+            store.read_all(limit=bad)  # type: ignore[arg-type]
     assert [r.event_type for r in store.read_all(event_types=[OrderPlaced, "MoneyWithdrawn"])] == [
         "OrderPlaced",
         "MoneyWithdrawn",
