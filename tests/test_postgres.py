@@ -440,6 +440,22 @@ def test_a_dropped_session_is_replaced_where_nothing_can_be_lost(pg_url: str) ->
         assert store.verify().ok
 
 
+def test_a_session_dropped_during_verify_is_one_clear_error_and_the_next_verify_passes(pg_url: str) -> None:
+    dsn = pg_url.partition("?schema=")[0]
+    with minies.EventStore(pg_url) as store:
+        store.append("a", [MoneyDeposited(amount=1) for _ in range(5000)], aggregate_type="Account")
+
+        def kill(checked: int, total: int) -> None:  # after the first chunk of the chain
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.raw.info.backend_pid,))
+
+        with pytest.raises(
+            minies.StorageError, match=r"^cannot verify: the server cannot be reached or dropped the connection \("
+        ):
+            store.verify(progress=kill)
+        assert store.verify().ok and store.version("a") == 5000
+
+
 def test_postgres_urls_open_the_same_store(pg_url: str) -> None:
     fill(pg_url, 2)
     with minies.EventStore(pg_url.replace("postgresql://", "postgres://", 1)) as store:

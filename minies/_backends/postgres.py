@@ -375,9 +375,11 @@ class PostgresBackend:
             return
         raw = self.conn.raw
         raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self.conn._in_transaction = True  # a dropped session fails the read: no silent second snapshot
         try:
             yield
         finally:
+            self.conn._in_transaction = False
             with contextlib.suppress(psycopg.Error):
                 raw.execute("ROLLBACK")
 
