@@ -77,6 +77,12 @@ def test_read_all_order_filters_and_limit(store: minies.EventStore) -> None:
     for bad in (-1, "3", True, 2.0):
         with pytest.raises(ValueError, match=rf"^limit must be an int >= 0 or None, got {re.escape(repr(bad))}$"):
             store.read_all(limit=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=rf"^after must be an int >= 0, got {re.escape(repr(bad))}$"):
+            store.read_all(after=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=rf"^after must be an int >= 0, got {re.escape(repr(bad))}$"):
+            store.read("a", after=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=rf"^upto must be an int >= 0 or None, got {re.escape(repr(bad))}$"):
+            store.read("a", upto=bad)  # type: ignore[arg-type]
     assert [r.event_type for r in store.read_all(event_types=[OrderPlaced, "MoneyWithdrawn"])] == [
         "OrderPlaced",
         "MoneyWithdrawn",
