@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import Any
@@ -97,11 +98,22 @@ def test_the_cli_never_shows_a_traceback(args: list[str]) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "x\udfff"])
-def test_ids_that_are_not_plain_text_are_refused(bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("a\x00b", "contains a NUL character; ids must be plain text"),
+        ("\ud800", "is not valid Unicode text (a lone surrogate?)"),
+        ("x\udfff", "is not valid Unicode text (a lone surrogate?)"),
+        ("é\x00", "contains a NUL character; ids must be plain text"),  # not ASCII, and a NUL
+    ],
+)
+def test_ids_that_are_not_plain_text_are_refused(bad: str, why: str) -> None:
     with minies.EventStore(":memory:") as store:
-        with pytest.raises(ValueError, match="aggregate_id"):
-            store.append(bad, [Anything(value=1)], aggregate_type="Anything")
-        with pytest.raises(ValueError, match="aggregate_type"):
-            store.append("a", [Anything(value=1)], aggregate_type=bad)
-        assert list(store.read_all()) == []
+        for name, call in (
+            ("aggregate_id", lambda: store.append(bad, [Anything(value=1)], aggregate_type="Anything")),
+            ("aggregate_type", lambda: store.append("a", [Anything(value=1)], aggregate_type=bad)),
+        ):
+            with pytest.raises(ValueError, match=f"^{re.escape(f'{name} {bad!r} {why}')}$"):
+                call()
+        store.append("é", [Anything(value=1)], aggregate_type="Anything")  # not ASCII, but plain text
+        assert [r.aggregate_id for r in store.read_all()] == ["é"]

@@ -66,6 +66,12 @@ def test_read_ranges(store: minies.EventStore) -> None:
     assert list(store.read("missing")) == []
 
 
+def test_events_may_come_as_a_tuple_or_any_iterable(store: minies.EventStore) -> None:
+    assert store.append("t", tuple(deposit(2)), aggregate_type="Account") == 2
+    assert store.append("t", (e for e in deposit(3)), aggregate_type="Account") == 5
+    assert [r.data.amount for r in store.read("t")] == [1, 2, 1, 2, 3]
+
+
 def test_read_all_order_filters_and_limit(store: minies.EventStore) -> None:
     store.append("a", deposit(2), aggregate_type="Account")
     store.append("o", [OrderPlaced(customer_id="c", total=1.5)], aggregate_type="Order")
@@ -314,24 +320,44 @@ class NotAnEvent:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"aggregate_id": 42}, TypeError, "aggregate_id must be a str, got int: 42"),
-        ({"aggregate_id": ""}, ValueError, "must not be empty"),
-        ({"events": []}, ValueError, "batch of events is empty"),
+        ({"aggregate_id": 42}, TypeError, "^aggregate_id must be a str, got int: 42$"),
+        ({"aggregate_id": ""}, ValueError, "^aggregate_id must not be empty$"),
+        ({"events": []}, ValueError, "^nothing to append to 'a': the batch of events is empty$"),
+        ({"events": iter([])}, ValueError, "^nothing to append to 'a': the batch of events is empty$"),
         ({"events": [NotAnEvent()]}, TypeError, "expected an instance of a minies.Event subclass, got NotAnEvent"),
         ({"events": [MoneyDeposited(amount=1), {"amount": 2}]}, TypeError, "got dict"),
-        ({"events": MoneyDeposited(amount=1)}, TypeError, "wrap a single event in a list"),
+        (
+            {"events": MoneyDeposited(amount=1)},
+            TypeError,
+            "^events must be a sequence of events; wrap a single event in a list$",
+        ),
+        ({"events": "MoneyDeposited"}, TypeError, "^events must be a list of minies.Event, got str$"),
+        ({"events": b"x"}, TypeError, "^events must be a list of minies.Event, got bytes$"),
+        ({"events": {"amount": 1}}, TypeError, "^events must be a list of minies.Event, got dict$"),
+        ({"events": 7}, TypeError, "^events must be a list of minies.Event, got int$"),
         ({"events": [MoneyDeposited(amount=object())]}, TypeError, "cannot be stored as JSON"),  # type: ignore[arg-type]
-        ({"aggregate_type": None}, TypeError, "aggregate_type"),
-        ({"expected_version": -1}, TypeError, "expected_version"),
-        ({"expected_version": "1"}, TypeError, "expected_version"),
-        ({"expected_version": True}, TypeError, "expected_version"),
+        ({"aggregate_type": None}, TypeError, "^aggregate_type must be a non-empty str, got None$"),
+        ({"aggregate_type": ""}, TypeError, "^aggregate_type must be a non-empty str, got ''$"),
+        ({"expected_version": -1}, TypeError, "^expected_version must be an int >= 0 or minies.ANY, got -1$"),
+        ({"expected_version": "1"}, TypeError, "^expected_version must be an int >= 0 or minies.ANY, got '1'$"),
+        ({"expected_version": True}, TypeError, "^expected_version must be an int >= 0 or minies.ANY, got True$"),
         ({"metadata": {"x": object()}}, TypeError, "metadata cannot be stored as JSON"),
         ({"metadata": {1: "x"}}, TypeError, "metadata keys must be str"),
         ({"metadata": ["x"]}, TypeError, "metadata must be a dict"),
         ({"event_ids": ["not-a-uuid"]}, ValueError, "^event id 'not-a-uuid' is not a UUID string$"),
         ({"event_ids": [42]}, ValueError, "^event id 42 is not a UUID string$"),
-        ({"event_ids": [str(uuid.uuid4())] * 2, "events": deposit(2)}, ValueError, "same id twice"),
-        ({"event_ids": [str(uuid.uuid4())] * 2}, ValueError, "2 ids for 1 events"),
+        (
+            {"event_ids": "0191e6a0-0000-7000-8000-000000000000"},
+            TypeError,
+            "^event_ids must be a list of UUID strings, one per event$",
+        ),
+        ({"event_ids": 7}, TypeError, "^event_ids must be a list of UUID strings, one per event$"),
+        (
+            {"event_ids": [str(uuid.uuid4())] * 2, "events": deposit(2)},
+            ValueError,
+            "^event_ids contains the same id twice$",
+        ),
+        ({"event_ids": [str(uuid.uuid4())] * 2}, ValueError, "^event_ids has 2 ids for 1 events; give one per event$"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(
