@@ -482,6 +482,7 @@ class EventStore:
             self._sql.ADD_TYPE, (name, version, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
         )
         self._stored_types.add((name, version))
+        self._upcasting_key = None  # (data_version counts only other connections' commits)
 
     def _stored_type_rows(self, conn: Connection) -> list[tuple[str, int]]:
         rows: list[Any] = conn.execute(self._sql.STORED_TYPES[self._file_version]).fetchall()
@@ -1096,15 +1097,17 @@ class _Tip:
     An append must know the head (position and hash) and the aggregate's version; querying
     them costs more than the rest of a single-event append. The cache is valid only while no
     other connection has committed since our last commit, which SQLite's data version tells
-    for free (https://sqlite.org/c3ref/c_fcntl_begin_atomic_write.html#sqlitefcntldataversion).
+    (https://sqlite.org/pragma.html#pragma_data_version: our own commits leave it alone, so
+    the value our write saw still holds after its commit until someone else commits).
     Only a store's own top-level appends fill it; anything else empties it.
     """
 
-    __slots__ = ("_data_version", "_head", "_staged", "_versions")
+    __slots__ = ("_data_version", "_head", "_seen", "_staged", "_versions")
     _LIMIT: Final = 10_000
 
     def __init__(self) -> None:
         self._data_version: int | None = None
+        self._seen: int | None = None  # the data version the current write saw
         self._head: tuple[int, bytes] = (0, _audit.GENESIS)
         self._versions: dict[tuple[str, str], int] = {}
         self._staged: tuple[tuple[str, str], int, int, bytes] | None = None
@@ -1112,7 +1115,8 @@ class _Tip:
     def lookup(self, conn: Connection, stream: tuple[str, str]) -> tuple[int, int, bytes] | None:
         """(version, head position, head hash) of an ``(aggregate_id, aggregate_type)``, or
         None if the cache cannot vouch for them."""
-        if self._data_version != conn.data_version():
+        self._seen = conn.data_version()
+        if self._data_version != self._seen:
             self._data_version = None
             return None
         if self._staged is not None:  # an earlier append of this transaction moved the head
@@ -1127,7 +1131,7 @@ class _Tip:
         if not alone:
             self._data_version = None
 
-    def committed(self, conn: Connection) -> None:
+    def committed(self) -> None:
         staged, self._staged = self._staged, None
         if staged is None or (self._data_version is None and self._versions):
             self.clear()
@@ -1138,7 +1142,7 @@ class _Tip:
             self._versions.clear()
         self._versions[stream] = version
         self._head = (position, digest)
-        self._data_version = conn.data_version()
+        self._data_version = self._seen
 
     def clear(self) -> None:
         self._data_version = None
@@ -1196,7 +1200,7 @@ class _Write:
                     conn.execute(store._sql.ROLLBACK)
                 store._forget()
                 store._raise(e, "cannot commit")
-            store._tip.committed(conn)
+            store._tip.committed()
             store._commits += 1
             store._changed.notify_all()
             return

@@ -376,6 +376,23 @@ def test_read_models_of_another_store_clean_themselves_when_they_next_open(db_pa
         assert store.query("SELECT email FROM emails") == [("",)]
 
 
+FORGET_ELSEWHERE = """
+import sys, minies
+with minies.EventStore(sys.argv[1]) as store:
+    store.forget("c1")
+"""
+
+
+def test_a_store_left_open_stops_opening_a_subject_that_another_process_forgot(location: str) -> None:
+    with minies.EventStore(location) as store:
+        store.append("c1", [PersonSignedUp(customer_id="c1", email="ann@example.com")], aggregate_type="Customer")
+        for _ in range(2):  # (twice: the key is cached after the first read)
+            assert [r.data.email for r in store.read_all()] == ["ann@example.com"]
+        run_python(FORGET_ELSEWHERE, location)
+        assert [r.data.email for r in store.read_all(event_types=[PersonSignedUp])] == [""]
+        assert [r.data.email for r in store.read("c1")] == [""]
+
+
 def test_a_forget_inside_a_transaction_that_fails_changes_nothing(store: minies.EventStore) -> None:
     register(store, "c1", "ann@example.com")
     with pytest.raises(RuntimeError, match="changed my mind"), store.transaction():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -1013,6 +1014,19 @@ def test_a_rolled_back_new_event_type_is_recorded_by_the_next_append(location: s
         store.append("f", [Fresh(n=2)], aggregate_type="F")
         assert [(t, v) for t, v, _ in store.event_types()] == [("Fresh", 1)]
         assert store.query("SELECT event_type FROM minies_event_types") == [("Fresh",)]
+
+
+def test_each_new_type_records_its_json_schema_or_an_empty_one_if_msgspec_cannot_describe_it(
+    store: minies.EventStore,
+) -> None:
+    class Loose(minies.Event):
+        anything: object = None  # stores fine; msgspec has no JSON schema for `object`
+
+    store.append("l", [Loose(anything=[1, "a"]), MoneyDeposited(amount=1)], aggregate_type="Loose")
+    schemas = dict(store.query("SELECT event_type, json_schema FROM minies_event_types"))
+    assert schemas["Loose"] == "{}"
+    assert json.loads(schemas["MoneyDeposited"])["$defs"]["MoneyDeposited"]["required"] == ["amount"]
+    assert next(r.data for r in store.read("l")) == Loose(anything=[1, "a"])
 
 
 def test_info_says_what_the_file_holds(location: str) -> None:

@@ -257,6 +257,39 @@ def test_old_code_refuses_events_newer_than_its_class_instead_of_dropping_fields
     assert "first: [Tagged(a=1)]" in out
 
 
+NEWER_WRITER = """
+import sys, minies
+from typing import ClassVar
+class Late(minies.Event):  # the newer deploy: Late v2 added a field b
+    schema_version: ClassVar[int] = 2
+    a: int
+    b: int = 0
+@minies.upcaster("Late", 1)
+def add_b(data):
+    return {**data, "b": 0}
+with minies.EventStore(sys.argv[1]) as store:
+    store.append("l-1", [Late(a=2, b=5)], aggregate_type="L")
+"""
+
+
+def test_old_code_notices_newer_events_that_another_process_writes_while_it_is_open(
+    tmp_path: Path, no_upcasting: None
+) -> None:
+    class Late(minies.Event):  # this process predates Late v2
+        a: int
+
+    path = str(tmp_path / "late.db")
+    with minies.EventStore(path) as store:
+        store.append("l-1", [Late(a=1)], aggregate_type="L")
+        for _ in range(2):  # (twice: the second read is answered from the store's cache)
+            assert [r.data for r in store.read_all(event_types=[Late])] == [Late(a=1)]
+        run_python(NEWER_WRITER, path)
+        with pytest.raises(minies.SchemaError, match="written by newer code"):
+            list(store.read_all(event_types=[Late]))
+        with pytest.raises(minies.SchemaError, match="written by newer code"):
+            list(store.read("l-1"))
+
+
 def test_the_event_types_table_keeps_one_schema_per_version(tmp_path: Path) -> None:
     copy = tmp_path / "schema_v2.db"
     shutil.copy(FIXTURES / "schema_v2.db", copy)

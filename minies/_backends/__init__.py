@@ -39,8 +39,8 @@ class Connection(Protocol):
         ...
 
     def data_version(self) -> int:
-        """Equal on two calls inside one write transaction only if no other connection has
-        committed since this one last did (a backend that cannot tell cheaply never repeats)."""
+        """Equal on two calls only if no other connection has committed in between (a backend
+        that cannot tell cheaply never repeats)."""
         ...
 
     def commit_counter(self) -> int:
