@@ -223,18 +223,19 @@ class Keyring:
         self._by_subject.clear()
         self._by_id.clear()
 
-    def _fresh(self, conn: Connection) -> None:
-        version = conn.data_version()
+    def _fresh(self, conn: Connection, commits: int | None = None) -> None:
+        """Forget cached keys if another connection has committed (it may have forgotten one)."""
+        version = conn.commit_counter() if commits is None else commits
         if version != self._seen:
             self.clear()
             self._seen = version
 
-    def active(self, conn: Connection) -> bool:
+    def active(self, conn: Connection, commits: int | None = None) -> bool:
         """Must reads look for sealed values? (Yes if the file holds a key, or a class here
         declares personal fields.)"""
         if not self.enabled:
             return False
-        self._fresh(conn)
+        self._fresh(conn, commits)
         if SEALED:  # (a log whose keys were all deleted must not read its sealed values as text)
             return True
         if self._any is None:

@@ -194,11 +194,8 @@ class Projector:
     Every method runs inside a write transaction the store opened.
     """
 
-    def __init__(
-        self, projections: Iterable[Projection], upcasting: Callable[[], bool], opener: Callable[[], Opener | None]
-    ) -> None:
-        self._upcasting = upcasting
-        self._opener = opener
+    def __init__(self, projections: Iterable[Projection], read_view: Callable[[], tuple[bool, Opener | None]]) -> None:
+        self._read_view = read_view
         self.projections: dict[str, Projection] = {}
         for projection in projections:
             if not isinstance(projection, Projection):
@@ -334,7 +331,8 @@ class Projector:
         batch: list[Recorded] = []
         try:
             with db.running():
-                for batch in log_pages(conn, self._upcasting(), after, wanted, upto=upto, opener=self._opener()):
+                upcasting, opener = self._read_view()
+                for batch in log_pages(conn, upcasting, after, wanted, upto=upto, opener=opener):
                     if batch:
                         projection.handle_batch(db, batch)
                         count += len(batch)

@@ -100,7 +100,7 @@ class EventStore:
         self._timeout = float(timeout)
         self._snapshot_every = dict(snapshot_every or {})
         _upcasters.validate()
-        self._projector = Projector(projections, self._upcasting, self._opener)
+        self._projector = Projector(projections, self._read_view)
         if readonly and self._projector:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
@@ -488,12 +488,19 @@ class EventStore:
         rows: list[Any] = conn.execute(self._sql.STORED_TYPES[self._file_version]).fetchall()
         return rows
 
-    def _upcasting(self) -> bool:
+    def _read_view(self) -> tuple[bool, Opener | None]:
+        """How a read must decode: ``(upcasting, opener)``. Callers hold the store's lock."""
+        conn = self._open()
+        with self._translate("cannot read"):
+            commits = conn.commit_counter()  # what other connections did since the last read
+            upcasting = self._upcasting(conn, commits)
+            return upcasting, functools.partial(self._keys.open, conn) if self._keys.active(conn, commits) else None
+
+    def _upcasting(self, conn: Connection, commits: int) -> bool:
         """Must reads look at each event's schema version? Yes while upcasters or renames are
         registered, or a class's version is not 1, or the file holds a type at a version newer
         than its class here (so old code refuses those events instead of dropping fields)."""
-        conn = self._open()
-        key = (conn.data_version(), _events.generation)
+        key = (commits, _events.generation)
         if key != self._upcasting_key:
             if self._upcasting_key is not None and key[0] != self._upcasting_key[0]:
                 self._stored_types.update(self._stored_type_rows(conn))  # another connection wrote
@@ -503,13 +510,6 @@ class EventStore:
             )
             self._upcasting_key = key
         return self._upcasting_value
-
-    def _opener(self) -> Opener | None:
-        """What reads open sealed personal fields with; None while the log holds no key.
-        Callers hold the store's lock."""
-        conn = self._open()
-        with self._translate("cannot read"):
-            return functools.partial(self._keys.open, conn) if self._keys.active(conn) else None
 
     # ------------------------------------------------------------------ reading
     def read(
@@ -523,7 +523,7 @@ class EventStore:
         _check_str("aggregate_id", aggregate_id)
         after, upto = _check_range(after, upto)
         with self._lock:
-            upcasting, opener = self._upcasting(), self._opener()
+            upcasting, opener = self._read_view()
         return read_aggregate(self._open(), upcasting, aggregate_id, after, upto, self._reading(), raw, opener)
 
     def read_all(
@@ -547,7 +547,7 @@ class EventStore:
             raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
         types = None if event_types is None else type_names(event_types)
         with self._lock:
-            upcasting, opener = self._upcasting(), self._opener()
+            upcasting, opener = self._read_view()
         return read_log(self._open(), upcasting, after, types, limit, self._reading(), raw=raw, opener=opener)
 
     def version(self, aggregate_id: str) -> int:
@@ -694,7 +694,7 @@ class EventStore:
         the decode and ``step`` alone.
         """
         with self._lock:
-            upcasting, opener = self._upcasting(), self._opener()
+            upcasting, opener = self._read_view()
         if upcasting:
             return self._replay_records(aggregate_id, aggregate_type, after, upto, step, opener)
         decoders = _codec.decoders()
@@ -1097,17 +1097,15 @@ class _Tip:
     An append must know the head (position and hash) and the aggregate's version; querying
     them costs more than the rest of a single-event append. The cache is valid only while no
     other connection has committed since our last commit, which SQLite's data version tells
-    (https://sqlite.org/pragma.html#pragma_data_version: our own commits leave it alone, so
-    the value our write saw still holds after its commit until someone else commits).
+    for free inside a write (https://sqlite.org/c3ref/c_fcntl_begin_atomic_write.html#sqlitefcntldataversion).
     Only a store's own top-level appends fill it; anything else empties it.
     """
 
-    __slots__ = ("_data_version", "_head", "_seen", "_staged", "_versions")
+    __slots__ = ("_data_version", "_head", "_staged", "_versions")
     _LIMIT: Final = 10_000
 
     def __init__(self) -> None:
         self._data_version: int | None = None
-        self._seen: int | None = None  # the data version the current write saw
         self._head: tuple[int, bytes] = (0, _audit.GENESIS)
         self._versions: dict[tuple[str, str], int] = {}
         self._staged: tuple[tuple[str, str], int, int, bytes] | None = None
@@ -1115,8 +1113,7 @@ class _Tip:
     def lookup(self, conn: Connection, stream: tuple[str, str]) -> tuple[int, int, bytes] | None:
         """(version, head position, head hash) of an ``(aggregate_id, aggregate_type)``, or
         None if the cache cannot vouch for them."""
-        self._seen = conn.data_version()
-        if self._data_version != self._seen:
+        if self._data_version != conn.data_version():
             self._data_version = None
             return None
         if self._staged is not None:  # an earlier append of this transaction moved the head
@@ -1131,7 +1128,7 @@ class _Tip:
         if not alone:
             self._data_version = None
 
-    def committed(self) -> None:
+    def committed(self, conn: Connection) -> None:
         staged, self._staged = self._staged, None
         if staged is None or (self._data_version is None and self._versions):
             self.clear()
@@ -1142,7 +1139,7 @@ class _Tip:
             self._versions.clear()
         self._versions[stream] = version
         self._head = (position, digest)
-        self._data_version = self._seen
+        self._data_version = conn.data_version()
 
     def clear(self) -> None:
         self._data_version = None
@@ -1200,7 +1197,7 @@ class _Write:
                     conn.execute(store._sql.ROLLBACK)
                 store._forget()
                 store._raise(e, "cannot commit")
-            store._tip.committed()
+            store._tip.committed(conn)
             store._commits += 1
             store._changed.notify_all()
             return

@@ -273,16 +273,21 @@ class SealedEverything(minies.Event):
     colour: minies.Personal[Colour] = Colour.RED
 
 
+def plain_text(max_size: int | None = None) -> st.SearchStrategy[str]:
+    """Any text but the shape of a sealed value, which minies refuses (a test below shows it)."""
+    return st.text(max_size=max_size).filter(lambda s: not s.startswith(_personal.PREFIX))
+
+
 everything = st.builds(
     SealedEverything,
-    text=st.text(),
+    text=plain_text(),
     number=st.integers(min_value=-(2**63), max_value=2**63 - 1),
     real=st.floats(allow_nan=False, allow_infinity=False),
     flag=st.booleans(),
     blob=st.binary(max_size=64),
-    maybe=st.none() | st.text(max_size=10),
+    maybe=st.none() | plain_text(10),
     items=st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=5),
-    mapping=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    mapping=st.dictionaries(plain_text(5), plain_text(5), max_size=3),
     point=st.none() | st.builds(Point, x=st.integers(-1000, 1000), y=st.floats(allow_nan=False, allow_infinity=False)),
     when=st.none() | st.datetimes(timezones=st.just(UTC)),
     colour=st.sampled_from(Colour),
@@ -977,7 +982,7 @@ def test_a_process_without_personal_classes_opens_sealed_fields_only_where_the_f
         assert next(iter(store.read_all(raw=True))).data["email"] == "ann@example.com"
     with minies.EventStore(plain, readonly=True) as store:
         with store._lock:
-            assert store._opener() is None  # no key, no class: reads never look for sealed values
+            assert store._read_view()[1] is None  # no key, no class: reads never look for sealed values
         assert [r.data for r in store.read_all()] == [Deposited(amount=1)]
 
 

@@ -1075,7 +1075,7 @@ def test_reads_without_any_upcasting_take_the_plain_path_and_filter_alike(locati
         for i in range(6):  # over two pages: 2,000 deposits, then an order, ...
             store.append(f"acc-{i}", deposit(700), aggregate_type="Account")
             store.append(f"o{i}", [OrderPlaced(customer_id="c", total=float(i))], aggregate_type="Order")
-        assert not store._upcasting()
+        assert not store._read_view()[0]
         everything = list(store.read_all())
         assert [r.position for r in everything] == list(range(1, 4_207))
         orders = [r for r in everything if r.event_type == "OrderPlaced"]

@@ -39,12 +39,14 @@ class Connection(Protocol):
         ...
 
     def data_version(self) -> int:
-        """Equal on two calls only if no other connection has committed in between (a backend
-        that cannot tell cheaply never repeats)."""
+        """Inside a write transaction: equal on two calls only if no other connection has
+        committed since this one last did (a backend that cannot tell cheaply never repeats).
+        Between transactions it may lag: use ``commit_counter``."""
         ...
 
     def commit_counter(self) -> int:
-        """Changes when anyone commits to the log (what ``follow`` watches)."""
+        """Changes when another connection commits to the log, whenever it is asked (what
+        ``follow`` watches, and what tells a store its caches of the log are stale)."""
         ...
 
     def get_autocommit(self) -> bool:

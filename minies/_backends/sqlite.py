@@ -30,13 +30,11 @@ class Connection(apsw.Connection):
     sql = sqlite_sql
     Error = apsw.Error
 
-    def data_version(self, schema: str | None = None) -> int:
+    def commit_counter(self) -> int:
         # Changes when another connection commits (https://sqlite.org/pragma.html#pragma_data_version).
-        # Not apsw's data_version(): that one is brought up to date only when this connection
-        # next starts to read, so between reads it misses other processes' commits.
-        return int(self.pragma("data_version", schema=schema))
-
-    commit_counter = data_version
+        # (apsw's data_version() costs nothing, but is brought up to date only when this
+        # connection next starts to read: inside a write it is exact, between reads it is not.)
+        return int(self.pragma("data_version"))
 
 
 class SqliteBackend:
