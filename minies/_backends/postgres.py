@@ -244,17 +244,17 @@ class PostgresBackend:
             exists, known, current = raw.execute(postgres_sql.IDENTIFY).fetchone()
             if self.readonly and not (exists and known):
                 raise SchemaError(f"{self.where} holds no minies log")
-            if current is None:
-                if schema is None:
-                    raise SchemaError(f"{self.where} has no schema to create the log in (search_path is empty)")
-                raw.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-                current = schema
-            self._schema = f'"{current}"'
+            if current is None and schema is None:
+                raise SchemaError(f"{self.where} has no schema to create the log in (search_path is empty)")
+            self._schema = f'"{current or schema}"'
             if not (exists and known):
                 # Several processes may open a fresh database at once: one creates, the others
                 # wait, then look again in a transaction of their own (which sees the new tables).
-                raw.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
-                try:
+                # (CREATE SCHEMA IF NOT EXISTS is not safe against a concurrent one: it is locked too.)
+                with self._schema_lock():
+                    if current is None:  # (another client may create it meanwhile: then it exists)
+                        with contextlib.suppress(pg_errors.UniqueViolation):
+                            raw.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                     with raw.transaction():
                         exists, known, _ = raw.execute(postgres_sql.IDENTIFY).fetchone()
                         if exists and not known:
@@ -265,8 +265,6 @@ class PostgresBackend:
                         if not exists:
                             for statement in postgres_sql.CREATE:
                                 raw.execute(statement.format(schema=self._schema))
-                finally:
-                    raw.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
             version = self.schema_version()
             if version < postgres_sql.SCHEMA_VERSION and not self.readonly:
                 self._migrate()
@@ -282,16 +280,23 @@ class PostgresBackend:
     def _migrate(self) -> None:
         """Bring an older log's schema up to date, once, whoever opens it first."""
         raw = self.conn.raw
-        raw.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
+        with self._schema_lock(), raw.transaction():
+            version = raw.execute(postgres_sql.SCHEMA_VERSION_NOW).fetchone()[0]
+            for target in range(version + 1, postgres_sql.SCHEMA_VERSION + 1):
+                for statement in postgres_sql.MIGRATIONS[target]:
+                    raw.execute(statement)
+                raw.execute("INSERT INTO minies_schema VALUES (%s)", (target,))
+
+    @contextlib.contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """Held while one process creates or migrates a schema's tables (the others wait, then
+        look again). Keyed by the schema's name, which exists before the schema does."""
+        raw, key = self.conn.raw, f"minies schema {self._schema}"
+        raw.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
         try:
-            with raw.transaction():
-                version = raw.execute(postgres_sql.SCHEMA_VERSION_NOW).fetchone()[0]
-                for target in range(version + 1, postgres_sql.SCHEMA_VERSION + 1):
-                    for statement in postgres_sql.MIGRATIONS[target]:
-                        raw.execute(statement)
-                    raw.execute("INSERT INTO minies_schema VALUES (%s)", (target,))
+            yield
         finally:
-            raw.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
+            raw.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
     # ------------------------------------------------------------------ errors
     def raise_error(self, error: BaseException, doing: str) -> NoReturn:
@@ -423,9 +428,6 @@ class PostgresBackend:
     def close(self) -> None:
         self.conn.raw.close()
 
-
-# Held while one process creates or migrates a schema's tables (the others wait, then look again).
-_SCHEMA_LOCK = "hashtext('minies schema ' || current_schema())"
 
 # What a statement's status says when it only read.
 _QUERY_END = "ROLLBACK TO SAVEPOINT minies_query; RELEASE SAVEPOINT minies_query"
