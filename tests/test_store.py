@@ -197,6 +197,24 @@ def test_unique_constraint_is_the_last_line_of_defence(location: str, monkeypatc
         assert [r.version for r in store.read("a")] == [1, 2, 3] and store.verify().ok
 
 
+def test_a_reused_event_id_that_only_the_unique_constraint_catches_is_a_duplicate(
+    location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Break the idempotency check on purpose (it finds no recorded id), so only the
+    UNIQUE (event_id) constraint stands between the append and a second event with one id."""
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    with minies.EventStore(location) as store:
+        store.append("a", deposit(2), aggregate_type="Account", event_ids=ids)
+        sql = _pg_schema if "?schema=" in location else _schema
+        monkeypatch.setattr(sql, "EVENT_BY_ID", sql.EVENT_BY_ID + " AND false")
+        for events, reused in ((deposit(), ids[1:]), (deposit(2), ids)):  # one event, then a batch
+            message = f"event id '{reused[0]}' is already used by another event; pick a new id"
+            with pytest.raises(minies.DuplicateEventError, match=f"^{re.escape(message)}$") as caught:
+                store.append("b", events, aggregate_type="Account", event_ids=reused)
+            assert caught.value.event_id == reused[0]
+        assert [r.aggregate_id for r in store.read_all()] == ["a", "a"] and store.verify().ok
+
+
 def test_a_clash_inside_a_group_commit_fails_only_its_own_write(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last line of defence inside a shared transaction (on PostgreSQL the clash shows at
     the end of the write's savepoint): that write fails, the others commit."""
