@@ -34,7 +34,7 @@ class Connection(apsw.Connection):
         # Changes when another connection commits (https://sqlite.org/pragma.html#pragma_data_version).
         # (apsw's data_version() costs nothing, but is brought up to date only when this
         # connection next starts to read: inside a write it is exact, between reads it is not.)
-        return int(self.pragma("data_version"))
+        return int(self.execute("PRAGMA data_version").get)  # (a little faster than self.pragma)
 
 
 class SqliteBackend:
