@@ -215,6 +215,34 @@ def test_a_reused_event_id_that_only_the_unique_constraint_catches_is_a_duplicat
         assert [r.aggregate_id for r in store.read_all()] == ["a", "a"] and store.verify().ok
 
 
+def in_one_group_commit(store: minies.EventStore, calls: list[Callable[[], object]]) -> list[object]:
+    """Each call in a thread of its own, all queued (in this order) behind a commit in flight,
+    so that one group commit takes them: each call's result, or its MiniesError."""
+    outcomes: list[object] = [None] * len(calls)
+
+    def run(k: int) -> None:
+        try:
+            outcomes[k] = calls[k]()
+        except minies.MiniesError as e:
+            outcomes[k] = e
+
+    threads = []
+    store._lock.acquire()  # a commit in flight: every call queues
+    try:
+        for k in range(len(calls)):
+            threads.append(threading.Thread(target=run, args=(k,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 30
+            while len(store._queue) < k + 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.0005)
+    finally:
+        store._lock.release()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
 def test_a_clash_inside_a_group_commit_fails_only_its_own_write(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last line of defence inside a shared transaction (on PostgreSQL the clash shows at
     the end of the write's savepoint): that write fails, the others commit."""
@@ -222,28 +250,13 @@ def test_a_clash_inside_a_group_commit_fails_only_its_own_write(location: str, m
         store.append("a", deposit(3), aggregate_type="Account")
     break_the_version_check(location, monkeypatch)
     with minies.EventStore(location) as store:
-        outcomes: dict[int, object] = {}
-
-        def call(k: int, aggregate: str) -> None:
-            try:
-                outcomes[k] = store.append(aggregate, deposit(), aggregate_type="Account")
-            except minies.MiniesError as e:
-                outcomes[k] = e
-
-        threads = []
-        store._lock.acquire()  # a commit in flight: every request queues, in this order
-        try:
-            for k, aggregate in enumerate(["b", "a", "c"]):
-                threads.append(threading.Thread(target=call, args=(k, aggregate)))
-                threads[-1].start()
-                deadline = time.monotonic() + 30
-                while len(store._queue) < k + 1:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.0005)
-        finally:
-            store._lock.release()
-        for t in threads:
-            t.join(30)
+        outcomes = in_one_group_commit(
+            store,
+            [
+                lambda aggregate=aggregate: store.append(aggregate, deposit(), aggregate_type="Account")
+                for aggregate in "bac"
+            ],
+        )
         assert outcomes[0] == 1 and outcomes[2] == 1
         assert isinstance(outcomes[1], minies.ConcurrencyError) and str(outcomes[1]).startswith(
             "aggregate 'a' is at version 3, expected 1;"
@@ -946,36 +959,15 @@ def test_a_group_commit_accepts_and_refuses_exactly_what_one_after_another_would
     requests: list[tuple[str, object, int, int | None]],
 ) -> None:
     with minies.EventStore(":memory:") as store:
-        outcomes: list[object] = [None] * len(requests)
 
-        def call(k: int) -> None:
-            aggregate, expected, n, fixed = requests[k]
+        def call(aggregate: str, expected: object, n: int, fixed: int | None) -> object:
             ids = FIXED_IDS[fixed][:n] if fixed is not None else None
-            try:
-                outcomes[k] = store.append(
-                    aggregate,
-                    deposit(n),
-                    aggregate_type="Account",
-                    expected_version=expected,
-                    event_ids=ids,  # type: ignore[arg-type]
-                )
-            except minies.MiniesError as e:
-                outcomes[k] = type(e)
+            return store.append(
+                aggregate, deposit(n), aggregate_type="Account", expected_version=expected, event_ids=ids
+            )  # type: ignore[arg-type]
 
-        threads = []
-        store._lock.acquire()  # a commit in flight: every request queues, in this order
-        try:
-            for k in range(len(requests)):
-                threads.append(threading.Thread(target=call, args=(k,)))
-                threads[-1].start()
-                deadline = time.monotonic() + 30
-                while len(store._queue) < k + 1:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.0005)
-        finally:
-            store._lock.release()
-        for t in threads:
-            t.join(30)
+        outcomes = in_one_group_commit(store, [lambda request=request: call(*request) for request in requests])
+        outcomes = [type(o) if isinstance(o, Exception) else o for o in outcomes]
         assert outcomes == model_outcomes(requests)
         assert store.verify().ok
 
