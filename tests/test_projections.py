@@ -584,3 +584,38 @@ def test_a_rebuild_drops_and_recreates_triggers_too() -> None:
         ]
         with pytest.raises(minies.ProjectionError, match="negative total"):
             order(store, "o2", -1)
+
+
+class Envelopes(minies.Projection):
+    """Keeps every field of each record it is handed (in memory: what it saw, not a table)."""
+
+    def __init__(self) -> None:
+        self.seen: list[minies.Recorded] = []
+
+    def setup(self, db: minies.Database) -> None:
+        self.seen.clear()
+
+    def handle_batch(self, db: minies.Database, records: list[minies.Recorded]) -> None:
+        self.seen.extend(records)
+
+
+def test_inline_and_catch_up_projections_see_each_record_exactly_as_read_gives_it(location: str) -> None:
+    inline = Envelopes()
+    with minies.EventStore(location, projections=[inline]) as store:
+        store.append("a", deposit_events(2), aggregate_type="Account", metadata={"user": "ann"})
+        store.append("o", [OrderPlaced(customer_id="c", total=2.5)], aggregate_type="Order")
+        with minies.metadata_scope(correlation_id="k"):
+            store.append("a", deposit_events(1), aggregate_type="Account", expected_version=2)
+        log = list(store.read_all())
+    assert inline.seen == log and [r.metadata for r in log] == [{"user": "ann"}] * 2 + [{}, {"correlation_id": "k"}]
+    later = LaterEnvelopes()
+    with minies.EventStore(location, projections=[later]):  # a new projection catches up
+        assert later.seen == log
+
+
+class LaterEnvelopes(Envelopes):
+    pass
+
+
+def deposit_events(n: int) -> list[minies.Event]:
+    return [MoneyDeposited(amount=k + 1) for k in range(n)]
