@@ -664,7 +664,11 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(db_path: str) -> None:
         pages = store._conn.pragma("page_count")
         store._conn.pragma("max_page_count", pages + 2)
         big = [OrderPlaced(customer_id="x" * 2000, total=1.0) for _ in range(200)]
-        with pytest.raises(minies.StorageError, match="disk is full"):
+        full = (
+            "cannot append to 'o': the disk is full (or the file reached its size limit); nothing from this call "
+            "was written, free some space and retry"
+        )
+        with pytest.raises(minies.StorageError, match=f"^{re.escape(full)}$"):
             store.append("o", big, aggregate_type="Order")
         assert store.version("o") == 0
         assert store.version("a") == 10
