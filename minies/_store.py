@@ -105,7 +105,7 @@ class EventStore:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
         self._depth = 0
-        self._inserting: tuple[str, int, str] | None = None  # the latest append's, for _raise
+        self._inserting: tuple[str, int, str] | None = None  # this transaction's latest append, for _raise
         self._writer: int | None = None  # the thread inside a write transaction, if any
         self._queue: list[_Queued] = []  # writes waiting for the next group commit
         self._queue_lock = threading.Lock()
@@ -482,7 +482,7 @@ class EventStore:
             self._sql.ADD_TYPE, (name, version, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
         )
         self._stored_types.add((name, version))
-        self._upcasting_key = None  # (data_version counts only other connections' commits)
+        self._upcasting_key = None  # (the commit counter counts only other connections' commits)
 
     def _stored_type_rows(self, conn: Connection) -> list[tuple[str, int]]:
         rows: list[Any] = conn.execute(self._sql.STORED_TYPES[self._file_version]).fetchall()
@@ -1163,6 +1163,7 @@ class _Write:
         else:
             # The backend's BEGIN (SQLite: IMMEDIATE, which takes the write lock up front, so a
             # writer waits instead of failing later: https://sqlite.org/lang_transaction.html).
+            store._inserting = None  # (an earlier transaction's append explains no error of this one)
             try:
                 store._conn.execute(store._sql.BEGIN)
             except store._conn.Error as e:

@@ -161,9 +161,9 @@ class SqliteBackend:
         return str(error) if isinstance(error, apsw.CorruptError) else None
 
     def conflict(self, error: BaseException, table: str = "events") -> str | None:
-        message = str(error)
         if not isinstance(error, apsw.ConstraintError):
             return None
+        message = str(error)
         if f"UNIQUE constraint failed: {table}." not in message and not (table == "events" and _CLASHED in message):
             return None
         return "event_id" if "event_id" in message else "version"
