@@ -119,3 +119,54 @@ def test_using_it_unopened_says_how_to_open_it(location: str) -> None:
     with pytest.raises(RuntimeError, match="the store is not open: use `async with AsyncEventStore"):
         store.store  # noqa: B018
     run(store.close())
+
+
+class AsyncNoteTaken(minies.Event):  # the subject is the aggregate id
+    note: minies.Personal[str] = ""
+
+
+def test_every_argument_reaches_the_blocking_store(location: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(location) as store:
+            account = Account(id="acc-1")
+            account.record(AccountOpened(owner="ann", balance=10))
+            account.record(MoneyDeposited(amount=5))
+            assert await store.save(account, {"user_id": "u-7"}) == 2
+            assert [r.metadata async for r in store.read("acc-1")] == [{"user_id": "u-7"}] * 2
+            assert (await store.load(Account, "acc-1", upto=1)).balance == 10
+            assert [r.version async for r in store.read("acc-1", after=1)] == [2]
+            assert [r.position async for r in store.read_all(after=1)] == [2]
+            await store.append("note-1", [AsyncNoteTaken(note="private")], aggregate_type="Patient")
+            assert await store.aggregates("Patient") == [("note-1", "Patient", 1)]
+            erasure = await store.forget("note-1", reason="asked to", metadata={"user_id": "dpo"})
+            (forgotten,) = [r async for r in store.read_all(after=erasure.position - 1)]
+            assert (forgotten.data.reason, forgotten.metadata) == ("asked to", {"user_id": "dpo"})
+
+            seen: list[int] = []
+            await store.follow("deposits", lambda r: seen.append(r.position), event_types=[MoneyDeposited], idle_timeout=0)
+            assert seen == [2]
+
+    run(main())
+
+
+def test_follow_backs_off_from_5_ms_doubling_up_to_max_wait(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main(max_wait: float | None) -> list[float]:
+        waits: list[float] = []
+        stop = asyncio.Event()
+        real_sleep = asyncio.sleep
+
+        async def sleep(seconds: float) -> None:  # records each wait, and waits for nothing
+            waits.append(seconds)
+            if len(waits) == 9:
+                stop.set()
+            await real_sleep(0)
+
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        async with minies.AsyncEventStore(location) as store:
+            options = {} if max_wait is None else {"max_wait": max_wait}
+            assert await store.follow("idle", print, stop=stop, **options) == 0
+        monkeypatch.undo()
+        return waits
+
+    assert run(main(None)) == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0.25]
+    assert run(main(0.03)) == [0.005, 0.01, 0.02, 0.03, 0.03, 0.03, 0.03, 0.03, 0.03]
