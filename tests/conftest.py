@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -25,6 +26,16 @@ def pg_dsn() -> Iterator[str]:
         if os.environ.get("MINIES_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"MINIES_REQUIRE_POSTGRES=1 but {e}")
         pytest.skip(str(e))
+
+
+@pytest.fixture(autouse=True)
+def psycopg_stays_quiet(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """minies handles every psycopg failure itself: psycopg never gets to log one (its
+    warnings would reach the user's stderr)."""
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    logged = [r.getMessage() for r in records if r.name.startswith("psycopg") and r.levelno >= logging.WARNING]
+    assert not logged, f"psycopg logged: {logged}"
 
 
 @pytest.fixture

@@ -136,16 +136,32 @@ class Connection:
             try:
                 if not (self._begun or self._held):
                     return send()
-                with self.raw.pipeline():
-                    self._send_waiting()
-                    result = send()
-                return result
+                return self._pipelined(send)
             except psycopg.OperationalError:
                 if attempt == 2 or not redo or not self.raw.broken:
                     raise
                 self.raw = self._reconnect()
                 self._begun, self._held = begun, held
         raise AssertionError("unreachable")
+
+    def _pipelined(self, send: Callable[[], Any]) -> Any:
+        """What waits, then ``send``, in one pipeline. A failure that the server reports while
+        the pipeline is still open is raised once the pipeline is closed (closing an aborted
+        pipeline fails too, and psycopg would log that on stderr)."""
+        failure: psycopg.Error | None = None
+        try:
+            with self.raw.pipeline():
+                try:
+                    self._send_waiting()
+                    result = send()
+                except psycopg.Error as error:
+                    failure = error
+        except psycopg.Error:
+            if failure is None:
+                raise
+        if failure is not None:
+            raise failure
+        return result
 
     def _send_waiting(self) -> None:
         if self._begun:
