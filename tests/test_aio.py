@@ -138,6 +138,10 @@ def test_every_argument_reaches_the_blocking_store(location: str) -> None:
             assert [r.position async for r in store.read_all(after=1)] == [2]
             await store.append("note-1", [AsyncNoteTaken(note="private")], aggregate_type="Patient")
             assert await store.aggregates("Patient") == [("note-1", "Patient", 1)]
+            assert await store.query("SELECT count(*) FROM events WHERE version = ?", (2,)) == [(1,)]
+            head = await store.head()
+            assert (await store.verify(expect_head=f"{head[0]} {head[1]}")).ok
+            assert not (await store.verify(expect_head=f"{head[0]} {'0' * 64}")).ok
             erasure = await store.forget("note-1", reason="asked to", metadata={"user_id": "dpo"})
             (forgotten,) = [r async for r in store.read_all(after=erasure.position - 1)]
             assert (forgotten.data.reason, forgotten.metadata) == ("asked to", {"user_id": "dpo"})
@@ -149,24 +153,44 @@ def test_every_argument_reaches_the_blocking_store(location: str) -> None:
     run(main())
 
 
-def test_follow_backs_off_from_5_ms_doubling_up_to_max_wait(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def main(max_wait: float | None) -> list[float]:
+def test_follow_backs_off_from_5_ms_doubling_up_to_max_wait_and_stops_after_idle_timeout(
+    location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a clock that moves only when ``follow`` sleeps: each wait it asks for, and when it stops."""
+
+    async def main(waits_before_an_event: int, **options: float) -> list[float]:
         waits: list[float] = []
-        stop = asyncio.Event()
+        clock = [100.0]
         real_sleep = asyncio.sleep
 
-        async def sleep(seconds: float) -> None:  # records each wait, and waits for nothing
+        async def sleep(seconds: float) -> None:
             waits.append(seconds)
-            if len(waits) == 9:
-                stop.set()
+            clock[0] += 1
+            if len(waits) == waits_before_an_event:
+                store.store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
             await real_sleep(0)
 
         monkeypatch.setattr(asyncio, "sleep", sleep)
+        monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: clock[0])
         async with minies.AsyncEventStore(location) as store:
-            options = {} if max_wait is None else {"max_wait": max_wait}
-            assert await store.follow("idle", print, stop=stop, **options) == 0
+            assert await store.follow("f", print, **options) == (1 if waits_before_an_event else 0)
         monkeypatch.undo()
         return waits
 
-    assert run(main(None)) == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25, 0.25]
-    assert run(main(0.03)) == [0.005, 0.01, 0.02, 0.03, 0.03, 0.03, 0.03, 0.03, 0.03]
+    assert run(main(0, idle_timeout=3)) == [0.005, 0.01, 0.02]  # stops once 3 s have passed with nothing
+    backing_off = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
+    assert run(main(5, idle_timeout=8)) == [*backing_off[:5], *backing_off]  # an event starts it again
+    assert run(main(0, idle_timeout=6, max_wait=0.03)) == [0.005, 0.01, 0.02, 0.03, 0.03, 0.03]
+
+
+def test_reads_come_a_page_at_a_time(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(location) as store:
+            await store.append("a", [MoneyDeposited(amount=1)] * 1_200, aggregate_type="Account")
+            calls: list[object] = []
+            run_on_a_thread = store._run
+            monkeypatch.setattr(store, "_run", lambda *args: calls.append(args) or run_on_a_thread(*args))
+            assert [r.version async for r in store.read("a")] == list(range(1, 1_201))
+            assert len(calls) == 5  # the read, 3 pages (500, 500, 200), the end
+
+    run(main())

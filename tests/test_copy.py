@@ -93,7 +93,22 @@ def test_an_old_file_copies_as_it_is(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "schema_v2.db", source)
     report = minies.copy(str(source), str(tmp_path / "copy.db"))  # a version 2 source, read as it is
     assert report.copied == 2
+    assert source.read_bytes() == (FIXTURES / "schema_v2.db").read_bytes()  # not migrated: not touched
     assert [r[:2] for r in rows(str(tmp_path / "copy.db"), "minies_event_types")] == [("Tagged", 1), ("Tagged", 2)]
+
+
+def test_progress_is_told_each_chunk_s_last_position_and_the_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    monkeypatch.setattr(minies._copy, "_CHUNK", 4)
+    fill(source, 0, 10)
+    told: list[tuple[int, int]] = []
+    minies.copy(source, target, progress=lambda position, head: told.append((position, head)))
+    assert told == [(4, 10), (8, 10), (10, 10)]
+    fill(source, 10, 13)
+    minies.copy(source, target, progress=lambda position, head: told.append((position, head)))
+    assert told[3:] == [(13, 13)] and rows(target) == rows(source)
 
 
 def test_the_command_line_copies_and_says_what_it_did(tmp_path: Path) -> None:
