@@ -65,7 +65,9 @@ def copy(
         skipped, after = at, at
         while after < head:
             with src._lock:
-                rows: list[Any] = src._open().execute(src._sql.RAW_EVENTS, (after, _CHUNK)).fetchall()
+                # up to the head read above (the source may grow meanwhile; positions have no gaps)
+                chunk = (after, min(_CHUNK, head - after))
+                rows: list[Any] = src._open().execute(src._sql.RAW_EVENTS, chunk).fetchall()
             with dst._lock, dst._write():
                 dst._conn.executemany(dst._sql.INSERT_EVENT, rows)
             after = rows[-1][0]
@@ -76,9 +78,7 @@ def copy(
             snapshots: list[Any] = src._open().execute(src._sql.SNAPSHOT_ROWS).fetchall()
             keys: list[Any] = src._open().execute(src._sql.KEY_ROWS).fetchall() if src._file_version >= 4 else []
         with dst._lock, dst._write():
-            dst._conn.executemany(
-                dst._sql.COPY_KEY, [(i, s, k if k is None else bytes(k), c, f) for i, s, k, c, f in keys]
-            )
+            dst._conn.executemany(dst._sql.COPY_KEY, keys)
             dst._conn.executemany(dst._sql.COPY_EVENT_TYPE, types)
             dst._conn.execute(dst._sql.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
             dst._conn.executemany(dst._sql.COPY_SNAPSHOT, snapshots)

@@ -147,7 +147,9 @@ def test_every_argument_reaches_the_blocking_store(location: str) -> None:
             assert (forgotten.data.reason, forgotten.metadata) == ("asked to", {"user_id": "dpo"})
 
             seen: list[int] = []
-            await store.follow("deposits", lambda r: seen.append(r.position), event_types=[MoneyDeposited], idle_timeout=0)
+            await store.follow(
+                "deposits", lambda r: seen.append(r.position), event_types=[MoneyDeposited], idle_timeout=0
+            )
             assert seen == [2]
 
     run(main())

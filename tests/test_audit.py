@@ -123,15 +123,42 @@ def test_every_kind_of_tampering_is_detected(
     assert independent_chain_check(db_path) == (False, bad_position)
 
 
-def test_a_weakened_append_only_trigger_is_reported(db_path: str) -> None:
+@pytest.mark.parametrize(
+    ("edits", "reason"),
+    [
+        (
+            [
+                "DROP TRIGGER events_append_only",
+                "CREATE TRIGGER events_append_only BEFORE INSERT ON events WHEN 0 BEGIN SELECT 1; END",
+            ],
+            "the immutability trigger events_append_only was altered",
+        ),
+        (
+            [
+                "DROP TRIGGER events_no_update",
+                "CREATE TRIGGER events_no_update BEFORE UPDATE ON events WHEN 0"
+                " BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; UPDATE is refused'); END",
+            ],
+            "the immutability trigger events_no_update was altered",
+        ),
+        (
+            [
+                "DROP TRIGGER events_no_delete",
+                "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT 1; END",
+            ],
+            "the immutability trigger events_no_delete was altered",
+        ),
+        (
+            ["CREATE TRIGGER drop_it BEFORE INSERT ON events WHEN NEW.version > 1 BEGIN SELECT RAISE(IGNORE); END"],
+            "triggers minies did not create are on the events table: drop_it (one could drop or change appended events)",
+        ),
+    ],
+)
+def test_a_weakened_or_foreign_trigger_is_reported(db_path: str, edits: list[str], reason: str) -> None:
     build(db_path)
-    tamper(
-        db_path,
-        "DROP TRIGGER events_append_only",
-        "CREATE TRIGGER events_append_only BEFORE INSERT ON events WHEN 0 BEGIN SELECT 1; END",
-    )
+    tamper(db_path, *edits)
     result = report(db_path)
-    assert not result.ok and result.reason == "the immutability trigger events_append_only was altered"
+    assert not result.ok and result.reason == reason
 
 
 def test_missing_triggers_are_reported(db_path: str) -> None:

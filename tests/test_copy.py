@@ -111,6 +111,46 @@ def test_progress_is_told_each_chunk_s_last_position_and_the_head(
     assert told[3:] == [(13, 13)] and rows(target) == rows(source)
 
 
+def test_a_source_that_grows_during_the_copy_is_copied_up_to_the_head_it_had(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    monkeypatch.setattr(minies._copy, "_CHUNK", 4)
+    fill(source, 0, 10)
+    with minies.EventStore(source) as head_before:
+        head = head_before.head()
+    report = minies.copy(source, target, progress=lambda position, _: fill(source, 100 + position, 101 + position))
+    assert (report.copied, report.head_position, report.head_hash) == (10, *head)
+    with minies.EventStore(target) as copy:
+        assert copy.head() == head
+    assert minies.copy(source, target).copied == 3  # the events written meanwhile, next time
+
+
+def test_a_copy_into_a_target_that_then_does_not_verify_fails(tmp_path: Path) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    fill(source, 0, 10)
+    with minies.EventStore(target):
+        pass
+    con = sqlite3.connect(target)  # a target that silently drops the last event
+    con.execute("CREATE TRIGGER drop_it BEFORE INSERT ON events WHEN NEW.position = 10 BEGIN SELECT RAISE(IGNORE); END")
+    con.close()
+    with pytest.raises(minies.StorageError) as caught:
+        minies.copy(source, target)
+    assert str(caught.value) == (
+        f"the copy in {target!r} does not verify: triggers minies did not create are on the events table: drop_it"
+        " (one could drop or change appended events)"
+    )
+
+
+def test_a_one_event_target_that_differs_is_refused(tmp_path: Path) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    fill(source, 0, 5)
+    fill(target, 7, 8)
+    with pytest.raises(minies.SchemaError, match=r"\(they differ at position 1\)"):
+        minies.copy(source, target)
+    assert len(rows(target)) == 1
+
+
 def test_the_command_line_copies_and_says_what_it_did(tmp_path: Path) -> None:
     source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
     fill(source, 0, 3)

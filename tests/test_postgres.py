@@ -170,6 +170,19 @@ def test_a_superuser_who_disables_the_triggers_is_caught_by_verify(pg_url: str) 
         )
 
 
+def test_a_trigger_minies_did_not_create_is_reported(pg_url: str) -> None:
+    fill(pg_url, 3)
+    drop_them = (
+        "CREATE FUNCTION drop_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
+        " CREATE TRIGGER drop_it BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION drop_it()"
+    )
+    assert psql(pg_url, drop_them).returncode == 0
+    with minies.EventStore(pg_url) as store:
+        assert store.verify().reason == (
+            "triggers minies did not create are on the events table: drop_it (one could drop or change appended events)"
+        )
+
+
 def test_the_chain_recomputed_independently_from_the_servers_rows(pg_url: str) -> None:
     """The README's recipe, by hand, on rows read with plain psycopg: the same head hash."""
     fill(pg_url, 20)
@@ -192,6 +205,10 @@ def test_the_chain_recomputed_independently_from_the_servers_rows(pg_url: str) -
     assert (len(rows), digest.hex()) == head
 
 
+class ServerNoteTaken(minies.Event):  # the subject is the aggregate id
+    note: minies.Personal[str] = ""
+
+
 def test_copy_file_to_server_and_back_keeps_the_head_hash_and_is_incremental(tmp_path: Path, pg_url: str) -> None:
     edge, back = str(tmp_path / "edge.db"), str(tmp_path / "back.db")
     with minies.EventStore(edge, snapshot_every={SnappedAccount: 2}) as store:
@@ -200,15 +217,26 @@ def test_copy_file_to_server_and_back_keeps_the_head_hash_and_is_incremental(tmp
         for i in range(5):
             account.record(MoneyDeposited(amount=i))
             store.save(account)
+        for patient in ("p-1", "p-2"):  # personal data: its keys travel, a forgotten one stays so
+            store.append(patient, [ServerNoteTaken(note=f"about {patient}")], aggregate_type="Patient")
+        store.forget("p-2")
     fill(edge)
     with minies.EventStore(edge) as store:
         head, snapshots = store.head(), store.snapshot_stats()
+
+    def notes(where: str) -> list[tuple[str, list[str]]]:
+        with minies.EventStore(where) as store:
+            return [(r.data.note, sorted(minies.forgotten(r))) for p in ("p-1", "p-2") for r in store.read(p)]
+
+    assert notes(edge) == [("about p-1", []), ("", ["note"])]
     assert minies.copy(edge, pg_url).head_hash == head[1]
     with minies.EventStore(pg_url, projections=[Balances()]) as server:  # projections rebuild there
         assert server.head() == head and server.verify().ok and server.snapshot_stats() == snapshots
         assert server.load(SnappedAccount, "s").balance == 11
         assert server.query("SELECT balance FROM balances WHERE account_id = 'acc-0'") == [(18,)]
+    assert notes(pg_url) == notes(edge)
     assert minies.copy(pg_url, back).head_hash == head[1]
+    assert notes(back) == notes(edge)
     fill(edge, 5)  # the edge device writes more: only those travel
     report = minies.copy(edge, pg_url)
     assert (report.copied, report.skipped) == (5, head[0])

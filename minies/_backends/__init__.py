@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any, NoReturn, Protocol
@@ -137,3 +137,23 @@ def shown(where: str | os.PathLike[str]) -> str:
         return str(where)
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def triggers_problem(found: Mapping[str, str], expected: Mapping[str, str], disabled: Iterable[str] = ()) -> str | None:
+    """What is wrong with the triggers on the events table, if anything: ``found`` and
+    ``expected`` map each trigger's name to its definition; ``disabled`` names those switched off."""
+    missing = sorted(expected.keys() - found.keys())
+    if missing:
+        return f"immutability triggers are missing: {', '.join(missing)}"
+    if disabled := sorted(disabled):
+        return f"immutability triggers are disabled: {', '.join(disabled)}"
+    altered = [name for name in expected if found[name] != expected[name]]
+    if altered:
+        return f"the immutability trigger {altered[0]} was altered"
+    unknown = sorted(found.keys() - expected.keys())
+    if unknown:
+        return (
+            f"triggers minies did not create are on the events table: {', '.join(unknown)}"
+            " (one could drop or change appended events)"
+        )
+    return None

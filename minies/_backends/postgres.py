@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from minies._backends import postgres_sql, shown
+from minies._backends import postgres_sql, shown, triggers_problem
 from minies._errors import MiniesError, QueryError, SchemaError, StorageError
 from minies._projections import Database
 
@@ -405,26 +405,18 @@ class PostgresBackend:
                 raw.execute("ROLLBACK")
 
     def check_structure(self) -> Callable[[], tuple[int | None, str | None]]:
-        """The immutability triggers: present, enabled, and running minies' own functions.
+        """The immutability triggers: present, enabled, running minies' own functions, and no others.
         (Columns cannot be retyped: PostgreSQL's are typed.)"""
-        found = {
-            name: (enabled, function, body)
-            for name, enabled, function, body in self.conn.execute(postgres_sql.TRIGGER_STATE)
-        }
-        problem = None
-        missing = postgres_sql.TRIGGERS.keys() - found.keys()
-        disabled = sorted(name for name, (enabled, _, _) in found.items() if enabled == "D")
-        if missing:
-            problem = f"immutability triggers are missing: {', '.join(sorted(missing))}"
-        elif disabled:
-            problem = f"immutability triggers are disabled: {', '.join(disabled)}"
-        else:
-            for name, function in postgres_sql.TRIGGERS.items():
-                _, used, body = found[name]
-                expected = postgres_sql.FUNCTIONS[function].format(schema=self._schema).split("$minies$")[1]
-                if used != function or body.split() != expected.split():
-                    problem = f"the immutability trigger {name} was altered"
-                    break
+        found, disabled = {}, []
+        for name, enabled, function, body in self.conn.execute(postgres_sql.TRIGGER_STATE):
+            found[name] = f"{function}: {' '.join(body.split())}"
+            if enabled == "D" and name in postgres_sql.TRIGGERS:
+                disabled.append(name)
+        expected = {}
+        for name, function in postgres_sql.TRIGGERS.items():
+            body = postgres_sql.FUNCTIONS[function].format(schema=self._schema).split("$minies$")[1]
+            expected[name] = f"{function}: {' '.join(body.split())}"
+        problem = triggers_problem(found, expected, disabled)
         return lambda: (None, problem)
 
     def backup(self, target: str) -> None:

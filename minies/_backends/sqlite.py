@@ -14,7 +14,7 @@ from typing import Any, Final, NoReturn
 
 import apsw
 
-from minies._backends import sqlite_sql
+from minies._backends import sqlite_sql, triggers_problem
 from minies._errors import QueryError, SchemaError, StorageError
 from minies._projections import Database
 
@@ -202,12 +202,7 @@ class SqliteBackend:
         event with a retyped column and SQLite's integrity check of every page and index.
         """
         triggers = {name: " ".join(str(sql).split()) for name, sql in self.conn.execute(sqlite_sql.TRIGGER_SQL)}
-        missing = sqlite_sql.TRIGGERS - triggers.keys()
-        guards = None
-        if missing:
-            guards = f"immutability triggers are missing: {', '.join(sorted(missing))}"
-        elif triggers["events_append_only"] != " ".join(sqlite_sql.APPEND_ONLY.split()):
-            guards = "the immutability trigger events_append_only was altered"
+        guards = triggers_problem(triggers, {name: " ".join(sql.split()) for name, sql in sqlite_sql.TRIGGERS.items()})
         if self._memory:
             retyped, integrity = _scan(self.conn)
             return lambda: (retyped, guards or integrity)

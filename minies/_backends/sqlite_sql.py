@@ -24,6 +24,12 @@ SCHEMA_VERSION: Final = 4
 # id or (aggregate_id, version). INSERT OR REPLACE resolves such a collision by deleting the
 # stored row without firing DELETE triggers (unless a connection enables recursive_triggers:
 # https://sqlite.org/lang_conflict.html), so each collision is refused here instead.
+NO_UPDATE: Final = """
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; UPDATE is refused'); END"""
+NO_DELETE: Final = """
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; DELETE is refused'); END"""
 APPEND_ONLY: Final = """
     CREATE TRIGGER events_append_only BEFORE INSERT ON events BEGIN
       SELECT RAISE(ABORT, 'minies: events are append-only; a new event must take the next position')
@@ -55,12 +61,8 @@ _CREATE_V1: Final = (
         UNIQUE (aggregate_id, version)
     )""",
     # The file itself refuses changes to history, whichever client connects.
-    """
-    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; UPDATE is refused'); END""",
-    """
-    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'minies: events are immutable; DELETE is refused'); END""",
+    NO_UPDATE,
+    NO_DELETE,
     # (events_append_only: see APPEND_ONLY, created by migration 3.)
     """
     CREATE TABLE minies_event_types (
@@ -104,7 +106,9 @@ _CREATE_V1: Final = (
     )""",
 )
 
-TRIGGERS: Final = {"events_no_update", "events_no_delete", "events_append_only"}
+# The triggers on events verify expects: these, as created, and no other (another trigger
+# could silently drop appended rows: a BEFORE INSERT trigger may RAISE(IGNORE)).
+TRIGGERS: Final = {"events_no_update": NO_UPDATE, "events_no_delete": NO_DELETE, "events_append_only": APPEND_ONLY}
 
 # Statements that bring schema version N-1 to N, run in one transaction on open.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
