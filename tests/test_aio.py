@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from domain import Account, AccountOpened, Balances, MoneyDeposited
@@ -160,8 +161,9 @@ def test_follow_backs_off_from_5_ms_doubling_up_to_max_wait_and_stops_after_idle
 ) -> None:
     """On a clock that moves only when ``follow`` sleeps: each wait it asks for, and when it stops."""
 
-    async def main(waits_before_an_event: int, **options: float) -> list[float]:
+    async def main(waits_before_an_event: int, stop_after: int = 0, **options: float) -> list[float]:
         waits: list[float] = []
+        stop = asyncio.Event()
         clock = [100.0]
         real_sleep = asyncio.sleep
 
@@ -170,16 +172,20 @@ def test_follow_backs_off_from_5_ms_doubling_up_to_max_wait_and_stops_after_idle
             clock[0] += 1
             if len(waits) == waits_before_an_event:
                 store.store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+            if len(waits) == stop_after:
+                stop.set()
             await real_sleep(0)
 
         monkeypatch.setattr(asyncio, "sleep", sleep)
         monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: clock[0])
         async with minies.AsyncEventStore(location) as store:
-            assert await store.follow("f", print, **options) == (1 if waits_before_an_event else 0)
+            delivered = await store.follow("f", print, stop=stop, **options)  # type: ignore[arg-type]
+            assert delivered == (1 if waits_before_an_event else 0)
         monkeypatch.undo()
         return waits
 
     assert run(main(0, idle_timeout=3)) == [0.005, 0.01, 0.02]  # stops once 3 s have passed with nothing
+    assert run(main(0, stop_after=4)) == [0.005, 0.01, 0.02, 0.04]  # or once told to stop
     backing_off = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
     assert run(main(5, idle_timeout=8)) == [*backing_off[:5], *backing_off]  # an event starts it again
     assert run(main(0, idle_timeout=6, max_wait=0.03)) == [0.005, 0.01, 0.02, 0.03, 0.03, 0.03]
@@ -194,5 +200,49 @@ def test_reads_come_a_page_at_a_time(location: str, monkeypatch: pytest.MonkeyPa
             monkeypatch.setattr(store, "_run", lambda *args: calls.append(args) or run_on_a_thread(*args))
             assert [r.version async for r in store.read("a")] == list(range(1, 1_201))
             assert len(calls) == 5  # the read, 3 pages (500, 500, 200), the end
+
+    run(main())
+
+
+def test_calls_run_on_up_to_workers_threads_of_its_own(location: str) -> None:
+    """``workers`` threads (8 by default), named ``minies_N``: as many calls at once, and no more."""
+
+    async def at_once(store: minies.AsyncEventStore, n: int, timeout: float) -> set[str]:
+        barrier = threading.Barrier(n, timeout=timeout)
+
+        def meet() -> str:
+            barrier.wait()
+            return threading.current_thread().name
+
+        names = await asyncio.gather(*(store._run(meet) for _ in range(n)), return_exceptions=True)
+        if any(isinstance(name, BaseException) for name in names):
+            return set()  # the barrier broke: fewer threads than calls
+        return set(names)  # type: ignore[arg-type]
+
+    async def main(workers: int | None) -> None:
+        options = {} if workers is None else {"workers": workers}
+        n = workers or 8
+        async with minies.AsyncEventStore(location, **options) as store:
+            names = await at_once(store, n, timeout=30)
+            assert len(names) == n and all(name.startswith("minies_") for name in names)
+            assert await at_once(store, n + 1, timeout=0.3) == set()
+
+    run(main(None))
+    run(main(3))
+
+
+def test_close_does_not_wait_for_a_call_still_running(location: str) -> None:
+    async def main() -> None:
+        released = threading.Event()
+        timer = threading.Timer(10, released.set)  # frees the thread in the end, whatever happens
+        timer.start()
+        store = await minies.AsyncEventStore(location).open()
+        running = asyncio.ensure_future(store._run(released.wait))
+        await asyncio.sleep(0.05)
+        await store.close()
+        assert not released.is_set()  # close returned while the call still ran
+        released.set()
+        timer.cancel()
+        await running
 
     run(main())
