@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
+import re
 import sqlite3
 
 import pytest
@@ -301,6 +303,22 @@ def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(location: str) ->
         for refused in (digest[:11], f"x {digest}", f"{position} {digest} extra", 12345):
             with pytest.raises(ValueError, match="expect_head must be what `minies head` prints"):
                 store.verify(expect_head=refused)  # type: ignore[arg-type]
+
+
+def test_a_hash_prefix_that_several_events_share_is_refused_as_ambiguous(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve hex digits are 48 bits: no two events of a real log share them. With one digit
+    allowed, several do, and verify asks for more rather than pick one."""
+    build(db_path)
+    monkeypatch.setattr(minies._audit, "_HEAD", re.compile(r"(?:(\d+)\s+)?([0-9a-fA-F]{1,64})"))
+    con = sqlite3.connect(db_path)
+    digits = collections.Counter(bytes(h).hex()[0] for (h,) in con.execute("SELECT hash FROM events"))
+    con.close()
+    digit, count = digits.most_common(1)[0]
+    assert count >= 2
+    result = report(db_path, expect_head=digit)
+    assert not result.ok and result.reason == f"the expected head {digit} matches {count} events; give more of the hash"
 
 
 @pytest.mark.parametrize(
