@@ -161,6 +161,7 @@ def test_a_weakened_or_foreign_trigger_is_reported(db_path: str, edits: list[str
     tamper(db_path, *edits)
     result = report(db_path)
     assert not result.ok and result.reason == reason
+    assert (result.first_bad_position, result.events_checked) == (31, 31)  # the chain itself is intact
 
 
 def test_missing_triggers_are_reported(db_path: str) -> None:
@@ -297,6 +298,7 @@ def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(location: str) ->
         earlier = store.verify(expect_head=f"{position - 1} {digest}")  # the right hash, at the wrong position
         assert (
             not earlier.ok
+            and earlier.first_bad_position == position + 1  # not found in the whole history
             and earlier.reason
             == f"the expected head {position - 1} {digest} is not in this history (rewritten or truncated)"
         )
@@ -308,17 +310,24 @@ def test_expect_head_takes_what_head_prints_a_hash_or_a_prefix(location: str) ->
 def test_a_hash_prefix_that_several_events_share_is_refused_as_ambiguous(
     db_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Twelve hex digits are 48 bits: no two events of a real log share them. With one digit
-    allowed, several do, and verify asks for more rather than pick one."""
-    build(db_path)
+    """Twelve hex digits are 48 bits: no two events of a real log share them. With one or two
+    digits allowed, several do, and verify asks for more rather than pick one."""
+    build(db_path, n=200)
     monkeypatch.setattr(minies._audit, "_HEAD", re.compile(r"(?:(\d+)\s+)?([0-9a-fA-F]{1,64})"))
     con = sqlite3.connect(db_path)
-    digits = collections.Counter(bytes(h).hex()[0] for (h,) in con.execute("SELECT hash FROM events"))
+    hashes = [bytes(h).hex() for (h,) in con.execute("SELECT hash FROM events")]
     con.close()
-    digit, count = digits.most_common(1)[0]
-    assert count >= 2
-    result = report(db_path, expect_head=digit)
-    assert not result.ok and result.reason == f"the expected head {digit} matches {count} events; give more of the hash"
+    # 201 hashes: some first digit starts at least 13 of them; some two first digits exactly two
+    # (about 35 pairs of digits do, on average; none would, once in ~10^15 runs)
+    by_two = collections.Counter(h[:2] for h in hashes)
+    pair = next(prefix for prefix, n in by_two.items() if n == 2)
+    digit, count = collections.Counter(h[0] for h in hashes).most_common(1)[0]
+    for prefix, n in ((digit, count), (pair, 2)):
+        result = report(db_path, expect_head=prefix)
+        assert (
+            not result.ok and result.reason == f"the expected head {prefix} matches {n} events; give more of the hash"
+        )
+        assert result.first_bad_position == 201
 
 
 @pytest.mark.parametrize(
