@@ -75,7 +75,7 @@ def copy(
                 progress(after, head)
         with src._lock:
             types: list[Any] = src._open().execute(src._sql.EVENT_TYPE_ROWS[src._file_version]).fetchall()
-            snapshots: list[Any] = src._open().execute(src._sql.SNAPSHOT_ROWS).fetchall()
+            snapshots: list[Any] = src._open().execute(src._sql.SNAPSHOT_ROWS, (head,)).fetchall()
             keys: list[Any] = src._open().execute(src._sql.KEY_ROWS).fetchall() if src._file_version >= 4 else []
         with dst._lock, dst._write():
             dst._conn.executemany(dst._sql.COPY_KEY, keys)

@@ -119,11 +119,24 @@ def test_a_source_that_grows_during_the_copy_is_copied_up_to_the_head_it_had(
     fill(source, 0, 10)
     with minies.EventStore(source) as head_before:
         head = head_before.head()
-    report = minies.copy(source, target, progress=lambda position, _: fill(source, 100 + position, 101 + position))
+
+    def write_meanwhile(position: int, _: int) -> None:
+        fill(source, 100 + position, 101 + position)
+        with minies.EventStore(source, snapshot_every={Account: 1}) as store:  # a snapshot the copy will not reach
+            account = store.load(Account, "acc-0")
+            account.deposit(1)
+            account.deposit(1)
+            store.save(account)
+
+    report = minies.copy(source, target, progress=write_meanwhile)
     assert (report.copied, report.head_position, report.head_hash) == (10, *head)
     with minies.EventStore(target) as copy:
         assert copy.head() == head
-    assert minies.copy(source, target).copied == 3  # the events written meanwhile, next time
+        assert copy.load(Account, "acc-0").version == 4 == copy.version("acc-0")  # no snapshot from beyond the head
+    assert minies.copy(source, target).copied == 9  # the events written meanwhile, next time
+    with minies.EventStore(target) as copy, minies.EventStore(source) as original:
+        assert copy.snapshot_stats() == original.snapshot_stats()
+        assert copy.load(Account, "acc-0").balance == original.load(Account, "acc-0").balance
 
 
 def test_a_copy_into_a_target_that_then_does_not_verify_fails(tmp_path: Path) -> None:

@@ -262,8 +262,10 @@ NOTE_EVENT_TYPES: Final = (
     "INSERT INTO minies_event_types SELECT event_type, schema_version, '', '{}', min(created_at)"
     " FROM events WHERE position > ? GROUP BY event_type, schema_version ON CONFLICT DO NOTHING"
 )
-SNAPSHOT_ROWS: Final = (
-    f"SELECT aggregate_id, version, aggregate_type, fingerprint, state, {_ts('created_at')} FROM minies_snapshots"
+SNAPSHOT_ROWS: Final = (  # of versions at or below a position (a copy's source may grow meanwhile)
+    f"SELECT aggregate_id, version, aggregate_type, fingerprint, state, {_ts('created_at')} FROM minies_snapshots s"
+    " WHERE EXISTS (SELECT 1 FROM events e WHERE e.aggregate_id = s.aggregate_id AND e.version = s.version"
+    " AND e.position <= ?)"
 )
 COPY_SNAPSHOT: Final = (
     "INSERT INTO minies_snapshots (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"

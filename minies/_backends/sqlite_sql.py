@@ -224,8 +224,10 @@ NOTE_EVENT_TYPES: Final = (
     "INSERT OR IGNORE INTO minies_event_types SELECT event_type, schema_version, '', '{}', min(created_at)"
     " FROM events WHERE position > ? GROUP BY event_type, schema_version"
 )
-SNAPSHOT_ROWS: Final = (
-    "SELECT aggregate_id, version, aggregate_type, fingerprint, state, created_at FROM minies_snapshots"
+SNAPSHOT_ROWS: Final = (  # of versions at or below a position (a copy's source may grow meanwhile)
+    "SELECT aggregate_id, version, aggregate_type, fingerprint, state, created_at FROM minies_snapshots s"
+    " WHERE EXISTS (SELECT 1 FROM events e WHERE e.aggregate_id = s.aggregate_id AND e.version = s.version"
+    " AND e.position <= ?)"
 )
 COPY_SNAPSHOT: Final = (
     "INSERT OR IGNORE INTO minies_snapshots (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
