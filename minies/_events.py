@@ -153,8 +153,7 @@ ANY: Final = _Any.ANY
 AnyVersion = Literal[_Any.ANY]
 
 
-_NO_METADATA: Final[dict[str, Any]] = {}
-_scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("minies_metadata")
+_scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("minies_metadata", default={})  # noqa: B039 (never mutated)
 
 
 @contextlib.contextmanager
@@ -170,7 +169,7 @@ def metadata_scope(**metadata: Any) -> Iterator[dict[str, Any]]:
     Yields:
         The merged metadata now in force.
     """
-    merged = {**_scope.get(_NO_METADATA), **metadata}
+    merged = {**_scope.get(), **metadata}
     token = _scope.set(merged)
     try:
         yield merged
@@ -180,4 +179,4 @@ def metadata_scope(**metadata: Any) -> Iterator[dict[str, Any]]:
 
 def current_metadata() -> dict[str, Any]:
     """The metadata set by the enclosing ``metadata_scope`` blocks (shared; do not mutate)."""
-    return _scope.get(_NO_METADATA)
+    return _scope.get()

@@ -106,8 +106,30 @@ def test_apply_that_raises_names_the_aggregate_and_version(store: minies.EventSt
 
 
 def test_record_refuses_non_events() -> None:
-    with pytest.raises(TypeError, match="record\\(\\) takes a minies.Event"):
+    with pytest.raises(TypeError, match=r"^record\(\) takes a minies.Event, got dict: \{'amount': 1\}$"):
         Account(id="a").record({"amount": 1})  # type: ignore[arg-type]
+
+
+def test_an_aggregate_without_apply_says_so_and_its_type_is_its_class_name(store: minies.EventStore) -> None:
+    class Forgetful(minies.Aggregate):
+        pass
+
+    assert Forgetful.aggregate_type == "Forgetful"
+    with pytest.raises(NotImplementedError, match=r"^Forgetful.apply is not defined$"):
+        Forgetful(id="f").record(MoneyDeposited(amount=1))
+    store.append("f", [MoneyDeposited(amount=1)], aggregate_type="Forgetful")
+    with pytest.raises(NotImplementedError, match=r"^Forgetful.apply is not defined\nwhile applying event 1 of"):
+        store.load(Forgetful, "f")
+
+
+def test_saving_an_aggregate_with_nothing_recorded_writes_nothing(store: minies.EventStore) -> None:
+    account = Account(id="quiet")
+    store.save(account)
+    assert store.version("quiet") == 0 and account.pending == ()
+    account.record(MoneyDeposited(amount=1))
+    store.save(account)
+    store.save(account)  # saved already: nothing pending
+    assert store.version("quiet") == 1 and account.pending == ()
 
 
 def test_custom_aggregate_type(store: minies.EventStore) -> None:

@@ -263,6 +263,27 @@ def test_backup_while_another_process_writes(db_path: str) -> None:
             assert backup.verify().ok
 
 
+def test_a_backup_that_cannot_be_written_is_one_clear_message(db_path: str) -> None:
+    build(db_path, 3)
+    target = os.path.join(db_path + ".nowhere", "copy.db")
+    with minies.EventStore(db_path) as store:
+        with pytest.raises(
+            minies.StorageError,
+            match=rf"^cannot back up to {re.escape(repr(target))}: the file cannot be opened \(missing, a directory",
+        ):
+            store.backup(target)
+        assert store.head()[0] == 4 and not os.path.exists(target)
+
+
+def test_verify_of_a_store_in_memory_reports_a_dropped_trigger() -> None:
+    with minies.EventStore(":memory:") as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert store.verify().ok
+        store._conn.execute("DROP TRIGGER events_no_delete")
+        report = store.verify()
+        assert not report.ok and report.reason == "immutability triggers are missing: events_no_delete"
+
+
 def test_damage_only_the_integrity_check_can_see_fails_verify_with_that_reason(db_path: str) -> None:
     """One event id is changed inside the event_id index's page only: every read of the log
     (by position) is untouched, the chain still verifies, and only SQLite's own check sees

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,6 +139,61 @@ def test_read_only_media(tiny_disk: Path) -> None:
         assert store.head()[0] == 5 and store.verify().ok
 
 
+def unprivileged(call: Callable[[], str]) -> str:
+    """``call()`` as a user without root's powers: directly when not root; as root, in a forked
+    child that drops to ``nobody`` (so permission bits bind, as they do for most users)."""
+    if os.geteuid() != 0:
+        return call()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery from here on, only os._exit
+        status = 1
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, call().encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    return said
+
+
+def test_a_folder_a_user_cannot_write_is_read_only_to_them() -> None:
+    """The non-root version of the read-only media test: permission bits, not a mount."""
+    folder = Path(tempfile.mkdtemp())  # the system's temporary folder: nobody can reach it
+    try:
+        path = str(folder / "shop.db")
+        head = fill(path, 5)
+        folder.chmod(0o555)  # the file is root's (or the user's) 0644: the folder refuses -wal and -shm
+
+        def open_and_append() -> str:
+            try:
+                with minies.EventStore(path) as store:
+                    store.append("a0", [MoneyDeposited(amount=1)], aggregate_type="Account")
+            except minies.StorageError as e:
+                return str(e)
+            return "appended"
+
+        def read() -> str:
+            with minies.EventStore(path, readonly=True) as store:
+                return f"{store.head()} {store.verify().ok}"
+
+        assert unprivileged(open_and_append) == (
+            f"cannot open {path!r}: the file or its directory is read-only; open it with readonly=True to read it"
+        )
+        assert unprivileged(read) == f"(5, {head!r}) True"
+        assert sorted(os.listdir(folder)) == ["shop.db"]
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
 @contextlib.contextmanager
 def read_only(folder: Path) -> Iterator[None]:
     """Make ``folder`` and what it holds unwritable: a read-only bind mount as root (root
@@ -157,6 +214,36 @@ def read_only(folder: Path) -> Iterator[None]:
         finally:
             for p, mode in modes.items():
                 p.chmod(mode)
+
+
+def test_a_leftover_wal_on_read_only_media(tmp_path: Path) -> None:
+    """An empty -wal left beside the file (no -shm) is nothing to read: the file opens as it
+    is. A -wal that still holds commits cannot be read without a -shm: one clear message."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    path = str(folder / "shop.db")
+    head = fill(path, 5)
+    Path(path + "-wal").touch()
+    with read_only(folder), minies.EventStore(path, readonly=True) as store:
+        assert store.head() == (5, head) and store.verify().ok
+    writer = minies.EventStore(path)
+    writer._conn.pragma("wal_autocheckpoint", 0)
+    writer.append("late", [MoneyDeposited(amount=1)], aggregate_type="Account")
+    shutil.copy(path + "-wal", tmp_path / "wal")
+    writer.close()
+    shutil.copy(tmp_path / "wal", path + "-wal")  # a copy taken while the writer ran
+    assert os.path.getsize(path + "-wal") > 0 and not os.path.exists(path + "-shm")
+    with (
+        read_only(folder),
+        pytest.raises(
+            minies.StorageError,
+            match=rf"^cannot open {re.escape(repr(path))}: its -wal holds commits not yet in the file, .* "
+            "copy the file and its -wal to a writable folder$",
+        ),
+    ):
+        minies.EventStore(path, readonly=True)
+    with minies.EventStore(path, readonly=True) as store:  # writable media: SQLite recovers the -wal
+        assert store.head()[0] == 6 and store.verify().ok
 
 
 def listing(folder: Path) -> dict[str, tuple[int, int]]:
@@ -212,6 +299,8 @@ def test_every_read_of_a_damaged_file_says_so_in_one_message(tmp_path: Path, no_
         ):
             with pytest.raises(minies.StorageError, match=damaged):
                 read()
+        with pytest.raises(minies.StorageError, match=damaged.replace("cannot read", "cannot query")):
+            store.query("SELECT sum(length(data)) FROM events")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 import pytest
+from conftest import run_python
 from domain import AccountRenamed, MoneyDeposited
 from hypothesis import given
 from hypothesis import strategies as st
@@ -69,9 +70,42 @@ def test_redefining_the_same_class_replaces_it(store: minies.EventStore) -> None
     assert [r.data for r in store.read("n", after=1)] == [second(value="x")]
 
 
+def test_a_class_defined_after_its_events_were_read_decodes_them_from_then_on(db_path: str) -> None:
+    """A plugin's events written by another process read as dicts until its class is defined
+    here; from then on, as instances (the decoders' cache notices the new class)."""
+    run_python(
+        "import sys, minies\n"
+        "class PluginLoaded(minies.Event):\n    name: str\n"
+        "with minies.EventStore(sys.argv[1]) as store:\n"
+        "    store.append('p', [PluginLoaded(name='x')], aggregate_type='Plugin')\n",
+        db_path,
+    )
+    with minies.EventStore(db_path) as store:
+        assert [r.data for r in store.read("p")] == [{"name": "x"}]
+        module = types.ModuleType("plugin")
+        sys.modules["plugin"] = module
+        exec("import minies\nclass PluginLoaded(minies.Event):\n    name: str\n", module.__dict__)
+        assert [r.data for r in store.read("p")] == [module.PluginLoaded(name="x")]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "1", 1.0, None])
+def test_schema_version_must_be_an_int_of_at_least_one(bad: object) -> None:
+    with pytest.raises(
+        minies.SchemaError,
+        match=rf"\.<locals>\.Versioned\.schema_version must be an int >= 1, got {re.escape(repr(bad))}$",
+    ):
+
+        class Versioned(minies.Event):
+            schema_version: ClassVar[int] = bad  # type: ignore[assignment]
+
+
 @pytest.mark.parametrize("bad", ["", "1abc", "has space", "x" * 201, 'quote"'])
 def test_invalid_event_type_names(bad: str) -> None:
-    with pytest.raises(minies.SchemaError, match="not a valid event type"):
+    with pytest.raises(
+        minies.SchemaError,
+        match=rf"\.<locals>\.Bad\.event_type = {re.escape(repr(bad))} is not a valid event type; use letters, digits and "
+        r"_ . : - \(at most 200 characters, not starting with a digit\)$",
+    ):
 
         class Bad(minies.Event):
             event_type: ClassVar[str] = bad

@@ -1007,6 +1007,27 @@ def test_postgres_keeps_no_destroyed_key_in_the_keys_table_files(pg_url: str) ->
         assert next(iter(store.read("c2"))).data.email == "bob@example.com"
 
 
+def test_forget_while_a_reader_holds_old_pages_says_they_were_not_purged_yet(db_path: str) -> None:
+    import apsw
+
+    with minies.EventStore(db_path, timeout=0.2) as store:
+        register(store, "c1", "ann@example.com")
+        reader = apsw.Connection(db_path)  # another connection, mid-read: its snapshot needs the WAL
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM events").get == 1
+        register(store, "c2", "bob@example.com")
+        erasure = store.forget("c1")
+        assert (erasure.keys, erasure.purged) == (1, False)
+        assert os.path.getsize(db_path + "-wal") > 0
+        reader.execute("COMMIT")
+        reader.close()
+        assert store.forget("c2").purged
+        assert os.path.getsize(db_path + "-wal") == 0
+    with minies.EventStore(":memory:") as store:  # no file: nothing to purge
+        register(store, "c1", "ann@example.com")
+        assert store.forget("c1").purged is False
+
+
 def test_personal_fields_hidden_behind_an_alias_in_string_annotations_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1090,7 +1111,10 @@ def test_forget_checks_its_arguments_and_says_when_there_was_nothing_to_forget(d
         register(store, "c2", "bob@example.com")
     with (
         minies.EventStore(db_path, readonly=True) as store,
-        pytest.raises(minies.StorageError, match=r"^cannot forget 'c2': the file or its directory is read-only"),
+        pytest.raises(
+            minies.StorageError,
+            match=r"^cannot forget 'c2': this store was opened with readonly=True; open it without to write$",
+        ),
     ):
         store.forget("c2")
 

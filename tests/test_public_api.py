@@ -32,9 +32,11 @@ def test_errors_pickle() -> None:
         minies.ConcurrencyError("a", 1, 2),
         minies.ProjectionError("p", "broke"),
         minies.DuplicateEventError("id", "by x"),
+        minies.SchemaError("does not decode", position=7),
     ):
         copy = pickle.loads(pickle.dumps(error))
         assert str(copy) == str(error) and type(copy) is type(error)
+        assert vars(copy) == vars(error)
 
 
 def test_any_is_a_readable_sentinel() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -609,7 +610,10 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: object, db_pat
     with open(db_path, "wb") as f:
         f.write(b"hello, this is a text file, not a database" * 100)
     before = bytes_of(db_path)
-    with pytest.raises(minies.SchemaError, match="not a SQLite database"):
+    with pytest.raises(
+        minies.SchemaError,
+        match=rf"^cannot open {re.escape(repr(db_path))}: it is not a SQLite database \(nor a minies one\)$",
+    ):
         minies.EventStore(db_path)
     assert bytes_of(db_path) == before
     assert not os.path.exists(db_path + "-wal")
@@ -621,14 +625,19 @@ def test_a_foreign_sqlite_file_is_refused_untouched(db_path: str) -> None:
     con.commit()
     con.close()
     before = bytes_of(db_path)
-    with pytest.raises(minies.SchemaError, match="not a minies one"):
+    shown = re.escape(repr(db_path))
+    with pytest.raises(
+        minies.SchemaError,
+        match=rf"^{shown} is a SQLite database but not a minies one \(it has tables and no minies application id\); "
+        "open another path$",
+    ):
         minies.EventStore(db_path)
     assert bytes_of(db_path) == before
     con = sqlite3.connect(db_path)
     con.execute("PRAGMA application_id = 12345")
     con.close()
     before = bytes_of(db_path)
-    with pytest.raises(minies.SchemaError, match="another application"):
+    with pytest.raises(minies.SchemaError, match=rf"^{shown} is a SQLite database of another application"):
         minies.EventStore(db_path)
     assert bytes_of(db_path) == before
 
@@ -651,11 +660,61 @@ def test_missing_directory_and_read_only_files(tmp_path: object, db_path: str) -
         store.append("a", deposit(), aggregate_type="Account")
     with minies.EventStore(db_path, readonly=True) as reader:
         assert reader.version("a") == 1
-        with pytest.raises(minies.StorageError, match="read-only"):
+        with pytest.raises(minies.StorageError, match="opened with readonly=True"):
             reader.append("a", deposit(), aggregate_type="Account")
         assert reader.version("a") == 1
     with pytest.raises(minies.StorageError, match="no such file"):
         minies.EventStore(db_path + ".missing", readonly=True)
+    missing_folder = os.path.join(db_path + ".nope", "x.db")  # reading creates nothing: no such file, not no folder
+    with pytest.raises(minies.StorageError, match=rf"^cannot open {re.escape(repr(missing_folder))}: no such file$"):
+        minies.EventStore(missing_folder, readonly=True)
+
+
+def test_writing_through_a_read_only_store_says_how_it_was_opened(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposit(), aggregate_type="Account")
+    with minies.EventStore(db_path, readonly=True) as reader:
+        with pytest.raises(
+            minies.StorageError,
+            match=r"^cannot append to 'a': this store was opened with readonly=True; open it without to write$",
+        ):
+            reader.append("a", deposit(), aggregate_type="Account")
+        assert reader.version("a") == 1
+
+
+def test_a_directory_or_an_unopenable_file_is_one_clear_message(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder.db"
+    folder.mkdir()
+    for readonly in (False, True):
+        with pytest.raises(
+            minies.StorageError, match=rf"^cannot open {re.escape(repr(str(folder)))}: it is a directory, not a file$"
+        ):
+            minies.EventStore(str(folder), readonly=readonly)
+    assert not list(folder.iterdir())
+    unopenable = r"the file cannot be opened \(missing, a directory, or no permission\)$"
+    path = str(tmp_path / "blocked.db")  # a writable file whose -wal cannot be created: not "read-only"
+    with minies.EventStore(path) as store:
+        store.append("a", deposit(), aggregate_type="Account")
+    os.mkdir(path + "-wal")
+    with pytest.raises(minies.StorageError, match=rf"^cannot open {re.escape(repr(path))}: {unopenable}"):
+        minies.EventStore(path)
+    os.rmdir(path + "-wal")
+    with minies.EventStore(path) as store:
+        assert store.version("a") == 1
+
+
+def test_an_empty_or_old_file_opened_read_only_says_what_it_is(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(minies.SchemaError, match=rf"^{re.escape(repr(str(empty)))} is empty, not a minies database$"):
+        minies.EventStore(str(empty), readonly=True)
+    old = tmp_path / "v1.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "schema_v1.db", old)
+    with pytest.raises(
+        minies.SchemaError,
+        match=rf"^{re.escape(repr(str(old)))} has schema version 1; open it writable once to migrate$",
+    ):
+        minies.EventStore(str(old), readonly=True)
 
 
 def test_a_full_disk_is_a_clear_error_and_loses_nothing(db_path: str) -> None:

@@ -113,6 +113,9 @@ class Backend(Protocol):
         ...
 
 
+READ_ONLY_STORE = "this store was opened with readonly=True; open it without to write"
+
+
 def is_url(where: str | os.PathLike[str]) -> bool:
     return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
 

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from minies._backends import postgres_sql, shown, triggers_problem
+from minies._backends import READ_ONLY_STORE, postgres_sql, shown, triggers_problem
 from minies._errors import MiniesError, QueryError, SchemaError, StorageError
 from minies._projections import Database
 
@@ -329,7 +329,9 @@ class PostgresBackend:
         if isinstance(e, pg_errors.DiskFull):
             raise StorageError(f"{doing}: the server's disk is full; nothing from this call was written") from None
         if isinstance(e, pg_errors.ReadOnlySqlTransaction):
-            raise StorageError(f"{doing}: the store is read-only (or the server is a standby)") from None
+            if self.readonly:
+                raise StorageError(f"{doing}: {READ_ONLY_STORE}") from None
+            raise StorageError(f"{doing}: the server is a read-only standby") from None
         if isinstance(e, pg_errors.InsufficientPrivilege):
             raise StorageError(f"{doing}: permission denied ({_first_line(e)})") from None
         if isinstance(e, pg_errors.RaiseException):

@@ -14,7 +14,7 @@ from typing import Any, Final, NoReturn
 
 import apsw
 
-from minies._backends import sqlite_sql, triggers_problem
+from minies._backends import READ_ONLY_STORE, sqlite_sql, triggers_problem
 from minies._errors import QueryError, SchemaError, StorageError
 from minies._projections import Database
 
@@ -64,6 +64,8 @@ class SqliteBackend:
                 raise StorageError(f"cannot create {where!r}: the directory {parent!r} does not exist")
         if self.readonly and not self._memory and not os.path.exists(where):
             raise StorageError(f"cannot open {where!r}: no such file")
+        if os.path.isdir(where):
+            raise StorageError(f"cannot open {where!r}: it is a directory, not a file")
         wal = where + "-wal"
         if self.readonly and not self._memory and not os.path.exists(wal):
             self._read_as_it_is()
@@ -76,7 +78,11 @@ class SqliteBackend:
                     conn.pragma("schema_version")  # with a -wal: can its -shm be opened?
                 except apsw.CantOpenError:
                     if os.path.exists(wal) and os.path.getsize(wal) > 0:
-                        raise
+                        raise StorageError(
+                            f"cannot open {where!r}: its -wal holds commits not yet in the file, which SQLite "
+                            "reads only with a -shm beside them, and none can be made here (read-only media?); "
+                            "copy the file and its -wal to a writable folder"
+                        ) from None
                     self._read_as_it_is()  # an empty -wal on read-only media
                     conn = Connection(*self._reader_args)
             conn.set_busy_timeout(int(self._timeout * 1000))
@@ -141,6 +147,8 @@ class SqliteBackend:
                 f"{doing}: the disk is full (or the file reached its size limit); nothing from "
                 "this call was written, free some space and retry"
             ) from None
+        if self.readonly and isinstance(e, apsw.ReadOnlyError):
+            raise StorageError(f"{doing}: {READ_ONLY_STORE}") from None
         if isinstance(e, apsw.ReadOnlyError) or (
             isinstance(e, apsw.CantOpenError) and not self.readonly and _read_only(self.path)
         ):
@@ -236,17 +244,17 @@ class SqliteBackend:
 
     def purge(self) -> bool:
         """Copy the WAL into the file and truncate it, so no old page (a destroyed key's, say)
-        survives in it. False if another connection's read kept some frames needed."""
-        if self.readonly or self._memory:
-            return not self._memory
+        survives in it. False if another connection's read kept some frames needed (SQLite
+        then refuses the truncation: busy), or if the store lives in memory."""
+        if self._memory:
+            return False
         try:
             self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         except apsw.BusyError:
             return False
         except apsw.Error as e:
             self.raise_error(e, f"cannot checkpoint {self.path!r}")
-        wal = self.path + "-wal"
-        return not os.path.exists(wal) or os.path.getsize(wal) == 0
+        return True
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file, then close."""
