@@ -202,9 +202,9 @@ def read_aggregate(
     aggregate_id: str,
     after: int,
     upto: int,
-    lock: AbstractContextManager[Any] = _NO_LOCK,
-    raw: bool = False,
-    opener: Opener | None = None,
+    lock: AbstractContextManager[Any],
+    raw: bool,
+    opener: Opener | None,
 ) -> Iterator[Recorded]:
     """One aggregate's events with ``after < version <= upto``, in version order."""
     args: Callable[[int, int], tuple[Any, ...]] = lambda a, n: (aggregate_id, a, upto, n)  # noqa: E731

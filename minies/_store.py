@@ -95,6 +95,8 @@ class EventStore:
         if not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         self.path = path if isinstance(path, str) else os.fspath(path)
+        if not self.path:
+            raise ValueError("path is empty; give a file path, a postgresql:// URL, or ':memory:'")
         self.durability = durability
         self.readonly = readonly
         self._timeout = float(timeout)

@@ -188,6 +188,18 @@ def test_a_folder_a_user_cannot_write_is_read_only_to_them() -> None:
             f"cannot open {path!r}: the file or its directory is read-only; open it with readonly=True to read it"
         )
         assert unprivileged(read) == f"(5, {head!r}) True"
+        new = str(folder / "new.db")
+
+        def create() -> str:
+            try:
+                minies.EventStore(new).close()
+            except minies.StorageError as e:
+                return str(e)
+            return "created"
+
+        assert unprivileged(create) == (
+            f"cannot open {new!r}: the file cannot be opened (missing, a directory, or no permission)"
+        )
         assert sorted(os.listdir(folder)) == ["shop.db"]
     finally:
         folder.chmod(0o755)

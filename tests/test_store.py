@@ -546,10 +546,15 @@ def test_file_is_wal_and_identifies_itself(db_path: str) -> None:
     con.close()
 
 
-def test_durability_sets_synchronous(db_path: str) -> None:
+def test_durability_sets_synchronous_and_every_connection_is_set_up_alike(db_path: str) -> None:
     with minies.EventStore(db_path) as full, minies.EventStore(db_path, durability="normal") as normal:
         assert full._conn.pragma("synchronous") == 2
         assert normal._conn.pragma("synchronous") == 1
+        for store in (full, normal):  # a forgotten key's bytes zeroed; a big commit's WAL trimmed after
+            assert store._conn.pragma("secure_delete") == 1
+            assert store._conn.pragma("journal_size_limit") == 64 * 1024 * 1024
+    with pytest.raises(ValueError, match=r"^path is empty; give a file path, a postgresql:// URL, or ':memory:'$"):
+        minies.EventStore("")
     with pytest.raises(ValueError, match="durability"):
         minies.EventStore(db_path, durability="fast")  # type: ignore[arg-type]
 

@@ -45,7 +45,7 @@ class SqliteBackend:
         self.readonly = readonly
         self._durability = durability
         self._timeout = timeout
-        self._memory = path in (":memory:", "")
+        self._memory = path == ":memory:"
         self._reader_args = (path, apsw.SQLITE_OPEN_READONLY)  # how a second, reading connection opens
         self.file_version = sqlite_sql.SCHEMA_VERSION
         self.conn = self._connect()
@@ -297,7 +297,4 @@ def _authorizer(db: Database) -> Callable[..., int]:
 
 def _read_only(path: str) -> bool:
     """Is ``path`` an existing file that cannot be written (read-only media, permissions)?"""
-    if not os.path.isfile(path):
-        return False
-    folder = os.path.dirname(os.path.abspath(path))
-    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(path, os.W_OK)
+    return os.path.isfile(path) and not os.access(path, os.W_OK)  # EROFS on read-only media, EACCES
