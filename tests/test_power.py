@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import random
 import shutil
 import threading
@@ -313,7 +314,8 @@ def append_with_retries(store: minies.EventStore, i: int, versions: dict[str, in
             version = store.append(
                 account, events, aggregate_type="Account", event_ids=ids, expected_version=versions.get(account, 0)
             )
-        except minies.StorageError:
+        except minies.StorageError as e:
+            assert re.fullmatch(rf"cannot (append to {account!r}|commit): (disk I/O error|injected \w+ error on store\.db(-wal)?)", str(e)), e
             continue
         versions[account] = version
         return len(ids)
