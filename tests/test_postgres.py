@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pgserver
@@ -444,7 +445,7 @@ def test_the_readme_s_jsonb_expression_index_works_on_the_json_payloads(pg_url: 
 def test_the_readme_s_one_line_change_and_copy_command(tmp_path: Path, pg_dsn: str) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     (line,) = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
-    server = f"{pg_dsn}?schema=shop_{os.getpid()}"
+    server = f"{pg_dsn}?schema=shop_{uuid.uuid4().hex[:12]}"
     run_python(
         "import minies\nfrom domain import MoneyDeposited\nminies.EventStore('shop.db').close()\n"
         + line.replace("postgresql://app:secret@db.internal:5432/shop?schema=shop", server)
