@@ -1007,6 +1007,21 @@ def test_postgres_keeps_no_destroyed_key_in_the_keys_table_files(pg_url: str) ->
         assert next(iter(store.read("c2"))).data.email == "bob@example.com"
 
 
+def test_a_key_made_in_a_rolled_back_block_is_not_used_after_it(location: str) -> None:
+    """A subject's first personal event makes its key; if that block rolls back, the key's row
+    is gone, and the next event of the subject must make (and store) a new one."""
+    with minies.EventStore(location) as store:
+        with store.transaction():
+            with pytest.raises(ValueError, match="^refused$"), store.transaction():
+                register(store, "c9", "first@example.com")
+                raise ValueError("refused")
+            register(store, "c9", "second@example.com")
+        assert store.query("SELECT count(*) FROM minies_keys WHERE subject = 'c9'") == [(1,)]
+        assert [r.data.email for r in store.read("c9")] == ["second@example.com"]
+    with minies.EventStore(location, readonly=True) as reader:  # from the file alone, no cache
+        assert [r.data.email for r in reader.read("c9")] == ["second@example.com"]
+
+
 def test_forget_while_a_reader_holds_old_pages_says_they_were_not_purged_yet(db_path: str) -> None:
     import apsw
 

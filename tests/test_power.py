@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import random
+import re
 import shutil
 import threading
 import uuid
@@ -315,7 +315,10 @@ def append_with_retries(store: minies.EventStore, i: int, versions: dict[str, in
                 account, events, aggregate_type="Account", event_ids=ids, expected_version=versions.get(account, 0)
             )
         except minies.StorageError as e:
-            assert re.fullmatch(rf"cannot (append to {account!r}|commit): (disk I/O error|injected \w+ error on store\.db(-wal)?)", str(e)), e
+            assert re.fullmatch(
+                rf"cannot (append to {account!r}|commit): (disk I/O error|injected \w+ error on store\.db(-wal)?)",
+                str(e),
+            ), e
             continue
         versions[account] = version
         return len(ids)

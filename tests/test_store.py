@@ -971,6 +971,72 @@ def test_a_failed_group_commit_fails_every_append_in_it_with_the_same_error(db_p
         assert store.append("a0", deposit(), aggregate_type="Account", expected_version=0) == 1
 
 
+def test_a_transaction_never_takes_another_threads_queued_write_into_its_rollback(location: str) -> None:
+    """Inside ``transaction()`` a write joins that transaction, never the group-commit queue:
+    another thread's write waiting there is committed on its own, whatever the block does."""
+    with minies.EventStore(location) as store:
+        outcome: dict[str, object] = {}
+
+        def other_thread() -> None:
+            outcome["b"] = store.append("b", deposit(), aggregate_type="Account")
+
+        thread = threading.Thread(target=other_thread)
+        with pytest.raises(RuntimeError, match="^the block fails$"), store.transaction():
+            store.append("a", deposit(), aggregate_type="Account")
+            thread.start()  # its append queues behind this transaction
+            deadline = time.monotonic() + 30
+            while not store._queue:
+                assert time.monotonic() < deadline, "the other thread's append never queued"
+                time.sleep(0.001)
+            store.append("a2", deposit(), aggregate_type="Account")
+            raise RuntimeError("the block fails")
+        thread.join(30)
+        assert outcome == {"b": 1}
+        assert [r.aggregate_id for r in store.read_all()] == ["b"]  # "b" acknowledged and kept; "a", "a2" rolled back
+
+
+def test_appends_after_a_failed_nested_block_take_the_positions_it_gave_back(location: str) -> None:
+    """The nested block's event was inserted, then its savepoint rolled back: what the store
+    had learnt of the log from it (the head, the stream's version) is forgotten too."""
+    with minies.EventStore(location, projections=[Interrupting()]) as store:
+        with store.transaction():
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+            with pytest.raises(ValueError, match="^refused$"), store.transaction():
+                store.append("b", [MoneyDeposited(amount=2)], aggregate_type="Account")
+                store.append("a", [MoneyDeposited(amount=3)], aggregate_type="Account")
+                raise ValueError("refused")
+            assert store.version("a") == 1 and store.version("b") == 0
+            store.append("a", [MoneyDeposited(amount=4)], aggregate_type="Account", expected_version=1)
+            store.append("c", [MoneyDeposited(amount=5)], aggregate_type="Account")
+        assert [(r.position, r.aggregate_id, r.version) for r in store.read_all()] == [
+            (1, "a", 1),
+            (2, "a", 2),
+            (3, "c", 1),
+        ]
+        assert store.query("SELECT amount FROM deposits") == [(1,), (4,), (5,)] and store.verify().ok
+
+
+class Interrupting(minies.Projection):
+    """Ctrl-C arrives while an append's projection runs (the 13th deposit's)."""
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE deposits (amount INTEGER)")
+
+    def on_MoneyDeposited(self, db: minies.Database, event: minies.Recorded) -> None:
+        if event.data.amount == 13:
+            raise KeyboardInterrupt
+        db.execute("INSERT INTO deposits VALUES (?)", (event.data.amount,))
+
+
+def test_an_interrupted_append_is_interrupted_and_writes_nothing(location: str) -> None:
+    with minies.EventStore(location, projections=[Interrupting()]) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        with pytest.raises(KeyboardInterrupt):
+            store.append("a", [MoneyDeposited(amount=2), MoneyDeposited(amount=13)], aggregate_type="Account")
+        assert store.version("a") == 1 and store.query("SELECT amount FROM deposits") == [(1,)]
+        assert store.append("a", [MoneyDeposited(amount=3)], aggregate_type="Account") == 2
+
+
 def test_metadata_that_is_not_an_object_reads_back_under_value(location: str) -> None:
     """Another tool may have stored a non-object metadata; reading never fails on it."""
     with minies.EventStore(location) as store:

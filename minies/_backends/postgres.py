@@ -186,8 +186,8 @@ class Connection:
                     copy.write_row(row)
             self._changes = len(rows)
             return
-        with self.raw.cursor() as cursor:
-            cursor.executemany(self._text(statement), rows)
+        with self.raw.cursor() as cursor:  # in a pipeline of ours: psycopg's own would log a failure
+            self._pipelined(lambda: cursor.executemany(self._text(statement), rows))
             self._changes = max(cursor.rowcount, 0)
 
     def start(self) -> bool:
