@@ -525,3 +525,93 @@ def test_postgres_urls_open_the_same_store(pg_url: str) -> None:
     fill(pg_url, 2)
     with minies.EventStore(pg_url.replace("postgresql://", "postgres://", 1)) as store:
         assert store.head()[0] == 2 and store.verify().ok
+
+
+def test_a_role_without_rights_or_writes_gets_one_clear_message_and_nothing_changes(pg_url: str) -> None:
+    fill(pg_url, 2)
+    dsn, _, schema = pg_url.partition("?schema=")
+    reader, paused = f"r_{uuid.uuid4().hex[:10]}", f"p_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for role in (reader, paused):
+            admin.execute(f"CREATE ROLE {role} LOGIN")
+            admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {reader}")
+        admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {paused}")
+        admin.execute(f"ALTER ROLE {paused} SET default_transaction_read_only = on")
+    refusals = {
+        reader: r"permission denied \(permission denied for table \w+\)",
+        paused: r"the server takes no writes in this session \(a standby, or default_transaction_read_only\)",
+    }
+    for role, refusal in refusals.items():
+        with minies.EventStore(pg_url.replace("postgres@", f"{role}@", 1)) as store:
+            assert store.head()[0] == 2
+            with pytest.raises(minies.StorageError, match=rf"^cannot (append to 'a'|commit): {refusal}$"):
+                store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+            assert store.head()[0] == 2
+
+
+def test_a_trigger_of_the_users_that_refuses_appends_is_its_message(pg_url: str) -> None:
+    fill(pg_url, 2)
+    with minies.EventStore(pg_url) as store:
+        raw = store._conn.raw
+        raw.execute(
+            "CREATE FUNCTION paused() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'appends are paused for maintenance'; END $$"
+        )
+        raw.execute("CREATE TRIGGER paused BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION paused()")
+        raw.commit()
+        with pytest.raises(
+            minies.StorageError, match=r"^cannot (append to 'a'|commit): appends are paused for maintenance$"
+        ):
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert store.head()[0] == 2
+        assert store.verify().reason.startswith("triggers minies did not create are on the events table: paused")
+
+
+def test_query_on_a_server_refuses_several_statements_and_names_wrong_parameters(pg_url: str) -> None:
+    fill(pg_url, 2)
+    with minies.EventStore(pg_url) as store:
+        with pytest.raises(
+            minies.QueryError, match=r"^store.query runs one statement, got several: 'SELECT 1; SELECT 2'$"
+        ):
+            store.query("SELECT 1; SELECT 2")
+        with pytest.raises(  # the server's complaint names the parameter ($1), not a placeholder
+            minies.QueryError,
+            match=r"^wrong parameters for 'SELECT count\(\*\) FROM events WHERE position = \?': invalid input syntax",
+        ):
+            store.query("SELECT count(*) FROM events WHERE position = ?", ("x",))
+        assert store.query("SELECT count(*) FROM events WHERE position = ?", (2,)) == [(1,)]
+
+
+def test_an_unreachable_server_says_why_on_one_line() -> None:
+    with pytest.raises(
+        minies.StorageError,
+        match=r"^cannot connect to postgresql://u:\*\*\*@127.0.0.1:1/db: the server cannot be reached or dropped the "
+        r"connection \(connection failed: connection to server at \"127.0.0.1\", port 1 failed: Connection refused\)$",
+    ):
+        minies.EventStore("postgresql://u:secret@127.0.0.1:1/db")
+
+
+def test_a_server_error_without_text_is_named_by_its_class() -> None:
+    from minies._backends.postgres import _first_line
+
+    assert _first_line(psycopg.OperationalError()) == "OperationalError"
+    assert _first_line(psycopg.OperationalError("  first\nsecond  ")) == "first"
+
+
+class DeferredUnique(minies.Projection):
+    """A read model whose UNIQUE constraint is checked at COMMIT, after the append's own checks."""
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE owners (owner TEXT, UNIQUE (owner) DEFERRABLE INITIALLY DEFERRED)")
+
+    def on_AccountOpened(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute("INSERT INTO owners VALUES (?)", (event.data.owner,))
+
+
+def test_a_read_model_constraint_checked_at_commit_is_not_mistaken_for_a_concurrent_append(pg_url: str) -> None:
+    with minies.EventStore(pg_url, projections=[DeferredUnique()]) as store:
+        store.append("a", [AccountOpened(owner="ann", balance=0)], aggregate_type="Account")
+        with pytest.raises(minies.StorageError, match=r"^cannot commit: UniqueViolation: duplicate key value"):
+            store.append("b", [AccountOpened(owner="ann", balance=0)], aggregate_type="Account")
+        assert store.version("b") == 0 and store.query("SELECT owner FROM owners") == [("ann",)]

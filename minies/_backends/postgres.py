@@ -331,7 +331,9 @@ class PostgresBackend:
         if isinstance(e, pg_errors.ReadOnlySqlTransaction):
             if self.readonly:
                 raise StorageError(f"{doing}: {READ_ONLY_STORE}") from None
-            raise StorageError(f"{doing}: the server is a read-only standby") from None
+            raise StorageError(
+                f"{doing}: the server takes no writes in this session (a standby, or default_transaction_read_only)"
+            ) from None
         if isinstance(e, pg_errors.InsufficientPrivilege):
             raise StorageError(f"{doing}: permission denied ({_first_line(e)})") from None
         if isinstance(e, pg_errors.RaiseException):
