@@ -153,7 +153,8 @@ ANY: Final = _Any.ANY
 AnyVersion = Literal[_Any.ANY]
 
 
-_scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("minies_metadata", default={})  # noqa: B039 (never mutated)
+# The default is shared, and never mutated: a scope sets a new dict.
+_scope: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("minies_metadata", default={})  # noqa: B039
 
 
 @contextlib.contextmanager
