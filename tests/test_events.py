@@ -73,18 +73,18 @@ def test_redefining_the_same_class_replaces_it(store: minies.EventStore) -> None
 def test_a_class_defined_after_its_events_were_read_decodes_them_from_then_on(db_path: str) -> None:
     """A plugin's events written by another process read as dicts until its class is defined
     here; from then on, as instances (the decoders' cache notices the new class)."""
+    plugin = f"PluginLoaded_{uuid.uuid4().hex}"  # a type no earlier test (or run) registered
+    cell = "import sys, minies, typing\nclass PluginLoaded(minies.Event):\n    event_type: typing.ClassVar[str] = {!r}\n    name: str\n"
     run_python(
-        "import sys, minies\n"
-        "class PluginLoaded(minies.Event):\n    name: str\n"
-        "with minies.EventStore(sys.argv[1]) as store:\n"
+        cell.format(plugin) + "with minies.EventStore(sys.argv[1]) as store:\n"
         "    store.append('p', [PluginLoaded(name='x')], aggregate_type='Plugin')\n",
         db_path,
     )
     with minies.EventStore(db_path) as store:
         assert [r.data for r in store.read("p")] == [{"name": "x"}]
-        module = types.ModuleType("plugin")
-        sys.modules["plugin"] = module
-        exec("import minies\nclass PluginLoaded(minies.Event):\n    name: str\n", module.__dict__)
+        module = types.ModuleType(plugin)
+        sys.modules[plugin] = module
+        exec(cell.format(plugin), module.__dict__)
         assert [r.data for r in store.read("p")] == [module.PluginLoaded(name="x")]
 
 
