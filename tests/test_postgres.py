@@ -615,3 +615,29 @@ def test_a_read_model_constraint_checked_at_commit_is_not_mistaken_for_a_concurr
         with pytest.raises(minies.StorageError, match=r"^cannot commit: UniqueViolation: duplicate key value"):
             store.append("b", [AccountOpened(owner="ann", balance=0)], aggregate_type="Account")
         assert store.version("b") == 0 and store.query("SELECT owner FROM owners") == [("ann",)]
+
+
+def test_a_session_dropped_during_a_query_is_one_clear_error_and_the_next_query_works(pg_url: str) -> None:
+    dsn = pg_url.partition("?schema=")[0]
+    fill(pg_url, 2)
+    with minies.EventStore(pg_url) as store:
+        pid = store._conn.raw.info.backend_pid
+
+        def kill_when_sleeping() -> None:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                deadline = time.monotonic() + 30
+                while not admin.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND query LIKE '%%pg_sleep%%'", (pid,)
+                ).fetchall():
+                    assert time.monotonic() < deadline, "the query never started"
+                    time.sleep(0.01)
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        killer = threading.Thread(target=kill_when_sleeping)
+        killer.start()
+        with pytest.raises(
+            minies.StorageError, match=r"^cannot query: the server cannot be reached or dropped the connection \(\w"
+        ):
+            store.query("SELECT pg_sleep(30)")
+        killer.join(30)
+        assert store.query("SELECT count(*) FROM events") == [(2,)]
