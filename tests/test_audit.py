@@ -154,6 +154,14 @@ def test_every_kind_of_tampering_is_detected(
             ["CREATE TRIGGER drop_it BEFORE INSERT ON events WHEN NEW.version > 1 BEGIN SELECT RAISE(IGNORE); END"],
             "triggers minies did not create are on the events table: drop_it (one could drop or change appended events)",
         ),
+        (
+            [
+                "CREATE TRIGGER drop_it BEFORE INSERT ON events WHEN NEW.version > 1 BEGIN SELECT RAISE(IGNORE); END",
+                "CREATE TRIGGER audit_copy AFTER INSERT ON events BEGIN SELECT 1; END",
+            ],
+            "triggers minies did not create are on the events table: audit_copy, drop_it"
+            " (one could drop or change appended events)",
+        ),
     ],
 )
 def test_a_weakened_or_foreign_trigger_is_reported(db_path: str, edits: list[str], reason: str) -> None:
