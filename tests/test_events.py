@@ -70,22 +70,34 @@ def test_redefining_the_same_class_replaces_it(store: minies.EventStore) -> None
     assert [r.data for r in store.read("n", after=1)] == [second(value="x")]
 
 
-def test_a_class_defined_after_its_events_were_read_decodes_them_from_then_on(db_path: str) -> None:
-    """A plugin's events written by another process read as dicts until its class is defined
-    here; from then on, as instances (the decoders' cache notices the new class)."""
-    plugin = f"PluginLoaded_{uuid.uuid4().hex}"  # a type no earlier test (or run) registered
-    cell = "import sys, minies, typing\nclass PluginLoaded(minies.Event):\n    event_type: typing.ClassVar[str] = {!r}\n    name: str\n"
+def test_a_class_defined_after_its_events_were_read_decodes_them_from_then_on(db_path: str, no_upcasting: None) -> None:
+    """Two plugins' events written by another process; here the plugins load one after the
+    other, between reads. Each type reads as dicts until its class is defined, and as
+    instances from then on (the decoders' cache notices every new class)."""
+    names = [f"Plugin{n}_{uuid.uuid4().hex}" for n in (1, 2)]  # types no earlier test (or run) registered
+    cell = "import sys, minies, typing\nclass Loaded(minies.Event):\n    event_type: typing.ClassVar[str] = {!r}\n    name: str\n"
     run_python(
-        cell.format(plugin) + "with minies.EventStore(sys.argv[1]) as store:\n"
-        "    store.append('p', [PluginLoaded(name='x')], aggregate_type='Plugin')\n",
+        "import sys, minies, typing\nevents = []\n"
+        + "".join(
+            cell.format(name).replace("import sys, minies, typing\n", "") + "events.append(Loaded(name='x'))\n"
+            for name in names
+        )
+        + "with minies.EventStore(sys.argv[1]) as store:\n"
+        "    store.append('p', events, aggregate_type='Plugins')\n",
         db_path,
     )
+
+    def load_plugin(name: str) -> type[minies.Event]:
+        module = types.ModuleType(name)
+        sys.modules[name] = module
+        exec(cell.format(name), module.__dict__)
+        return module.Loaded  # type: ignore[no-any-return]
+
     with minies.EventStore(db_path) as store:
-        assert [r.data for r in store.read("p")] == [{"name": "x"}]
-        module = types.ModuleType(plugin)
-        sys.modules[plugin] = module
-        exec(cell.format(plugin), module.__dict__)
-        assert [r.data for r in store.read("p")] == [module.PluginLoaded(name="x")]
+        first = load_plugin(names[0])
+        assert [r.data for r in store.read("p")] == [first(name="x"), {"name": "x"}]
+        second = load_plugin(names[1])
+        assert [r.data for r in store.read("p")] == [first(name="x"), second(name="x")]
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, "1", 1.0, None])
