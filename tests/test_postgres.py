@@ -641,3 +641,21 @@ def test_a_session_dropped_during_a_query_is_one_clear_error_and_the_next_query_
             store.query("SELECT pg_sleep(30)")
         killer.join(30)
         assert store.query("SELECT count(*) FROM events") == [(2,)]
+
+
+def test_an_empty_transaction_leaves_no_transaction_open_behind_it(pg_url: str) -> None:
+    """A session left idle in a transaction would hold its locks and old rows (blocking DDL
+    and VACUUM) until the store closed: after any block and a read, the session is idle."""
+    dsn = pg_url.partition("?schema=")[0]
+    fill(pg_url, 2)
+    with minies.EventStore(pg_url) as store, psycopg.connect(dsn, autocommit=True) as admin:
+        pid = store._conn.raw.info.backend_pid
+        with store.transaction():
+            pass
+        assert store.version("a0") >= 0 and store.head()[0] == 2
+        assert admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() == ("idle",)
+        with store.transaction():
+            store.append("b", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert store.version("b") == 1
+        state = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        assert state == ("idle",)
