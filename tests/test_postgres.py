@@ -659,3 +659,30 @@ def test_an_empty_transaction_leaves_no_transaction_open_behind_it(pg_url: str) 
         assert store.version("b") == 1
         state = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
         assert state == ("idle",)
+
+
+def test_a_session_dropped_just_before_the_commit_fails_the_commit_and_writes_nothing(pg_url: str) -> None:
+    """The COMMIT must not be sent again on a new session: the transaction's writes went with
+    the old one, and a COMMIT there would report success for writes that never happened."""
+    dsn = pg_url.partition("?schema=")[0]
+
+    def kill(store: minies.EventStore) -> None:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.raw.info.backend_pid,))
+
+    dropped = r"^cannot (commit|query): the server cannot be reached or dropped the connection \(\w"
+    with minies.EventStore(pg_url, projections=[Balances()]) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        with pytest.raises(minies.StorageError, match=dropped), store.transaction():
+            store.append("a", [MoneyDeposited(amount=2)], aggregate_type="Account")
+            store.append("b", [MoneyDeposited(amount=4), MoneyDeposited(amount=8)], aggregate_type="Account")
+            kill(store)
+        assert (store.version("a"), store.version("b")) == (1, 0)
+        with pytest.raises(minies.StorageError, match=dropped), store.transaction():
+            store.append("a", [MoneyDeposited(amount=2)], aggregate_type="Account")
+            kill(store)
+            with pytest.raises(minies.StorageError, match=dropped):
+                store.query("SELECT count(*) FROM events")  # a raw psycopg error before
+        assert store.version("a") == 1 and store.query("SELECT sum(balance) FROM balances") == [(1,)]
+        assert store.append("a", [MoneyDeposited(amount=16)], aggregate_type="Account") == 2
+        assert store.verify().ok

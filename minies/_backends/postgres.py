@@ -110,7 +110,7 @@ class Connection:
         if statement is postgres_sql.BEGIN:
             self._begun = self._in_transaction = True
             return _Rows([])
-        if statement is postgres_sql.ROLLBACK or statement is postgres_sql.COMMIT:
+        if statement is postgres_sql.ROLLBACK:
             self._in_transaction = False
         if statement is postgres_sql.ROLLBACK or statement is postgres_sql.ROLLBACK_TO:
             self._held = None
@@ -118,9 +118,15 @@ class Connection:
                 self._begun = False
                 return _Rows([])
         elif statement is postgres_sql.COMMIT and self._begun and self._held is None:
-            self._begun = False
+            self._begun = self._in_transaction = False
             return _Rows([])
-        cursor = self._round_trip(lambda: self.raw.execute(self._text(statement), params if params else None))
+        try:
+            cursor = self._round_trip(lambda: self.raw.execute(self._text(statement), params if params else None))
+        finally:
+            # The transaction is open until the server has committed it: a COMMIT that finds
+            # the session gone fails (the writes went with it), and is never redone on a new one.
+            if statement is postgres_sql.COMMIT:
+                self._in_transaction = False
         self._changes = max(cursor.rowcount, 0)
         return _Rows(cursor.fetchall() if cursor.description is not None else [])
 
@@ -364,10 +370,10 @@ class PostgresBackend:
         # block's own writes are seen: a savepoint, rolled back whatever the statement did.
         try:
             inside = self.conn.start()
-        except psycopg.Error as e:
+            raw = self.conn.raw
+            raw.execute("SAVEPOINT minies_query" if inside else "BEGIN READ ONLY")
+        except psycopg.Error as e:  # (inside a transaction whose session was dropped, say)
             self.raise_error(e, "cannot query")
-        raw = self.conn.raw
-        raw.execute("SAVEPOINT minies_query" if inside else "BEGIN READ ONLY")
         try:
             cursor = raw.execute(text, params if params else None)
             if (cursor.statusmessage or "").split(" ")[0] not in _READS:
