@@ -249,7 +249,8 @@ def test_a_leftover_wal_on_read_only_media(tmp_path: Path) -> None:
         read_only(folder),
         pytest.raises(
             minies.StorageError,
-            match=rf"^cannot open {re.escape(repr(path))}: its -wal holds commits not yet in the file, .* "
+            match=rf"^cannot open {re.escape(repr(path))}: its -wal holds commits not yet in the file, which SQLite "
+            r"reads only with a -shm beside them, and none can be made here \(read-only media\?\); "
             "copy the file and its -wal to a writable folder$",
         ),
     ):

@@ -686,3 +686,14 @@ def test_a_session_dropped_just_before_the_commit_fails_the_commit_and_writes_no
         assert store.version("a") == 1 and store.query("SELECT sum(balance) FROM balances") == [(1,)]
         assert store.append("a", [MoneyDeposited(amount=16)], aggregate_type="Account") == 2
         assert store.verify().ok
+
+
+def test_urls_are_told_from_paths_and_shown_without_their_password() -> None:
+    from minies._backends import is_url, shown
+
+    assert is_url("postgresql://h/db") and is_url("postgres://h/db")
+    assert not is_url("postgresql.db") and not is_url(Path("postgres://h/db"))
+    assert shown("postgresql://u:s3cret@h:5432/db?schema=x") == "postgresql://u:***@h:5432/db?schema=x"
+    assert shown("postgres://u:s3cret@h/db") == "postgres://u:***@h/db"
+    assert shown("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert shown(Path("shop.db")) == "shop.db"
