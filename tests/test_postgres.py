@@ -71,6 +71,13 @@ with minies.EventStore(url) as store:
 """
 
 
+def drop_session(store: minies.EventStore, pid: int | None = None) -> None:
+    """What a server restart or an admin does to the store's session (or to ``pid``'s)."""
+    dsn = store.path.partition("?schema=")[0]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid or store._conn.raw.info.backend_pid,))
+
+
 def test_four_processes_append_with_conflicts_gap_free_in_commit_order(pg_url: str) -> None:
     minies.EventStore(pg_url).close()
     procs = [
@@ -481,24 +488,18 @@ def test_the_testing_kit_runs_scenarios_on_a_server_and_leaves_nothing(pg_dsn: s
 def test_a_dropped_session_is_replaced_where_nothing_can_be_lost(pg_url: str) -> None:
     """A server restart, a failover, an idle timeout: the next call gets a new session, unless
     the session died inside a transaction (that one fails, and only it)."""
-    dsn = pg_url.partition("?schema=")[0]
-
-    def kill(store: minies.EventStore) -> None:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.raw.info.backend_pid,))
-
     with minies.EventStore(pg_url, projections=[Balances()]) as store:
         store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
-        kill(store)
+        drop_session(store)
         assert store.append("a", [MoneyDeposited(amount=2)], aggregate_type="Account") == 2  # a new session
-        kill(store)
+        drop_session(store)
         assert store.version("a") == 2 and store.query("SELECT balance FROM balances") == [(3,)]
         with (
             pytest.raises(minies.StorageError, match="cannot be reached or dropped the connection"),
             store.transaction(),
         ):
             store.append("a", [MoneyDeposited(amount=4)], aggregate_type="Account")
-            kill(store)
+            drop_session(store)
             store.append("a", [MoneyDeposited(amount=8)], aggregate_type="Account")
         assert store.version("a") == 2 and store.query("SELECT balance FROM balances") == [(3,)]  # all or nothing
         assert store.append("a", [MoneyDeposited(amount=16)], aggregate_type="Account") == 3
@@ -506,13 +507,11 @@ def test_a_dropped_session_is_replaced_where_nothing_can_be_lost(pg_url: str) ->
 
 
 def test_a_session_dropped_during_verify_is_one_clear_error_and_the_next_verify_passes(pg_url: str) -> None:
-    dsn = pg_url.partition("?schema=")[0]
     with minies.EventStore(pg_url) as store:
         store.append("a", [MoneyDeposited(amount=1) for _ in range(5000)], aggregate_type="Account")
 
         def kill(checked: int, total: int) -> None:  # after the first chunk of the chain
-            with psycopg.connect(dsn, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.raw.info.backend_pid,))
+            drop_session(store)
 
         with pytest.raises(
             minies.StorageError, match=r"^cannot verify: the server cannot be reached or dropped the connection \("
@@ -631,7 +630,7 @@ def test_a_session_dropped_during_a_query_is_one_clear_error_and_the_next_query_
                 ).fetchall():
                     assert time.monotonic() < deadline, "the query never started"
                     time.sleep(0.01)
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            drop_session(store, pid)
 
         killer = threading.Thread(target=kill_when_sleeping)
         killer.start()
@@ -664,23 +663,17 @@ def test_an_empty_transaction_leaves_no_transaction_open_behind_it(pg_url: str) 
 def test_a_session_dropped_just_before_the_commit_fails_the_commit_and_writes_nothing(pg_url: str) -> None:
     """The COMMIT must not be sent again on a new session: the transaction's writes went with
     the old one, and a COMMIT there would report success for writes that never happened."""
-    dsn = pg_url.partition("?schema=")[0]
-
-    def kill(store: minies.EventStore) -> None:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.raw.info.backend_pid,))
-
     dropped = r"^cannot (commit|query): the server cannot be reached or dropped the connection \(\w"
     with minies.EventStore(pg_url, projections=[Balances()]) as store:
         store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
         with pytest.raises(minies.StorageError, match=dropped), store.transaction():
             store.append("a", [MoneyDeposited(amount=2)], aggregate_type="Account")
             store.append("b", [MoneyDeposited(amount=4), MoneyDeposited(amount=8)], aggregate_type="Account")
-            kill(store)
+            drop_session(store)
         assert (store.version("a"), store.version("b")) == (1, 0)
         with pytest.raises(minies.StorageError, match=dropped), store.transaction():
             store.append("a", [MoneyDeposited(amount=2)], aggregate_type="Account")
-            kill(store)
+            drop_session(store)
             with pytest.raises(minies.StorageError, match=dropped):
                 store.query("SELECT count(*) FROM events")  # a raw psycopg error before
         assert store.version("a") == 1 and store.query("SELECT sum(balance) FROM balances") == [(1,)]
