@@ -333,3 +333,20 @@ def test_a_snapshot_whose_state_names_another_aggregate_or_version_is_ignored(
     doctor(store, None, **{field: "other" if field == "id" else 2, "balance": 100})
     loaded = store.load(Snappy, "s")
     assert (loaded.id, loaded.version, loaded.balance) == ("s", 3, 2)  # replayed, not the doctored state
+
+
+def test_a_snapshot_ahead_of_the_log_is_ignored(store: minies.EventStore) -> None:
+    """Snapshots are outside the chain: one whose version the log does not hold (a side table
+    edited, or brought from another file) must not stand in for events, or every later save
+    would be refused as a conflict."""
+    account = Snappy(id="s")
+    account.record(AccountOpened(owner="o", balance=0))
+    account.deposit(1)
+    account.deposit(1)
+    store.save(account)  # a snapshot at 3
+    store._conn.execute("UPDATE minies_snapshots SET version = 9")
+    doctor(store, 9, version=9, balance=100)
+    loaded = store.load(Snappy, "s")
+    assert (loaded.version, loaded.balance) == (3, 2)
+    loaded.deposit(1)
+    assert store.save(loaded) == 4
