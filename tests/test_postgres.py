@@ -690,3 +690,17 @@ def test_urls_are_told_from_paths_and_shown_without_their_password() -> None:
     assert shown("postgres://u:s3cret@h/db") == "postgres://u:***@h/db"
     assert shown("postgresql://u@h/db") == "postgresql://u@h/db"
     assert shown(Path("shop.db")) == "shop.db"
+
+
+def test_the_schema_is_taken_out_of_the_url_and_the_rest_kept() -> None:
+    from minies._backends.postgres import split_schema
+
+    assert split_schema("postgresql://u@h/db") == ("postgresql://u@h/db", None)
+    assert split_schema("postgresql://u@h/db?sslmode=require&schema=shop&application_name=") == (
+        "postgresql://u@h/db?sslmode=require&application_name=",
+        "shop",
+    )
+    assert split_schema("postgresql://u@h/db?schema=a&schema=b_2") == ("postgresql://u@h/db", "b_2")
+    for bad in ("", "Shop", "1shop", "a" * 64, "shop;"):
+        with pytest.raises(ValueError, match="schema must be a lowercase SQL name"):
+            split_schema(f"postgresql://u@h/db?schema={bad}")
