@@ -633,9 +633,17 @@ def test_a_foreign_sqlite_file_is_refused_untouched(db_path: str) -> None:
     shown = re.escape(repr(db_path))
     with pytest.raises(
         minies.SchemaError,
-        match=rf"^{shown} is a SQLite database but not a minies one \(it has tables and no minies application id\); "
+        match=rf"^{shown} is a SQLite database but not a minies one \(it holds data and no minies application id\); "
         "open another path$",
     ):
+        minies.EventStore(db_path)
+    assert bytes_of(db_path) == before
+    con = sqlite3.connect(db_path)
+    con.execute("PRAGMA user_version = 3")  # many applications number their own schema so
+    con.execute("DROP TABLE users")
+    con.close()
+    before = bytes_of(db_path)
+    with pytest.raises(minies.SchemaError, match=rf"^{shown} is a SQLite database but not a minies one \(it holds"):
         minies.EventStore(db_path)
     assert bytes_of(db_path) == before
     con = sqlite3.connect(db_path)

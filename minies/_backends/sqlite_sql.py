@@ -439,14 +439,13 @@ def identify(conn: apsw.Connection, where: str) -> int:
     """
     app_id = conn.pragma("application_id")
     version = conn.pragma("user_version")
-    if app_id == 0 and version == 0:
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").get
-        if tables:
-            raise SchemaError(
-                f"{where} is a SQLite database but not a minies one (it has tables and no minies "
-                "application id); open another path"
-            )
-        return 0
+    if app_id == 0:  # brand new, or another application's file (which may use user_version)
+        if version == 0 and not conn.execute("SELECT count(*) FROM sqlite_master").get:
+            return 0
+        raise SchemaError(
+            f"{where} is a SQLite database but not a minies one (it holds data and no minies "
+            "application id); open another path"
+        )
     if app_id != APPLICATION_ID:
         raise SchemaError(
             f"{where} is a SQLite database of another application (application_id {app_id:#x}), not a minies one"
