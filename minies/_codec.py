@@ -7,7 +7,6 @@ Payloads and metadata are JSON text (not JSONB) so that any SQLite tool, however
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -129,14 +128,22 @@ def encode_event(event: Event) -> str:
 
 
 _checks: dict[type[Event], Callable[[bytes], Any]] = {}
-_PATH = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_AT: Final = " - at `$."
 
 
 def field_named(problem: str, cls: type[msgspec.Struct]) -> str | None:
-    """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```;
-    ``x`` is the name as encoded, which ``rename=`` may have changed)."""
-    found = _PATH.search(problem)
-    return None if found is None else attribute(cls, found.group(1))
+    """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```).
+
+    ``x`` is the name as encoded (``rename=`` may have made it ``first-name``, or anything), and
+    the path goes on with ``.``, ``[`` or the closing backtick, so the longest encoded name the
+    path starts with wins."""
+    at = problem.rfind(_AT)
+    if at < 0:
+        return None
+    path = problem[at + len(_AT) :]
+    names = cls.__struct_encode_fields__
+    found = [name for name in names if path.startswith(name) and path[len(name) : len(name) + 1] in (".", "[", "`")]
+    return attribute(cls, max(found, key=len)) if found else None
 
 
 def attribute(cls: type[msgspec.Struct], encoded: str) -> str | None:

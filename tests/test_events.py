@@ -161,6 +161,15 @@ def test_codec_round_trips(payload: Payload, metadata: dict[str, object]) -> Non
     assert _codec.decoders()["Payload"](_codec.encode_event(payload)) == payload
 
 
+def test_the_decoder_table_is_kept_between_reads_and_refreshed_when_a_class_is_defined() -> None:
+    first = _codec.decoders()["Payload"]
+    assert _codec.decoders()["Payload"] is first  # built once, not once per read
+    type(f"Fresh{uuid.uuid4().hex}", (minies.Event,), {"__annotations__": {"n": int}})
+    again = _codec.decoders()["Payload"]
+    stored = b'{"text": "t", "number": 1, "ratio": 0.5, "items": []}'
+    assert again is not first and again(stored) == first(stored) == Payload(text="t", number=1, ratio=0.5, items=[])
+
+
 # ---------------------------------------------------------------------------- types are checked on append
 class Currency(enum.Enum):
     EUR = "EUR"
@@ -277,6 +286,39 @@ def test_a_renamed_field_that_contradicts_its_class_is_named_by_its_attribute(st
     store.append("c", [CamelEntry(customer_id=1, memo_text="m")], aggregate_type="C")
     assert [r.data for r in store.read("c")] == [CamelEntry(customer_id=1, memo_text="m")]
     assert [r.data for r in store.read_all(raw=True)] == [{"customerId": 1, "memoText": "m"}]  # as encoded
+
+
+class KebabEntry(minies.Event, rename="kebab"):
+    first_name: str
+    first: int = 0
+    tags: list[int] = []
+
+
+@pytest.mark.parametrize(
+    ("event", "named"),
+    [
+        (
+            KebabEntry(first_name=1),
+            "KebabEntry.first_name = 1 does not match the class: Expected `str`, got `int` - at `$.first-name`",
+        ),  # type: ignore[arg-type]
+        (
+            KebabEntry(first_name="a", first="b"),
+            "KebabEntry.first = 'b' does not match the class: Expected `int`, got `str` - at `$.first`",
+        ),  # type: ignore[arg-type]
+        (
+            KebabEntry(first_name="a", tags=["x"]),
+            "KebabEntry.tags = ['x'] does not match the class: Expected `int`, got `str` - at `$.tags[0]`",
+        ),  # type: ignore[list-item]
+    ],
+)
+def test_a_field_renamed_to_any_name_is_named_by_its_attribute(
+    store: minies.EventStore, event: KebabEntry, named: str
+) -> None:
+    """An encoded name need not be an identifier (``first-name``), and may begin another
+    (``first``): the error still names the attribute, as a TypeError."""
+    with pytest.raises(TypeError, match=f"^{re.escape(named)}; nothing was written$"):
+        store.append("k", [event], aggregate_type="K")
+    assert store.version("k") == 0
 
 
 def test_an_array_like_event_class_is_refused_when_defined() -> None:
