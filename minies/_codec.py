@@ -129,18 +129,23 @@ def encode_event(event: Event) -> str:
 
 _checks: dict[type[Event], Callable[[bytes], Any]] = {}
 _AT: Final = " - at `$."
+_MISSING: Final = "Object missing required field `"  # and no path: a top-level field left UNSET
 
 
 def field_named(problem: str, cls: type[msgspec.Struct]) -> str | None:
-    """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```).
+    """The top-level field a msgspec ``ValidationError`` message points at (``- at `$.x...```,
+    or ``missing required field `x```).
 
     ``x`` is the name as encoded (``rename=`` may have made it ``first-name``, or anything), and
     the path goes on with ``.``, ``[`` or the closing backtick, so the longest encoded name the
     path starts with wins."""
     at = problem.rfind(_AT)
-    if at < 0:
+    if at >= 0:
+        path = problem[at + len(_AT) :]
+    elif problem.startswith(_MISSING):
+        path = problem[len(_MISSING) :]
+    else:
         return None
-    path = problem[at + len(_AT) :]
     names = cls.__struct_encode_fields__
     found = [name for name in names if path.startswith(name) and path[len(name) : len(name) + 1] in (".", "[", "`")]
     return attribute(cls, max(found, key=len)) if found else None

@@ -225,6 +225,7 @@ _WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         ({"amount_cents": 1, "rate": float("nan")}, ValueError, "rate = nan", "would not read back as itself"),
         ({"amount_cents": 1, "parts": [1, 2]}, TypeError, "parts = [1, 2]", "a list where the class declares tuple"),
         ({"amount_cents": True}, TypeError, "amount_cents = True", "Expected `int`, got `bool`"),
+        ({"amount_cents": msgspec.UNSET}, ValueError, "amount_cents = UNSET", "missing required field `amount_cents`"),
     ],
 )
 def test_a_payload_that_contradicts_its_class_is_refused_and_nothing_is_written(
