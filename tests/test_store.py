@@ -625,34 +625,20 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: object, db_pat
 
 
 def test_a_foreign_sqlite_file_is_refused_untouched(db_path: str) -> None:
-    con = sqlite3.connect(db_path)
-    con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
-    con.commit()
-    con.close()
-    before = bytes_of(db_path)
     shown = re.escape(repr(db_path))
-    with pytest.raises(
-        minies.SchemaError,
-        match=rf"^{shown} is a SQLite database but not a minies one \(it holds data and no minies application id\); "
-        "open another path$",
-    ):
-        minies.EventStore(db_path)
-    assert bytes_of(db_path) == before
-    con = sqlite3.connect(db_path)
-    con.execute("PRAGMA user_version = 3")  # many applications number their own schema so
-    con.execute("DROP TABLE users")
-    con.close()
-    before = bytes_of(db_path)
-    with pytest.raises(minies.SchemaError, match=rf"^{shown} is a SQLite database but not a minies one \(it holds"):
-        minies.EventStore(db_path)
-    assert bytes_of(db_path) == before
-    con = sqlite3.connect(db_path)
-    con.execute("PRAGMA application_id = 12345")
-    con.close()
-    before = bytes_of(db_path)
-    with pytest.raises(minies.SchemaError, match=rf"^{shown} is a SQLite database of another application"):
-        minies.EventStore(db_path)
-    assert bytes_of(db_path) == before
+    not_minies = rf"^{shown} is a SQLite database but not a minies one \(it holds data and no minies application id\); "
+    for change, message in [
+        ("CREATE TABLE users (id INTEGER PRIMARY KEY)", not_minies + "open another path$"),
+        ("DROP TABLE users; PRAGMA user_version = 3", not_minies),  # many applications number their schema so
+        ("PRAGMA application_id = 12345", rf"^{shown} is a SQLite database of another application"),
+    ]:
+        con = sqlite3.connect(db_path)
+        con.executescript(change)
+        con.close()
+        before = bytes_of(db_path)
+        with pytest.raises(minies.SchemaError, match=message):
+            minies.EventStore(db_path)
+        assert bytes_of(db_path) == before
 
 
 def test_a_newer_schema_is_refused_untouched(db_path: str) -> None:
