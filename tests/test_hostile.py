@@ -90,6 +90,26 @@ def test_deep_nesting_is_a_clear_error_or_round_trips() -> None:
         assert record.data.value == deep
 
 
+def test_every_depth_across_the_recursion_limit_is_written_whole_or_refused_with_one_message() -> None:
+    """Encoding and the read-back check give up at slightly different depths: each side's
+    refusal is the same clear ValueError, and a refused append writes nothing."""
+    deep: Any = "bottom"
+    accepted = refused = 0
+    with minies.EventStore(":memory:") as store:
+        for depth in range(1, 1_200):
+            deep = [deep]
+            if depth < 600:
+                continue
+            try:
+                store.append("a", [Anything(value=deep)], aggregate_type="Anything")
+                accepted += 1
+            except ValueError as e:
+                assert str(e) == "Anything is nested too deeply to be stored as JSON"
+                refused += 1
+            assert store.version("a") == accepted
+    assert accepted and refused
+
+
 @settings(max_examples=60, deadline=None)
 @given(args=st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12), max_size=4))
 def test_the_cli_never_shows_a_traceback(args: list[str]) -> None:
