@@ -3,6 +3,7 @@ from __future__ import annotations
 import enum
 import re
 import sys
+import time
 import types
 import uuid
 from datetime import UTC, datetime
@@ -124,11 +125,14 @@ def test_invalid_event_type_names(bad: str) -> None:
 
 
 def test_event_ids_are_time_ordered_uuid7() -> None:
+    before = time.time_ns() // 1_000_000
     ids = _codec.new_event_ids(1000)
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 1000
     for value in ids:
         parsed = uuid.UUID(value)
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
+        assert before <= parsed.int >> 80 <= after  # the first 48 bits: Unix time in milliseconds
     later = _codec.new_event_ids(1)[0]
     assert all(value[:13] <= later[:13] for value in ids)
 
