@@ -133,6 +133,7 @@ def test_event_ids_are_time_ordered_uuid7() -> None:
         parsed = uuid.UUID(value)
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
         assert before <= parsed.int >> 80 <= after  # the first 48 bits: Unix time in milliseconds
+    assert {value[19] for value in ids} == set("89ab")  # the variant's neighbour bits are random too
     later = _codec.new_event_ids(1)[0]
     assert all(value[:13] <= later[:13] for value in ids)
 
