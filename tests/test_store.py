@@ -375,8 +375,8 @@ class NotAnEvent:
         ({"expected_version": "1"}, TypeError, "^expected_version must be an int >= 0 or minies.ANY, got '1'$"),
         ({"expected_version": True}, TypeError, "^expected_version must be an int >= 0 or minies.ANY, got True$"),
         ({"metadata": {"x": object()}}, TypeError, "metadata cannot be stored as JSON"),
-        ({"metadata": {1: "x"}}, TypeError, "metadata keys must be str"),
-        ({"metadata": ["x"]}, TypeError, "metadata must be a dict"),
+        ({"metadata": {1: "x"}}, TypeError, "^metadata keys must be str, got 1$"),
+        ({"metadata": ["x"]}, TypeError, r"^metadata must be a dict, got list: \['x'\]$"),
         ({"event_ids": ["not-a-uuid"]}, ValueError, "^event id 'not-a-uuid' is not a UUID string$"),
         ({"event_ids": [42]}, ValueError, "^event id 42 is not a UUID string$"),
         (
