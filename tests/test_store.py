@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -377,6 +378,11 @@ class NotAnEvent:
         ({"metadata": {"x": object()}}, TypeError, "metadata cannot be stored as JSON"),
         ({"metadata": {1: "x"}}, TypeError, "^metadata keys must be str, got 1$"),
         ({"metadata": ["x"]}, TypeError, r"^metadata must be a dict, got list: \['x'\]$"),
+        (
+            {"metadata": {"x": functools.reduce(lambda inner, _: [inner], range(5_000), [])}},
+            ValueError,
+            "^metadata is nested too deeply to be stored as JSON$",
+        ),
         ({"event_ids": ["not-a-uuid"]}, ValueError, "^event id 'not-a-uuid' is not a UUID string$"),
         ({"event_ids": [42]}, ValueError, "^event id 42 is not a UUID string$"),
         (
