@@ -138,6 +138,21 @@ def test_event_ids_are_time_ordered_uuid7() -> None:
     assert all(value[:13] <= later[:13] for value in ids)
 
 
+def test_created_at_is_utc_whatever_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_codec, "_second", -1)  # the text of the current second is cached
+    monkeypatch.setenv("TZ", "Etc/GMT-9")  # nine hours east of Greenwich
+    time.tzset()
+    try:
+        with minies.EventStore(":memory:") as store:
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+            (record,) = store.read("a")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert abs(record.timestamp - datetime.now(UTC)).total_seconds() < 60
+    assert record.timestamp.tzinfo == UTC
+
+
 class Payload(minies.Event):
     text: str
     number: int
