@@ -652,6 +652,11 @@ class EventStore:
         if aggregate is None:
             aggregate = cls(id=aggregate_id)
         found = self._replay(aggregate_id, cls.aggregate_type, aggregate.version, last, aggregate.apply)
+        if found == 0 and aggregate.version > self.version(aggregate_id):
+            # A snapshot ahead of the log (snapshots are outside the chain; versions have no
+            # gaps, so only one with no later events can be): it must not stand in for events.
+            aggregate = cls(id=aggregate_id)
+            found = self._replay(aggregate_id, cls.aggregate_type, 0, last, aggregate.apply)
         if found == 0 and aggregate.version == 0:
             raise _no_events(aggregate_id, upto)
         aggregate.version += found

@@ -299,10 +299,9 @@ SAVE_SNAPSHOT: Final = (
     " (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-LATEST_SNAPSHOT: Final = (  # of versions the log holds (snapshots are outside the chain)
-    "SELECT version, fingerprint, state FROM minies_snapshots s WHERE aggregate_id = ? AND version <= ?"
-    " AND EXISTS (SELECT 1 FROM events e WHERE e.aggregate_id = s.aggregate_id AND e.version = s.version)"
-    " ORDER BY version DESC LIMIT ?"
+LATEST_SNAPSHOT: Final = (
+    "SELECT version, fingerprint, state FROM minies_snapshots"
+    " WHERE aggregate_id = ? AND version <= ? ORDER BY version DESC LIMIT ?"
 )
 PRUNE_SNAPSHOTS: Final = (
     "DELETE FROM minies_snapshots WHERE aggregate_id = ? AND version < ("
