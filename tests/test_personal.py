@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -315,6 +316,34 @@ def test_personal_fields_of_every_type_round_trip_and_forget_to_their_defaults(e
 
 
 # ---------------------------------------------------------------------------- forgetting
+
+
+class EveryPosition(minies.Projection):
+    """Sees every type (``handle_batch``, no ``event_types``) and has no ``forget`` hook, so a
+    forget rebuilds it; its primary key refuses an event applied twice."""
+
+    name = "every_position"
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE every_position (position INTEGER PRIMARY KEY)")
+
+    def handle_batch(self, db: minies.Database, events: Sequence[minies.Recorded]) -> None:
+        db.executemany("INSERT INTO every_position VALUES (?)", [(e.position,) for e in events])
+
+
+def test_a_read_model_rebuilt_by_a_forget_holds_each_event_once(location: str) -> None:
+    with minies.EventStore(location, projections=[EveryPosition()]) as store:
+        register(store, "c1", "ann@example.com")
+        register(store, "c2", "bob@example.com")
+        store.forget("c1")  # inline: rebuilt with the erasure event, which is not applied again
+        assert store.query("SELECT count(*), min(position), max(position) FROM every_position") == [(3, 1, 3)]
+    with minies.EventStore(location) as other:  # meanwhile, a store without the read model forgets
+        register(other, "c3", "cy@example.com")
+        other.forget("c2")
+    with minies.EventStore(location, projections=[EveryPosition()]) as store:  # caught up by a rebuild, once
+        assert store.query("SELECT count(*), min(position), max(position) FROM every_position") == [(5, 1, 5)]
+        register(store, "c4", "di@example.com")
+        assert store.query("SELECT count(*), max(position) FROM every_position") == [(6, 6)]
 
 
 def test_forget_then_everything_still_works_and_the_history_hashes_the_same(location: str) -> None:
