@@ -153,6 +153,15 @@ def test_rebuild_reports_progress_and_is_atomic(store: minies.EventStore) -> Non
             store.rebuild("nope")
 
 
+def test_rebuild_progress_reaches_the_head_when_the_last_events_are_not_its_own() -> None:
+    with minies.EventStore(":memory:", projections=[OrderSummaries()]) as store:
+        store.append("o", [OrderPlaced(customer_id="c", total=1.0)] + [OrderShipped()] * 2_499, aggregate_type="Order")
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")  # a type it does not see
+        calls: list[tuple[int, int]] = []
+        store.rebuild("order_summaries", progress=lambda done, total: calls.append((done, total)))
+        assert calls == [(2_000, 2_501), (2_500, 2_501), (2_501, 2_501)]
+
+
 def test_setup_failure_names_the_projection(location: str) -> None:
     class Broken(minies.Projection):
         name = "broken"
