@@ -208,6 +208,8 @@ class Projector:
             self.projections[name] = projection
         self._types = {name: p.wanted_types() for name, p in self.projections.items()}
         self._positions: dict[str, int] = {}
+        # The head as of this store's last inline apply, which left every checkpoint there (a
+        # catch-up or rebuild leaves its own at the head too); None: read the checkpoints again.
         self._known_head: int | None = None
         self.erased: list[str] = []
         """Read models cleaned of a forgotten subject (by ``SubjectForgotten`` events) lately."""
@@ -269,7 +271,6 @@ class Projector:
                 return
             self._replay(conn, db, projection, state[1], None)
             conn.execute(conn.sql.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
-            self._known_head = None
 
     def _erase(self, conn: Connection, db: Database, name: str, subjects: list[str]) -> bool:
         """Take forgotten subjects' personal data out of one read model: its ``forget`` hook,
@@ -313,7 +314,6 @@ class Projector:
             conn.sql.SAVE_PROJECTION,
             (name, projection.version, head, msgspec.json.encode(created).decode(), _codec.now_text()),
         )
-        self._known_head = None
         return RebuildReport(name, count, time.perf_counter() - started)
 
     def _replay(
