@@ -440,6 +440,32 @@ def test_a_forget_inside_a_transaction_that_fails_changes_nothing(store: minies.
     assert store.info().forgotten_subjects == 0 and store.head()[0] == 1
 
 
+class BrokenHook(Emails):
+    """A read model whose ``forget`` hook runs SQL that fails."""
+
+    name = "broken_hook"
+    table: ClassVar[str] = "broken_hook"
+
+    def forget(self, db: minies.Database, subject: str) -> bool:
+        db.execute("DELETE FROM no_such_table WHERE customer_id = ?", (subject,))
+        return True
+
+
+def test_a_forget_hook_that_fails_names_its_read_model_and_changes_nothing(location: str) -> None:
+    with minies.EventStore(location, projections=[BrokenHook()]) as store:
+        register(store, "c1", "ann@example.com")
+        with pytest.raises(
+            minies.ProjectionError,
+            match=r"^projection 'broken_hook': forget\('c1'\) failed: (SQLError: no such table: no_such_table"
+            r"|UndefinedTable: relation \"no_such_table\" does not exist)",
+        ) as caught:
+            store.forget("c1")
+        assert caught.value.projection == "broken_hook"
+        assert next(iter(store.read("c1"))).data.email == "ann@example.com"
+        assert store.info().forgotten_subjects == 0 and store.head()[0] == 1
+        assert store.query("SELECT * FROM broken_hook") == [("c1", "ann@example.com")]
+
+
 def _scan(paths: list[Path], secrets: list[bytes]) -> list[tuple[str, bytes]]:
     found = []
     for path in paths:
