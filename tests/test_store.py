@@ -1225,6 +1225,8 @@ def test_reads_without_any_upcasting_take_the_plain_path_and_filter_alike(locati
         orders = [r for r in everything if r.event_type == "OrderPlaced"]
         assert [r.position for r in store.read_all(event_types=[OrderPlaced])] == [r.position for r in orders]
         assert list(store.read_all(event_types=["OrderPlaced"], after=orders[2].position)) == orders[3:]
+        deposits = [r.position for r in everything if r.event_type == "MoneyDeposited"]  # over three pages
+        assert [r.position for r in store.read_all(event_types=[MoneyDeposited])] == deposits
         assert [r.position for r in store.read_all(limit=2_100)] == list(range(1, 2_101))
         assert [r.data for r in store.read_all(raw=True, event_types=[OrderPlaced])] == [
             {"customer_id": "c", "total": float(i), "items": []} for i in range(6)
