@@ -98,6 +98,20 @@ def schema_objects(store: minies.EventStore) -> set[str]:
 
 
 @pytest.fixture
+def upcasting() -> Iterator[None]:
+    """A rename of a type no test stores: reads take the upcasting path, whatever the session imported."""
+    from minies import _events, _upcasters
+
+    minies.rename("minies-tests.NeverStored", "minies-tests.NeverStoredEither")
+    assert _upcasters.active()
+    try:
+        yield
+    finally:
+        del _upcasters.renames["minies-tests.NeverStored"]
+        _events.generation += 1
+
+
+@pytest.fixture
 def no_upcasting() -> Iterator[None]:
     """No versioned class, upcaster or rename registered: reads take the plain path (the test
     session imports versioned classes, so every other test reads through the upcasting one)."""
