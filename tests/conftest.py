@@ -98,7 +98,7 @@ def schema_objects(store: minies.EventStore) -> set[str]:
 
 
 @pytest.fixture
-def upcasting() -> Iterator[None]:
+def upcasting_on() -> Iterator[None]:
     """A rename of a type no test stores: reads take the upcasting path, whatever the session imported."""
     from minies import _events, _upcasters
 

@@ -186,7 +186,7 @@ def test_a_plain_value_shaped_like_a_sealed_one_is_refused(store: minies.EventSt
 def test_personal_fields_are_sealed_in_the_file_and_read_back_on_every_path(
     store: minies.EventStore, reads: str, request: pytest.FixtureRequest
 ) -> None:
-    request.getfixturevalue("no_upcasting" if reads == "plain" else "upcasting")
+    request.getfixturevalue("no_upcasting" if reads == "plain" else "upcasting_on")
     assert store._read_view()[0] == (reads == "upcasting")
     register(store, "c1", "ann@example.com")
     store.append("c1", [PersonEmailChanged(customer_id="c1", email="ann@new.example")], aggregate_type="Customer")

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -539,3 +542,35 @@ def test_splits_within_splits_and_drops_come_out_in_order() -> None:
         assert _upcasters.upcast("Seed", 1, {"a": 1}) == [("Leaf", {"n": 50}), ("Leaf", {"a": 1, "grown": True})]
         assert _upcasters.upcast("Gone", 1, {}) == []
         assert _upcasters.upcast("Leaf", 2, {"n": 7}) == [("Leaf", {"n": 7})]
+
+
+def test_an_upcast_event_keeps_its_envelope_and_a_type_with_no_class_reads_as_a_dict(tmp_path: Path) -> None:
+    name = f"Legacy{uuid.uuid4().hex}"
+
+    class Legacy(minies.Event):
+        event_type: ClassVar[str] = name
+        amount: int
+
+    path = str(tmp_path / "legacy.db")
+    with minies.EventStore(path) as store:
+        store.append("acc-1", [Legacy(amount=5)], aggregate_type="Account", metadata={"by": "ann"})
+        store.append("acc-1", [Legacy(amount=6)], aggregate_type="Account", expected_version=1)
+        minies.rename(name, f"{name}.Renamed")  # a type no class here claims
+        try:
+            records = list(store.read_all())
+        finally:
+            del _upcasters.renames[name]
+            _events.generation += 1
+    assert [(r.event_type, r.data) for r in records] == [
+        (f"{name}.Renamed", {"amount": 5}),
+        (f"{name}.Renamed", {"amount": 6}),
+    ]
+    con = sqlite3.connect(path)
+    stored = con.execute(
+        "SELECT position, event_id, aggregate_id, aggregate_type, version, created_at, metadata FROM events"
+    ).fetchall()
+    con.close()
+    assert [
+        (r.position, r.event_id, r.aggregate_id, r.aggregate_type, r.version, r.timestamp, r.metadata) for r in records
+    ] == [(p, i, a, at, v, datetime.fromisoformat(c), json.loads(m)) for p, i, a, at, v, c, m in stored]
+    assert records[0].metadata == {"by": "ann"}
