@@ -45,8 +45,8 @@ def _pages(
     limit: int | None,
     lock: AbstractContextManager[Any],
     upcasting: bool,
-    raw: bool = False,
-    opener: Opener | None = None,
+    raw: bool,
+    opener: Opener | None,
 ) -> Iterator[list[Recorded]]:
     upcasting = upcasting and not raw
     sql: str = conn.sql.VERSIONED[query] if upcasting else getattr(conn.sql, query)
