@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
+import msgspec
 import psycopg
 import pytest
 from conftest import run_python
@@ -1237,3 +1238,45 @@ def test_reads_without_any_upcasting_take_the_plain_path_and_filter_alike(locati
         assert store.subscription("orders", event_types=[OrderPlaced]).poll(lambda r: seen.append(r.position)) == 6
         assert seen == [r.position for r in orders]
         assert [r.version for r in store.read("acc-5")] == list(range(1, 701))
+
+
+@pytest.mark.parametrize("reads", ["upcasting_on", "no_upcasting"])
+def test_every_read_returns_each_event_as_stored(db_path: str, reads: str, request: pytest.FixtureRequest) -> None:
+    """Every field of the envelope, on both decoding paths, against the file read with sqlite3."""
+    request.getfixturevalue(reads)
+    with minies.EventStore(db_path) as store:
+        store.append("acc-1", deposit(2), aggregate_type="Account", metadata={"by": "ann"})
+        store.append("o1", [OrderPlaced(customer_id="c", total=2.5)], aggregate_type="Order")
+        store.append("acc-1", deposit(1), aggregate_type="Account", expected_version=2)
+        reads_of = {
+            "read_all": list(store.read_all()),
+            "limited": list(store.read_all(limit=4)),
+            "filtered": list(store.read_all(event_types=[MoneyDeposited, OrderPlaced])),
+            "one aggregate": list(store.read("acc-1")) + list(store.read("o1")),
+        }
+    con = sqlite3.connect(db_path)
+    rows = con.execute(
+        "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, created_at, data, metadata"
+        " FROM events ORDER BY aggregate_id DESC, version"
+    ).fetchall()
+    con.close()
+    expected = sorted(
+        (p, i, a, at, t, v, datetime.fromisoformat(c), json.loads(d), json.loads(m))
+        for p, i, a, at, t, v, c, d, m in rows
+    )
+    for name, records in reads_of.items():
+        got = sorted(
+            (
+                r.position,
+                r.event_id,
+                r.aggregate_id,
+                r.aggregate_type,
+                r.event_type,
+                r.version,
+                r.timestamp,
+                msgspec.to_builtins(r.data),
+                r.metadata,
+            )
+            for r in records
+        )
+        assert got == expected, name
