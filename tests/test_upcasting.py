@@ -450,6 +450,23 @@ def test_a_payload_that_no_longer_decodes_is_named_by_its_position(location: str
         assert message.startswith("event at position 2 (Priced) does not decode with the current class: ")
 
 
+def test_a_limited_read_decodes_only_the_events_it_returns(location: str) -> None:
+    """``limit`` bounds what is fetched, not only what is returned: a payload that no longer
+    decodes just past the limit is never touched, even beyond the first page."""
+
+    class Metered(minies.Event):
+        event_type: ClassVar[str] = f"Metered{uuid.uuid4().hex}"
+        amount: int
+
+    with minies.EventStore(location) as store:
+        store.append("m", [Metered(amount=i) for i in range(1, 2_004)], aggregate_type="Meter")
+        store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
+        store._conn.execute("UPDATE events SET data = ? WHERE position = 2003", ('{"amount": "lots"}',))
+        assert [r.data.amount for r in store.read_all(limit=2_002)] == list(range(1, 2_003))
+        with pytest.raises(minies.SchemaError, match=r"^event at position 2003 \(Metered\w+\) does not decode"):
+            list(store.read_all(limit=2_003))
+
+
 def test_check_events_reports_progress_and_every_failure_of_a_long_log(store: minies.EventStore) -> None:
     class Counted(minies.Event):
         n: int
