@@ -184,12 +184,11 @@ def read_log(
 ) -> Iterator[Recorded]:
     """``log_pages``, one event at a time, at most ``limit`` of them (``raw``: payloads as
     stored, plain dicts, no upcasting)."""
-    if raw:
+    if types is None:  # fetch no more than the limit
+        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, limit, lock, upcasting, raw, opener)
+    elif raw:
         pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, None, lock, False, True, opener)
-        if types is not None:
-            pages = ([record for record in page if record.event_type in types] for page in pages)
-    elif limit is not None and types is None:  # fetch no more than needed
-        pages = _pages(conn, "READ_ALL", lambda a, n: (a, LAST, n), after, 0, limit, lock, upcasting, False, opener)
+        pages = ([record for record in page if record.event_type in types] for page in pages)
     else:
         pages = log_pages(conn, upcasting, after, types, lock, opener=opener)
     records = itertools.chain.from_iterable(pages)

@@ -461,10 +461,12 @@ def test_a_limited_read_decodes_only_the_events_it_returns(location: str) -> Non
     with minies.EventStore(location) as store:
         store.append("m", [Metered(amount=i) for i in range(1, 2_004)], aggregate_type="Meter")
         store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
-        store._conn.execute("UPDATE events SET data = ? WHERE position = 2003", ('{"amount": "lots"}',))
+        store._conn.execute("UPDATE events SET data = ? WHERE position = 2003", ("[1]",))  # not even a dict
         assert [r.data.amount for r in store.read_all(limit=2_002)] == list(range(1, 2_003))
-        with pytest.raises(minies.SchemaError, match=r"^event at position 2003 \(Metered\w+\) does not decode"):
-            list(store.read_all(limit=2_003))
+        assert [r.data["amount"] for r in store.read_all(limit=2_002, raw=True)] == list(range(1, 2_003))
+        for raw in (False, True):
+            with pytest.raises(minies.SchemaError, match=r"^event at position 2003 \(Metered\w+\) does not decode"):
+                list(store.read_all(limit=2_003, raw=raw))
 
 
 def test_check_events_reports_progress_and_every_failure_of_a_long_log(store: minies.EventStore) -> None:
