@@ -628,3 +628,26 @@ class LaterEnvelopes(Envelopes):
 
 def deposit_events(n: int) -> list[minies.Event]:
     return [MoneyDeposited(amount=k + 1) for k in range(n)]
+
+
+def _named(name: object) -> minies.Projection:
+    projection = Balances()
+    projection.name = name  # type: ignore[assignment]
+    return projection
+
+
+@pytest.mark.parametrize(
+    ("projections", "error", "message"),
+    [
+        ([object()], TypeError, "projections must be minies.Projection instances, got object"),
+        ([_named("")], ValueError, "projection name must be a non-empty str, got ''"),
+        ([_named(5)], ValueError, "projection name must be a non-empty str, got 5"),
+        ([Balances(), Balances()], ValueError, "two projections are named 'Balances'; names must be unique"),
+    ],
+)
+def test_projections_are_checked_before_the_file_is_touched(
+    db_path: str, projections: list[minies.Projection], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        minies.EventStore(db_path, projections=projections)
+    assert not os.path.exists(db_path)
