@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from minies._backends import Connection
+    from minies._events import Event
 
 __all__ = ["Personal", "forgotten"]
 
@@ -65,7 +66,7 @@ class Spec(NamedTuple):
     """The attribute naming the data subject; None: the aggregate id."""
 
 
-SEALED: dict[type, Spec] = {}
+SEALED: dict[type[Event], Spec] = {}
 """Event classes with personal fields → their spec (filled when each class is defined)."""
 
 
@@ -85,7 +86,7 @@ def _is_personal(hint: Any) -> bool:
     return typing.get_origin(hint) is Annotated and any(m is PERSONAL for m in hint.__metadata__)
 
 
-def declare(cls: type[msgspec.Struct]) -> None:
+def declare(cls: type[Event]) -> None:
     """Record ``cls``'s personal fields and check the declaration (when the class is defined).
 
     Raises:

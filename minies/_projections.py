@@ -277,7 +277,7 @@ class Projector:
         else a rebuild if it sees any type with personal fields. True if it was rebuilt (and
         so is at the head already)."""
         projection = self.projections[name]
-        sealed = {getattr(cls, "event_type", "") for cls in _personal.SEALED}
+        sealed = {cls.event_type for cls in _personal.SEALED}
         wanted = self._types[name]
         for subject in subjects:
             with db.running():
