@@ -36,6 +36,20 @@ LAST: Final = (1 << 63) - 1
 _NO_LOCK: Final = nullcontext()
 
 
+class Reach:
+    """How far a paged read got: the version (or position) of the last row it fetched.
+
+    A record may upcast into several events or into none, so counting records cannot tell
+    the version a reader has applied; the rows can. ``load`` reports exactly this version:
+    never one read by a separate query, which another writer may have moved meanwhile.
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+
 def _pages(
     conn: Connection,
     query: str,
@@ -47,6 +61,7 @@ def _pages(
     upcasting: bool,
     raw: bool,
     opener: Opener | None,
+    reach: Reach | None = None,
 ) -> Iterator[list[Recorded]]:
     upcasting = upcasting and not raw
     sql: str = conn.sql.VERSIONED[query] if upcasting else getattr(conn.sql, query)
@@ -75,6 +90,8 @@ def _pages(
             raise
         if gone:
             records = _mark_forgotten(records, gone)
+        if reach is not None and rows:
+            reach.last = rows[-1][key]
         yield records
         if len(rows) < page:
             return
@@ -204,8 +221,10 @@ def read_aggregate(
     lock: AbstractContextManager[Any],
     raw: bool,
     opener: Opener | None,
+    reach: Reach | None = None,
 ) -> Iterator[Recorded]:
-    """One aggregate's events with ``after < version <= upto``, in version order."""
+    """One aggregate's events with ``after < version <= upto``, in version order (``reach``:
+    told the version of each page's last stored event as the page is yielded)."""
     args: Callable[[int, int], tuple[Any, ...]] = lambda a, n: (aggregate_id, a, upto, n)  # noqa: E731
-    pages = _pages(conn, "READ_AGGREGATE", args, after, 5, None, lock, upcasting, raw, opener)
+    pages = _pages(conn, "READ_AGGREGATE", args, after, 5, None, lock, upcasting, raw, opener, reach)
     return itertools.chain.from_iterable(pages)

@@ -30,7 +30,7 @@ from minies._errors import (
     StorageError,
 )
 from minies._events import ANY, ERASURES, AnyVersion, Event, Recorded, SubjectForgotten, type_names
-from minies._log import Opener, read_aggregate, read_log
+from minies._log import Opener, Reach, read_aggregate, read_log
 from minies._processors import ProcessHandler, Processor
 from minies._projections import Projection, Projector, RebuildReport
 from minies._subscriptions import Subscription
@@ -758,7 +758,9 @@ class EventStore:
         opener: Opener | None,
     ) -> int:
         """``_replay`` through the records, which upcast and open sealed fields."""
-        for record in read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading(), False, opener):
+        reach = Reach(after)
+        records = read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading(), False, opener, reach)
+        for record in records:
             if aggregate_type is not None and record.aggregate_type != aggregate_type:
                 raise SchemaError(
                     f"aggregate {aggregate_id!r} holds {record.aggregate_type} events, not {aggregate_type}; "
@@ -771,9 +773,7 @@ class EventStore:
             except Exception as e:
                 e.add_note(f"while applying event {record.version} of aggregate {aggregate_id!r}")
                 raise
-        with self._lock:
-            high = self._open().execute(self._sql.AGGREGATE_HIGH, (aggregate_id, upto)).get
-        return max(0, int(high or 0) - after)
+        return reach.last - after  # the last version applied: later appends are not in this state
 
     # ------------------------------------------------------------------ schema evolution
     def event_types(self) -> list[tuple[str, int, int]]:

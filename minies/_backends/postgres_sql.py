@@ -21,7 +21,6 @@ from typing import Final
 from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them here
     ADD_KEY,
     ADVANCE_PROJECTION,
-    AGGREGATE_HIGH,
     ANY_KEY,
     COUNTS,
     DEAD_LETTER_ATTEMPTS,

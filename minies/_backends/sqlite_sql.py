@@ -233,7 +233,6 @@ COPY_SNAPSHOT: Final = (
     "INSERT OR IGNORE INTO minies_snapshots (aggregate_id, version, aggregate_type, fingerprint, state, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-AGGREGATE_HIGH: Final = "SELECT max(version) FROM events WHERE aggregate_id = ? AND version <= ?"
 
 # Per event: its position, stored hash, whether every column has its proper type, and the
 # canonical encoding (see _audit) built by SQLite in C with one printf, ready to be hashed.
