@@ -18,7 +18,7 @@ import msgspec
 from minies import _audit, _codec, _events, _personal, _snapshots, _upcasters
 from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
-from minies._backends import Connection, open_backend
+from minies._backends import Connection, open_backend, swallowed
 from minies._errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -110,7 +110,8 @@ class EventStore:
         self._inserting: tuple[str, int, str] | None = None  # this transaction's latest append, for _raise
         self._writer: int | None = None  # the thread inside a write transaction, if any
         self._queue: list[_Queued] = []  # writes waiting for the next group commit
-        self._queue_lock = threading.Lock()
+        self._queue_lock = threading.Lock()  # guards _queue and _leading
+        self._leading = False  # a thread is committing the queue, or has been woken to
         self._tip = _Tip()
         self._stored_types: set[tuple[str, int]] = set()  # (event_type, schema_version) in the file
         self._upcasting_key: tuple[int, int] | None = None
@@ -237,10 +238,12 @@ class EventStore:
     def _grouped(self, work: Callable[[], T]) -> T:
         """Run one write in a transaction it may share with other threads' writes: group commit.
 
-        While one commit is in flight, other threads' writes queue; whoever takes the store's
-        lock next commits the whole queue in one transaction and one fsync, each write in a
-        savepoint of its own (its own checks and errors; a failed one does not fail the
-        others). Every caller returns only once its own write is durable. A commit that fails
+        Writes queue; one thread at a time leads: it takes the store's lock and commits what
+        is queued, and what queues while it runs, in one transaction and one fsync, each
+        write in a savepoint of its own (its own checks and errors; a failed one does not
+        fail the others). The other writers (followers) wait for their own write's outcome,
+        never for the store's lock, and the leader hands the lead to the first write still
+        queued. Every caller returns only once its own write is durable. A commit that fails
         fails every write in it with the same ``StorageError``. One thread alone sees no
         change: a queue of one is committed as before, without a savepoint.
         """
@@ -250,30 +253,81 @@ class EventStore:
         item = _Queued(work, self)
         with self._queue_lock:
             self._queue.append(item)
-        with self._lock:
-            if not item.done:
-                self._commit_queue()
+            if self._leading:
+                item.wake = threading.Event()
+            else:
+                self._leading = True
+        if item.wake is not None:
+            self._follow(item)
+        if not item.done:
+            self._lead(item)
         if item.error is not None:
             raise item.error
         result: T = item.result
         return result
 
-    def _commit_queue(self) -> None:
-        """Commit every queued write together (the caller holds the store's lock)."""
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
+    def _follow(self, item: _Queued) -> None:
+        """Wait until a leader has committed ``item``, or has handed this thread the lead."""
+        assert item.wake is not None
         try:
-            if len(batch) == 1:
-                with self._write():
+            item.wake.wait()
+        except BaseException:  # interrupted (Ctrl-C): a write no leader has taken is not written
+            after = None
+            with self._queue_lock:
+                if item in self._queue:
+                    self._queue.remove(item)
+                    if item.lead:  # handed the lead meanwhile: hand it on
+                        after = self._next_leader()
+            if after is not None and after.wake is not None:
+                after.wake.set()
+            raise
+
+    def _lead(self, item: _Queued) -> None:
+        """Commit the queue (``item`` first), then wake its writers and the next leader."""
+        batch: list[_Queued] = []
+        try:
+            with self._lock:
+                self._commit_queue(batch)
+        finally:
+            with self._queue_lock:
+                if item in self._queue:  # interrupted before taking it: not written
+                    self._queue.remove(item)
+                for done in batch:
+                    done.done = True
+                after = self._next_leader()
+            for done in batch:
+                if done.wake is not None:
+                    done.wake.set()
+            if after is not None and after.wake is not None:  # (every follower has one)
+                after.wake.set()
+
+    def _next_leader(self) -> _Queued | None:
+        """The first queued write leads next (the caller holds ``_queue_lock``)."""
+        if not self._queue:
+            self._leading = False
+            return None
+        self._queue[0].lead = True
+        return self._queue[0]
+
+    def _commit_queue(self, batch: list[_Queued]) -> None:
+        """Commit every queued write together, and those that queue meanwhile, into ``batch``
+        (the caller holds the store's lock)."""
+        with self._queue_lock:
+            batch += self._queue
+            self._queue = []
+        try:
+            with self._write():
+                if len(batch) == 1:
                     batch[0].run()
-            else:
-                with self._write():
-                    for item in batch:
-                        try:
-                            with self._write():  # a savepoint each
-                                item.run()
-                        except Exception as e:  # its own error, or its savepoint's end failed
-                            item.error = item.error or e
+                else:
+                    self._run_each(batch)
+                while True:  # writes queued meanwhile share this commit's fsync
+                    with self._queue_lock:
+                        more, self._queue = self._queue, []
+                    if not more:
+                        break
+                    batch += more
+                    self._run_each(more)
         except Exception as e:  # BEGIN or COMMIT failed: nothing in the batch was written
             for item in batch:
                 item.fail(e, alone=len(batch) == 1)
@@ -282,9 +336,14 @@ class EventStore:
             for item in batch:
                 item.fail(interrupted, alone=False)
             raise
-        finally:
-            for item in batch:
-                item.done = True
+
+    def _run_each(self, items: list[_Queued]) -> None:
+        for item in items:
+            try:
+                with self._write():  # a savepoint each
+                    item.run()
+            except Exception as e:  # its own error, or its savepoint's end failed
+                item.error = item.error or e
 
     def _check_append(
         self,
@@ -432,8 +491,14 @@ class EventStore:
         self._inserting = (aggregate_id, current, ids[0])
         try:
             conn.executemany(conn.sql.INSERT_EVENT, rows)
+            # No acknowledgement without the rows: something on the table (a trigger that
+            # RAISE(IGNORE)s, a rule DO INSTEAD NOTHING) may swallow an insert without an error.
+            # One row: the statement's own count, free. Several: count them (a batch's one query).
+            stored = conn.changes() if n == 1 else conn.execute(conn.sql.STORED_AFTER, (head_position,)).get
         except conn.Error as e:
             self._raise(e, f"cannot append to {aggregate_id!r}")
+        if stored != n:
+            raise StorageError(swallowed(stored, n))
         tip.stage(stream, current + n, head_position + n, digests[-1], self._depth == 1)
         return current + n, rows, created
 
@@ -1052,7 +1117,7 @@ class StoreInfo(msgspec.Struct, frozen=True):
 class _Queued:
     """One write waiting for a group commit, and what became of it."""
 
-    __slots__ = ("done", "error", "result", "store", "work")
+    __slots__ = ("done", "error", "lead", "result", "store", "wake", "work")
 
     def __init__(self, work: Callable[[], Any], store: EventStore) -> None:
         self.work = work
@@ -1060,6 +1125,8 @@ class _Queued:
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.lead = False  # a follower handed the lead (while it waits)
+        self.wake: threading.Event | None = None  # a follower's: set when done or handed the lead
 
     def run(self) -> None:
         try:

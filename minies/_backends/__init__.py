@@ -116,6 +116,14 @@ class Backend(Protocol):
 READ_ONLY_STORE = "this store was opened with readonly=True; open it without to write"
 
 
+def swallowed(stored: int, n: int) -> str:
+    """What an append says when fewer of its rows are in the log than it inserted."""
+    return (
+        f"the append stored {stored} of {n} events: something on the events table discards inserts "
+        "(a trigger or rule minies did not create); nothing was written; `minies verify` names it"
+    )
+
+
 def is_url(where: str | os.PathLike[str]) -> bool:
     return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
 

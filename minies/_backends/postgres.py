@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from minies._backends import READ_ONLY_STORE, postgres_sql, shown, triggers_problem
+from minies._backends import READ_ONLY_STORE, postgres_sql, shown, swallowed, triggers_problem
 from minies._errors import MiniesError, QueryError, SchemaError, StorageError
 from minies._projections import Database
 
@@ -177,6 +177,8 @@ class Connection:
             statement, row = self._held
             self._held = None
             self.raw.execute(self._text(statement), row)
+            if statement is postgres_sql.INSERT_EVENT:  # no acknowledgement without the row
+                self.raw.execute(postgres_sql.STORED_AT, (row[0],))
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = rows if isinstance(rows, list) else list(rows)
@@ -340,6 +342,8 @@ class PostgresBackend:
             raise StorageError(
                 f"{doing}: the server takes no writes in this session (a standby, or default_transaction_read_only)"
             ) from None
+        if isinstance(e, pg_errors.InvalidTextRepresentation) and postgres_sql.SWALLOWED in str(e):
+            raise StorageError(swallowed(0, 1)) from None
         if isinstance(e, pg_errors.InsufficientPrivilege):
             raise StorageError(f"{doing}: permission denied ({_first_line(e)})") from None
         if isinstance(e, pg_errors.RaiseException):

@@ -44,6 +44,7 @@ from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them 
     PROJECTION_POSITIONS,
     PROJECTION_STATE,
     SOME_KEY,
+    STORED_AFTER,
     SUBSCRIPTION_POSITION,
     TYPE_COUNTS,
     UNPARK,
@@ -220,6 +221,14 @@ BULK: Final = {
     INSERT_EVENT: "COPY events (position, event_id, aggregate_id, aggregate_type, event_type, version,"
     " data, metadata, created_at, hash, schema_version) FROM STDIN"
 }
+# Sent between a one-event insert and its COMMIT: fails (so the COMMIT never runs) unless the
+# row is there, which a rule (DO INSTEAD NOTHING) or a trigger returning NULL may have prevented.
+# (The cast of a value computed per row cannot be folded away when the statement is planned.)
+STORED_AT: Final = (
+    "SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE 'minies: the append stored 0 of 1 events' END AS integer)"
+    " FROM events WHERE position = %s"
+)
+SWALLOWED: Final = "minies: the append stored 0 of 1 events"
 AGGREGATE_VERSION: Final = "SELECT max(version) FROM events WHERE aggregate_id = ?"
 APPEND_STATE: Final = "SELECT version, aggregate_type, head, hash FROM minies_append_state(?)"
 EVENT_BY_ID: Final = (

@@ -263,6 +263,8 @@ RETYPED: Final = (
     " AND typeof(hash) = 'blob' AND typeof(schema_version) = 'integer')"
 )
 EVENT_TYPE_AT: Final = "SELECT event_type FROM events WHERE position = ?"
+# How many events an append found stored after the head it read (it wrote them all).
+STORED_AFTER: Final = "SELECT count(*) FROM events WHERE position > ?"
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM events"
 VERSION_GAPS: Final = (
     "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"
