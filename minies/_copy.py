@@ -43,6 +43,11 @@ def copy(
     byte for byte, so both have the same head hash. Projections are not copied: a store
     opened on the target with them rebuilds them from the log.
 
+    The erasures among the copied events are applied on the target as ``forget`` applied them
+    on the source, in the same transaction: their keys destroyed, the snapshots holding their
+    data dropped, the bytes purged. The target's read models clean themselves when a store
+    with their projections next opens it.
+
     Args:
         source: the store to read (opened read-only).
         target: the store to append to (created if missing).
@@ -53,7 +58,12 @@ def copy(
         StorageError: either cannot be opened or written, or the copy does not verify.
     """
     with EventStore(source, readonly=True) as src, EventStore(target) as dst:
-        head, head_hash = src.head()
+        with src._lock, src._backend.reading():  # the side tables as of the head: an erasure after it comes next time
+            conn = src._open()
+            head, head_hash = src.head()
+            types: list[Any] = conn.execute(src._sql.EVENT_TYPE_ROWS[src._file_version]).fetchall()
+            snapshots: list[Any] = conn.execute(src._sql.SNAPSHOT_ROWS, (head,)).fetchall()
+            keys: list[Any] = conn.execute(src._sql.KEY_ROWS).fetchall() if src._file_version >= 4 else []
         at = dst.head()[0]
         differs = _first_difference(src, dst, min(at, head))
         if differs is not None or at > head:
@@ -63,6 +73,9 @@ def copy(
                 f"of the source's ({where}); copy to a new store"
             )
         skipped, after = at, at
+        if keys:  # first, so that every prefix an interrupted copy leaves reads
+            with dst._lock, dst._write():
+                dst._conn.executemany(dst._sql.COPY_KEY, keys)
         while after < head:
             with src._lock:
                 # up to the head read above (the source may grow meanwhile; positions have no gaps)
@@ -70,18 +83,24 @@ def copy(
                 rows: list[Any] = src._open().execute(src._sql.RAW_EVENTS, chunk).fetchall()
             with dst._lock, dst._write():
                 dst._conn.executemany(dst._sql.INSERT_EVENT, rows)
+                erased = dst._received(rows)  # the erasures among them, applied as their source applied them
+            if erased:
+                dst._backend.purge(snapshots=True)
             after = rows[-1][0]
             if progress is not None:
                 progress(after, head)
-        with src._lock:
-            types: list[Any] = src._open().execute(src._sql.EVENT_TYPE_ROWS[src._file_version]).fetchall()
-            snapshots: list[Any] = src._open().execute(src._sql.SNAPSHOT_ROWS, (head,)).fetchall()
-            keys: list[Any] = src._open().execute(src._sql.KEY_ROWS).fetchall() if src._file_version >= 4 else []
         with dst._lock, dst._write():
-            dst._conn.executemany(dst._sql.COPY_KEY, keys)
+            # A key destroyed there but live here (a target an older minies copied to): destroyed too.
+            live = {row[0] for row in dst._conn.execute(dst._sql.KEY_ROWS).fetchall() if row[2] is not None}
+            stale = [(row[0], row[4]) for row in keys if row[2] is None and row[0] in live]
+            for key_id, forgotten_at in stale:
+                dst._keys.destroy(dst._conn, [key_id], forgotten_at)
+            dropped = dst._drop_sealed_snapshots([key_id for key_id, _ in stale])
             dst._conn.executemany(dst._sql.COPY_EVENT_TYPE, types)
             dst._conn.execute(dst._sql.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
             dst._conn.executemany(dst._sql.COPY_SNAPSHOT, snapshots)
+        if stale:
+            dst._backend.purge(snapshots=bool(dropped))
         report = dst.verify(expect_head=f"{head} {head_hash}" if head else None)
         if not report.ok:
             raise StorageError(f"the copy in {shown(target)!r} does not verify: {report.reason}")

@@ -426,13 +426,25 @@ class Keyring:
             return None
 
     # ------------------------------------------------------------------ forgetting
-    def forget(self, conn: Connection, subject: str, now: str) -> list[str]:
-        """Destroy ``subject``'s live keys (in the caller's write); return their ids."""
+    def forget(self, conn: Connection, subject: str, now: str, before: int | None = None) -> list[str]:
+        """Destroy ``subject``'s live keys (in the caller's write); return their ids.
+
+        ``before``: only the keys that sealed an event before this position (the keys a
+        ``SubjectForgotten`` event at that position destroyed where it was written; a key
+        made later, for data recorded after the erasure, stays).
+        """
         rows: list[Any] = conn.execute(conn.sql.KEYS_OF_SUBJECT, (subject,)).fetchall()
-        for (key_id,) in rows:
+        keys = [key_id for (key_id,) in rows]
+        if before is not None:
+            keys = [k for k in keys if conn.execute(conn.sql.SEALS_BEFORE, (before, sealed_by(k))).get]
+        self.destroy(conn, keys, now)
+        return keys
+
+    def destroy(self, conn: Connection, keys: Sequence[str], now: str) -> None:
+        """Destroy these keys (in the caller's write)."""
+        for key_id in keys:
             conn.execute(conn.sql.FORGET_KEY, (now, key_id))
         self.clear()
-        return [row[0] for row in rows]
 
 
 def _event_at(position: int | str) -> str:

@@ -1005,21 +1005,46 @@ class EventStore:
                 keys = self._keys.forget(conn, subject, _codec.now_text())
                 if not keys:
                     return nothing
-                holders = sorted(
-                    {
-                        row[0]
-                        for key in keys
-                        for row in conn.execute(self._sql.SEALED_AGGREGATES, (_personal.sealed_by(key),))
-                    }
-                )
-                for aggregate_id in holders:
-                    conn.execute(self._sql.DROP_SNAPSHOTS_OF, (aggregate_id,))
+                holders = self._drop_sealed_snapshots(keys)
                 self._projector.erased.clear()  # the event's inline apply cleans the read models
                 self._append(ERASURES, ERASURES, ANY, meta, [event], [_codec.encode_event(event)], None)
                 cleaned = sorted(set(self._projector.erased))
                 position = int(conn.execute(self._sql.HEAD_POSITION).get)
-            purged = self._backend.purge()
+            purged = self._backend.purge(snapshots=bool(holders))
         return Erasure(subject, len(keys), holders, cleaned, position, purged)
+
+    def _drop_sealed_snapshots(self, keys: Sequence[str]) -> list[str]:
+        """Drop the snapshots of every aggregate holding a value sealed under one of ``keys``
+        (a snapshot holds the plaintext); return those aggregates. Inside the caller's write."""
+        conn = self._conn
+        holders = sorted(
+            {row[0] for key in keys for row in conn.execute(self._sql.SEALED_AGGREGATES, (_personal.sealed_by(key),))}
+        )
+        for aggregate_id in holders:
+            conn.execute(self._sql.DROP_SNAPSHOTS_OF, (aggregate_id,))
+        return holders
+
+    def _received(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Apply the erasures that arrived with ``rows`` (stored events this store did not
+        write: a copy's), exactly as the ``forget`` that recorded each: the subject's keys that
+        sealed events before it are destroyed, the snapshots holding their data dropped, and
+        this store's read models brought up to the head (which cleans them).
+
+        Callers hold the lock inside the write that stored ``rows``; the erasure commits with
+        them. True if anything was destroyed: then ``purge`` once the write has committed.
+        """
+        dropped = destroyed = False
+        for row in rows:
+            if row[4] == SubjectForgotten.event_type:
+                subject = msgspec.json.decode(row[6])["subject"]
+                keys = self._keys.forget(self._conn, subject, row[8], before=row[0])
+                dropped = bool(self._drop_sealed_snapshots(keys)) or dropped
+                destroyed = destroyed or bool(keys)
+        for name in self._projector.projections:
+            self._projector.catch_up(self._conn, self._db, name)
+        self._projector.forget()
+        self._tip.clear()
+        return destroyed or dropped
 
     def backup(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent single-file copy (no ``-wal`` needed) to ``path``.

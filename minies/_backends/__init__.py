@@ -101,9 +101,9 @@ class Backend(Protocol):
 
     def backup(self, target: str) -> None: ...
 
-    def purge(self) -> bool:
-        """Push deleted bytes (a destroyed key) out of the storage's logs and free space, as far
-        as the backend can; True if it could."""
+    def purge(self, snapshots: bool = False) -> bool:
+        """Push deleted bytes (a destroyed key; dropped snapshots, if ``snapshots``) out of the
+        storage's logs and free space, as far as the backend can; True if it could."""
         ...
 
     def close(self) -> None: ...

@@ -438,11 +438,15 @@ class PostgresBackend:
             f"cannot back up {self.where} with backup(): use pg_dump, or minies.copy(url, {target!r}) for a minies file"
         )
 
-    def purge(self) -> bool:
-        """Rewrite the keys table so a destroyed key's old row versions leave its pages
-        (PostgreSQL keeps them until a vacuum; its WAL and backups are the operator's)."""
+    def purge(self, snapshots: bool = False) -> bool:
+        """Rewrite the keys table (and the snapshots table, if ``snapshots`` were dropped) so a
+        destroyed key's and a dropped snapshot's old row versions leave their pages (PostgreSQL
+        keeps dead rows until a vacuum, and a plain one leaves their bytes in the page's free
+        space; its WAL and backups are the operator's)."""
         try:
             self.conn.raw.execute(postgres_sql.PURGE_KEYS)
+            if snapshots:
+                self.conn.raw.execute(postgres_sql.PURGE_SNAPSHOTS)
         except psycopg.Error:
             return False
         return True

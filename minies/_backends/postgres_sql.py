@@ -324,7 +324,9 @@ COPY_KEY: Final = (
     " ON CONFLICT DO NOTHING"
 )
 ERASED_AFTER: Final = "SELECT data::text FROM events WHERE position > ? AND event_type = 'minies.SubjectForgotten'"
+SEALS_BEFORE: Final = "SELECT EXISTS (SELECT 1 FROM events WHERE position < ? AND strpos(data::text, ?) > 0)"
 PURGE_KEYS: Final = "VACUUM FULL minies_keys"
+PURGE_SNAPSHOTS: Final = "VACUUM FULL minies_snapshots"
 
 # ---------------------------------------------------------------------------- snapshots
 SAVE_SNAPSHOT: Final = (

@@ -242,10 +242,11 @@ class SqliteBackend:
         except apsw.Error as e:
             self.raise_error(e, f"cannot back up to {target!r}")
 
-    def purge(self) -> bool:
-        """Copy the WAL into the file and truncate it, so no old page (a destroyed key's, say)
-        survives in it. False if another connection's read kept some frames needed (SQLite
-        then refuses the truncation: busy), or if the store lives in memory."""
+    def purge(self, snapshots: bool = False) -> bool:
+        """Copy the WAL into the file and truncate it, so no old page (a destroyed key's, a
+        dropped snapshot's: ``secure_delete`` zeroed them in the pages) survives in it. False if
+        another connection's read kept some frames needed (SQLite then refuses the truncation:
+        busy), or if the store lives in memory."""
         if self._memory:
             return False
         try:
