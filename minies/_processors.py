@@ -90,6 +90,7 @@ class Processor:
         """
         store = self.store
         with store._lock, store._write():
+            self._checkpoint._claim()
             return self._checkpoint.redeliver(self._handle, position)
 
     def discard(self, position: int) -> None:

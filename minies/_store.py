@@ -136,6 +136,7 @@ class EventStore:
             raise
 
     def _open_projections(self, skip_failed: bool) -> None:
+        self._projector.erased.clear()
         for name in list(self._projector.projections):
             try:
                 with self._lock, self._write():
@@ -146,6 +147,9 @@ class EventStore:
                 self.failed_projections[name] = e
                 del self._projector.projections[name]
         self._projector.forget()
+        if self._projector.erased:  # a read model cleaned of a subject forgotten elsewhere: its old bytes go too
+            with self._lock:
+                self._backend.purge()
 
     def _forget(self) -> None:
         """After a rollback: cached knowledge of the log may describe writes that never happened."""
@@ -1258,7 +1262,10 @@ class _Write:
     def __enter__(self) -> None:
         store = self._store
         if self._nested:
-            store._conn.execute(store._sql.SAVEPOINT)
+            try:
+                store._conn.execute(store._sql.SAVEPOINT)
+            except store._conn.Error as e:  # (PostgreSQL: the session may be gone)
+                store._raise(e, "cannot start a write")
         else:
             # The backend's BEGIN (SQLite: IMMEDIATE, which takes the write lock up front, so a
             # writer waits instead of failing later: https://sqlite.org/lang_transaction.html).

@@ -99,6 +99,7 @@ class Subscription:
                 if atomic:
                     page.enter_context(store._lock)
                     page.enter_context(store._write())
+                    self._claim()
                 after = self.position  # inside the page's transaction: one processor at a time
                 head = store.head()[0]
                 batch = list(store.read_all(after=after, limit=want, event_types=self.event_types))
@@ -113,6 +114,12 @@ class Subscription:
             if len(batch) < want:
                 break
         return delivered
+
+    def _claim(self) -> None:
+        """Inside a write: wait until no other store runs this consumer's page (the backends
+        differ in what their write transaction locks)."""
+        with self.store._translate(f"cannot claim {self.name!r}"):
+            self.store._conn.execute(self.store._sql.CLAIM_CONSUMER, (self.name,))
 
     def _acknowledge(self, position: int, parked: list[Parked]) -> None:
         now = _codec.now_text()

@@ -348,6 +348,9 @@ SCHEMA_OBJECTS: Final = (
 
 # ---------------------------------------------------------------------------- subscriptions
 SUBSCRIPTION_POSITION: Final = "SELECT position FROM minies_subscriptions WHERE name = ?"
+# A processor's page claims its consumer before it reads the checkpoint. Here the write
+# transaction (BEGIN IMMEDIATE) already holds the file's one write lock: nothing more to take.
+CLAIM_CONSUMER: Final = "SELECT ? IS NOT NULL"
 SAVE_SUBSCRIPTION: Final = "INSERT OR REPLACE INTO minies_subscriptions (name, position, updated_at) VALUES (?, ?, ?)"
 PARK: Final = (
     "INSERT OR REPLACE INTO minies_dead_letters (subscription, position, attempts, error, parked_at)"
