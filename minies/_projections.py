@@ -115,53 +115,88 @@ _NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
 class Database:
     """What a projection may do with the store: run SQL inside the writer's transaction.
 
-    There is no commit, rollback or close: the transaction belongs to the append. Statements
-    that would end it, attach files or write to minies' own tables are refused. SQL uses
-    ``?`` placeholders on every backend.
+    There is no commit, rollback or close: the transaction belongs to the append. It works
+    only while minies runs the projection's code (``setup``, ``handle``, ``forget``). A
+    projection reads anything, and creates (in ``setup``), writes, alters and drops only its
+    own tables, indexes, views and triggers; SQLite refuses the rest (its authorizer: no DDL
+    or writes on the log, minies' tables or other read models, no temporary objects, no
+    PRAGMA that sets anything, no ATTACH, no transaction control). SQL uses ``?``
+    placeholders on every backend.
     """
 
-    __slots__ = ("_conn", "_refused", "_screen", "active")
+    __slots__ = ("_conn", "_refused", "_screen", "_tag", "_tagged", "active", "name", "owned", "taken", "why")
 
-    def __init__(self, conn: Connection, refused: type[Exception], screen: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        refused: type[Exception],
+        screen: Callable[[str], bool] | None = None,
+        *,
+        tagged: bool = False,
+    ) -> None:
         self._conn = conn
         self._refused = refused  # what the backend raises for a refused statement
         self._screen = screen  # or a look at the text first: True means refused
+        # Each projection's statements get a text of their own (a trailing comment naming it),
+        # so a statement prepared (and authorized) for minies or another projection is never
+        # taken from the connection's statement cache for this one.
+        self._tagged = tagged
+        self._tag = ""
         self.active = False
+        self.name = ""
+        self.owned: set[str] = set()
+        """The running projection's own objects (names, lowercase)."""
+        self.taken: frozenset[str] | None = None
+        """While ``setup`` runs: the names that exist already (None: it is not creating)."""
+        self.why = ""
+        """Why the backend refused the last statement, if it says."""
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows (an empty list for writes)."""
-        if self._screen is not None and self.active and self._screen(sql):
-            raise _refused(sql)
+        if not self.active or (self._screen is not None and self._screen(sql)):
+            raise self._refusal(sql)
         try:
-            return self._conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+            return self._conn.execute(sql + self._tag, params).fetchall()  # type: ignore[no-any-return]
         except self._refused:
-            raise _refused(sql) from None
+            raise self._refusal(sql) from None
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row."""
-        if self._screen is not None and self.active and self._screen(sql):
-            raise _refused(sql)
+        if not self.active or (self._screen is not None and self._screen(sql)):
+            raise self._refusal(sql)
         try:
-            self._conn.executemany(sql, rows)
+            self._conn.executemany(sql + self._tag, rows)
         except self._refused:
-            raise _refused(sql) from None
+            raise self._refusal(sql) from None
 
-    def running(self) -> Database:
-        """``with db.running():`` marks projection code as running: the guard applies inside."""
+    def running(self, name: str = "", owned: Iterable[str] = (), taken: Iterable[str] | None = None) -> Database:
+        """``with db.running(name, owned):`` marks projection ``name``'s code as running (owning
+        ``owned``; creating objects too when ``taken``, the names already used, is given)."""
+        self.name = name
+        self.owned = {o.lower() for o in owned}
+        self.taken = None if taken is None else frozenset(t.lower() for t in taken)
+        if self._tagged:
+            self._tag = "\n/* minies projection " + name.replace("*/", "* /") + " */"
         return self
 
     def __enter__(self) -> None:
+        self.why = ""
         self.active = True
 
     def __exit__(self, *exc: object) -> None:
         self.active = False
+        self.taken = None
 
-
-def _refused(sql: str) -> MiniesError:
-    return MiniesError(
-        f"a projection may not run {sql!r:.200}: it would end the append's transaction, attach a "
-        "file, or write the log or minies' own tables"
-    )
+    def _refusal(self, sql: str) -> MiniesError:
+        if not self.active:
+            return MiniesError(
+                f"a projection's db handle works only while minies runs the projection (setup, handle, forget): "
+                f"{sql!r:.200} was not run"
+            )
+        why = self.why or (
+            "it would end the append's transaction, attach a file, or write the log or minies' own tables"
+        )
+        return MiniesError(f"a projection may not run {sql!r:.200}: {why}")
 
 
 class RebuildReport(msgspec.Struct, frozen=True):
@@ -211,6 +246,7 @@ class Projector:
         # The head as of this store's last inline apply, which left every checkpoint there (a
         # catch-up or rebuild leaves its own at the head too); None: read the checkpoints again.
         self._known_head: int | None = None
+        self._owned: dict[str, list[str]] = {}  # each projection's objects, as its checkpoint row lists them
         self.erased: list[str] = []
         """Read models cleaned of a forgotten subject (by ``SubjectForgotten`` events) lately."""
 
@@ -220,6 +256,15 @@ class Projector:
     def forget(self) -> None:
         """Drop cached checkpoints (after a rollback, or when another writer moved the log)."""
         self._known_head = None
+        self._owned.clear()
+
+    def _objects(self, conn: Connection, name: str) -> list[str]:
+        """The names of what projection ``name`` created in its setup."""
+        owned = self._owned.get(name)
+        if owned is None:
+            state = conn.execute(conn.sql.PROJECTION_STATE, (name,)).fetchone()
+            owned = self._owned[name] = [str(o) for _, o in msgspec.json.decode(state[2])] if state else []
+        return owned
 
     # ------------------------------------------------------------------ inline
     def apply(self, conn: Connection, db: Database, records: list[Recorded], head_before: int, now: str) -> None:
@@ -227,6 +272,7 @@ class Projector:
         if self._known_head != head_before:
             rows: list[Any] = conn.execute(conn.sql.PROJECTION_POSITIONS).fetchall()
             self._positions = dict(rows)
+            self._owned.clear()  # (another writer may have rebuilt a projection)
         erased = [r.data.subject for r in records if isinstance(r.data, SubjectForgotten)]
         for name, projection in self.projections.items():
             position = self._positions[name]  # every projection has a row after its catch-up on open
@@ -237,7 +283,7 @@ class Projector:
             wanted = self._types[name]
             mine = records if wanted is None else [r for r in records if r.event_type in wanted]
             if mine:
-                with db.running():
+                with db.running(name, self._objects(conn, name)):
                     try:
                         projection.handle_batch(db, mine)
                     except conn.Error as e:
@@ -280,7 +326,7 @@ class Projector:
         sealed = {cls.event_type for cls in _personal.SEALED}
         wanted = self._types[name]
         for subject in subjects:
-            with db.running():
+            with db.running(name, self._objects(conn, name)):
                 try:
                     handled = projection.forget(db, subject)
                 except conn.Error as e:
@@ -300,14 +346,16 @@ class Projector:
         state = conn.execute(conn.sql.PROJECTION_STATE, (name,)).fetchone()
         for kind, object_name in reversed(msgspec.json.decode(state[2]) if state else []):
             conn.execute(f'DROP {kind.upper()} IF EXISTS "{object_name}"')
+        self._owned.pop(name, None)
         before = set(conn.execute(conn.sql.SCHEMA_OBJECTS).fetchall())
         try:
-            with db.running():
+            with db.running(name, (), taken=[object_name for _, object_name in before]):
                 projection.setup(db)
         except Exception as e:
             raise ProjectionError(name, f"setup failed: {type(e).__name__}: {e}") from e
         created = [row for row in conn.execute(conn.sql.SCHEMA_OBJECTS).fetchall() if row not in before]
         created.sort(key=lambda row: ("table", "view", "index", "trigger").index(row[0]))
+        self._owned[name] = [object_name for _, object_name in created]
         count = self._replay(conn, db, projection, 0, progress)
         head = conn.execute(conn.sql.HEAD_POSITION).get
         conn.execute(
@@ -330,7 +378,7 @@ class Projector:
         count = 0
         batch: list[Recorded] = []
         try:
-            with db.running():
+            with db.running(projection.name, self._objects(conn, projection.name)):
                 upcasting, opener = self._read_view()
                 for batch in log_pages(conn, upcasting, after, wanted, upto=upto, opener=opener):
                     if batch:

@@ -79,3 +79,157 @@ def test_an_append_that_a_postgres_rule_swallows_raises_and_stores_nothing(pg_ur
         pg_run(pg_url, "DROP RULE swallow ON events")
         assert store.append("a", deposits(1), aggregate_type="Account") == 6
         assert store.verify().ok
+
+
+# ---------------------------------------------------------------------------- a projection's db handle (SQLite)
+class Mine(minies.Projection):
+    """A read model with a table, an index and a trigger of its own."""
+
+    name = "mine"  # (inherited: a rogue subclass is the same read model)
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE mine (id TEXT PRIMARY KEY, n INTEGER)")
+        db.execute("CREATE INDEX mine_n ON mine (n)")
+        db.execute("CREATE TABLE mine_log (id TEXT)")
+        db.execute("CREATE TRIGGER mine_logged AFTER INSERT ON mine BEGIN INSERT INTO mine_log VALUES (NEW.id); END")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute("INSERT OR REPLACE INTO mine VALUES (?, ?)", (event.aggregate_id, event.version))
+        assert db.execute("SELECT count(*) FROM minies_keys") == [(0,)]  # a projection may read anything
+        assert db.execute("PRAGMA table_info(events)")[0][1] == "position"
+        assert db.execute("PRAGMA journal_mode") == [("wal",)]
+
+
+class Other(minies.Projection):
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE other (id TEXT)")
+
+
+def rogue(*statements: str, in_setup: bool = False) -> minies.Projection:
+    class Rogue(Mine):
+        def setup(self, db: minies.Database) -> None:
+            super().setup(db)
+            for sql in statements if in_setup else ():
+                db.execute(sql)
+
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            super().handle(db, event)
+            if event.version == 2:
+                for sql in statements:
+                    db.execute(sql, ("k",) if "?" in sql else ())
+
+    return Rogue()
+
+
+def guards_of(path: str) -> list[tuple[str, str]]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(
+            "SELECT type, name FROM sqlite_master WHERE tbl_name IN ('events', 'minies_keys') ORDER BY name"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+NOT_OURS = "it would write {}, which is the log or one of minies' own tables"
+TEMPORARY = (
+    "it would create or drop a temporary object, which lives on the store's connection beyond the projection's "
+    "transaction (and could change what minies reads and writes)"
+)
+
+
+@pytest.mark.parametrize(
+    ("statements", "why"),
+    [
+        # the issue's examples
+        (
+            ["ALTER TABLE minies_keys RENAME TO k", "DELETE FROM k", "ALTER TABLE k RENAME TO minies_keys"],
+            "it would alter minies_keys, which is not this projection's",
+        ),
+        (["DROP TRIGGER events_no_update"], "it would drop events_no_update, which is not this projection's"),
+        (["ALTER TABLE events RENAME TO events_old"], "it would alter events, which is not this projection's"),
+        (["PRAGMA writable_schema = 1"], "PRAGMA writable_schema is not a read"),
+        (["PRAGMA journal_mode = delete"], "PRAGMA journal_mode is not a read"),
+        (["PRAGMA secure_delete = 0"], "PRAGMA secure_delete is not a read"),
+        (["CREATE TEMP TRIGGER t BEFORE INSERT ON main.events BEGIN SELECT RAISE(IGNORE); END"], TEMPORARY),
+        # and others
+        (["CREATE TEMP TABLE events (x)"], TEMPORARY),  # would shadow main.events for minies' own SQL
+        (["CREATE TEMP VIEW minies_keys AS SELECT 1"], TEMPORARY),
+        (["PRAGMA synchronous = OFF"], "PRAGMA synchronous is not a read"),
+        (["PRAGMA user_version = 9"], "PRAGMA user_version is not a read"),
+        (["PRAGMA recursive_triggers = 1"], "PRAGMA recursive_triggers is not a read"),
+        (["PRAGMA wal_checkpoint"], "PRAGMA wal_checkpoint is not a read"),
+        (["DELETE/**/FROM minies_keys"], NOT_OURS.format("minies_keys")),
+        (["UPDATE minies_keys SET key = NULL, forgotten_at = ? WHERE key_id = ?"], NOT_OURS.format("minies_keys")),
+        (["INSERT INTO other VALUES ('x')"], "it would write other, which is not this projection's"),
+        (["DROP TABLE other"], "it would drop other, which is not this projection's"),
+        (["CREATE TABLE later (x)"], "it would create later outside setup"),
+        (["CREATE INDEX sneaky ON events (data)"], "it would create sneaky outside setup"),
+        (["DROP INDEX minies_keys_live"], "it would drop minies_keys_live, which is not this projection's"),
+        (["ANALYZE"], "SQLite's authorizer has no permission for it"),
+        (["DETACH temp"], "it would attach or detach a database file"),
+        (["RELEASE minies /* minies */"], "it would end the append's transaction"),
+    ],
+)
+def test_a_projection_cannot_touch_what_is_not_its_own(db_path: str, statements: list[str], why: str) -> None:
+    with minies.EventStore(db_path, projections=[Other()]) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+    guards = guards_of(db_path)
+    with minies.EventStore(db_path, projections=[Other(), rogue(*statements)]) as store:
+        with pytest.raises(minies.MiniesError, match="^a projection may not run ") as caught:
+            store.append("a", deposits(1), aggregate_type="Account")
+        assert why in str(caught.value)
+        assert store.head()[0] == 1 and store.query("SELECT count(*) FROM mine") == [(1,)]
+    assert guards_of(db_path) == guards
+    with minies.EventStore(db_path, projections=[Other(), Mine()]) as store:
+        assert store.append("a", deposits(1), aggregate_type="Account") == 2
+        assert store.query("SELECT id, n FROM mine") == [("a", 2)]
+        assert store.query("SELECT count(*) FROM mine_log") == [(2,)]
+        assert store.verify().ok
+
+
+def test_a_trigger_of_the_projections_own_cannot_write_what_is_not_its_own(db_path: str) -> None:
+    class Sly(Mine):
+        def setup(self, db: minies.Database) -> None:
+            super().setup(db)
+            db.execute("CREATE TRIGGER sly AFTER INSERT ON mine_log BEGIN DELETE FROM minies_keys; END")
+
+    with (
+        minies.EventStore(db_path, projections=[Sly()]) as store,
+        pytest.raises(minies.MiniesError, match="minies_keys"),
+    ):
+        store.append("a", deposits(1), aggregate_type="Account")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE events_copy (x)",
+        "CREATE TABLE minies_mine (x)",
+        "CREATE TABLE other (x)",
+        "CREATE INDEX o ON other (id)",
+    ],
+)
+def test_setup_creates_only_new_names_on_its_own_tables(db_path: str, sql: str) -> None:
+    with minies.EventStore(db_path, projections=[Other()]):
+        pass
+    if sql.startswith("CREATE TABLE events_copy"):  # a free name: fine
+        with minies.EventStore(db_path, projections=[rogue(sql, in_setup=True)]) as store:
+            assert store.append("a", deposits(1), aggregate_type="Account") == 1
+        return
+    with pytest.raises(minies.ProjectionError, match="setup failed: MiniesError: a projection may not run"):
+        minies.EventStore(db_path, projections=[rogue(sql, in_setup=True)])
+
+
+def test_a_db_handle_kept_for_later_runs_nothing(db_path: str) -> None:
+    kept: list[minies.Database] = []
+
+    class Keeper(Mine):
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            kept.append(db)
+
+    with minies.EventStore(db_path, projections=[Keeper()]) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+        with pytest.raises(minies.MiniesError, match="works only while minies runs the projection"):
+            kept[0].execute("CREATE TEMP TRIGGER t BEFORE INSERT ON main.events BEGIN SELECT RAISE(IGNORE); END")
+        assert store.append("a", deposits(1), aggregate_type="Account") == 2

@@ -178,7 +178,7 @@ class SqliteBackend:
 
     # ------------------------------------------------------------------ what the engine asks
     def projection_db(self) -> Database:
-        db = Database(self.conn, apsw.AuthError)
+        db = Database(self.conn, apsw.AuthError, tagged=True)
         self.conn.set_authorizer(_authorizer(db))
         return db
 
@@ -275,25 +275,143 @@ def _scan(conn: apsw.Connection) -> tuple[int | None, str | None]:
     return retyped, None if problems == ["ok"] else "SQLite integrity check failed: " + "; ".join(problems[:3])
 
 
-# https://sqlite.org/c3ref/c_alter_table.html
-_REFUSED_ACTIONS = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH})
-_WRITES = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE, apsw.SQLITE_DROP_TABLE})
+# What a projection's code may do, as SQLite's authorizer sees each statement while it is
+# prepared (https://sqlite.org/c3ref/set_authorizer.html, https://sqlite.org/c3ref/c_alter_table.html):
+# an allow-list, so what it does not name is refused, however the SQL is spelled.
+_READS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE})
+_WRITES = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE})
+# The catalog tables that DDL writes itself (each DDL statement is authorized on its own).
+# Nothing writes sqlite_master directly without PRAGMA writable_schema, which is refused;
+# sqlite_sequence numbers AUTOINCREMENT rows, which none of minies' tables use.
+_CATALOG = frozenset({"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema", "sqlite_sequence"})
+_CREATES = {  # action: which argument names the object, and which the table it belongs to
+    apsw.SQLITE_CREATE_TABLE: None,
+    apsw.SQLITE_CREATE_VIEW: None,
+    apsw.SQLITE_CREATE_VTABLE: None,
+    apsw.SQLITE_CREATE_INDEX: 2,
+    apsw.SQLITE_CREATE_TRIGGER: 2,
+}
+_DROPS = frozenset(
+    {
+        apsw.SQLITE_DROP_TABLE,
+        apsw.SQLITE_DROP_VIEW,
+        apsw.SQLITE_DROP_VTABLE,
+        apsw.SQLITE_DROP_INDEX,
+        apsw.SQLITE_DROP_TRIGGER,
+    }
+)
+_TEMPORARY = frozenset(
+    {
+        apsw.SQLITE_CREATE_TEMP_TABLE,
+        apsw.SQLITE_CREATE_TEMP_VIEW,
+        apsw.SQLITE_CREATE_TEMP_INDEX,
+        apsw.SQLITE_CREATE_TEMP_TRIGGER,
+        apsw.SQLITE_DROP_TEMP_TABLE,
+        apsw.SQLITE_DROP_TEMP_VIEW,
+        apsw.SQLITE_DROP_TEMP_INDEX,
+        apsw.SQLITE_DROP_TEMP_TRIGGER,
+    }
+)
+# PRAGMAs that only read: without a value, or with a table's name (https://sqlite.org/pragma.html).
+_READ_PRAGMAS = frozenset(
+    {
+        "application_id",
+        "collation_list",
+        "compile_options",
+        "data_version",
+        "database_list",
+        "encoding",
+        "foreign_keys",
+        "freelist_count",
+        "function_list",
+        "journal_mode",
+        "module_list",
+        "page_count",
+        "page_size",
+        "pragma_list",
+        "schema_version",
+        "synchronous",
+        "user_version",
+    }
+)
+_TABLE_PRAGMAS = frozenset(
+    {
+        "foreign_key_check",
+        "foreign_key_list",
+        "index_info",
+        "index_list",
+        "index_xinfo",
+        "integrity_check",
+        "quick_check",
+        "table_info",
+        "table_list",
+        "table_xinfo",
+    }
+)
+_TRANSACTION = "it would end the append's transaction, which is the append's own"
+
+
+def _reserved(name: str) -> bool:
+    """The log's and minies' own names (and SQLite's)."""
+    return name == "events" or name.startswith(("minies_", "sqlite_"))
 
 
 def _authorizer(db: Database) -> Callable[..., int]:
-    """SQLite's authorizer refuses, while projection code runs, what would end the append's
-    transaction, attach a file, or write the log or minies' own tables."""
+    """SQLite's authorizer, applied while projection code runs: it may read anything, and
+    create (in setup), write, alter and drop only its own objects (``db.owned``)."""
 
-    def authorize(action: int, name: str | None, _2: str | None, _db: str | None, _trig: str | None) -> int:
-        if not db.active:
+    def authorize(action: int, one: str | None, two: str | None, schema: str | None, _trigger: str | None) -> int:
+        if not db.active or action in _READS:
             return apsw.SQLITE_OK
-        if action in _REFUSED_ACTIONS:
-            return apsw.SQLITE_DENY
-        if action in _WRITES and name and (name == "events" or name.startswith("minies_")):
-            return apsw.SQLITE_DENY
-        return apsw.SQLITE_OK
+        why = _refusal(db, action, (one or "").lower(), (two or "").lower(), schema)
+        if why is None:
+            return apsw.SQLITE_OK
+        db.why = why
+        return apsw.SQLITE_DENY
 
     return authorize
+
+
+def _refusal(db: Database, action: int, one: str, two: str, schema: str | None) -> str | None:
+    """Why projection code may not do ``action`` (None: it may)."""
+    if action in _WRITES:
+        if one in _CATALOG or (schema == "main" and one in db.owned):
+            return None
+        if _reserved(one):
+            return f"it would write {one}, which is the log or one of minies' own tables"
+        return f"it would write {one}, which is not this projection's (it writes only the tables it created in setup)"
+    if action in _CREATES:
+        table = two if _CREATES[action] == 2 else one
+        if one.startswith("sqlite_autoindex_") and table in db.owned:  # a UNIQUE constraint's own index
+            return None
+        if db.taken is None:
+            return f"it would create {one} outside setup (a projection creates its objects in setup)"
+        if schema != "main" or _reserved(one) or one in db.taken:
+            return f"it would create {one}, a name that is not free for this projection"
+        if table != one and table not in db.owned:
+            return f"it would create {one} on {table}, which is not this projection's"
+        db.owned.add(one)
+        return None
+    if action in _DROPS:
+        return None if schema == "main" and one in db.owned else f"it would drop {one}, which is not this projection's"
+    if action == apsw.SQLITE_ALTER_TABLE:  # (one: the schema, two: the table)
+        return None if one == "main" and two in db.owned else f"it would alter {two}, which is not this projection's"
+    if action == apsw.SQLITE_REINDEX:
+        return None
+    if action == apsw.SQLITE_PRAGMA:
+        if (one in _READ_PRAGMAS and not two) or one in _TABLE_PRAGMAS:
+            return None
+        return f"PRAGMA {one} is not a read (a projection changes no setting of the store's connection or file)"
+    if action in _TEMPORARY:
+        return (
+            "it would create or drop a temporary object, which lives on the store's connection beyond the "
+            "projection's transaction (and could change what minies reads and writes)"
+        )
+    if action in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+        return _TRANSACTION
+    if action in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+        return "it would attach or detach a database file"
+    return "SQLite's authorizer has no permission for it in a projection (ANALYZE, a virtual table's own DDL, ...)"
 
 
 def _read_only(path: str) -> bool:
