@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
+from minies import _personal
 from minies._backends import shown
 from minies._errors import SchemaError, StorageError
 from minies._store import EventStore
@@ -73,9 +74,7 @@ def copy(
                 f"of the source's ({where}); copy to a new store"
             )
         skipped, after = at, at
-        if keys:  # first, so that every prefix an interrupted copy leaves reads
-            with dst._lock, dst._write():
-                dst._conn.executemany(dst._sql.COPY_KEY, keys)
+        by_id = {row[0]: row for row in keys}
         while after < head:
             with src._lock:
                 # up to the head read above (the source may grow meanwhile; positions have no gaps)
@@ -84,6 +83,10 @@ def copy(
             with dst._lock, dst._write():
                 dst._conn.executemany(dst._sql.INSERT_EVENT, rows)
                 erased = dst._received(rows)  # the erasures among them, applied as their source applied them
+                # Then the keys these events need (so an interrupted copy leaves a prefix that reads); a
+                # subject forgotten and written again has a new key, which fits once the old one is gone.
+                needed = {key_id for row in rows for key_id in _personal.key_ids(row[6])}
+                dst._conn.executemany(dst._sql.COPY_KEY, [by_id[k] for k in needed if k in by_id])
             if erased:
                 dst._backend.purge(snapshots=True)
             after = rows[-1][0]
@@ -96,6 +99,7 @@ def copy(
             for key_id, forgotten_at in stale:
                 dst._keys.destroy(dst._conn, [key_id], forgotten_at)
             dropped = dst._drop_sealed_snapshots([key_id for key_id, _ in stale])
+            dst._conn.executemany(dst._sql.COPY_KEY, keys)  # the rest: the key that seals snapshots
             dst._conn.executemany(dst._sql.COPY_EVENT_TYPE, types)
             dst._conn.execute(dst._sql.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
             dst._conn.executemany(dst._sql.COPY_SNAPSHOT, snapshots)

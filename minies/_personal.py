@@ -155,6 +155,17 @@ def sealed_by(key_id: str) -> str:
     return f"{PREFIX}{key_id}:"
 
 
+def key_ids(text: str) -> set[str]:
+    """The ids of the keys that sealed the values in a stored payload."""
+    found = set()
+    at = text.find(MARK)
+    while at >= 0:
+        start = at + len(MARK)
+        found.add(text[start : text.index(":", start)])
+        at = text.find(MARK, start)
+    return found
+
+
 def refuse_mark(cls_name: str) -> NoReturn:
     """Refuse a payload that already holds something shaped like a sealed value."""
     raise ValueError(

@@ -1276,14 +1276,103 @@ def test_an_incremental_copy_applies_the_erasure_it_carries(
         assert copy.snapshot_stats() == [("Customer", 2, copy.snapshot_stats()[0][2])]
     with minies.EventStore(source) as store:
         store.forget("c1")
+        store.append("c1", [PersonEmailChanged(customer_id="c1", email="ann@example.org")], aggregate_type="Customer")
         head = store.head()
-    assert minies.copy(source, target).copied == 1
+    assert minies.copy(source, target).copied == 2  # c1 written again, under a new key
     with minies.EventStore(target) as copy:
         assert copy.head() == head
         first = next(iter(copy.read("c1")))
         assert first.data.email == "" and minies.forgotten(first) == {"email", "name"}
-        assert copy.load(Customer, "c1").email == "" and copy.load(Customer, "c2").email == "new.bob@example.com"
+        assert copy.load(Customer, "c1").email == "ann@example.org"
+        assert copy.load(Customer, "c2").email == "new.bob@example.com"
         assert copy.info().forgotten_subjects == 1
         assert copy.query("SELECT aggregate_id FROM minies_snapshots") == [("c2",)]
         assert copy.query("SELECT subject FROM minies_keys WHERE key IS NULL") == [("c1",)]
         assert copy.verify().ok
+
+
+def _reads(store: minies.EventStore) -> list[Any]:
+    """Everything a reader of the log sees: each event as read, what was forgotten, the keys'
+    states, the count of forgotten subjects and every customer as loaded."""
+    events = [
+        (r.position, r.event_id, r.aggregate_id, r.version, r.timestamp, r.data, r.metadata, minies.forgotten(r))
+        for r in store.read_all()
+    ]
+    keys = store.query("SELECT key_id, subject, key IS NULL FROM minies_keys ORDER BY key_id")
+    customers = [
+        store.load(Customer, c)
+        for (c,) in store.query("SELECT DISTINCT aggregate_id FROM events ORDER BY 1")
+        if c != minies.ERASURES
+    ]
+    return [store.head(), events, keys, store.info().forgotten_subjects, customers]
+
+
+def test_a_log_moved_file_to_server_to_file_carries_every_erasure_and_leaves_no_byte_of_it(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Erasures before, between and after copies, file -> PostgreSQL -> file, with snapshots
+    and read models: every copy reads the same, and no plaintext or destroyed key of a
+    forgotten subject is left in any file but where the README says (PostgreSQL's WAL, and a
+    copy's read models until a store with their projections opens it)."""
+    edge, hub, office = (
+        str(tmp_path / "edge.db"),
+        pgserver.fresh_schema(request.getfixturevalue("pg_dsn")),
+        str(tmp_path / "office.db"),
+    )
+    people = {f"c{i}": (f"{uuid.uuid4()}@example.com", f"Name {uuid.uuid4()}") for i in range(1, 7)}
+    secrets: dict[str, list[bytes]] = {}
+
+    def join(store: minies.EventStore, customer: str) -> None:
+        email, name = people[customer]
+        register(store, customer, email, name)
+        c = store.load(Customer, customer)
+        c.record(PersonEmailChanged(customer_id=customer, email="new." + email))
+        store.save(c)  # a snapshot that holds "new." + email
+        [(key,)] = store.query("SELECT key FROM minies_keys WHERE subject = ? AND key IS NOT NULL", (customer,))
+        secrets[customer] = [bytes(key), email.encode(), name.encode()]
+
+    def files() -> list[Path]:
+        return [p for p in tmp_path.iterdir() if p.is_file()]
+
+    def left(forgotten: list[str]) -> list[tuple[str, bytes]]:
+        with minies.EventStore(hub) as server:
+            on_server = _pg_files(server)
+        return _scan([*files(), *on_server], [s for c in forgotten for s in secrets[c]])
+
+    models = [Emails(), EmailsWithHook()]
+    with minies.EventStore(edge, projections=models) as store:
+        for customer in ("c1", "c2", "c3"):
+            join(store, customer)
+        store.forget("c1")  # before any copy
+    minies.copy(edge, hub)
+    with minies.EventStore(edge, projections=models) as store:
+        join(store, "c4")
+        store.forget("c2")  # between copies
+        again = f"again.{uuid.uuid4()}@example.com"  # written again: a new key, which stays
+        store.append("c2", [PersonEmailChanged(customer_id="c2", email=again)], aggregate_type="Customer")
+    minies.copy(edge, hub)
+    minies.copy(hub, office)
+    with minies.EventStore(office, projections=models):  # the office's read models hold c3's data
+        pass
+    assert _scan(files(), secrets["c3"][1:])
+    with minies.EventStore(edge, projections=models) as store:
+        store.forget("c3")  # after
+        join(store, "c5")
+        store.forget("c5")
+    minies.copy(edge, hub)
+    minies.copy(hub, office)
+
+    assert left(["c1", "c2", "c5"]) == []
+    # the README says so: the office's read models hold c3's e-mail (they keep no name) until they next open
+    assert _scan(files(), secrets["c3"]) == [("office.db", secrets["c3"][1])]
+    with minies.EventStore(office, projections=models) as store:  # now they clean themselves
+        assert store.query("SELECT customer_id FROM emails WHERE email != '' ORDER BY 1") == [("c2",), ("c4",)]
+        assert _scan(files(), secrets["c3"]) == []  # and the old pages are gone from the files at once
+    assert left(["c1", "c3", "c5"]) == []
+    assert left(["c2"]) == []  # its first key; the data recorded later under a new key is live
+    assert _scan(files(), [people["c4"][0].encode(), again.encode()])  # live data is still there (the scan works)
+
+    with minies.EventStore(edge) as a, minies.EventStore(hub) as b, minies.EventStore(office) as c:
+        assert _reads(a) == _reads(b) == _reads(c)
+        assert a.info().forgotten_subjects == 4 and a.load(Customer, "c4").email == "new." + people["c4"][0]
+        assert all(store.verify().ok for store in (a, b, c))
