@@ -114,6 +114,8 @@ MIGRATIONS: Final = {
             forgotten_at TIMESTAMPTZ
         )""",
         "CREATE UNIQUE INDEX minies_keys_live ON minies_keys (subject) WHERE key IS NOT NULL",
+        # ANALYZE (autovacuum runs it) copies sampled values into pg_statistic, out of forget's reach
+        "ALTER TABLE minies_keys ALTER COLUMN key SET STATISTICS 0",
     ),
 }
 CREATE: Final = (
@@ -169,6 +171,7 @@ CREATE: Final = (
         created_at     TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (aggregate_id, version)
     )""",
+    "ALTER TABLE {schema}.minies_snapshots ALTER COLUMN state SET STATISTICS 0",  # (as the keys: plaintext)
     """
     CREATE TABLE {schema}.minies_projections (
         name       TEXT        PRIMARY KEY,
