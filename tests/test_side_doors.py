@@ -3,7 +3,9 @@ added beside it, can weaken, empty or silently bypass the log."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -233,3 +235,89 @@ def test_a_db_handle_kept_for_later_runs_nothing(db_path: str) -> None:
         with pytest.raises(minies.MiniesError, match="works only while minies runs the projection"):
             kept[0].execute("CREATE TEMP TRIGGER t BEFORE INSERT ON main.events BEGIN SELECT RAISE(IGNORE); END")
         assert store.append("a", deposits(1), aggregate_type="Account") == 2
+
+
+# ---------------------------------------------------------------------------- store.query only reads
+class Totals(minies.Projection):
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE totals (id TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute(
+            "INSERT INTO totals VALUES (?, 1) ON CONFLICT (id) DO UPDATE SET n = totals.n + 1", (event.aggregate_id,)
+        )
+
+
+WRITES = [
+    "PRAGMA query_only=0; DELETE FROM totals",
+    "DELETE FROM totals",
+    "PRAGMA journal_mode=delete",
+    "PRAGMA synchronous=OFF",
+    "PRAGMA secure_delete=0",
+    "PRAGMA user_version=9",
+    "PRAGMA optimize",
+    "ATTACH '{tmp}/attached.db' AS a",
+    "VACUUM INTO '{tmp}/copy.db'",
+    "BEGIN",
+    "BEGIN; DELETE FROM totals; COMMIT",
+    "SAVEPOINT s",
+    "CREATE TEMP TABLE events (x)",
+    "CREATE TEMP VIEW v AS SELECT 1",
+    "SELECT 1; DELETE FROM totals",
+    "WITH gone AS (DELETE FROM totals RETURNING id) SELECT count(*) FROM gone",
+    "UPDATE minies_projections SET position = ?, updated_at = ? WHERE name = ?",  # minies' own text, cached
+    "EXPLAIN ANALYZE DELETE FROM totals",  # (PostgreSQL runs it; SQLite has no such syntax)
+]
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["alone", "in-a-transaction"])
+@pytest.mark.parametrize("sql", WRITES)
+def test_query_runs_one_statement_that_only_reads(location: str, tmp_path: Path, sql: str, inside: bool) -> None:
+    sql = sql.format(tmp=tmp_path)
+    params: tuple[object, ...] = (0, "t", "Totals") if "?" in sql else ()
+    with minies.EventStore(location, projections=[Totals()]) as store:
+        store.append("a", deposits(2), aggregate_type="Account")
+        with contextlib.ExitStack() as block:
+            if inside:
+                block.enter_context(store.transaction())
+                store.append("b", deposits(1), aggregate_type="Account")
+            with pytest.raises(minies.QueryError):
+                store.query(sql, params)
+            assert store.query("SELECT id, n FROM totals ORDER BY id") == [("a", 2)] + ([("b", 1)] if inside else [])
+        store.append("c", deposits(1), aggregate_type="Account")  # writes still work: no transaction left open
+        assert store.query("SELECT count(*) FROM events") == [(4 if inside else 3,)]  # a read sees the last write
+        assert store.query("SELECT position FROM minies_projections") == [(4 if inside else 3,)]
+        assert store.verify().ok
+        if not location.startswith("postgres"):
+            conn = store._conn
+            settings = [conn.pragma(name) for name in ("query_only", "synchronous", "secure_delete", "user_version")]
+            assert settings == [0, 2, 1, 4]  # (synchronous FULL)
+            assert conn.execute("SELECT count(*) FROM temp.sqlite_master").get == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".db")) == (
+        [] if location.startswith("postgres") else ["test.db"]
+    )
+    if not location.startswith("postgres"):
+        assert sqlite3.connect(location).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_query_refuses_several_statements_the_same_on_both_backends(location: str) -> None:
+    with minies.EventStore(location) as store:
+        for sql in ("SELECT 1; SELECT 2", "SELECT 1;\n SELECT 2;"):
+            with pytest.raises(minies.QueryError, match="^store.query runs one statement, got several: "):
+                store.query(sql)
+        assert store.query("SELECT 1;  ") == [(1,)]
+        assert store.query("SELECT 1 -- and a comment") == [(1,)]
+
+
+def test_query_on_postgres_moves_no_sequence_even_inside_a_transaction(pg_url: str) -> None:
+    with minies.EventStore(pg_url) as store:
+        pg_run(pg_url, "CREATE SEQUENCE counter")
+        for inside in (False, True):
+            with contextlib.ExitStack() as block:
+                if inside:
+                    block.enter_context(store.transaction())
+                    store.append("a", deposits(1), aggregate_type="Account")
+                with pytest.raises(minies.QueryError, match="read-only"):
+                    store.query("SELECT nextval('counter')")
+                assert store.query("SELECT last_value, is_called FROM counter") == [(1, False)]
+        assert store.version("a") == 1

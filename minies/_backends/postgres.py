@@ -234,21 +234,26 @@ class PostgresBackend:
         self.file_version = postgres_sql.SCHEMA_VERSION
         dsn, schema = split_schema(url)
         self._dsn = dsn
+        # Every session of the store's gets all of these, a replacement for a dropped one too.
+        # Temporary objects are looked up last (by default a session's own temporary table
+        # named 'events' would take minies' inserts), and a writer cannot hold the log's lock
+        # longer than others wait for it: not idle in a transaction, not in one statement.
+        waits = max(1, int(timeout * 1000))
         self._settings = [
-            f"SET lock_timeout = {int(timeout * 1000)}",
+            f"SET lock_timeout = {waits}",
+            f"SET idle_in_transaction_session_timeout = {max(1000, waits)}",
             f"SET synchronous_commit = {'on' if durability == 'full' else 'off'}",
         ]
+        if readonly:
+            self._settings.append("SET default_transaction_read_only = on")
         if schema is not None:
-            self._settings.append(f"SET search_path TO {schema}")
-        self.conn = Connection(self._connect(), self._connect)
+            self._settings.append(f"SET search_path TO {schema}, pg_temp")
+        self.conn = Connection(self._connect(), self._connect, f"SET LOCAL statement_timeout = {max(1000, waits)}")
         try:
             self._prepare(schema)
         except BaseException:
             self.conn.raw.close()
             raise
-        if readonly:
-            self._settings.append("SET default_transaction_read_only = on")
-            self.conn.raw.execute(self._settings[-1])
 
     def _connect(self) -> Any:
         """A new session, set up as this store's sessions are."""
@@ -375,7 +380,9 @@ class PostgresBackend:
         try:
             inside = self.conn.start()
             raw = self.conn.raw
-            raw.execute("SAVEPOINT minies_query" if inside else "BEGIN READ ONLY")
+            raw.execute(
+                "SAVEPOINT minies_query; SET LOCAL transaction_read_only = on" if inside else "BEGIN READ ONLY"
+            )
         except psycopg.Error as e:  # (inside a transaction whose session was dropped, say)
             self.raise_error(e, "cannot query")
         try:

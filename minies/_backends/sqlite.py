@@ -47,6 +47,8 @@ class SqliteBackend:
         self._timeout = timeout
         self._memory = path == ":memory:"
         self._reader_args = (path, apsw.SQLITE_OPEN_READONLY)  # how a second, reading connection opens
+        self.querying = False  # store.query's statement is being prepared and run: reads only
+        self.why = ""  # why the authorizer refused the query's statement
         self.file_version = sqlite_sql.SCHEMA_VERSION
         self.conn = self._connect()
         try:
@@ -179,16 +181,33 @@ class SqliteBackend:
     # ------------------------------------------------------------------ what the engine asks
     def projection_db(self) -> Database:
         db = Database(self.conn, apsw.AuthError, tagged=True)
-        self.conn.set_authorizer(_authorizer(db))
+        self.conn.set_authorizer(_authorizer(db, self))
         return db
 
     def query(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
+        """One statement that only reads, by construction: while it is prepared, SQLite's
+        authorizer allows nothing but reads (no write, DDL, ATTACH, transaction control or
+        PRAGMA that sets), and it is never taken from the statement cache, where a statement
+        minies prepared for itself would skip that check. On the store's own connection, so a
+        query inside ``store.transaction()`` sees the block's writes."""
         conn = self.conn
-        conn.pragma("query_only", True)
+        cursor = conn.cursor()
+        statements = 0
+
+        def one(_cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+            nonlocal statements
+            statements += 1
+            return statements == 1
+
+        cursor.exec_trace = one
+        self.querying, self.why = True, ""
         try:
-            return conn.execute(statement, params).fetchall()
-        except apsw.ReadOnlyError:
-            raise QueryError(f"store.query is read-only; this SQL tries to write: {statement!r:.200}") from None
+            return cursor.execute(statement, params, can_cache=False).fetchall()
+        except apsw.ExecTraceAbort:
+            raise QueryError(f"store.query runs one statement, got several: {statement!r:.200}") from None
+        except (apsw.AuthError, apsw.ReadOnlyError):
+            why = self.why or "it would write"
+            raise QueryError(f"store.query is read-only; {why}: {statement!r:.200}") from None
         except (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, apsw.ExecutionCompleteError) as e:
             raise QueryError(f"invalid SQL {statement!r:.200}: {e}") from None
         except (apsw.BindingsError, TypeError) as e:
@@ -196,7 +215,8 @@ class SqliteBackend:
         except apsw.Error as e:
             self.raise_error(e, "cannot query")
         finally:
-            conn.pragma("query_only", False)
+            self.querying = False
+            cursor.close()
 
     def schema_version(self) -> int:
         return int(self.conn.pragma("user_version"))
@@ -356,12 +376,20 @@ def _reserved(name: str) -> bool:
     return name == "events" or name.startswith(("minies_", "sqlite_"))
 
 
-def _authorizer(db: Database) -> Callable[..., int]:
-    """SQLite's authorizer, applied while projection code runs: it may read anything, and
-    create (in setup), write, alter and drop only its own objects (``db.owned``)."""
+def _authorizer(db: Database, backend: SqliteBackend) -> Callable[..., int]:
+    """SQLite's authorizer: while ``store.query`` runs, reads only; while projection code runs,
+    it may read anything, and create (in setup), write, alter and drop only its own objects
+    (``db.owned``); minies' own statements otherwise."""
 
     def authorize(action: int, one: str | None, two: str | None, schema: str | None, _trigger: str | None) -> int:
-        if not db.active or action in _READS:
+        if action in _READS:
+            return apsw.SQLITE_OK
+        if backend.querying:
+            if action == apsw.SQLITE_PRAGMA and _reads_only((one or "").lower(), two):
+                return apsw.SQLITE_OK
+            backend.why = _query_refusal(action, (one or "").lower())
+            return apsw.SQLITE_DENY
+        if not db.active:
             return apsw.SQLITE_OK
         why = _refusal(db, action, (one or "").lower(), (two or "").lower(), schema)
         if why is None:
@@ -370,6 +398,21 @@ def _authorizer(db: Database) -> Callable[..., int]:
         return apsw.SQLITE_DENY
 
     return authorize
+
+
+def _reads_only(pragma: str, value: str | None) -> bool:
+    return (pragma in _READ_PRAGMAS and not value) or pragma in _TABLE_PRAGMAS
+
+
+def _query_refusal(action: int, one: str) -> str:
+    """Why ``store.query`` may not do ``action`` (anything but a read)."""
+    if action == apsw.SQLITE_PRAGMA:
+        return f"PRAGMA {one} is not a read (it may not change a setting of the store's connection or file)"
+    if action in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+        return "it would start or end a transaction"
+    if action in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+        return "it would attach or detach a database file"
+    return "it would write or change the schema"
 
 
 def _refusal(db: Database, action: int, one: str, two: str, schema: str | None) -> str | None:
@@ -399,9 +442,9 @@ def _refusal(db: Database, action: int, one: str, two: str, schema: str | None) 
     if action == apsw.SQLITE_REINDEX:
         return None
     if action == apsw.SQLITE_PRAGMA:
-        if (one in _READ_PRAGMAS and not two) or one in _TABLE_PRAGMAS:
+        if _reads_only(one, two):
             return None
-        return f"PRAGMA {one} is not a read (a projection changes no setting of the store's connection or file)"
+        return f"PRAGMA {one} is not a read (it may not change a setting of the store's connection or file)"
     if action in _TEMPORARY:
         return (
             "it would create or drop a temporary object, which lives on the store's connection beyond the "
