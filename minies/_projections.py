@@ -276,7 +276,9 @@ class Projector:
         erased = [r.data.subject for r in records if isinstance(r.data, SubjectForgotten)]
         for name, projection in self.projections.items():
             position = self._positions[name]  # every projection has a row after its catch-up on open
-            if position < head_before:
+            if position < head_before:  # another store appended meanwhile, perhaps a forget: applied too
+                if self._erase(conn, db, name, self._erased(conn, position, head_before)):
+                    continue  # rebuilt: at the head, these records included
                 self._replay(conn, db, projection, position, None, upto=head_before)
             if erased and self._erase(conn, db, name, erased):
                 continue
@@ -310,13 +312,16 @@ class Projector:
             self.rebuild(conn, db, name)
         elif state[1] < head:
             # A subject forgotten meanwhile (by another store, or the CLI, without this read model).
-            erased = [
-                msgspec.json.decode(data)["subject"] for (data,) in conn.execute(conn.sql.ERASED_AFTER, (state[1],))
-            ]
-            if erased and self._erase(conn, db, name, erased):
+            if self._erase(conn, db, name, self._erased(conn, state[1], head)):
                 return
             self._replay(conn, db, projection, state[1], None)
             conn.execute(conn.sql.ADVANCE_PROJECTION, (head, _codec.now_text(), name))
+
+    @staticmethod
+    def _erased(conn: Connection, after: int, upto: int) -> list[str]:
+        """The subjects of the ``SubjectForgotten`` events at positions ``after < p <= upto``."""
+        rows = conn.execute(conn.sql.ERASED_AFTER, (after, upto))
+        return [msgspec.json.decode(data)["subject"] for (data,) in rows]
 
     def _erase(self, conn: Connection, db: Database, name: str, subjects: list[str]) -> bool:
         """Take forgotten subjects' personal data out of one read model: its ``forget`` hook,

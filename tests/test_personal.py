@@ -420,6 +420,62 @@ def test_read_models_of_another_store_clean_themselves_when_they_next_open(db_pa
         assert store.query("SELECT email FROM emails") == [("",)]
 
 
+class CountedEmails(Emails):
+    """``Emails`` (cleaned by a rebuild), counting its rebuilds."""
+
+    setups: ClassVar[int] = 0
+
+    def setup(self, db: minies.Database) -> None:
+        CountedEmails.setups += 1
+        super().setup(db)
+
+
+@pytest.mark.parametrize("forgotten_by", ["this store", "another store"])
+def test_a_store_left_open_cleans_its_read_models_of_a_subject_another_store_forgot(
+    location: str, forgotten_by: str
+) -> None:
+    """Its next append catches up over the erasure: it must clean, not just replay past it."""
+    EmailsWithHook.forgotten.clear()
+    with minies.EventStore(location, projections=[EmailsWithHook(), Emails()]) as store:
+        register(store, "c1", "ann@example.com")
+        register(store, "c2", "bob@example.com")
+        if forgotten_by == "this store":
+            store.forget("c1")
+        else:
+            with minies.EventStore(location) as other:
+                other.forget("c1")
+        register(store, "c3", "cy@example.com")
+        assert store.query("SELECT customer_id, email FROM emails_hooked ORDER BY 1") == [
+            ("c2", "bob@example.com"),
+            ("c3", "cy@example.com"),
+        ]
+        assert store.query("SELECT customer_id, email FROM emails ORDER BY 1") == [
+            ("c1", ""),
+            ("c2", "bob@example.com"),
+            ("c3", "cy@example.com"),
+        ]
+    assert EmailsWithHook.forgotten == ["c1"]
+
+
+def test_catch_up_on_open_does_not_repeat_an_erasure_at_a_checkpoint(db_path: str) -> None:
+    """A ``SubjectForgotten`` at a read model's checkpoint was applied: opening again runs no
+    hook and no rebuild for it, whether more events followed or not."""
+    EmailsWithHook.forgotten.clear()
+    models = [EmailsWithHook(), CountedEmails()]
+    with minies.EventStore(db_path, projections=models) as store:
+        register(store, "c1", "ann@example.com")
+        at = store.forget("c1").position
+        assert store.info().projections[0][2] == at
+    setups = CountedEmails.setups
+    with minies.EventStore(db_path, projections=models):
+        pass
+    with minies.EventStore(db_path) as bare:
+        register(bare, "c2", "bob@example.com")
+    with minies.EventStore(db_path, projections=models) as store:
+        assert store.query("SELECT customer_id FROM emails ORDER BY 1") == [("c1",), ("c2",)]
+    assert EmailsWithHook.forgotten == ["c1"] and CountedEmails.setups == setups
+
+
 FORGET_ELSEWHERE = """
 import sys, minies
 with minies.EventStore(sys.argv[1]) as store:

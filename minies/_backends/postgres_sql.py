@@ -326,7 +326,9 @@ COPY_KEY: Final = (
     "INSERT INTO minies_keys (key_id, subject, key, created_at, forgotten_at) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
-ERASED_AFTER: Final = "SELECT data::text FROM events WHERE position > ? AND event_type = 'minies.SubjectForgotten'"
+ERASED_AFTER: Final = (
+    "SELECT data::text FROM events WHERE position > ? AND position <= ? AND event_type = 'minies.SubjectForgotten'"
+)
 SEALS_BEFORE: Final = "SELECT EXISTS (SELECT 1 FROM events WHERE position < ? AND strpos(data::text, ?) > 0)"
 PURGE_KEYS: Final = "VACUUM FULL minies_keys"
 PURGE_SNAPSHOTS: Final = "VACUUM FULL minies_snapshots"
