@@ -218,29 +218,37 @@ def _load(store: minies.EventStore, cls: type[Till], account: str) -> Till:
 
 def deposit(store: minies.EventStore, rec: Recorder, plan: Plan, client: int, op: str, account: str, amount: int) -> None:
     o = rec.invoke(client, "deposit", op=op, account=account, amount=amount)
+    loaded: list[list[Any]] = []  # every load a try made: each is checked like a load of its own
     for _ in range(30):
         try:
             till = _load(store, plan.till, account)
+            loaded.append(_seen(till))
             till.deposit(op, amount, plan.sealed)
             version = store.save(till)
         except minies.ConcurrencyError:
             continue
         except minies.MiniesError as e:
-            rec.complete(o, "unknown", error=repr(e))
+            rec.complete(o, "unknown", error=repr(e), loaded=loaded)
             return
-        rec.complete(o, "ok", versions={account: version})
+        rec.complete(o, "ok", versions={account: version}, loaded=loaded)
         return
-    rec.complete(o, "fail", error="conflicts")
+    rec.complete(o, "fail", error="conflicts", loaded=loaded)
+
+
+def _seen(till: Till) -> list[Any]:
+    return [till.id, till.version, till.balance, list(till.ops)]
 
 
 def transfer(
     store: minies.EventStore, rec: Recorder, plan: Plan, client: int, op: str, src: str, dst: str, amount: int
 ) -> None:
     o = rec.invoke(client, "transfer", op=op, src=src, dst=dst, amount=amount)
+    loaded: list[list[Any]] = []
     for _ in range(30):
         try:
             with store.transaction():
                 a, b = _load(store, plan.till, src), _load(store, plan.till, dst)
+                loaded += [_seen(a), _seen(b)]
                 if a.balance < amount:
                     versions = None
                 else:
@@ -250,14 +258,14 @@ def transfer(
         except minies.ConcurrencyError:
             continue
         except minies.MiniesError as e:
-            rec.complete(o, "unknown", error=repr(e))
+            rec.complete(o, "unknown", error=repr(e), loaded=loaded)
             return
         if versions is None:
-            rec.complete(o, "fail", error="declined: not enough money")
+            rec.complete(o, "fail", error="declined: not enough money", loaded=loaded)
         else:
-            rec.complete(o, "ok", versions=versions)
+            rec.complete(o, "ok", versions=versions, loaded=loaded)
         return
-    rec.complete(o, "fail", error="conflicts")
+    rec.complete(o, "fail", error="conflicts", loaded=loaded)
 
 
 def load(store: minies.EventStore, rec: Recorder, plan: Plan, client: int, account: str) -> None:
@@ -265,11 +273,11 @@ def load(store: minies.EventStore, rec: Recorder, plan: Plan, client: int, accou
     try:
         till = store.load(plan.till, account)
     except minies.NotFound:
-        rec.complete(o, "ok", version=0, balance=0, ops=[])
+        rec.complete(o, "ok", version=0, loaded=[[account, 0, 0, []]])
     except minies.MiniesError as e:
         rec.complete(o, "fail", error=repr(e))
     else:
-        rec.complete(o, "ok", version=till.version, balance=till.balance, ops=list(till.ops))
+        rec.complete(o, "ok", version=till.version, loaded=[_seen(till)])
 
 
 def append_tick(store: minies.EventStore, rec: Recorder, plan: Plan, client: int, op: str, stream: str) -> None:
@@ -461,26 +469,28 @@ def run_async(plan: Plan) -> list[Op]:
                         try:
                             till = await astore.load(plan.till, account)
                         except minies.NotFound:
-                            rec.complete(o, "ok", version=0, balance=0, ops=[])
+                            rec.complete(o, "ok", version=0, loaded=[[account, 0, 0, []]])
                         else:
-                            rec.complete(o, "ok", version=till.version, balance=till.balance, ops=list(till.ops))
+                            rec.complete(o, "ok", version=till.version, loaded=[_seen(till)])
                         continue
                     op, amount = f"{plan.seed}-{client}-{k}", rng.randint(1, 9)
                     o = rec.invoke(client, "deposit", op=op, account=account, amount=amount)
+                    loaded: list[list[Any]] = []
                     for _ in range(60):
                         try:
                             try:
                                 till = await astore.load(plan.till, account)
                             except minies.NotFound:
                                 till = plan.till(id=account)
+                            loaded.append(_seen(till))
                             till.deposit(op, amount, plan.sealed)
                             version = await astore.save(till)
                         except minies.ConcurrencyError:
                             continue
-                        rec.complete(o, "ok", versions={account: version})
+                        rec.complete(o, "ok", versions={account: version}, loaded=loaded)
                         break
                     else:
-                        rec.complete(o, "fail", error="conflicts")
+                        rec.complete(o, "fail", error="conflicts", loaded=loaded)
 
             async def tick_task(client: int) -> None:
                 rng = random.Random(f"{plan.seed}/{client}")
@@ -534,6 +544,12 @@ def run_processes(plan: Plan, folder: Path, kill: bool) -> list[Op]:
         procs.append(
             subprocess.Popen([sys.executable, "-c", "import history, sys; history.process_main(sys.argv[1])", args], env=env)
         )
+    deadline = time.monotonic() + 60
+    while not all((folder / f"ready-{client}").exists() for _, client in roles):  # all open, then all go
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.002)
+    (folder / "go").touch()
     victim = None
     if kill:  # once it has invoked a few operations, mid-operation as likely as not
         rng = random.Random(plan.seed)
@@ -556,12 +572,45 @@ def run_processes(plan: Plan, folder: Path, kill: bool) -> list[Op]:
     return [op for _, client in roles for op in read_recording(folder / f"client-{client}.jsonl")]
 
 
+def _replay_records_before_the_fix(  # type: ignore[no-untyped-def]
+    self, aggregate_id, aggregate_type, after, upto, step, opener
+) -> int:
+    """minies 0.2's per-record replay: the version read by a separate query after the records."""
+    from minies._log import read_aggregate
+
+    for record in read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading(), False, opener):
+        step(record.data)
+    with self._lock:
+        sql = "SELECT max(version) FROM events WHERE aggregate_id = ? AND version <= ?"
+        high = self._open().execute(sql, (aggregate_id, upto)).get
+    return max(0, int(high or 0) - after)
+
+
+def reintroduce(bug: str) -> None:
+    """Put a fixed bug back (in this process), to show that a checker catches it."""
+    from minies._store import EventStore
+    from minies._subscriptions import Subscription
+
+    if bug == "load-version":
+        EventStore._replay_records = _replay_records_before_the_fix  # type: ignore[method-assign]
+    elif bug == "processor-claim":
+        Subscription._claim = lambda self: None  # type: ignore[method-assign]
+    else:
+        raise ValueError(bug)
+
+
 def process_main(argument: str) -> None:
     fields, role, client, path, stop_file = json.loads(argument)
     plan = Plan(**fields)
     _flavour(plan.flavour)
+    if os.environ.get("MINIES_HISTORY_BUG"):
+        reintroduce(os.environ["MINIES_HISTORY_BUG"])
     rec = Recorder(Path(path))
+    folder = Path(path).parent
     with minies.EventStore(plan.location) as store:
+        (folder / f"ready-{client}").touch()
+        while not (folder / "go").exists():
+            time.sleep(0.001)
         if role == "bank":
             bank_client(store, rec, plan, client)
         elif role == "append":
@@ -636,25 +685,25 @@ def _check_bank(ops: list[Op], log: list[minies.Recorded]) -> dict[str, int]:
         raise Violation(f"events of operations no client invoked: {sorted(phantoms)[:3]}")
     # Every load is a fold of a prefix of its stream, at the version it reports, and sees every
     # write acknowledged before it started (real time).
-    loads = [op for op in ops if op.kind == "load" and op.outcome == "ok"]
-    for op in loads:
-        account, version = op.args["account"], op.result["version"]
+    loads = [(op, seen) for op in ops for seen in op.result.get("loaded", [])]
+    for op, (account, version, balance, applied) in loads:
         states = prefix.get(account, [(0, [])])
         if version >= len(states):
             raise Violation(f"a load of {account} reported version {version}, beyond the log's {len(states) - 1}")
-        if (op.result["balance"], op.result["ops"]) != states[version]:
+        if (balance, applied) != states[version]:
             raise Violation(
-                f"a load of {account} at version {version} returned balance {op.result['balance']} after "
-                f"{len(op.result['ops'])} operations; the log's fold at that version is {states[version][0]} "
-                f"after {version}"
+                f"a load of {account} at version {version} returned balance {balance} after {len(applied)} "
+                f"operations; the log's fold at that version is {states[version][0]} after {version}"
             )
+        if op.kind != "load" or op.outcome != "ok":
+            continue
         for write in ops:
-            if write.outcome == "ok" and write.end < op.start and account in write.result.get("versions", {}):
-                if write.result["versions"][account] > version:
-                    raise Violation(
-                        f"stale load: {account} at version {version}, started after {write.args['op']} was "
-                        f"acknowledged at version {write.result['versions'][account]}"
-                    )
+            acknowledged = write.result.get("versions", {}) if write.outcome == "ok" and write.end < op.start else {}
+            if acknowledged.get(account, 0) > version:
+                raise Violation(
+                    f"stale load: {account} at version {version}, started after {write.args['op']} was "
+                    f"acknowledged at version {acknowledged[account]}"
+                )
     total = sum(states[-1][0] for states in prefix.values())
     deposited = sum(r.data.amount for r in log if r.aggregate_type == "Till" and not isinstance(r.data, Withdrawn))
     withdrawn = sum(r.data.amount for r in log if isinstance(r.data, Withdrawn))
