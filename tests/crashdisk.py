@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -83,6 +84,8 @@ class CrashDisk(apsw.VFS):
         seed: makes the choice of surviving writes and sectors replayable.
         fail: ``(suffix, kind, n)``: the n-th ``kind`` ("write", "sync" or "truncate") on a
             file whose name ends with ``suffix`` raises an I/O error, once.
+        sync_seconds: every sync also sleeps this long (a slow disk, on which the writes of
+            many threads queue behind each commit and share the next one).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class CrashDisk(apsw.VFS):
         mode: str = "lost",
         seed: int = 0,
         fail: tuple[str, str, int] | None = None,
+        sync_seconds: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -100,6 +104,7 @@ class CrashDisk(apsw.VFS):
         self.random = random.Random(seed)
         self.fail = fail
         self.failed = False
+        self.sync_seconds = sync_seconds
         self.operations = 0
         self.files: dict[str, _File] = {}
         self.out = False  # the power is out
@@ -214,3 +219,5 @@ class _CrashFile(apsw.VFSFile):
         super().xSync(flags)
         if self.model is not None:
             self.model.sync()
+        if self.disk.sync_seconds:
+            time.sleep(self.disk.sync_seconds)  # releases the GIL, as a real fsync's wait does
