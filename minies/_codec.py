@@ -170,10 +170,13 @@ def _contradiction(event: Event, problem: str | None) -> TypeError | ValueError:
         field = next((f for f in cls.__struct_fields__ if getattr(event, f) != getattr(decoded, f)), None)
     else:
         field = field_named(problem, cls)
+    spec = _personal.SEALED.get(cls)  # an error message must never carry personal data: name the field only
+    personal = {attr for attr, _ in spec.fields} if spec is not None else set()
     if field is None:
-        return ValueError(f"{cls.__name__} would not read back as itself ({_LOST}): {event!r:.200}")
+        shown = f"{cls.__name__}(…)" if personal else f"{event!r:.200}"
+        return ValueError(f"{cls.__name__} would not read back as itself ({_LOST}): {shown}")
     value = getattr(event, field)
-    where = f"{cls.__name__}.{field} = {value!r:.80}"
+    where = f"{cls.__name__}.{field} " + ("(personal data, not shown)" if field in personal else f"= {value!r:.80}")
     if problem is not None and "got `null`" not in problem:
         kind = TypeError if "`, got `" in problem else ValueError  # else: a constraint (msgspec.Meta)
         return kind(f"{where} does not match the class: {problem}; nothing was written")

@@ -284,6 +284,31 @@ class SealedEverything(minies.Event):
     colour: minies.Personal[Colour] = Colour.RED
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "kind", "expected"),
+    [
+        ("text", ["Ann Secretname"], TypeError, "Expected `str`, got `array`"),
+        ("number", "Ann Secretname", TypeError, "Expected `int`, got `str`"),
+        ("mapping", {"Ann Secretname": 7777777}, TypeError, "Expected `str`, got `int`"),
+        ("items", ["Ann Secretname"], TypeError, "Expected `int`, got `str`"),
+        ("real", float("nan"), ValueError, "would not read back as itself"),
+        ("point", {"x": 7777777, "y": 1}, TypeError, "Point"),
+    ],
+)
+def test_an_error_about_a_personal_field_never_shows_its_value(
+    minies_store: minies.EventStore, field: str, value: Any, kind: type[Exception], expected: str
+) -> None:
+    """It names the field and what the class expects (the check runs before any backend)."""
+    store = minies_store
+    event = SealedEverything(**{field: value})
+    with pytest.raises(kind) as caught:
+        store.append("p1", [event], aggregate_type="Patient")
+    message = str(caught.value)
+    assert message.startswith(f"SealedEverything.{field} (personal data, not shown) ") and expected in message
+    assert "Secretname" not in message and "nan" not in message and "7777777" not in message
+    assert store.head() == (0, "")
+
+
 def plain_text(max_size: int | None = None) -> st.SearchStrategy[str]:
     """Any text but the shape of a sealed value, which minies refuses (a test below shows it)."""
     return st.text(max_size=max_size).filter(lambda s: not s.startswith(_personal.PREFIX))
