@@ -2,7 +2,7 @@
 
 from minies._aggregate import Aggregate
 from minies._aio import AsyncEventStore
-from minies._audit import VerifyReport
+from minies._audit import VerifyReport, repair
 from minies._copy import CopyReport, copy
 from minies._errors import (
     ConcurrencyError,
@@ -20,6 +20,7 @@ from minies._events import ANY, ERASURES, Event, Recorded, SubjectForgotten, met
 from minies._personal import Personal, forgotten
 from minies._processors import Processor
 from minies._projections import Database, Projection, RebuildReport
+from minies._roles import grant
 from minies._store import Erasure, EventStore, StoreInfo
 from minies._subscriptions import DeadLetter, Subscription
 from minies._upcasters import rename, upcaster
@@ -58,7 +59,9 @@ __all__ = [
     "VerifyReport",
     "copy",
     "forgotten",
+    "grant",
     "metadata_scope",
     "rename",
+    "repair",
     "upcaster",
 ]

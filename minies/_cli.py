@@ -97,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("subject", help="the data subject's id")
     forget.add_argument("--reason", default="", help="why (recorded in the erasure event; no personal data)")
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    grant = command("grant", _grant, "PostgreSQL: give ROLE exactly what an app, a reader or an auditor needs")
+    grant.add_argument("role_name", metavar="ROLE", help="an existing PostgreSQL role")
+    grant.add_argument(
+        "--role",
+        dest="access",
+        choices=("app", "reader", "auditor"),
+        required=True,
+        help="app: append, read, run projections; reader: read; auditor: read the log and verify",
+    )
+    command("repair", _repair, "re-create minies' own triggers on a file whose guards are missing, if it verifies")
     snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
     snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
     return parser
@@ -189,6 +199,12 @@ def _forget(args: argparse.Namespace) -> int:
         "applications' read models clean themselves when they next open the store; "
         "backups taken before still hold the key"
     )
+    return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    minies.grant(args.file, args.role_name, args.access)
+    print(f"granted {args.access} to {args.role_name} on {shown(args.file)}")
     return 0
 
 
@@ -297,6 +313,13 @@ def _verify(args: argparse.Namespace) -> int:
             f"({report.events_checked:,} events verified before it)",
         )
     return 1
+
+
+def _repair(args: argparse.Namespace) -> int:
+    redone = minies.repair(args.file)
+    where = shown(args.file)
+    print(f"re-created {', '.join(redone)} on {where}" if redone else f"{where} is guarded: nothing to repair")
+    return 0
 
 
 _CSV_COLUMNS = (*Recorded.__struct_fields__, "schema_version", "hash")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pgserver
 import pytest
@@ -44,11 +45,37 @@ def pg_url(pg_dsn: str) -> str:
     return pgserver.fresh_schema(pg_dsn)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+APP_ROLE = "minies_app"
+
+
+@pytest.fixture(scope="session")
+def pg_app_role(pg_dsn: str) -> str:
+    """A role of the server's with no privilege of its own (no superuser, no CREATEROLE)."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone():
+            admin.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION")
+    return APP_ROLE
+
+
+@pytest.fixture
+def pg_app_url(pg_dsn: str, pg_app_role: str) -> str:
+    """A PostgreSQL URL with an empty log that the superuser created, opened as a role that
+    ``minies grant --role app`` set up: what an application runs as."""
+    url = pgserver.fresh_schema(pg_dsn)
+    minies.grant(url, pg_app_role, "app")
+    return url.replace("postgres@", f"{pg_app_role}@", 1)
+
+
+@pytest.fixture(params=["sqlite", "postgres", "postgres-app"])
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a contract test's store lives: a file, then a PostgreSQL schema."""
+    """Where a contract test's store lives: a file, a PostgreSQL schema, then the same as the
+    application role ``minies grant`` sets up."""
     if request.param == "sqlite":
         return str(tmp_path / "test.db")
+    if request.param == "postgres-app":
+        return str(request.getfixturevalue("pg_app_url"))
     return str(request.getfixturevalue("pg_url"))
 
 
@@ -57,14 +84,14 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "test.db")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "postgres-app"])
 def store(request: pytest.FixtureRequest) -> Iterator[minies.EventStore]:
     """An in-memory store (the fixture minies' pytest plugin gives every user), then one on
-    PostgreSQL."""
+    PostgreSQL, as the superuser and as the application role."""
     if request.param == "sqlite":
         yield request.getfixturevalue("minies_store")
         return
-    with minies.EventStore(request.getfixturevalue("pg_url")) as s:
+    with minies.EventStore(request.getfixturevalue("pg_url" if request.param == "postgres" else "pg_app_url")) as s:
         yield s
 
 
@@ -83,6 +110,30 @@ def run_python(code: str, *args: str, check: bool = True, timeout: float = 120) 
     if check and result.returncode != 0:
         raise AssertionError(f"helper process failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def tamper(store: minies.EventStore, update: str, params: tuple[Any, ...] = ()) -> None:
+    """Drop the update guard and run ``update`` on the events table as the log's owner would (a
+    store that runs as the application role cannot: it is not the owner)."""
+    drop = "DROP TRIGGER events_no_update" + (" ON events" if store.path.startswith("postgres") else "")
+    if f"{APP_ROLE}@" not in store.path:
+        store._conn.execute(drop)
+        store._conn.execute(update, params)
+        return
+    import psycopg
+
+    from minies._backends.postgres import translate
+
+    dsn, _, schema = owner_url(store.path).partition("?schema=")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        conn.execute(drop)
+        conn.execute(translate(update)[0], params)
+
+
+def owner_url(url: str) -> str:
+    """The URL of a PostgreSQL log's owner (the superuser), for a URL of the application role's."""
+    return url.replace(f"{APP_ROLE}@", "postgres@", 1)
 
 
 def schema_objects(store: minies.EventStore) -> set[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
-from conftest import run_python
+from conftest import run_python, tamper
 from domain import Account, AccountOpened, AccountRenamed, MoneyDeposited, MoneyWithdrawn, OrderPlaced
 
 import minies
@@ -282,10 +282,7 @@ def test_a_payload_that_no_longer_decodes_is_named_by_its_version(store: minies.
     opened(store, "acc-9")
     store.append("acc-9", [MoneyDeposited(amount=5)], aggregate_type="Account")
     with store.transaction():
-        store._conn.execute(
-            "DROP TRIGGER events_no_update" + (" ON events" if store.path.startswith("postgres") else "")
-        )
-        store._conn.execute("UPDATE events SET data = ? WHERE position = 2", ('{"amount": "five"}',))
+        tamper(store, "UPDATE events SET data = ? WHERE position = 2", ('{"amount": "five"}',))
     with pytest.raises(
         minies.SchemaError, match=r"(event 2 of aggregate 'acc-9'|event at position 2 .*) does not decode"
     ):

@@ -7,6 +7,7 @@ upcasting) runs on both backends in the other test files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -191,6 +192,295 @@ def test_a_trigger_minies_did_not_create_is_reported(pg_url: str) -> None:
         )
 
 
+_ROLE = f"x_{uuid.uuid4().hex[:10]}"  # a role of the cluster's, for the tests that hand things to one
+_APPEND_BODY = (
+    "$$ DECLARE first bigint; last bigint; n bigint; BEGIN SELECT min(position), max(position), count(*)"
+    " INTO first, last, n FROM new_rows; RETURN NULL; END $$"
+)
+# What a superuser (or the log's owner) can do to the guards, and what verify says about it.
+PERIMETER = {
+    "a rule": (
+        "CREATE RULE swallow AS ON INSERT TO events DO INSTEAD NOTHING",
+        "rules are on minies' tables: events.swallow (one can turn an append into nothing)",
+    ),
+    "a rule on the head": (
+        "CREATE RULE stay AS ON UPDATE TO minies_head DO INSTEAD NOTHING",
+        "rules are on minies' tables: minies_head.stay (one can turn an append into nothing)",
+    ),
+    "ENABLE REPLICA": (
+        "ALTER TABLE events ENABLE REPLICA TRIGGER events_no_update",
+        "immutability triggers do not fire in ordinary sessions: events_no_update (ENABLE REPLICA)",
+    ),
+    "ENABLE ALWAYS": (
+        "ALTER TABLE events ENABLE ALWAYS TRIGGER events_append_only",
+        "immutability triggers do not fire in ordinary sessions: events_append_only (ENABLE ALWAYS)",
+    ),
+    "a gutted append function": (
+        "CREATE OR REPLACE FUNCTION minies_append() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+        f" SET search_path = pg_catalog, pg_temp AS {_APPEND_BODY}",
+        "the function minies_append behind the immutability triggers was altered",
+    ),
+    "the append function run as the caller": (
+        "ALTER FUNCTION minies_append() SECURITY INVOKER",
+        "the function minies_append behind the immutability triggers was altered",
+    ),
+    "its search path unpinned": (
+        "ALTER FUNCTION minies_append() RESET search_path",
+        "the function minies_append behind the immutability triggers was altered",
+    ),
+    "the append lock removed": (
+        "CREATE OR REPLACE FUNCTION minies_append_state(aggregate text) RETURNS TABLE (version bigint,"
+        " aggregate_type text, head bigint, hash bytea) LANGUAGE sql AS $$ SELECT NULL::bigint, NULL::text,"
+        " position, hash FROM minies_head $$",
+        "the function minies_append_state behind the immutability triggers was altered",
+    ),
+    "an overload": (
+        "CREATE FUNCTION minies_append_state(aggregate varchar) RETURNS TABLE (version bigint, aggregate_type text,"
+        " head bigint, hash bytea) LANGUAGE sql AS $$ SELECT 0::bigint, NULL::text, 0::bigint, NULL::bytea $$",
+        "the function minies_append_state has overloads minies did not create: aggregate text, aggregate character varying",
+    ),
+    "a trigger that never fires": (
+        "DROP TRIGGER events_no_delete ON events; CREATE TRIGGER events_no_delete BEFORE DELETE ON events"
+        " FOR EACH ROW WHEN (false) EXECUTE FUNCTION minies_refuse()",
+        "the immutability trigger events_no_delete was altered",
+    ),
+    "a trigger on one column": (
+        "DROP TRIGGER events_no_update ON events; CREATE TRIGGER events_no_update BEFORE UPDATE OF hash ON events"
+        " FOR EACH ROW EXECUTE FUNCTION minies_refuse()",
+        "the immutability trigger events_no_update was altered",
+    ),
+    "row-level security": (
+        "ALTER TABLE events ENABLE ROW LEVEL SECURITY",
+        "row-level security is on for events: some roles would read or write only part of it",
+    ),
+    "a policy": (
+        "CREATE POLICY early ON events USING (position < 3)",
+        "row-level security is on for events: some roles would read or write only part of it",
+    ),
+    "another owner": (
+        f"ALTER FUNCTION minies_append() OWNER TO {_ROLE}",
+        f"the function minies_append is owned by {_ROLE}, the events table by postgres: one owner runs both",
+    ),
+    "another owner of the head": (
+        f"ALTER TABLE minies_head OWNER TO {_ROLE}",
+        f"minies_head is owned by {_ROLE}, the events table by postgres: one owner holds both",
+    ),
+    "a role that skips triggers": (
+        f"ALTER ROLE {_ROLE} SET session_replication_role = replica",
+        f"session_replication_role is set for {_ROLE} (session_replication_role=replica): minies' triggers do not"
+        " fire in such sessions",
+    ),
+    "the keys' guard off": (
+        "ALTER TABLE minies_keys DISABLE TRIGGER minies_keys_guard",
+        "immutability triggers are disabled: minies_keys_guard",
+    ),
+}
+
+
+@pytest.mark.parametrize("change", PERIMETER)
+def test_verify_reads_the_whole_perimeter_the_log_relies_on(pg_url: str, change: str) -> None:
+    """Rules, trigger states and definitions, function bodies and settings, owners, row-level
+    security, replica defaults: each change is reported, and undoing it makes verify pass."""
+    sql, reason = PERIMETER[change]
+    fill(pg_url, 3)
+    dsn = pg_url.partition("?schema=")[0]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (_ROLE,)).fetchone():
+            with contextlib.suppress(psycopg.errors.DuplicateObject):
+                admin.execute(f"CREATE ROLE {_ROLE}")
+    try:
+        assert psql(pg_url, sql).returncode == 0
+        with minies.EventStore(pg_url) as store:
+            report = store.verify()
+            assert (report.ok, report.reason) == (False, reason)
+    finally:
+        if "ALTER ROLE" in sql:
+            assert psql(pg_url, f"ALTER ROLE {_ROLE} RESET ALL").returncode == 0
+
+
+def test_a_read_model_s_own_trigger_and_rule_on_its_own_table_pass_verify(pg_url: str) -> None:
+    class Audited(minies.Projection):
+        def setup(self, db: minies.Database) -> None:
+            db.execute("CREATE TABLE emails (id TEXT)")
+            db.execute("CREATE TABLE emails_log (id TEXT)")
+            db.execute(
+                "CREATE FUNCTION emails_logged() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN INSERT INTO emails_log VALUES (NEW.id); RETURN NEW; END $$"
+            )
+            db.execute("CREATE TRIGGER emails_log AFTER INSERT ON emails FOR EACH ROW EXECUTE FUNCTION emails_logged()")
+
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            db.execute("INSERT INTO emails VALUES (?)", (event.aggregate_id,))
+
+    with minies.EventStore(pg_url, projections=[Audited()]) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert store.query("SELECT id FROM emails_log") == [("a",)]
+        assert store.verify().ok
+
+
+def as_role(url: str, role: str) -> str:
+    return url.replace("postgres@", f"{role}@", 1)
+
+
+def new_role(dsn: str) -> str:
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    return role
+
+
+def test_appending_needs_no_right_to_move_the_head(pg_url: str) -> None:
+    """INSERT on the events table and SELECT are enough: the trigger moves the head as the log's
+    owner (before, a role needed UPDATE on minies_head, and with it could leave a gap for good)."""
+    fill(pg_url, 2)
+    dsn, _, schema = pg_url.partition("?schema=")
+    role = new_role(dsn)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        admin.execute(f"GRANT INSERT ON {schema}.events TO {role}")
+    with minies.EventStore(as_role(pg_url, role)) as store:
+        assert store.append("a", [MoneyDeposited(amount=1), MoneyDeposited(amount=2)], aggregate_type="Account") == 2
+        assert store.append("a", [MoneyDeposited(amount=3)], aggregate_type="Account") == 3
+    with minies.EventStore(pg_url) as store:
+        assert store.head()[0] == 5 and store.verify().ok
+
+
+def _as(url: str, role: str, sql: str) -> str:
+    """What the server says to ``role`` running ``sql`` in the store's schema (empty: it ran)."""
+    dsn, _, schema = as_role(url, role).partition("?schema=")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        try:
+            conn.execute(sql)
+        except psycopg.Error as e:
+            return str(e).splitlines()[0]
+    return ""
+
+
+def test_the_app_role_appends_reads_projects_and_forgets_and_cannot_weaken_the_log(
+    pg_url: str, pg_app_role: str
+) -> None:
+    minies.grant(pg_url, pg_app_role, "app")
+    app = as_role(pg_url, pg_app_role)
+    with minies.EventStore(app, projections=[Balances()], snapshot_every={SnappedAccount: 2}) as store:
+        store.append("acc-1", [AccountOpened(owner="o", balance=1)], aggregate_type="Account")
+        store.append("acc-1", [MoneyDeposited(amount=i) for i in range(3)], aggregate_type="Account")
+        account = SnappedAccount(id="s")
+        account.record(AccountOpened(owner="o", balance=1))
+        for i in range(3):
+            account.record(MoneyDeposited(amount=i))
+            store.save(account)
+        assert store.load(SnappedAccount, "s").balance == 4
+        store.append("p-1", [ServerNoteTaken(note="secret")], aggregate_type="Patient")
+        store.subscription("mailer").poll(lambda r: None, limit=2)
+        assert store.forget("p-1").keys == 1
+        assert store.query("SELECT balance FROM balances WHERE account_id = 'acc-1'") == [(4,)]
+        assert store.rebuild("Balances").events > 0 and store.verify().ok
+    refused = {
+        "UPDATE events SET data = '{}' WHERE position = 1": "permission denied for table events",
+        "DELETE FROM events": "permission denied for table events",
+        "TRUNCATE events": "permission denied for table events",
+        "UPDATE minies_head SET position = 99": "permission denied for table minies_head",
+        "INSERT INTO minies_head VALUES (true, 0, '')": "permission denied for table minies_head",
+        "DELETE FROM minies_keys": "permission denied for table minies_keys",
+        "TRUNCATE minies_keys": "permission denied for table minies_keys",
+        "UPDATE minies_keys SET key = 'x'": "minies: personal-data keys are only destroyed, by forget; UPDATE is refused",
+        "UPDATE minies_keys SET key = NULL, forgotten_at = now(), subject = 'x'": (
+            "minies: personal-data keys are only destroyed, by forget; UPDATE is refused"
+        ),
+        "ALTER TABLE events DISABLE TRIGGER ALL": "must be owner of table events",
+        "ALTER TABLE events ENABLE REPLICA TRIGGER events_no_update": "must be owner of table events",
+        "ALTER TABLE minies_keys DISABLE TRIGGER USER": "must be owner of table minies_keys",
+        "DROP TRIGGER events_no_delete ON events": "must be owner of relation events",
+        "CREATE RULE swallow AS ON INSERT TO events DO INSTEAD NOTHING": "must be owner of table events",
+        "CREATE RULE stay AS ON UPDATE TO minies_head DO INSTEAD NOTHING": "must be owner of table minies_head",
+        "CREATE TRIGGER t BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION minies_refuse()": (
+            "permission denied for table events"
+        ),
+        "CREATE POLICY p ON events USING (false)": "must be owner of table events",
+        "ALTER TABLE events ENABLE ROW LEVEL SECURITY": "must be owner of table events",
+        "DROP TABLE minies_subscriptions": "must be owner of table minies_subscriptions",
+        "ALTER TABLE events RENAME TO old_events": "must be owner of table events",
+        "CREATE OR REPLACE FUNCTION minies_append() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$": (
+            "must be owner of function minies_append"
+        ),
+        "SET session_replication_role = replica": 'permission denied to set parameter "session_replication_role"',
+        "SELECT set_config('session_replication_role', 'replica', false)": (
+            'permission denied to set parameter "session_replication_role"'
+        ),
+        f"ALTER ROLE {pg_app_role} SET session_replication_role = replica": (
+            'permission denied to set parameter "session_replication_role"'
+        ),
+    }
+    said = {sql: _as(pg_url, pg_app_role, sql) for sql in refused}
+    assert said == refused
+    with minies.EventStore(pg_url) as store:
+        assert store.verify().ok and store.head()[0] == 10
+
+
+def test_reader_and_auditor_roles_read_and_verify_and_write_nothing(pg_url: str) -> None:
+    fill(pg_url, 3)
+    dsn = pg_url.partition("?schema=")[0]
+    reader, auditor = new_role(dsn), new_role(dsn)
+    minies.grant(pg_url, reader, "reader")
+    result = subprocess.run(
+        [sys.executable, "-m", "minies", "grant", "--role", "auditor", pg_url, auditor],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, f"granted auditor to {auditor} on {pg_url}\n"), result.stderr
+    for role in (reader, auditor):
+        with minies.EventStore(as_role(pg_url, role), readonly=True) as store:
+            assert store.head()[0] == 3 and store.verify().ok and len(list(store.read_all())) == 3
+        denied = r"permission denied \(permission denied for table events\)"
+        with minies.EventStore(as_role(pg_url, role)) as store, pytest.raises(minies.StorageError, match=denied):
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert _as(pg_url, role, "CREATE TABLE mine (x int)").startswith("permission denied for schema")
+    with minies.EventStore(as_role(pg_url, reader), readonly=True) as store:
+        assert store.query("SELECT count(*) FROM balances") == [(3,)]
+    with (
+        minies.EventStore(as_role(pg_url, auditor), readonly=True) as store,
+        pytest.raises(minies.MiniesError, match="permission denied for table balances"),
+    ):
+        store.query("SELECT count(*) FROM balances")
+    with pytest.raises(ValueError, match="access must be one of app, reader, auditor, got 'admin'"):
+        minies.grant(pg_url, reader, "admin")  # type: ignore[arg-type]
+    with pytest.raises(minies.StorageError, match='role "nobody_here" does not exist'):
+        minies.grant(pg_url, "nobody_here", "reader")
+
+
+def test_a_log_of_the_previous_version_verifies_read_only_and_migrates_once_opened(
+    pg_url: str, pg_app_role: str
+) -> None:
+    """A schema-4 log (the head moved with the appender's own rights, no guard on the keys)
+    verifies as it is when opened read-only, and is brought to schema 5 by the first writable
+    open, after which an app role appends without any right on the head."""
+    from minies._backends import postgres_sql
+
+    fill(pg_url, 3)
+    schema = pg_url.partition("?schema=")[2]
+    old_append = postgres_sql.APPEND_FUNCTION_V4.format(schema=f'"{schema}"').replace("CREATE", "CREATE OR REPLACE", 1)
+    as_it_was = (
+        f"{old_append}; DROP TRIGGER minies_keys_guard ON minies_keys; DROP TRIGGER minies_keys_no_truncate ON"
+        " minies_keys; DROP FUNCTION minies_keys_guard(); UPDATE minies_schema SET version = 4"
+    )
+    assert psql(pg_url, as_it_was).returncode == 0
+    with minies.EventStore(pg_url, readonly=True) as store:
+        assert store.info().schema_version == 4 and store.verify().ok
+    assert psql(pg_url, "ALTER FUNCTION minies_append() SECURITY DEFINER").returncode == 0
+    with minies.EventStore(pg_url, readonly=True) as store:  # schema 4's function is checked as schema 4 made it
+        assert store.verify().reason == "the function minies_append behind the immutability triggers was altered"
+    assert psql(pg_url, "ALTER FUNCTION minies_append() SECURITY INVOKER").returncode == 0
+    minies.grant(pg_url, pg_app_role, "app")  # the owner's open migrates
+    with minies.EventStore(as_role(pg_url, pg_app_role)) as store:
+        assert store.info().schema_version == 5
+        assert store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account") == 1
+        assert store.verify().ok and store.head()[0] == 4
+    assert _as(pg_url, pg_app_role, "DELETE FROM minies_keys").startswith("permission denied")
+
+
 def test_the_chain_recomputed_independently_from_the_servers_rows(pg_url: str) -> None:
     """The README's recipe, by hand, on rows read with plain psycopg: the same head hash."""
     fill(pg_url, 20)
@@ -273,7 +563,7 @@ def test_concurrent_first_opens_of_an_empty_database_all_succeed(pg_dsn: str) ->
             for _ in range(6)
         ]
         outs = [proc.communicate(timeout=120) for proc in procs]
-        assert [(p.returncode, out) for p, (out, _) in zip(procs, outs, strict=True)] == [(0, "4\n")] * 6, outs
+        assert [(p.returncode, out) for p, (out, _) in zip(procs, outs, strict=True)] == [(0, "5\n")] * 6, outs
 
 
 def test_a_first_open_while_another_client_creates_the_schema_succeeds(pg_url: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 import shop_today
-from conftest import run_python
+from conftest import run_python, tamper
 from domain import AccountOpened, MoneyDeposited
 from hypothesis import given
 from hypothesis import strategies as st
@@ -437,8 +437,7 @@ def test_a_payload_that_no_longer_decodes_is_named_by_its_position(location: str
     with minies.EventStore(location) as store:
         store.append("p", [Priced(amount=1)], aggregate_type="Item")
         store.append("q", [Priced(amount=2), Priced(amount=3)], aggregate_type="Item")
-        store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
-        store._conn.execute("UPDATE events SET data = ? WHERE position IN (2, 3)", ('{"amount": "two"}',))
+        tamper(store, "UPDATE events SET data = ? WHERE position IN (2, 3)", ('{"amount": "two"}',))
         with pytest.raises(
             minies.SchemaError,
             match=r"event at position 2 \(Priced\) does not decode .*; add an upcaster or change the class back$",
@@ -460,8 +459,7 @@ def test_a_limited_read_decodes_only_the_events_it_returns(location: str) -> Non
 
     with minies.EventStore(location) as store:
         store.append("m", [Metered(amount=i) for i in range(1, 2_004)], aggregate_type="Meter")
-        store._conn.execute("DROP TRIGGER events_no_update" + (" ON events" if location.startswith("postgres") else ""))
-        store._conn.execute("UPDATE events SET data = ? WHERE position = 2003", ("[1]",))  # not even a dict
+        tamper(store, "UPDATE events SET data = ? WHERE position = 2003", ("[1]",))  # not even a dict
         assert [r.data.amount for r in store.read_all(limit=2_002)] == list(range(1, 2_003))
         assert [r.data["amount"] for r in store.read_all(limit=2_002, raw=True)] == list(range(1, 2_003))
         for raw in (False, True):
@@ -478,10 +476,7 @@ def test_check_events_reports_progress_and_every_failure_of_a_long_log(store: mi
     assert store.check_events(progress=lambda done, total: seen.append((done, total))) == []
     assert seen == [(10_000, 20_005), (20_000, 20_005)]
     with store.transaction():
-        store._conn.execute(
-            "DROP TRIGGER events_no_update" + (" ON events" if store.path.startswith("postgres") else "")
-        )
-        store._conn.execute("UPDATE events SET data = ? WHERE position IN (1, 15000, 20005)", ('{"n": "x"}',))
+        tamper(store, "UPDATE events SET data = ? WHERE position IN (1, 15000, 20005)", ('{"n": "x"}',))
     problems = store.check_events()
     assert [(p, t) for p, t, _ in problems] == [(1, "Counted"), (15_000, "Counted"), (20_005, "Counted")]
 

@@ -20,6 +20,7 @@ from minies._projections import Database
 
 try:
     import psycopg
+    import psycopg.sql
     from psycopg import errors as pg_errors
     from psycopg.pq import TransactionStatus
 except ImportError:  # pragma: no cover - exercised by the test that hides psycopg
@@ -84,9 +85,10 @@ class Connection:
 
     sql = postgres_sql
 
-    def __init__(self, raw: Any, reconnect: Callable[[], Any]) -> None:
+    def __init__(self, raw: Any, reconnect: Callable[[], Any], begin: str) -> None:
         self.raw = raw
         self._reconnect = reconnect
+        self._begin = begin  # what follows each BEGIN of the engine's, in the same pipeline
         self.Error: type[Exception] = psycopg.Error
         self._texts: dict[str, str] = {}
         self._changes = 0
@@ -173,11 +175,12 @@ class Connection:
         if self._begun:
             self._begun = False
             self.raw.execute(postgres_sql.BEGIN)
+            self.raw.execute(self._begin)
         if self._held is not None:
             statement, row = self._held
             self._held = None
             self.raw.execute(self._text(statement), row)
-            if statement is postgres_sql.INSERT_EVENT:  # no acknowledgement without the row
+            if statement in postgres_sql.BULK:  # an event's insert: no acknowledgement without the row
                 self.raw.execute(postgres_sql.STORED_AT, (row[0],))
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -222,6 +225,8 @@ class Connection:
 
 class PostgresBackend:
     """A minies log in a PostgreSQL database (its tables created on first open)."""
+
+    unguarded: str | None = None  # (the SQLite backend's check of its guards on open)
 
     def __init__(self, url: str, *, durability: str, timeout: float, readonly: bool) -> None:
         if psycopg is None:
@@ -271,11 +276,16 @@ class PostgresBackend:
             if raw.info.encoding.lower() not in ("utf8", "utf-8"):
                 raise SchemaError(f"{self.where} does not use UTF-8; minies needs a UTF-8 database")
             exists, known, current = raw.execute(postgres_sql.IDENTIFY).fetchone()
+            if schema is not None and current != schema:  # not created yet (pg_temp is on the path too)
+                current = None
             if self.readonly and not (exists and known):
                 raise SchemaError(f"{self.where} holds no minies log")
             if current is None and schema is None:
                 raise SchemaError(f"{self.where} has no schema to create the log in (search_path is empty)")
             self._schema = f'"{current or schema}"'
+            if schema is None and current is not None:  # the server's default search path named it
+                self._settings.append(f"SET search_path TO {self._schema}, pg_temp")
+                raw.execute(self._settings[-1])
             if not (exists and known):
                 # Several processes may open a fresh database at once: one creates, the others
                 # wait, then look again in a transaction of their own (which sees the new tables).
@@ -298,6 +308,7 @@ class PostgresBackend:
             if version < postgres_sql.SCHEMA_VERSION and not self.readonly:
                 self._migrate()
                 version = self.schema_version()
+            self._version = version
             if version > postgres_sql.SCHEMA_VERSION:
                 raise SchemaError(
                     f"{self.where} was written by a newer minies (schema version {version}, this one knows "
@@ -313,7 +324,7 @@ class PostgresBackend:
             version = raw.execute(postgres_sql.SCHEMA_VERSION_NOW).fetchone()[0]
             for target in range(version + 1, postgres_sql.SCHEMA_VERSION + 1):
                 for statement in postgres_sql.MIGRATIONS[target]:
-                    raw.execute(statement)
+                    raw.execute(statement.format(schema=self._schema))
                 raw.execute("INSERT INTO minies_schema VALUES (%s)", (target,))
 
     @contextlib.contextmanager
@@ -330,6 +341,11 @@ class PostgresBackend:
     # ------------------------------------------------------------------ errors
     def raise_error(self, error: BaseException, doing: str) -> NoReturn:
         e = error
+        if isinstance(e, pg_errors.QueryCanceled) and "statement timeout" in str(e):
+            raise StorageError(
+                f"{doing}: a statement of this write ran longer than {max(self._timeout, 1):g}s (timeout=), "
+                "while others waited for the log; nothing from it was written"
+            ) from None
         if isinstance(e, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
             raise StorageError(
                 f"{doing}: the log is locked by another connection and stayed locked for "
@@ -376,7 +392,8 @@ class PostgresBackend:
         if several:
             raise QueryError(f"store.query runs one statement, got several: {statement!r:.200}")
         # Outside a transaction: a read-only one. Inside one (store.transaction()), so the
-        # block's own writes are seen: a savepoint, rolled back whatever the statement did.
+        # block's own writes are seen: a savepoint, read-only until it is rolled back (which
+        # undoes the setting too), so nothing it runs writes, nextval() included.
         try:
             inside = self.conn.start()
             raw = self.conn.raw
@@ -426,19 +443,93 @@ class PostgresBackend:
                 raw.execute("ROLLBACK")
 
     def check_structure(self) -> Callable[[], tuple[int | None, str | None]]:
-        """The immutability triggers: present, enabled, running minies' own functions, and no others.
-        (Columns cannot be retyped: PostgreSQL's are typed.)"""
-        found, disabled = {}, []
-        for name, enabled, function, body in self.conn.execute(postgres_sql.TRIGGER_STATE):
-            found[name] = f"{function}: {' '.join(body.split())}"
-            if enabled == "D" and name in postgres_sql.TRIGGERS:
-                disabled.append(name)
-        expected = {}
-        for name, function in postgres_sql.TRIGGERS.items():
-            body = postgres_sql.FUNCTIONS[function].format(schema=self._schema).split("$minies$")[1]
-            expected[name] = f"{function}: {' '.join(body.split())}"
-        problem = triggers_problem(found, expected, disabled)
+        """The whole perimeter the log's guarantees rest on: minies' triggers on the events table
+        and the keys table, present, as created, enabled for ordinary sessions and alone there;
+        minies' functions as created, owned by the log's owner; no rule, no row-level security on
+        minies' tables; no default that turns triggers off. (Columns cannot be retyped: PostgreSQL's
+        are typed.)"""
+        problem = self._perimeter_problem()
         return lambda: (None, problem)
+
+    def _perimeter_problem(self) -> str | None:
+        sql, execute = postgres_sql, self.conn.execute
+        version = min(max(self._version, 4), postgres_sql.SCHEMA_VERSION)
+        tables = {name: (kind, owner, secured) for name, kind, owner, secured in execute(sql.TABLE_STATE)}
+        if tables.get("events", ("r",))[0] != "r":
+            return "the events table was replaced by another kind of relation"
+        expected = {
+            name: _normalized(text.format(schema="").replace(" .", " ")) for name, text in sql.TRIGGERS[version].items()
+        }
+        found: dict[str, str] = {}
+        disabled: list[str] = []
+        off: list[str] = []
+        for table, name, enabled, definition in execute(sql.TRIGGER_STATE):
+            name = name if name in expected else f"{name} (on {table})" if table != "events" else name
+            found[name] = _normalized(definition)
+            if name in expected and enabled == "D":
+                disabled.append(name)
+            elif name in expected and enabled != "O":
+                off.append(f"{name} ({_TRIGGER_STATES.get(enabled, enabled)})")
+        problem = triggers_problem(found, expected, disabled)
+        if problem is not None:
+            return problem
+        if off:
+            return f"immutability triggers do not fire in ordinary sessions: {', '.join(sorted(off))}"
+        owner = tables.get("events", ("r", "", False))[1]
+        functions: dict[str, list[tuple[Any, ...]]] = {}
+        for name, *rest in execute(sql.FUNCTION_STATE):
+            functions.setdefault(name, []).append(tuple(rest))
+        for name, text in sorted(sql.FUNCTIONS[version].items()):
+            definer = sql.DEFINER in text
+            want = ("plpgsql", definer, "search_path=pg_catalog, pg_temp" if definer else "")
+            body = _normalized(text.format(schema=self._schema).split("$minies$")[1])
+            rows = functions.get(name, [])
+            if not rows:
+                return f"the function {name} behind the immutability triggers is missing"
+            if len(rows) > 1:
+                return f"the function {name} has overloads minies did not create: {', '.join(r[-1] for r in rows)}"
+            language, secdef, config, source, function_owner, _ = rows[0]
+            if (language, secdef, config) != want or _normalized(source) != body:
+                return f"the function {name} behind the immutability triggers was altered"
+            if function_owner != owner:
+                return (
+                    f"the function {name} is owned by {function_owner}, the events table by {owner}: "
+                    "one owner runs both"
+                )
+        for name, (_, table_owner, secured) in tables.items():
+            if secured:
+                return f"row-level security is on for {name}: some roles would read or write only part of it"
+            if name in ("minies_head", "minies_keys") and table_owner != owner:
+                return f"{name} is owned by {table_owner}, the events table by {owner}: one owner holds both"
+        rules = [rule for (rule,) in execute(sql.RULE_STATE)]
+        if rules:
+            return f"rules are on minies' tables: {', '.join(rules)} (one can turn an append into nothing)"
+        replicas = [who for (who,) in execute(sql.REPLICA_DEFAULTS)]
+        if replicas:
+            return (
+                f"session_replication_role is set for {', '.join(replicas)}: minies' triggers do not fire in "
+                "such sessions"
+            )
+        return None
+
+    def grant(self, role: str, access: str) -> None:
+        """Give ``role`` exactly what ``access`` (app, reader, auditor) needs on this log."""
+        raw, names = self.conn.raw, {"schema": self._schema, "role": psycopg.sql.Identifier(role).as_string(None)}
+        try:
+            with raw.transaction():
+                raw.execute(postgres_sql.REVOKE.format(**names))
+                for statement in postgres_sql.GRANTS[access]:
+                    raw.execute(statement.format(**names))
+                if access == "app":
+                    for (table,) in raw.execute(postgres_sql.OTHER_TABLES).fetchall():
+                        raw.execute(
+                            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {self._schema}.{table} TO {names['role']}"
+                        )
+        except psycopg.Error as e:
+            self.raise_error(e, f"cannot grant {access} to {role!r} on {self.where}")
+
+    def repair(self, verify: Any) -> list[str]:
+        raise MiniesError(f"cannot repair {self.where}: repair re-creates the triggers of a SQLite file only")
 
     def backup(self, target: str) -> None:
         raise StorageError(
@@ -483,6 +574,13 @@ _REFUSED = re.compile(
 
 def _refused_statement(statement: str) -> bool:
     return bool(_REFUSED.search(statement)) or translate(statement)[1]
+
+
+_TRIGGER_STATES = {"R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _first_line(error: BaseException) -> str:

@@ -51,7 +51,15 @@ from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them 
     VERSION_GAPS,
 )
 
-SCHEMA_VERSION: Final = 4
+# 5: the head moves only inside the append trigger, run as the log's owner (SECURITY DEFINER),
+# so a role that appends needs no right to write the head; personal-data keys take no change but
+# their destruction.
+SCHEMA_VERSION: Final = 5
+
+# A processor's page claims its consumer before it reads the checkpoint: BEGIN takes no lock
+# here, so without it two sessions would read the same checkpoint and process the same page
+# (a transaction-scoped advisory lock, per schema and consumer name).
+CLAIM_CONSUMER: Final = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '/minies consumer/' || ?))"
 
 # created_at as the SQLite backend stores it: 2026-03-04T15:23:47.123456Z
 TIMESTAMP: Final = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
@@ -66,7 +74,7 @@ def _ts(column: str) -> str:
 # INSERT, but rows appear at COMMIT: readers would skip events or see holes). The trigger
 # moves it once per INSERT or COPY statement, refusing rows that do not take the next
 # positions, whichever client inserts.
-APPEND_FUNCTION: Final = """
+APPEND_FUNCTION_V4: Final = """
 CREATE FUNCTION {schema}.minies_append() RETURNS trigger LANGUAGE plpgsql AS $minies$
 DECLARE
   first bigint;
@@ -81,6 +89,10 @@ BEGIN
   END IF;
   RETURN NULL;
 END $minies$"""
+# Since schema 5 the same body runs as the function's owner (who owns the log), with the
+# search path pinned so no object of the inserting role's can stand in for minies'.
+DEFINER: Final = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+APPEND_FUNCTION: Final = APPEND_FUNCTION_V4.replace("LANGUAGE plpgsql AS", f"LANGUAGE plpgsql {DEFINER} AS", 1)
 REFUSE_FUNCTION: Final = """
 CREATE FUNCTION {schema}.minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $minies$
 BEGIN
@@ -102,6 +114,34 @@ BEGIN
     h.position, h.hash FROM {schema}.minies_head h;
 END $minies$"""
 
+EVENTS_TRIGGERS: Final = (
+    "CREATE TRIGGER events_append_only AFTER INSERT ON {schema}.events REFERENCING NEW TABLE AS new_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.minies_append()",
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON {schema}.events"
+    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_refuse()",
+    "CREATE TRIGGER events_no_delete BEFORE DELETE ON {schema}.events"
+    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_refuse()",
+    "CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {schema}.events"
+    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.minies_refuse()",
+)
+# A key row takes one change: its destruction by forget (the key gone, when it went noted).
+# Anything else, a DELETE or TRUNCATE included, would make sealed fields unreadable for good.
+KEYS_GUARD_FUNCTION: Final = """
+CREATE FUNCTION {schema}.minies_keys_guard() RETURNS trigger LANGUAGE plpgsql AS $minies$
+BEGIN
+  IF TG_OP = 'UPDATE' AND NEW.key IS NULL AND NEW.forgotten_at IS NOT NULL
+     AND (NEW.key_id, NEW.subject, NEW.created_at) = (OLD.key_id, OLD.subject, OLD.created_at) THEN
+    RETURN NEW;
+  END IF;
+  RAISE EXCEPTION 'minies: personal-data keys are only destroyed, by forget; % is refused', TG_OP;
+END $minies$"""
+KEYS_GUARDS: Final = (
+    "CREATE TRIGGER minies_keys_guard BEFORE DELETE OR UPDATE ON {schema}.minies_keys"
+    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_keys_guard()",
+    "CREATE TRIGGER minies_keys_no_truncate BEFORE TRUNCATE ON {schema}.minies_keys"
+    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.minies_keys_guard()",
+)
+
 # Statements that bring schema version N-1 to N (run on open, in one transaction).
 MIGRATIONS: Final = {
     4: (
@@ -116,6 +156,11 @@ MIGRATIONS: Final = {
         "CREATE UNIQUE INDEX minies_keys_live ON minies_keys (subject) WHERE key IS NOT NULL",
         # ANALYZE (autovacuum runs it) copies sampled values into pg_statistic, out of forget's reach
         "ALTER TABLE minies_keys ALTER COLUMN key SET STATISTICS 0",
+    ),
+    5: (
+        APPEND_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),
+        KEYS_GUARD_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),
+        *KEYS_GUARDS,
     ),
 }
 CREATE: Final = (
@@ -144,14 +189,7 @@ CREATE: Final = (
     APPEND_FUNCTION,
     REFUSE_FUNCTION,
     APPEND_STATE_FUNCTION,
-    "CREATE TRIGGER events_append_only AFTER INSERT ON {schema}.events REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.minies_append()",
-    "CREATE TRIGGER events_no_update BEFORE UPDATE ON {schema}.events"
-    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_refuse()",
-    "CREATE TRIGGER events_no_delete BEFORE DELETE ON {schema}.events"
-    " FOR EACH ROW EXECUTE FUNCTION {schema}.minies_refuse()",
-    "CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {schema}.events"
-    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.minies_refuse()",
+    *EVENTS_TRIGGERS,
     """
     CREATE TABLE {schema}.minies_event_types (
         event_type     TEXT        NOT NULL,
@@ -197,19 +235,105 @@ CREATE: Final = (
     )""",
     "CREATE TABLE {schema}.minies_schema (version INTEGER NOT NULL)",
     *(statement.replace(" minies_keys ", " {schema}.minies_keys ") for statement in MIGRATIONS[4]),
+    KEYS_GUARD_FUNCTION,
+    *KEYS_GUARDS,
     f"INSERT INTO {{schema}}.minies_schema VALUES ({SCHEMA_VERSION})",
 )
-# The triggers verify expects, enabled, and the functions behind them, unaltered.
-TRIGGERS: Final = {
-    "events_append_only": "minies_append",
-    "events_no_update": "minies_refuse",
-    "events_no_delete": "minies_refuse",
-    "events_no_truncate": "minies_refuse",
+# What verify expects, by schema version (a read-only store does not migrate an older log):
+# these triggers on the events table (and on minies_keys), as created, enabled for ordinary
+# sessions (tgenabled 'O'), and nothing else there; the functions as created and owned by the
+# log's owner; no rule and no row-level security on minies' tables.
+_EVENTS_TRIGGER_NAMES: Final = ("events_append_only", "events_no_update", "events_no_delete", "events_no_truncate")
+TRIGGERS: Final = {4: dict(zip(_EVENTS_TRIGGER_NAMES, EVENTS_TRIGGERS, strict=True))}
+TRIGGERS[5] = {**TRIGGERS[4], "minies_keys_guard": KEYS_GUARDS[0], "minies_keys_no_truncate": KEYS_GUARDS[1]}
+FUNCTIONS: Final = {
+    4: {
+        "minies_append": APPEND_FUNCTION_V4,
+        "minies_refuse": REFUSE_FUNCTION,
+        "minies_append_state": APPEND_STATE_FUNCTION,
+    },
 }
-FUNCTIONS: Final = {"minies_append": APPEND_FUNCTION, "minies_refuse": REFUSE_FUNCTION}
+FUNCTIONS[5] = {**FUNCTIONS[4], "minies_append": APPEND_FUNCTION, "minies_keys_guard": KEYS_GUARD_FUNCTION}
+# Each trigger on the events table or minies_keys: its table, name, state and definition
+# (with the schema's name taken out: the search path is the store's).
 TRIGGER_STATE: Final = (
-    "SELECT t.tgname, t.tgenabled, p.proname, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
-    " WHERE t.tgrelid = to_regclass('events') AND NOT t.tgisinternal"
+    "SELECT c.relname, t.tgname, t.tgenabled, replace(pg_get_triggerdef(t.oid), quote_ident(n.nspname) || '.', '')"
+    " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE t.tgrelid IN (to_regclass('events'), to_regclass('minies_keys')) AND NOT t.tgisinternal"
+    " ORDER BY c.relname, t.tgname"
+)
+# minies' functions in the store's schema (an overload is a function of the same name too).
+FUNCTION_STATE: Final = (
+    "SELECT p.proname, l.lanname, p.prosecdef, coalesce(array_to_string(p.proconfig, ';'), ''), p.prosrc,"
+    " pg_get_userbyid(p.proowner), pg_get_function_identity_arguments(p.oid)"
+    " FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+    " WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'minies\\_%'"
+    " ORDER BY p.proname, p.oid"
+)
+# minies' tables: kind, owner, row-level security; and the rules on them.
+TABLE_STATE: Final = (
+    "SELECT c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relrowsecurity OR c.relforcerowsecurity"
+    " OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)"
+    " FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace"
+    " AND (c.relname = 'events' OR c.relname LIKE 'minies\\_%') AND c.relkind NOT IN ('i', 'S', 'I')"
+    " ORDER BY c.relname"
+)
+RULE_STATE: Final = (
+    "SELECT c.relname || '.' || r.rulename FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class"
+    " WHERE c.relnamespace = current_schema()::regnamespace AND (c.relname = 'events' OR c.relname LIKE 'minies\\_%')"
+    " AND r.rulename <> '_RETURN' ORDER BY 1"
+)
+# Triggers on 'O' do not fire in a session whose session_replication_role is 'replica': a
+# default that says so, for any role or this database, would switch minies' guards off.
+REPLICA_DEFAULTS: Final = (
+    "SELECT CASE s.setrole WHEN 0 THEN 'every role' ELSE pg_get_userbyid(s.setrole) END || ' (' || c || ')'"
+    " FROM pg_db_role_setting s, unnest(s.setconfig) c"
+    " WHERE c LIKE 'session\\_replication\\_role=%' AND c <> 'session_replication_role=origin'"
+    " AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    " UNION ALL SELECT 'this session (' || current_setting('session_replication_role') || ')'"
+    " WHERE current_setting('session_replication_role') <> 'origin'"
+)
+# What each kind of role gets (``minies grant``). Every role: the schema, and reads of the log
+# and minies' tables. An app writes only through minies' statements: new rows of the events table
+# (the trigger moves the head, as the owner), and minies' bookkeeping; a key row it can only
+# destroy (the keys' guard). It creates its read models' tables in the schema, so it owns them.
+MINIES_TABLES: Final = (
+    "events",
+    "minies_head",
+    "minies_schema",
+    "minies_event_types",
+    "minies_keys",
+    "minies_snapshots",
+    "minies_projections",
+    "minies_subscriptions",
+    "minies_dead_letters",
+)
+GRANTS: Final = {
+    "auditor": (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        f"GRANT SELECT ON {', '.join('{schema}.' + t for t in MINIES_TABLES)} TO {{role}}",
+    ),
+    "reader": (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    ),
+    "app": (
+        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        "GRANT INSERT ON {schema}.events, {schema}.minies_event_types TO {role}",
+        "GRANT INSERT, UPDATE ON {schema}.minies_keys TO {role}",
+        "GRANT INSERT, UPDATE, DELETE ON {schema}.minies_snapshots, {schema}.minies_projections,"
+        " {schema}.minies_subscriptions, {schema}.minies_dead_letters TO {role}",
+        "GRANT EXECUTE ON FUNCTION {schema}.minies_append_state(text) TO {role}",
+    ),
+}
+# Whatever a role held on minies' tables before is taken back first: it gets exactly the above.
+REVOKE: Final = f"REVOKE ALL ON {', '.join('{schema}.' + t for t in MINIES_TABLES)} FROM {{role}}"
+# Tables already in the schema that are not minies' (read models made by another role): an app
+# writes them (a rebuild, which drops them, needs their owner).
+OTHER_TABLES: Final = (
+    "SELECT quote_ident(relname) FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+    " AND relkind IN ('r', 'p') AND relname <> 'events' AND relname NOT LIKE 'minies\\_%'"
 )
 IDENTIFY: Final = "SELECT to_regclass('events') IS NOT NULL, to_regclass('minies_schema') IS NOT NULL, current_schema()"
 SCHEMA_VERSION_NOW: Final = "SELECT max(version) FROM minies_schema"
@@ -263,7 +387,8 @@ RAW_EVENTS: Final = (
     " ORDER BY position LIMIT ?"
 )
 EVENT_TYPE_ROWS: Final = dict.fromkeys(
-    (3, 4), f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types"
+    (3, 4, 5),
+    f"SELECT event_type, schema_version, python_class, json_schema, {_ts('first_seen')} FROM minies_event_types",
 )
 COPY_EVENT_TYPE: Final = (
     "INSERT INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
@@ -309,7 +434,7 @@ CHAIN: Final = (
 COMMIT_COUNTER: Final = "SELECT position FROM minies_head"
 
 # ---------------------------------------------------------------------------- event types
-STORED_TYPES: Final = dict.fromkeys((3, 4), "SELECT event_type, schema_version FROM minies_event_types")
+STORED_TYPES: Final = dict.fromkeys((3, 4, 5), "SELECT event_type, schema_version FROM minies_event_types")
 ADD_TYPE: Final = (
     "INSERT INTO minies_event_types (event_type, schema_version, python_class, json_schema, first_seen)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
