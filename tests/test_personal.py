@@ -1115,6 +1115,49 @@ def test_every_sealed_value_of_a_batch_has_its_own_nonce_and_plain_events_stay_p
     assert [r.data for r in store.read("patient-1")] == batch
 
 
+def _nonce(token: str) -> bytes:
+    return binascii.a2b_base64(token.strip('"').rsplit(":", 1)[1])[:12]
+
+
+def test_every_nonce_is_fresh_for_sealed_values_wrapped_keys_and_sealed_snapshots(db_path: str) -> None:
+    """A reused AES-GCM nonce under one key leaks both plaintexts (and the authentication key),
+    and no round trip notices it: the nonces themselves are compared, each kind under its keys."""
+    states: set[str] = set()
+    with minies.EventStore(db_path, key_encryption_key=KEK) as store:
+        for i in range(12):
+            register(store, f"c{i}", "same@example.com", "Same Name")  # two values sealed per event
+            store.append("p1", [PatientNoteAdded(note="same note")], aggregate_type="Patient")  # one key, many appends
+            wallet = Wallet(id=f"w{i % 3}") if i < 3 else store.load(Wallet, f"w{i % 3}")
+            wallet.record(Deposited(amount=1))
+            wallet.record(Deposited(amount=1))
+            store.save(wallet)  # a snapshot of the same state, sealed under the one snapshot key
+            states |= {state for (state,) in store.query("SELECT state FROM minies_snapshots")}
+        values = [
+            _nonce(value)
+            for data in stored_data(store)
+            for value in json.loads(data).values()
+            if isinstance(value, str) and value.startswith(_personal.PREFIX)
+        ]
+        keys = [bytes(key)[:12] for (key,) in store.query("SELECT key FROM minies_keys")]
+    snapshots = [_nonce(state) for state in states]
+    assert (len(values), len(keys), len(snapshots)) == (12 * 3, 12 + 1 + 1, 12)
+    for nonces in (values, keys, snapshots):
+        assert len(set(nonces)) == len(nonces)
+
+
+def test_forgotten_subjects_counts_subjects_not_keys(location: str) -> None:
+    with minies.EventStore(location) as store:
+        register(store, "c1", "ann@example.com")
+        store.forget("c1")
+        store.append("c1", [PersonEmailChanged(customer_id="c1", email="ann@example.org")], aggregate_type="Customer")
+        assert store.forget("c1").keys == 1  # its second key
+        assert store.info().forgotten_subjects == 1
+        register(store, "c2", "bob@example.com")
+        store.forget("c2")
+        assert store.info().forgotten_subjects == 2
+        assert store.query("SELECT count(*) FROM minies_keys WHERE key IS NULL") == [(3,)]
+
+
 def test_a_process_without_personal_classes_opens_sealed_fields_only_where_the_file_has_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
