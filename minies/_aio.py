@@ -8,10 +8,12 @@ behind one commit and share the next one (group commit, see ``EventStore._groupe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import itertools
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
@@ -26,6 +28,7 @@ A = TypeVar("A", bound=Aggregate)
 P = ParamSpec("P")
 T = TypeVar("T")
 _PAGE: Final = 500
+_FOLLOW_PAGE: Final = 100  # ``follow`` looks at ``stop`` between pages of this many events
 
 
 class AsyncEventStore:
@@ -142,7 +145,12 @@ class AsyncEventStore:
         """Deliver events to ``handler`` (a function or a coroutine function) as they come.
 
         The subscription named ``name`` keeps its checkpoint, retries and dead letters as
-        ``EventStore.subscription(name, **options)`` does; a coroutine handler runs on the loop.
+        ``EventStore.subscription(name, **options)`` does. A coroutine handler runs on the loop
+        and is awaited before the next event: what it raises is retried, then parked as a dead
+        letter, and the checkpoint moves only past handlers that finished. ``stop`` is looked
+        at between pages of 100 events. Cancelling the task lets the handler in hand finish,
+        delivers nothing more, and ends with no thread left polling; the events of the
+        unacknowledged page come again to the next ``follow`` (at-least-once).
 
         Returns:
             How many events were delivered, once ``stop`` is set or nothing came for
@@ -150,17 +158,30 @@ class AsyncEventStore:
         """
         loop = asyncio.get_running_loop()
         subscription = self.store.subscription(name, **options)
+        halted = threading.Event()  # the task was cancelled: deliver nothing more
 
         def deliver(record: Recorded) -> None:
+            if halted.is_set():
+                raise _Halted  # not an Exception: no retry, no dead letter, the page not acknowledged
             result = handler(record)
-            if inspect.isawaitable(result):
+            if inspect.isawaitable(result):  # awaited on the loop; its exception is the handler's
                 asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
 
         delivered = 0
         wait = 0.005
         idle_since = loop.time()
         while stop is None or not stop.is_set():
-            n = await self._run(subscription.poll, deliver)
+            page = loop.run_in_executor(self._pool, functools.partial(subscription.poll, deliver, limit=_FOLLOW_PAGE))
+            try:
+                n = await asyncio.shield(page)
+            except asyncio.CancelledError:
+                # The page's thread is not interrupted: it stops before its next event, and
+                # the task ends once it has (what was delivered but not acknowledged comes again).
+                halted.set()
+                with contextlib.suppress(_Halted):
+                    await asyncio.wait([page])
+                    page.result()
+                raise
             if n:
                 delivered += n
                 idle_since, wait = loop.time(), 0.005
@@ -170,6 +191,10 @@ class AsyncEventStore:
             await asyncio.sleep(wait)
             wait = min(wait * 2, max_wait)
         return delivered
+
+
+class _Halted(BaseException):
+    """Raised inside a cancelled ``follow``'s page to end it (not an error of the handler's)."""
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:

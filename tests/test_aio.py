@@ -246,3 +246,69 @@ def test_close_does_not_wait_for_a_call_still_running(location: str) -> None:
         await running
 
     run(main())
+
+
+def test_follow_awaits_a_coroutine_handler_and_retries_and_parks_what_it_raises(location: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(location) as store:
+            await store.append("a", [MoneyDeposited(amount=k) for k in range(3)], aggregate_type="Account")
+            tries: list[int] = []
+            done: list[int] = []
+
+            async def handler(record: minies.Recorded) -> None:
+                await asyncio.sleep(0)
+                tries.append(record.position)
+                if record.position == 2:
+                    raise RuntimeError("mail server down")
+                await asyncio.sleep(0.01)  # the checkpoint waits for the coroutine's end
+                done.append(record.position)
+
+            assert await store.follow("mailer", handler, idle_timeout=0, max_attempts=2) == 3
+            assert tries == [1, 2, 2, 3] and done == [1, 3]
+            (parked,) = store.store.subscription("mailer").dead_letters()
+            assert (parked.position, parked.attempts) == (2, 2) and "mail server down" in parked.error
+
+    run(main())
+
+
+def test_follow_looks_at_stop_between_pages_not_after_the_whole_backlog(location: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(location) as store:
+            await store.append("a", [MoneyDeposited(amount=1)] * 1000, aggregate_type="Account")
+            stop = asyncio.Event()
+
+            def handler(record: minies.Recorded) -> None:
+                stop.set()
+
+            delivered = await store.follow("slow", handler, stop=stop)
+            assert 1 <= delivered <= 100
+            assert store.store.subscription("slow").position == delivered
+
+    run(main())
+
+
+def test_a_cancelled_follow_stops_delivering_and_leaves_no_worker_behind(location: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(location) as store:
+            await store.append("a", [MoneyDeposited(amount=1)] * 50, aggregate_type="Account")
+            seen: list[int] = []
+            inside = asyncio.Event()
+
+            async def handler(record: minies.Recorded) -> None:
+                seen.append(record.position)
+                if record.position == 5:
+                    inside.set()
+                    await asyncio.sleep(0.2)  # cancelled while this one is in hand
+
+            follower = asyncio.create_task(store.follow("c", handler))
+            await inside.wait()
+            follower.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await follower
+            assert seen == [1, 2, 3, 4, 5]  # the event in hand finished; nothing after it began
+            await asyncio.sleep(0.3)  # longer than the handler in hand
+            assert seen == [1, 2, 3, 4, 5]  # and no worker went on polling
+            assert store.store.subscription("c").position == 0  # the page was not acknowledged
+            assert await store.follow("c", lambda r: None, idle_timeout=0) == 50  # it comes again
+
+    run(main())
