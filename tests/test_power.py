@@ -50,6 +50,7 @@ class Acks:
     saved: int = 0  # the Saver's version after its last save that returned
     backed_up: bool = False  # backup() returned
     copied: bool = False  # copy() returned
+    commits: int = 0  # the store's commits, for a workload that reports them
     alive: Callable[[], bool] = lambda: True  # False once the power is out: nobody sees an ack then
 
 
@@ -104,6 +105,30 @@ def group_commits(path: str, durability: str, acks: Acks) -> None:
             t.start()
         for t in threads:
             t.join(60)
+
+
+def large_groups(path: str, durability: str, acks: Acks) -> None:
+    """Eight threads on a slow disk (see ``sync_seconds``): each commit carries several of
+    their appends, so the power goes out in the middle of a group."""
+    with open_store(path, durability) as store:
+
+        def writer(n: int) -> None:
+            for i in range(4):
+                ids = [str(uuid.uuid4()) for _ in range(1 + (i + n) % 2)]
+                acks.attempted.append(ids)
+                store.append(
+                    f"acc-{n % 4}", [MoneyDeposited(amount=i) for _ in ids], aggregate_type="Account", event_ids=ids
+                )
+                if acks.alive():
+                    acks.appended.append(ids)
+
+        threads = [threading.Thread(target=_quietly, args=(writer, n)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        if acks.alive():
+            acks.commits = store._commits
 
 
 def _quietly(work: Callable[[int], None], n: int) -> None:
@@ -207,11 +232,13 @@ class Campaign:
     name: str
     workload: Workload
     prepare: Callable[[str], None] | None = None
+    sync_seconds: float = 0.0  # a slow disk: each sync also sleeps this long
 
 
 CAMPAIGNS = {
     "appends": Campaign("appends", appends),
     "group commits": Campaign("group commits", group_commits),
+    "large groups": Campaign("large groups", large_groups, sync_seconds=0.002),
     "rebuild": Campaign("rebuild", rebuild, prefilled),
     "checkpoint": Campaign("checkpoint", checkpoint, prefilled),
     "backup": Campaign("backup", backup, prefilled),
@@ -229,7 +256,7 @@ def cut_once(tmp: Path, campaign: Campaign, durability: str, mode: str, seed: in
     if campaign.prepare is not None:
         campaign.prepare(path)
     total = operations(campaign, durability, tmp)
-    with CrashDisk(cut_at=rng.randint(1, total), mode=mode, seed=seed) as disk:
+    with CrashDisk(cut_at=rng.randint(1, total), mode=mode, seed=seed, sync_seconds=campaign.sync_seconds) as disk:
         acks = Acks(alive=lambda: disk.alive)
         with contextlib.suppress(PowerCut, minies.MiniesError):  # the dead process's last words
             campaign.workload(path, durability, acks)
@@ -252,7 +279,7 @@ def operations(campaign: Campaign, durability: str, tmp: Path) -> int:
         path = str(dry / "store.db")
         if campaign.prepare is not None:
             campaign.prepare(path)
-        with CrashDisk() as disk:
+        with CrashDisk(sync_seconds=campaign.sync_seconds) as disk:
             campaign.workload(path, durability, Acks())
         _counts[key] = disk.operations
     return _counts[key]
@@ -276,7 +303,7 @@ def test_the_harness_finds_what_weaker_durability_loses(tmp_path: Path, durabili
     assert found, f"{durability}: 60 power cuts and nothing lost: the harness cannot see"
 
 
-CUTS = 19 * STRESS  # per campaign, durability and mode: 7 x 2 x 4 x 19 = 1,064 cuts by default
+CUTS = 19 * STRESS  # per campaign, durability and mode: 8 x 2 x 4 x 19 = 1,216 cuts by default
 
 
 @pytest.mark.parametrize("campaign", sorted(CAMPAIGNS))
@@ -291,6 +318,18 @@ def test_power_cuts_keep_every_promise(tmp_path: Path, campaign: str, durability
             assert broken == [], f"{campaign} at {durability}, mode {mode}, seed {seed}: {broken}"
             cuts += 1
     print(f"{campaign} at {durability}: {cuts} power cuts, every promise kept")
+
+
+def test_the_large_groups_campaign_cuts_the_power_in_the_middle_of_groups(tmp_path: Path) -> None:
+    """Its commits carry several appends each (else its cuts would prove nothing about
+    groups), and most of its cuts come after some appends were acknowledged."""
+    campaign = CAMPAIGNS["large groups"]
+    with CrashDisk(sync_seconds=campaign.sync_seconds):
+        acks = Acks()
+        campaign.workload(str(tmp_path / "store.db"), "full", acks)
+    assert len(acks.appended) == 32 and acks.commits * 3 <= 32, f"32 appends took {acks.commits} commits"
+    acknowledged = [len(cut_once(tmp_path, campaign, "full", "torn", seed)[1].appended) for seed in range(20)]
+    assert min(acknowledged) < 8 and max(acknowledged) >= 16, acknowledged
 
 
 def test_power_cuts_land_where_they_matter(tmp_path: Path) -> None:
