@@ -18,13 +18,14 @@ The canonical encoding (stable across versions; the README repeats it for audito
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import msgspec
 
-from minies._backends import Connection
+from minies._backends import Connection, open_backend
 
 GENESIS: Final = bytes(32)
 _sha256 = hashlib.sha256
@@ -90,6 +91,8 @@ class VerifyReport(msgspec.Struct, frozen=True):
         head_position: the last position checked (0 for an empty log).
         head_hash: that event's hash in hex ("" for an empty log); publish it, then
             ``verify(expect_head=...)`` later proves the file still extends that history.
+        snapshots_checked: with ``verify(snapshots=True)``: snapshots compared with a replay.
+        snapshots_unchecked: snapshots whose aggregate class was not imported.
     """
 
     ok: bool
@@ -98,6 +101,8 @@ class VerifyReport(msgspec.Struct, frozen=True):
     reason: str
     head_position: int
     head_hash: str
+    snapshots_checked: int = 0
+    snapshots_unchecked: int = 0
 
     def __bool__(self) -> bool:
         return self.ok
@@ -165,6 +170,38 @@ def verify(
         reason=reason,
         head_position=position,
         head_hash=previous.hex() if position else "",
+    )
+
+
+def repair(path: str | os.PathLike[str], *, timeout: float = 30.0) -> list[str]:
+    """Guard a log again: re-create minies' own triggers (those missing or altered, say by a
+    tool that rebuilt the table) if the log still verifies, in one write transaction.
+
+    A store refuses to write to a log whose guards are missing or overridden; this is how it
+    gets them back. It drops nothing minies did not create.
+
+    Returns:
+        The names of the triggers re-created (empty: none was missing).
+
+    Raises:
+        SchemaError: the log does not verify (restore it from a backup), or triggers minies did
+            not create are on the log or its tables (drop them first); nothing was changed.
+        StorageError: the file cannot be opened or written.
+        MiniesError: ``path`` is a PostgreSQL URL (repair works on SQLite files).
+    """
+    backend = open_backend(path, durability="full", timeout=timeout, readonly=False)
+    try:
+        return backend.repair(_problem)
+    finally:
+        backend.close()
+
+
+def _problem(conn: Connection, check: Callable[[], tuple[int | None, str | None]]) -> str | None:
+    report = verify(conn, check)
+    if report.ok:
+        return None
+    return (
+        report.reason if report.first_bad_position is None else f"position {report.first_bad_position}: {report.reason}"
     )
 
 

@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     verify = command("verify", _verify, "re-check the hash chain and the file (exit 1 if not intact)")
     verify.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="also replay every snapshotted aggregate and compare (needs its class: --import MODULE)",
+    )
+    _imports(verify)
+    verify.add_argument(
         "--expect-head",
         metavar="HEAD",
         help="fail unless the log still contains this head: what `minies head` printed, or a hash "
@@ -297,13 +303,20 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    _import_all(args.modules)
     with _open(args) as store:
         try:
-            report = store.verify(expect_head=args.expect_head, progress=_progress("verifying"))
+            report = store.verify(
+                expect_head=args.expect_head, progress=_progress("verifying"), snapshots=args.snapshots
+            )
         except ValueError as e:
             raise ValueError(str(e).replace("expect_head", "--expect-head")) from None
     if report.ok:
         print(f"ok: {report.events_checked:,} events verified; head {report.head_position} {report.head_hash or '-'}")
+        if args.snapshots:
+            print(f"snapshots: {report.snapshots_checked:,} equal to a replay", end="")
+            unchecked = report.snapshots_unchecked
+            print(f"; {unchecked:,} not checked: no class imported (pass --import MODULE)" if unchecked else "")
         return 0
     if report.first_bad_position is None:
         print(f"NOT OK: {report.reason}")

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
+from domain import MoneyDeposited
 
 import minies
-from domain import MoneyDeposited
 
 
 class Counted(minies.Aggregate):
@@ -64,3 +64,68 @@ def test_a_fold_reports_the_version_it_applied_while_another_writer_appends(loca
 
         assert store.fold("c", evolve, 0) == (2, 2)
         assert intruded == [3]
+
+
+# ------------------------------------------------------------------ snapshots are never trusted more than the log
+
+
+def _forge_snapshot(store: minies.EventStore, db_path: str | None) -> None:
+    """Edit the newest snapshot's balance outside minies (no trigger guards the table)."""
+    if db_path is None:  # PostgreSQL: the owner's own session
+        import psycopg
+
+        dsn, schema = store.path.split("?schema=")
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                f"UPDATE {schema}.minies_snapshots SET state = replace(state::text, '\"balance\":40', '\"balance\":1000000')::json"
+            )
+        return
+    import sqlite3
+
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE minies_snapshots SET state = replace(state, '\"balance\":40', '\"balance\":1000000')")
+
+
+def test_verify_with_snapshots_replays_each_snapshot_and_names_a_forged_one(location: str, no_upcasting: None) -> None:
+    from domain import Account, AccountOpened, SnappedAccount
+
+    with minies.EventStore(location) as store:
+        account = SnappedAccount(id="acc-1")
+        account.record(AccountOpened(owner="ann", balance=1))
+        for _ in range(39):
+            account.record(MoneyDeposited(amount=1))
+        store.save(account)  # a snapshot at version 40, balance 40
+        assert [(t, n) for t, n, _ in store.snapshot_stats()] == [("Account", 1)]
+        clean = store.verify(snapshots=True)
+        assert (clean.ok, clean.snapshots_checked, clean.snapshots_unchecked) == (True, 1, 0)
+        assert store.verify().snapshots_checked == 0  # a plain verify does not look at them
+
+        _forge_snapshot(store, None if location.startswith("postgres") else location)
+        assert store.load(SnappedAccount, "acc-1").balance == 1_000_000  # load trusts the snapshot...
+        assert store.verify().ok  # ...and the chain is intact: only the snapshot check sees it
+        report = store.verify(snapshots=True)
+        assert not report.ok
+        assert report.reason.startswith("the snapshot of aggregate 'acc-1' at version 40 differs from a replay")
+        assert store.load(Account, "acc-1").balance == 40
+
+
+def test_minies_verify_snapshots_imports_the_classes_and_fails_on_a_forged_snapshot(db_path: str) -> None:
+    from conftest import run_python
+
+    run_python(
+        "import sys, minies; from domain import AccountOpened, MoneyDeposited, SnappedAccount\n"
+        "a = SnappedAccount(id='acc-1'); a.record(AccountOpened(owner='ann', balance=1))\n"
+        "[a.record(MoneyDeposited(amount=1)) for _ in range(39)]\n"
+        "with minies.EventStore(sys.argv[1]) as s: s.save(a)",
+        db_path,
+    )
+    verify = "import sys; from minies._cli import main; sys.exit(main(sys.argv[1:]))"
+    unimported = run_python(verify, "verify", db_path, "--snapshots")
+    assert "snapshots: 0 equal to a replay; 1 not checked: no class imported (pass --import MODULE)" in unimported.stdout
+    ok = run_python(verify, "verify", db_path, "--snapshots", "--import", "domain")
+    assert "snapshots: 1 equal to a replay\n" in ok.stdout
+    _forge_snapshot(None, db_path)  # type: ignore[arg-type]
+    forged = run_python(verify, "verify", db_path, "--snapshots", "--import", "domain", check=False)
+    assert forged.returncode == 1
+    assert "NOT OK: the snapshot of aggregate 'acc-1' at version 40 differs from a replay" in forged.stdout
+    assert run_python(verify, "verify", db_path, check=False).returncode == 0

@@ -270,7 +270,17 @@ VERSION_GAPS: Final = (
     "SELECT aggregate_id, count(*), min(version), max(version) FROM events GROUP BY aggregate_id"
     " HAVING min(version) != 1 OR max(version) != count(*) LIMIT 1"
 )
-TRIGGER_SQL: Final = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+# (tbl_name keeps the table's name as the trigger's SQL spelled it: ON EVENTS, ON "Events")
+TRIGGER_SQL: Final = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND lower(tbl_name) = 'events'"
+# Every other trigger minies' guarantees depend on: on its own tables (a trigger on minies_keys
+# could keep keys forget destroys), and temporary ones on the log or minies' tables, which live
+# on one connection only (so verify looks on the store's own).
+OTHER_TRIGGERS: Final = (
+    "SELECT 'main', name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
+    " AND lower(tbl_name) LIKE 'minies\\_%' ESCAPE '\\'"
+    " UNION ALL SELECT 'temp', name, tbl_name FROM sqlite_temp_master WHERE type = 'trigger'"
+    " AND (lower(tbl_name) = 'events' OR lower(tbl_name) LIKE 'minies\\_%' ESCAPE '\\') ORDER BY 1, 2"
+)
 COUNTS: Final = "SELECT count(*), count(DISTINCT aggregate_id), max(position) FROM events"
 TYPE_COUNTS: Final = (
     "SELECT event_type, schema_version, count(*) FROM events GROUP BY event_type, schema_version"
@@ -314,6 +324,7 @@ SNAPSHOT_STATS: Final = (
     " GROUP BY aggregate_type ORDER BY aggregate_type"
 )
 DROP_SNAPSHOTS: Final = "DELETE FROM minies_snapshots WHERE aggregate_type = ?"
+ALL_SNAPSHOTS: Final = "SELECT aggregate_id, version, aggregate_type, fingerprint FROM minies_snapshots ORDER BY 1, 2"
 
 # ---------------------------------------------------------------------------- personal data
 ANY_KEY: Final = "SELECT EXISTS (SELECT 1 FROM minies_keys)"
