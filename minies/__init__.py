@@ -63,5 +63,6 @@ __all__ = [
     "metadata_scope",
     "rename",
     "repair",
+    "sealed",
     "upcaster",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from minies import _personal
-from minies._backends import shown
+from minies._backends import shown, swallowed
 from minies._errors import SchemaError, StorageError
 from minies._store import EventStore
 
@@ -82,6 +82,9 @@ def copy(
                 rows: list[Any] = src._open().execute(src._sql.RAW_EVENTS, chunk).fetchall()
             with dst._lock, dst._write():
                 dst._conn.executemany(dst._sql.INSERT_EVENT, rows)
+                stored = dst._conn.execute(dst._sql.STORED_AFTER, (after,)).get  # none swallowed on the way
+                if stored != len(rows):
+                    raise StorageError(swallowed(stored, len(rows)))
                 erased = dst._received(rows)  # the erasures among them, applied as their source applied them
                 # Then the keys these events need (so an interrupted copy leaves a prefix that reads); a
                 # subject forgotten and written again has a new key, which fits once the old one is gone.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -321,3 +323,172 @@ def test_query_on_postgres_moves_no_sequence_even_inside_a_transaction(pg_url: s
                     store.query("SELECT nextval('counter')")
                 assert store.query("SELECT last_value, is_called FROM counter") == [(1, False)]
         assert store.version("a") == 1
+
+
+# ---------------------------------------------------------------------------- guards on open, and repair
+def drop_guards(path: str, *statements: str) -> None:
+    con = sqlite3.connect(path)  # the stdlib module: no minies involved
+    for statement in statements or ("DROP TRIGGER events_no_update", "DROP TRIGGER events_append_only"):
+        con.execute(statement)
+    con.commit()
+    con.close()
+
+
+UNGUARDED = (
+    "{path} is not guarded: {problem}; minies writes nothing to a log whose guards are missing or overridden. "
+    "Run `minies repair {path}` (minies.repair): it re-creates minies' own triggers if the log still verifies, "
+    "and names what else to remove; or open it with readonly=True to read it"
+)
+
+
+def test_a_store_refuses_to_write_to_a_log_whose_triggers_were_dropped_until_it_is_repaired(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposits(3), aggregate_type="Account")
+    drop_guards(db_path)
+    problem = "immutability triggers are missing: events_append_only, events_no_update"
+    with minies.EventStore(db_path) as store:
+        for write in (
+            lambda: store.append("a", deposits(1), aggregate_type="Account"),
+            lambda: store.forget("a"),
+            lambda: store.subscription("s").poll(lambda r: None),
+        ):
+            with pytest.raises(minies.SchemaError) as caught:
+                write()
+            assert str(caught.value) == UNGUARDED.format(path=db_path, problem=problem)
+        assert [r.version for r in store.read("a")] == [1, 2, 3]  # reads work
+        report = store.verify()
+        assert not report.ok and report.reason == problem and report.events_checked == 3
+    with pytest.raises(minies.SchemaError, match="is not guarded"):
+        minies.EventStore(db_path, projections=[Totals()])  # (a new projection's setup writes)
+    with minies.EventStore(db_path, readonly=True) as auditor:  # auditors still read and verify it
+        assert auditor.head()[0] == 3 and auditor.verify().reason == problem
+    assert minies.repair(db_path) == ["events_no_update", "events_append_only"]
+    assert minies.repair(db_path) == []
+    with minies.EventStore(db_path, projections=[Totals()]) as store:
+        assert store.verify().ok
+        assert store.append("a", deposits(1), aggregate_type="Account") == 4
+        assert store.query("SELECT n FROM totals") == [(4,)]
+    con = sqlite3.connect(db_path)
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        con.execute("UPDATE events SET data = '{}'")
+    con.close()
+
+
+def test_the_cli_repairs_and_says_what_it_did(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposits(2), aggregate_type="Account")
+    # What a tool that rebuilds the table (sqlite-utils transform) leaves: the same rows, no triggers.
+    drop_guards(
+        db_path,
+        "DROP TRIGGER events_no_update",
+        "DROP TRIGGER events_no_delete",
+        "DROP TRIGGER events_append_only",
+        "CREATE TABLE events_new AS SELECT * FROM events",
+        "DROP TABLE events",
+        "ALTER TABLE events_new RENAME TO events",
+    )
+    verify = subprocess.run([sys.executable, "-m", "minies", "verify", db_path], capture_output=True, text=True)
+    assert verify.returncode == 1 and "immutability triggers are missing" in verify.stdout
+    done = subprocess.run([sys.executable, "-m", "minies", "repair", db_path], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"re-created events_no_update, events_no_delete, events_append_only on {db_path}\n"
+    again = subprocess.run([sys.executable, "-m", "minies", "repair", db_path], capture_output=True, text=True)
+    assert again.stdout == f"{db_path} is guarded: nothing to repair\n"
+    with minies.EventStore(db_path) as store:
+        assert store.verify().ok and store.append("a", deposits(1), aggregate_type="Account") == 3
+
+
+def test_repair_refuses_a_log_that_does_not_verify_or_carries_triggers_of_its_own(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposits(3), aggregate_type="Account")
+    drop_guards(
+        db_path, "DROP TRIGGER events_no_update", "UPDATE events SET data = '{\"amount\": 100}' WHERE position = 2"
+    )
+    with pytest.raises(minies.SchemaError) as caught:
+        minies.repair(db_path)
+    assert str(caught.value) == (
+        f"cannot repair {db_path!r}: the log does not verify (position 2: event at position 2 does not match its "
+        "hash (altered, inserted or reordered)); guarding it again would vouch for it: restore it from a backup"
+    )
+    other = db_path + "-2"
+    with minies.EventStore(other) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+    drop_guards(
+        other,
+        "CREATE TRIGGER swallow BEFORE INSERT ON EVENTS BEGIN SELECT RAISE(IGNORE); END",  # (ON EVENTS: any case)
+        "CREATE TRIGGER keep_keys BEFORE UPDATE ON minies_keys BEGIN SELECT RAISE(IGNORE); END",
+    )
+    refused = "triggers minies did not create are on the events table: swallow"
+    with minies.EventStore(other) as store, pytest.raises(minies.SchemaError, match=refused):
+        store.append("a", deposits(1), aggregate_type="Account")
+    with pytest.raises(minies.SchemaError) as caught:
+        minies.repair(other)
+    assert str(caught.value) == (
+        f"cannot repair {other!r}: triggers minies did not create are on the log or its tables: swallow (on events), "
+        "keep_keys (on minies_keys); minies drops nothing it did not create: if they are not needed, drop them "
+        "(DROP TRIGGER name) and repair again"
+    )
+    drop_guards(other, "DROP TRIGGER swallow")
+    with minies.EventStore(other) as store:
+        assert store.verify().reason == (
+            "triggers minies did not create are on the log or minies' own tables: keep_keys (on minies_keys)"
+        )
+        with pytest.raises(minies.SchemaError, match="keep_keys"):
+            store.append("a", deposits(1), aggregate_type="Account")
+
+
+# ---------------------------------------------------------------------------- what verify covers (SQLite)
+def test_verify_sees_temporary_triggers_on_the_stores_own_connection(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+        store._conn.execute("CREATE TEMP TRIGGER hide AFTER INSERT ON main.events BEGIN SELECT 1; END")
+        assert store.verify().reason == (
+            "triggers minies did not create are on the log or minies' own tables: temp.hide (on events)"
+        )
+
+
+def test_a_read_model_with_triggers_of_its_own_verifies(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Mine()]) as store:
+        store.append("a", deposits(2), aggregate_type="Account")
+        assert store.query("SELECT count(*) FROM mine_log") == [(2,)]  # its trigger ran
+        assert store.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("trigger", "reason"),
+    [
+        (
+            "CREATE TRIGGER swallow BEFORE INSERT ON EVENTS BEGIN SELECT RAISE(IGNORE); END",
+            "triggers minies did not create are on the events table: swallow (one could drop or change appended events)",
+        ),
+        (
+            'CREATE TRIGGER swallow BEFORE INSERT ON "Events" BEGIN SELECT RAISE(IGNORE); END',
+            "triggers minies did not create are on the events table: swallow (one could drop or change appended events)",
+        ),
+        (
+            "CREATE TRIGGER keep_keys BEFORE UPDATE ON minies_keys BEGIN SELECT RAISE(IGNORE); END",
+            "triggers minies did not create are on the log or minies' own tables: keep_keys (on minies_keys)",
+        ),
+    ],
+)
+def test_verify_sees_every_trigger_on_the_log_and_minies_tables(db_path: str, trigger: str, reason: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+    drop_guards(db_path, trigger)
+    with minies.EventStore(db_path, readonly=True) as store:
+        assert store.verify().reason == reason
+
+
+def test_a_copy_counts_the_rows_it_stored_too(tmp_path: Path) -> None:
+    source, target = str(tmp_path / "edge.db"), str(tmp_path / "server.db")
+    with minies.EventStore(source) as store:
+        store.append("a", deposits(5_001), aggregate_type="Account")  # two chunks
+
+    def meanwhile(position: int, head: int) -> None:  # another process swallows what comes next
+        if position < head:
+            drop_guards(target, "CREATE TRIGGER swallow BEFORE INSERT ON events BEGIN SELECT RAISE(IGNORE); END")
+
+    with pytest.raises(minies.StorageError) as caught:
+        minies.copy(source, target, progress=meanwhile)
+    assert str(caught.value) == swallowed(0, 1)
+    assert sqlite3.connect(target).execute("SELECT max(position) FROM events").fetchone() == (5_000,)

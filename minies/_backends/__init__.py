@@ -20,6 +20,9 @@ from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any, NoReturn, Protocol
 
+Check = Callable[[], tuple[int | None, str | None]]
+"""A backend's own checks of a log (see ``Backend.check_structure``)."""
+
 
 class Connection(Protocol):
     """What the engine runs SQL through: apsw's interface, which the PostgreSQL one copies."""
@@ -66,6 +69,11 @@ class Backend(Protocol):
     def conn(self) -> Connection: ...
 
     @property
+    def unguarded(self) -> str | None:
+        """On a writable open: what is wrong with the log's guards (the engine then writes nothing)."""
+        ...
+
+    @property
     def file_version(self) -> int:
         """The schema version of the data as found (a read-only store does not migrate it)."""
         ...
@@ -97,6 +105,11 @@ class Backend(Protocol):
         """Start the backend's own checks; call the result for ``(the first event with a
         column of the wrong type or None, the first problem with the immutability guards or
         the storage's integrity or None)``."""
+        ...
+
+    def repair(self, verify: Callable[[Connection, Check], str | None]) -> list[str]:
+        """Re-create minies' own guards if the log verifies without them (``verify(conn, check)``
+        says what is wrong, or None); return the names of those re-created."""
         ...
 
     def backup(self, target: str) -> None: ...

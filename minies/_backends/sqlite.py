@@ -14,7 +14,7 @@ from typing import Any, Final, NoReturn
 
 import apsw
 
-from minies._backends import READ_ONLY_STORE, sqlite_sql, triggers_problem
+from minies._backends import READ_ONLY_STORE, Check, sqlite_sql, triggers_problem
 from minies._errors import QueryError, SchemaError, StorageError
 from minies._projections import Database
 
@@ -47,6 +47,7 @@ class SqliteBackend:
         self._timeout = timeout
         self._memory = path == ":memory:"
         self._reader_args = (path, apsw.SQLITE_OPEN_READONLY)  # how a second, reading connection opens
+        self.unguarded: str | None = None  # what is wrong with the guards, found on a writable open
         self.querying = False  # store.query's statement is being prepared and run: reads only
         self.why = ""  # why the authorizer refused the query's statement
         self.file_version = sqlite_sql.SCHEMA_VERSION
@@ -133,6 +134,7 @@ class SqliteBackend:
                 except BaseException:
                     conn.execute(sqlite_sql.ROLLBACK)
                     raise
+            self.unguarded = self.guards()
         except apsw.Error as e:
             self.raise_error(e, f"cannot open {self.path!r}")
 
@@ -224,13 +226,72 @@ class SqliteBackend:
     def reading(self) -> apsw.Connection:
         return self.conn  # `with conn:` is one read transaction
 
+    def guards(self) -> str | None:
+        """What is wrong with the triggers minies' guarantees rest on, if anything: its own
+        three on the events table, as created; no other there, none on minies' own tables, and
+        no temporary one on either on this connection."""
+        conn = self.conn
+        found = {name: " ".join(str(sql).split()) for name, sql in conn.execute(sqlite_sql.TRIGGER_SQL)}
+        problem = triggers_problem(found, {name: " ".join(sql.split()) for name, sql in sqlite_sql.TRIGGERS.items()})
+        if problem is not None:
+            return problem
+        others: list[Any] = conn.execute(sqlite_sql.OTHER_TRIGGERS).fetchall()
+        if others:
+            names = ", ".join(
+                f"{'temp.' if schema == 'temp' else ''}{name} (on {table})" for schema, name, table in others
+            )
+            return f"triggers minies did not create are on the log or minies' own tables: {names}"
+        return None
+
+    def repair(self, verify: Callable[[Connection, Check], str | None]) -> list[str]:
+        """Re-create minies' own triggers on the events table (those missing or altered), in one
+        write transaction, if the log verifies without them: ``verify(conn, check)`` says what
+        is wrong with the chain, the columns' types, the versions and the file, or None.
+
+        Raises:
+            SchemaError: the log does not verify, or triggers minies did not create are on the log
+                or its tables (minies drops nothing it did not create); nothing was changed.
+        """
+        conn = self.conn
+        where = repr(self.path)
+        try:
+            conn.execute(sqlite_sql.BEGIN)  # the write lock: no append between the check and the guards
+            try:
+                found = {name: " ".join(str(sql).split()) for name, sql in conn.execute(sqlite_sql.TRIGGER_SQL)}
+                expected = {name: " ".join(sql.split()) for name, sql in sqlite_sql.TRIGGERS.items()}
+                others = [f"{name} (on events)" for name in sorted(found.keys() - expected.keys())]
+                others += [f"{name} (on {table})" for _, name, table in conn.execute(sqlite_sql.OTHER_TRIGGERS)]
+                if others:
+                    raise SchemaError(
+                        f"cannot repair {where}: triggers minies did not create are on the log or its tables: "
+                        f"{', '.join(others)}; minies drops nothing it did not create: if they are not needed, "
+                        "drop them (DROP TRIGGER name) and repair again"
+                    )
+                problem = verify(conn, lambda: _scan(conn))
+                if problem is not None:
+                    raise SchemaError(
+                        f"cannot repair {where}: the log does not verify ({problem}); guarding it again would "
+                        "vouch for it: restore it from a backup"
+                    )
+                redone = [name for name in expected if found.get(name) != expected[name]]
+                for name in redone:
+                    conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
+                    conn.execute(sqlite_sql.TRIGGERS[name])
+                conn.execute(sqlite_sql.COMMIT)
+            except BaseException:
+                conn.execute(sqlite_sql.ROLLBACK)
+                raise
+            self.unguarded = self.guards()
+        except apsw.Error as e:
+            self.raise_error(e, f"cannot repair {where}")
+        return redone
+
     def check_structure(self) -> Callable[[], tuple[int | None, str | None]]:
         """The immutability triggers; then, on a connection and thread of their own (SQLite
         releases the GIL, so on two cores they cost a verify little wall time), the first
         event with a retyped column and SQLite's integrity check of every page and index.
         """
-        triggers = {name: " ".join(str(sql).split()) for name, sql in self.conn.execute(sqlite_sql.TRIGGER_SQL)}
-        guards = triggers_problem(triggers, {name: " ".join(sql.split()) for name, sql in sqlite_sql.TRIGGERS.items()})
+        guards = self.guards()
         if self._memory:
             retyped, integrity = _scan(self.conn)
             return lambda: (retyped, guards or integrity)
