@@ -637,7 +637,7 @@ class EventStore:
         Raises:
             StorageError: the file cannot be read.
         """
-        with self._lock, self._translate("cannot read"):
+        with self._lock, self._translate("cannot read"), self._backend.reading():  # one view: counts that agree
             conn = self._open()
             counts: Any = conn.execute(self._sql.COUNTS).fetchone()
             projections: list[Any] = conn.execute(self._sql.PROJECTIONS).fetchall()
