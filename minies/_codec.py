@@ -6,6 +6,7 @@ Payloads and metadata are JSON text (not JSONB) so that any SQLite tool, however
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -84,11 +85,31 @@ def encode_metadata(metadata: Mapping[str, Any] | None) -> str:
         if not isinstance(key, str):
             raise TypeError(f"metadata keys must be str, got {key!r}")
     try:
-        return encode(merged).decode()
+        text = encode(merged)
     except (TypeError, ValueError, OverflowError) as e:
         raise TypeError(f"metadata cannot be stored as JSON: {e}") from None
     except RecursionError:
         raise ValueError("metadata is nested too deeply to be stored as JSON") from None
+    if b"null" in text and _not_finite(merged):  # msgspec writes NaN and infinity as null
+        raise ValueError("metadata holds NaN or infinity, which JSON cannot carry (it would be stored as null)")
+    return text.decode()
+
+
+def _not_finite(value: Any) -> bool:
+    """Does ``value`` (metadata: plain JSON values) hold a float NaN or infinity, at any depth?"""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, msgspec.Struct):
+            stack.extend(msgspec.structs.astuple(item))
+    return False
 
 
 def encode_event(event: Event) -> str:
@@ -177,6 +198,10 @@ def _contradiction(event: Event, problem: str | None) -> TypeError | ValueError:
         return ValueError(f"{cls.__name__} would not read back as itself ({_LOST}): {shown}")
     value = getattr(event, field)
     where = f"{cls.__name__}.{field} " + ("(personal data, not shown)" if field in personal else f"= {value!r:.80}")
+    if problem is not None and value is None:  # (a NaN is encoded as null too: that one reads back as None)
+        return TypeError(
+            f"{where} does not match the class: {problem.replace('got `null`', 'got None')}; nothing was written"
+        )
     if problem is not None and "got `null`" not in problem:
         kind = TypeError if "`, got `" in problem else ValueError  # else: a constraint (msgspec.Meta)
         return kind(f"{where} does not match the class: {problem}; nothing was written")

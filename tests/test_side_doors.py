@@ -492,3 +492,54 @@ def test_a_copy_counts_the_rows_it_stored_too(tmp_path: Path) -> None:
         minies.copy(source, target, progress=meanwhile)
     assert str(caught.value) == swallowed(0, 1)
     assert sqlite3.connect(target).execute("SELECT max(position) FROM events").fetchone() == (5_000,)
+
+
+# ---------------------------------------------------------------------------- smaller findings
+class Books(minies.Projection):
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE sqlitebook (id TEXT PRIMARY KEY, n INTEGER)")  # (sqlite_ without the _)
+        db.execute("CREATE INDEX sqlite1book ON sqlitebook (n)")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute("INSERT OR REPLACE INTO sqlitebook VALUES (?, ?)", (event.aggregate_id, event.version))
+
+
+def test_a_read_model_named_like_sqlites_own_tables_is_recorded_and_rebuilt(db_path: str) -> None:
+    with minies.EventStore(db_path, projections=[Books()]) as store:
+        store.append("a", deposits(2), aggregate_type="Account")
+        assert store.rebuild("Books").events == 2
+        assert store.query("SELECT id, n FROM sqlitebook") == [("a", 2)]
+        objects = store.query("SELECT objects FROM minies_projections WHERE name = 'Books'")
+    assert objects == [('[["table","sqlitebook"],["index","sqlite1book"]]',)]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"x": float("nan")}, {"x": [1, {"y": float("-inf")}]}, {"x": float("inf"), "user_id": None}],
+)
+def test_nan_or_infinity_in_metadata_is_refused_not_stored_as_null(location: str, metadata: dict[str, object]) -> None:
+    with minies.EventStore(location) as store:
+        with pytest.raises(ValueError) as caught:
+            store.append("a", deposits(1), aggregate_type="Account", metadata=metadata)
+        assert str(caught.value) == (
+            "metadata holds NaN or infinity, which JSON cannot carry (it would be stored as null)"
+        )
+        assert store.head()[0] == 0
+        store.append("a", deposits(1), aggregate_type="Account", metadata={"x": None, "y": 1.5})
+        assert next(store.read("a")).metadata == {"x": None, "y": 1.5}
+
+
+class Counted(minies.Event):
+    n: int
+    label: str = ""
+
+
+@pytest.mark.parametrize(("fields", "field"), [({"n": None}, "n"), ({"n": 1, "label": None}, "label")])
+def test_none_in_a_typed_field_says_so(fields: dict[str, object], field: str) -> None:
+    with minies.EventStore(":memory:") as store, pytest.raises(TypeError) as caught:
+        store.append("a", [Counted(**fields)], aggregate_type="A")  # type: ignore[arg-type]
+    expected = "int" if field == "n" else "str"
+    assert str(caught.value) == (
+        f"Counted.{field} = None does not match the class: Expected `{expected}`, got None - at `$.{field}`;"
+        " nothing was written"
+    )

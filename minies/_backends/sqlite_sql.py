@@ -356,7 +356,7 @@ SAVE_PROJECTION: Final = (
 ADVANCE_PROJECTION: Final = "UPDATE minies_projections SET position = ?, updated_at = ? WHERE name = ?"
 SCHEMA_OBJECTS: Final = (
     "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index', 'view', 'trigger')"
-    " AND name NOT LIKE 'sqlite_%'"
+    " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"  # (SQLite's own objects: _ alone matches any character)
 )
 
 # ---------------------------------------------------------------------------- subscriptions
