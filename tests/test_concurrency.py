@@ -129,3 +129,30 @@ def test_minies_verify_snapshots_imports_the_classes_and_fails_on_a_forged_snaps
     assert forged.returncode == 1
     assert "NOT OK: the snapshot of aggregate 'acc-1' at version 40 differs from a replay" in forged.stdout
     assert run_python(verify, "verify", db_path, check=False).returncode == 0
+
+
+def test_verify_reads_one_view_of_the_log_while_another_store_appends(location: str) -> None:
+    import threading
+
+    with minies.EventStore(location) as store, minies.EventStore(location) as other:
+        for k in range(5):
+            store.append(f"a{k}", [MoneyDeposited(amount=1)] * 4000, aggregate_type="Account")
+        stop = threading.Event()
+
+        def append() -> None:
+            while not stop.is_set():
+                other.append("busy", [MoneyDeposited(amount=1)] * 50, aggregate_type="Account")
+
+        writer = threading.Thread(target=append)
+        writer.start()
+        try:
+            seen: list[tuple[int, int]] = []
+            report = store.verify(progress=lambda done, total: seen.append((done, total)))
+        finally:
+            stop.set()
+            writer.join()
+        assert report.ok
+        totals = {total for _, total in seen}
+        assert len(totals) == 1 and all(done <= total for done, total in seen), seen[-3:]
+        assert report.events_checked == report.head_position == totals.pop()
+        assert store.head()[0] > report.head_position  # the other store did append meanwhile
