@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -31,11 +31,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def cluster(durable: bool = False) -> Iterator[str]:
+def cluster(durable: bool = False, settings: str = "", restart: list[Callable[[], None]] | None = None) -> Iterator[str]:
     """The DSN of a running server; why not, as ``RuntimeError``, if none can be had.
 
-    ``durable``: fsync on, as a real server runs (benchmarks); tests need no fsync."""
-    if os.environ.get("MINIES_PG_DSN"):
+    ``durable``: fsync on, as a real server runs (benchmarks); tests need no fsync.
+    ``settings``: more ``-c name=value`` options. ``restart``: given a list, a function is put
+    in it that crashes the server (an immediate stop: no buffer written) and starts it again."""
+    if os.environ.get("MINIES_PG_DSN") and restart is None:
         yield os.environ["MINIES_PG_DSN"]
         return
     bin_dir = _programs()
@@ -50,8 +52,11 @@ def cluster(durable: bool = False) -> Iterator[str]:
     try:
         run(f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync")
         options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync={'on' if durable else 'off'}"
-        options += " -c max_connections=200"
-        run(f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start")
+        options += f" -c max_connections=200 {settings}"
+        start = [f"{bin_dir}/pg_ctl", "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start"]
+        run(*start)
+        if restart is not None:
+            restart.append(lambda: (run(f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"), run(*start)))
     except subprocess.CalledProcessError as e:
         shutil.rmtree(folder, ignore_errors=True)
         raise RuntimeError(f"cannot start a PostgreSQL cluster: {e.stderr or e.stdout}") from e

@@ -4,7 +4,9 @@ either: each test here puts a second writer inside the first one's operation).""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import pytest
@@ -121,7 +123,9 @@ def test_minies_verify_snapshots_imports_the_classes_and_fails_on_a_forged_snaps
     )
     verify = "import sys; from minies._cli import main; sys.exit(main(sys.argv[1:]))"
     unimported = run_python(verify, "verify", db_path, "--snapshots")
-    assert "snapshots: 0 equal to a replay; 1 not checked: no class imported (pass --import MODULE)" in unimported.stdout
+    assert (
+        "snapshots: 0 equal to a replay; 1 not checked: no class imported (pass --import MODULE)" in unimported.stdout
+    )
     ok = run_python(verify, "verify", db_path, "--snapshots", "--import", "domain")
     assert "snapshots: 1 equal to a replay\n" in ok.stdout
     _forge_snapshot(None, db_path)  # type: ignore[arg-type]
@@ -156,3 +160,38 @@ def test_verify_reads_one_view_of_the_log_while_another_store_appends(location: 
         assert len(totals) == 1 and all(done <= total for done, total in seen), seen[-3:]
         assert report.events_checked == report.head_position == totals.pop()
         assert store.head()[0] > report.head_position  # the other store did append meanwhile
+
+
+def test_postgres_at_normal_durability_a_crash_can_reuse_positions_an_outside_follower_saw(tmp_path: object) -> None:
+    """What the README tells an outside follower to do: keep the event id of the last position
+    it handled, and on resume check that the log still holds it there."""
+    import pgserver
+
+    crash: list[Callable[[], None]] = []
+    settings = "-c wal_writer_delay=10000 -c wal_writer_flush_after=0 -c checkpoint_timeout=3600"
+    with contextlib.ExitStack() as server:
+        try:
+            dsn = server.enter_context(pgserver.cluster(settings=settings, restart=crash))
+        except RuntimeError as e:
+            if os.environ.get("MINIES_REQUIRE_POSTGRES") == "1":
+                pytest.fail(str(e))
+            pytest.skip(str(e))
+        url = f"{dsn}?schema=reuse"
+        with minies.EventStore(url, durability="full") as store:  # a durable start
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        with minies.EventStore(url, durability="normal") as store:
+            store.append("a", [MoneyDeposited(amount=2)] * 3, aggregate_type="Account")
+            seen = [(r.position, r.event_id) for r in store.read_all()]  # an outside follower's view
+        assert [p for p, _ in seen] == [1, 2, 3, 4]
+        crash[0]()  # the server crashes before its WAL writer flushed the last commits
+        with minies.EventStore(url, durability="full") as store:
+            lost = store.head()[0]
+            assert lost < 4  # the acknowledged tail is gone (documented for "normal")
+            store.append("b", [MoneyDeposited(amount=9)] * (5 - lost), aggregate_type="Account")
+            # the positions the follower saw now hold other events: the documented check finds it
+            position, event_id = seen[-1]
+            (now,) = store.read_all(after=position - 1, limit=1)
+            assert now.event_id != event_id
+            resume = max(p for p, i in seen if next(iter(store.read_all(after=p - 1, limit=1))).event_id == i)
+            assert resume == lost
+            assert store.verify().ok
