@@ -238,3 +238,31 @@ def test_a_processor_follows_runs_in_pages_and_manages_its_dead_letters(store: m
     assert processor.follow(idle_timeout=0.05) == 0  # its own default wait
     processor.rewind(0)
     assert processor.position == 0
+
+
+def test_a_redelivery_commits_its_outputs_and_leaves_the_dead_letters_together(
+    store: minies.EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    place(store, 2)
+    broken = {"order-1"}
+
+    def flaky(record: minies.Recorded, s: minies.EventStore) -> None:
+        if record.aggregate_id in broken:
+            raise RuntimeError("warehouse offline")
+        ship(record, s)
+
+    processor = store.processor("shipping", flaky, max_attempts=1, event_types=[OrderPlaced])
+    assert processor.run() == 2 and len(processor.dead_letters()) == 1
+    broken.clear()
+    sql = store._sql
+    # the outputs are written, then taking the input off the dead letters fails
+    monkeypatch.setattr(store, "_sql", types.SimpleNamespace(**{**vars(sql), "UNPARK": "SELECT no_such_function()"}))
+    with pytest.raises(minies.MiniesError):
+        processor.redeliver()
+    monkeypatch.setattr(store, "_sql", sql)
+    assert shipped(store) == ["shipment-order-0"]  # its outputs went with it: nothing half done
+    assert processor.redeliver() == 1
+    assert shipped(store) == ["shipment-order-0", "shipment-order-1"]  # processed once
+    assert processor.dead_letters() == []
