@@ -17,7 +17,7 @@ from minies._errors import (
     StorageError,
 )
 from minies._events import ANY, ERASURES, Event, Recorded, SubjectForgotten, metadata_scope
-from minies._personal import Personal, forgotten
+from minies._personal import Personal, forgotten, sealed
 from minies._processors import Processor
 from minies._projections import Database, Projection, RebuildReport
 from minies._roles import grant

@@ -230,7 +230,20 @@ def _selected(store: EventStore, args: argparse.Namespace) -> Iterator[Recorded]
         if args.limit is not None and count >= args.limit:
             return
         count += 1
-        yield record
+        yield _shown(record)
+
+
+def _shown(record: Recorded) -> Recorded:
+    """A record as the CLI prints it: a personal field this store cannot open (no key) shows
+    ``"<sealed>"``, as in a dict payload, not its class's default."""
+    hidden = minies.sealed(record)
+    if not hidden or isinstance(record.data, dict):
+        return record
+    cls = type(record.data)
+    data = msgspec.to_builtins(record.data)
+    for attribute in hidden:
+        data[cls.__struct_encode_fields__[cls.__struct_fields__.index(attribute)]] = "<sealed>"
+    return msgspec.structs.replace(record, data=data)
 
 
 def _progress(label: str) -> Callable[[int, int], None] | None:

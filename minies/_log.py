@@ -118,10 +118,7 @@ def _mark_forgotten(records: list[Recorded], gone: dict[int, frozenset[str]]) ->
     for record in records:
         names = gone.get(record.position)
         if names:
-            data = record.data
-            if isinstance(data, msgspec.Struct):
-                names = frozenset(_codec.attribute(type(data), n) or n for n in names)
-            record = msgspec.structs.replace(record, data=_personal.mark(data, names))
+            record = msgspec.structs.replace(record, data=_personal.mark(record.data, names, _codec.attribute))
         marked.append(record)
     return marked
 

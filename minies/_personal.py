@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from minies._backends import Connection
     from minies._events import Event
 
-__all__ = ["Personal", "forgotten"]
+__all__ = ["Personal", "forgotten", "sealed"]
 
 T = TypeVar("T")
 
@@ -144,7 +144,7 @@ def _cryptography() -> type[AESGCM]:
     try:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     except ImportError:
-        raise PersonalDataError(
+        raise _Missing(
             'personal fields are encrypted with the cryptography package: pip install "minies[crypto]"'
         ) from None
     return AESGCM
@@ -175,23 +175,43 @@ def refuse_mark(cls_name: str) -> NoReturn:
 
 
 # ---------------------------------------------------------------------------- forgotten fields
-_forgotten: dict[int, tuple[weakref.ref[Any], frozenset[str]]] = {}
+_forgotten: dict[int, tuple[weakref.ref[Any], frozenset[str], frozenset[str]]] = {}
+
+SEALED_TEXT: Final = "<sealed>"
+"""What a payload read as a dict holds in place of a personal field this store cannot open."""
+
+
+class Absent(frozenset[str]):
+    """The personal fields of a stored payload that a read cannot show, by their stored names:
+    the forgotten ones, and (``sealed``) the ones whose key this store cannot open."""
+
+    sealed: frozenset[str] = _NONE
 
 
 class ForgottenPayload(dict[str, Any]):
-    """A payload read as a plain dict whose personal fields were forgotten (they are absent)."""
+    """A payload read as a plain dict whose personal fields were forgotten (they are absent) or
+    cannot be opened here (they hold ``"<sealed>"``)."""
 
 
-def mark(value: Any, fields: frozenset[str]) -> Any:
-    """Remember that ``value`` (an event, or a payload dict) had ``fields`` forgotten."""
-    if type(value) is dict:
+def mark(value: Any, fields: frozenset[str], attribute: Callable[[type[Any], str], str | None]) -> Any:
+    """Remember that ``value`` (an event, or a payload dict) had ``fields`` forgotten, or sealed
+    (``Absent.sealed``); ``attribute`` maps a stored name to a Struct's attribute."""
+    hidden = getattr(fields, "sealed", _NONE)
+    fields = fields - hidden
+    if isinstance(value, msgspec.Struct):
+        cls = type(value)
+        fields = frozenset(attribute(cls, n) or n for n in fields)
+        hidden = frozenset(attribute(cls, n) or n for n in hidden)
+    elif type(value) is dict:
         value = ForgottenPayload(value)
+        for name in sorted(hidden):  # (the same order in every process)
+            value[name] = SEALED_TEXT
     key = id(value)
     try:
         ref = weakref.ref(value, lambda _, key=key: _forgotten.pop(key, None))  # type: ignore[misc]
     except TypeError:
         return value
-    _forgotten[key] = (ref, fields)
+    _forgotten[key] = (ref, frozenset(fields), frozenset(hidden))
     return value
 
 
@@ -204,6 +224,17 @@ def forgotten(value: Any) -> frozenset[str]:
     data = getattr(value, "data", value)  # a Recorded's payload; an event or dict as it is
     entry = _forgotten.get(id(data))
     return entry[1] if entry is not None and entry[0]() is data else frozenset()
+
+
+def sealed(value: Any) -> frozenset[str]:
+    """The personal fields of an event (or a ``Recorded``, or a payload dict) that this store
+    cannot open: its keys are wrapped and it has no ``key_encryption_key``, or the
+    ``cryptography`` package is missing. They read as the class's default (``"<sealed>"`` in a
+    dict). Empty for anything else.
+    """
+    data = getattr(value, "data", value)
+    entry = _forgotten.get(id(data))
+    return entry[2] if entry is not None and entry[0]() is data else frozenset()
 
 
 # ---------------------------------------------------------------------------- the keys
@@ -228,7 +259,7 @@ class Keyring:
         self._seen: int | None = None
         self._any: bool | None = None
         self._by_subject: dict[str, tuple[str, AESGCM]] = {}
-        self._by_id: dict[str, AESGCM | None] = {}
+        self._by_id: dict[str, AESGCM | _Unopenable | None] = {}
 
     def clear(self) -> None:
         self._seen = self._any = None
@@ -316,15 +347,29 @@ class Keyring:
         self._by_id[found[0]] = found[1]
         return found
 
-    def _key_by_id(self, conn: Connection, key_id: str, position: int | str) -> AESGCM | None:
+    def _key_by_id(self, conn: Connection, key_id: str, position: int | str) -> AESGCM | _Unopenable | None:
         row = conn.execute(conn.sql.KEY_BY_ID, (key_id,)).fetchone()
         if row is None:
             raise PersonalDataError(
                 f"{_event_at(position)} is sealed with key {key_id!r}, which this log does not hold (damaged?)"
             )
-        key = None if row[0] is None else self._unwrap(key_id, bytes(row[0]))
+        key: AESGCM | _Unopenable | None = None
+        if row[0] is not None:
+            stored = bytes(row[0])
+            key = UNOPENABLE if self._wrapper is None and len(stored) != _KEY_BYTES else None
+            if key is None:
+                try:
+                    key = self._unwrap(key_id, stored)
+                except _Missing:  # an auditor without the package reads the plain fields
+                    key = UNOPENABLE
         self._by_id[key_id] = key
         return key
+
+    def remedy(self) -> str:
+        """What opening the sealed fields this store cannot open would take."""
+        if self._wrapper is None and _available():
+            return "open the store with key_encryption_key="
+        return 'install the cryptography package: pip install "minies[crypto]"'
 
     # ------------------------------------------------------------------ sealing
     def seal(
@@ -362,17 +407,22 @@ class Keyring:
             sealed[k] = encode(replace(event, **tokens)).decode()
         return sealed
 
-    def open(self, conn: Connection, text: str, event_id: str, position: int | str) -> tuple[str, frozenset[str]]:
-        """A stored payload with its sealed values opened, and the fields that were forgotten.
-        (``position`` names the event in messages: its position, or any text.)
+    def open(
+        self, conn: Connection, text: str, event_id: str, position: int | str, strict: bool = False
+    ) -> tuple[str, frozenset[str]]:
+        """A stored payload with its sealed values opened, and the fields that were forgotten or
+        that this store cannot open (``Absent``): both are taken out of the payload. (``position``
+        names the event in messages: its position, or any text.)
 
         Raises:
             PersonalDataError: a sealed value does not decrypt (tampered or moved), or its key is
-                missing, or is wrapped and this store has no key-encryption key.
+                missing; or, if ``strict``, this store cannot open it (its key is wrapped and the
+                store has no key-encryption key, or ``cryptography`` is missing).
         """
         parts = []
         start = 0
         gone: list[str] = []
+        hidden: list[str] = []
         find, rfind, keys, skip = text.find, text.rfind, self._by_id, len(MARK)
         a2b, aad = binascii.a2b_base64, event_id + "/"
         at = find(MARK)
@@ -384,6 +434,8 @@ class Keyring:
             name = text[rfind('"', 0, at - 2) + 1 : at - 2]
             if key is None:
                 gone.append(name)
+            elif isinstance(key, _Unopenable):
+                hidden.append(name)
             else:
                 try:
                     raw = a2b(box, strict_mode=True)
@@ -397,12 +449,20 @@ class Keyring:
                 parts.append(plain.decode())
             start = end + 1
             at = find(MARK, start)
-        if gone:
+        if hidden and strict:
+            raise PersonalDataError(
+                f"{_event_at(position)} holds personal fields this store cannot open ({', '.join(sorted(hidden))}); "
+                + self.remedy()
+            )
+        if gone or hidden:
             payload = msgspec.json.decode(text)
-            for name in gone:
+            for name in gone + hidden:
                 del payload[name]
             opened, _ = self.open(conn, _encode(payload).decode(), event_id, position)
-            return opened, frozenset(gone)
+            absent = Absent(gone + hidden)
+            if hidden:
+                absent.sealed = frozenset(hidden)
+            return opened, absent
         if not parts:
             return text, _NONE
         parts.append(text[start:])
@@ -429,7 +489,7 @@ class Keyring:
         key_id, _, box = state[len(MARK) : -1].partition(":")
         try:
             key = self._by_id[key_id] if key_id in self._by_id else self._key_by_id(conn, key_id, 0)
-            if key is None:
+            if key is None or isinstance(key, _Unopenable):
                 return None
             raw = binascii.a2b_base64(box, strict_mode=True)
             return key.decrypt(raw[:_NONCE], raw[_NONCE:], ("snapshot/" + where).encode()).decode()
@@ -456,6 +516,28 @@ class Keyring:
         for key_id in keys:
             conn.execute(conn.sql.FORGET_KEY, (now, key_id))
         self.clear()
+
+
+class _Unopenable:
+    def __repr__(self) -> str:
+        return "minies.UNOPENABLE"
+
+
+UNOPENABLE: Final = _Unopenable()
+"""In the key cache: a key this store cannot open (wrapped, and no key-encryption key; or no
+``cryptography``)."""
+
+
+class _Missing(PersonalDataError):
+    """The ``cryptography`` package is not installed."""
+
+
+def _available() -> bool:
+    try:
+        _cryptography()
+    except _Missing:
+        return False
+    return True
 
 
 def _event_at(position: int | str) -> str:

@@ -393,7 +393,12 @@ class Projector:
                             progress(batch[-1].position, total)
         except Exception as e:
             position = _failed_position(e)
-            where = f"position {position}" if position else f"a position in {batch[0].position}..{batch[-1].position}"
+            if position:
+                where = f"position {position}"
+            elif batch:
+                where = f"a position in {batch[0].position}..{batch[-1].position}"
+            else:  # the read failed before a page came (an event this store cannot open, say)
+                where = f"a position after {after}"
             raise ProjectionError(projection.name, f"failed at {where}: {type(e).__name__}: {e}", position) from e
         if progress is not None:
             progress(total, total)

@@ -841,10 +841,11 @@ class EventStore:
                 )
             if isinstance(record.data, dict):
                 raise _no_class(aggregate_id, {record.event_type})
-            if _personal.sealed(record.data):
+            hidden = _personal.sealed(record.data)
+            if hidden:
                 raise PersonalDataError(
                     f"aggregate {aggregate_id!r} cannot be loaded: its event {record.version} holds personal fields "
-                    f"this store cannot open ({', '.join(sorted(_personal.sealed(record.data)))}); {self._keys.remedy()}"
+                    f"this store cannot open ({', '.join(sorted(hidden))}); {self._keys.remedy()}"
                 )
             try:
                 step(record.data)
