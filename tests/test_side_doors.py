@@ -4,9 +4,11 @@ added beside it, can weaken, empty or silently bypass the log."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -543,3 +545,36 @@ def test_none_in_a_typed_field_says_so(fields: dict[str, object], field: str) ->
         f"Counted.{field} = None does not match the class: Expected `{expected}`, got None - at `$.{field}`;"
         " nothing was written"
     )
+
+
+CREATOR = """
+import os, sys, time, minies
+from domain import MoneyDeposited
+path, go, name = sys.argv[1:]
+while not os.path.exists(go):
+    time.sleep(0.001)
+try:
+    with minies.EventStore(path) as store:
+        store.append(name, [MoneyDeposited(amount=1)], aggregate_type="Account")
+    print("ok")
+except minies.MiniesError as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+def test_processes_creating_the_same_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    for trial in range(12):  # (the old code failed one trial in three)
+        path, go = tmp_path / f"new-{trial}.db", tmp_path / f"go-{trial}"
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", CREATOR, str(path), str(go), f"p{i}"], stdout=subprocess.PIPE, text=True, env=env
+            )
+            for i in range(6)
+        ]
+        time.sleep(0.5)  # (every process imported minies and waits)
+        go.touch()
+        outcomes = [process.communicate(timeout=60)[0].strip() for process in processes]
+        assert outcomes == ["ok"] * 6, f"trial {trial}: {outcomes}"
+        with minies.EventStore(str(path), readonly=True) as store:
+            assert store.head()[0] == 6 and store.verify().ok

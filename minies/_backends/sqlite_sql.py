@@ -446,6 +446,12 @@ RELEASE: Final = "RELEASE minies /* minies */"
 ROLLBACK_TO: Final = "ROLLBACK TO minies /* minies */; RELEASE minies /* minies */"
 
 
+_IDENTIFY: Final = (
+    "SELECT (SELECT application_id FROM pragma_application_id), (SELECT user_version FROM pragma_user_version),"
+    " (SELECT count(*) FROM sqlite_master)"
+)
+
+
 def identify(conn: apsw.Connection, where: str) -> int:
     """Check the file is a minies database this code can use; return its schema version.
 
@@ -454,10 +460,11 @@ def identify(conn: apsw.Connection, where: str) -> int:
     Raises:
         SchemaError: a SQLite file of another application, or a newer minies schema.
     """
-    app_id = conn.pragma("application_id")
-    version = conn.pragma("user_version")
+    # One statement, so one read of the file: another process may be creating it meanwhile, and
+    # separate reads could see its header from before the creation and its tables from after.
+    app_id, version, objects = conn.execute(_IDENTIFY).fetchall()[0]
     if app_id == 0:  # brand new, or another application's file (which may use user_version)
-        if version == 0 and not conn.execute("SELECT count(*) FROM sqlite_master").get:
+        if version == 0 and not objects:
             return 0
         raise SchemaError(
             f"{where} is a SQLite database but not a minies one (it holds data and no minies "
