@@ -1,6 +1,6 @@
 """Group commit on a slow disk: one thread against eight, and several processes on one file.
 
-    python benchmarks/group_commit.py [--old PATH] [--rounds N]
+    python benchmarks/group_commit.py [--old PATH] [--rounds N] [--single]
 
 Every writer appends single events to its own aggregate at ``durability="full"``, so each
 call is a command that must be durable before it returns. The disk is this VM's own, or a
@@ -9,8 +9,10 @@ or an edge box's flash takes 1-10 ms to sync), made the default VFS of the measu
 
 Each measurement runs in a fresh process (``--one``), so ``--old PATH`` (a checkout of an
 older minies, e.g. ``git worktree add /tmp/old HEAD~3``) measures the same rows on both
-trees, alternating, in the same run. "writes per commit" is the mean number of appends each
-transaction (one fsync of the WAL) carried. Every run checks the events it stored.
+trees, alternating, in the same run (``--single``: only one thread on this VM's disk, the
+no-regression check). "writes per commit" is the mean number of appends each transaction
+(one fsync of the WAL) carried. Cells are medians (and ranges) over the rounds; ratios are
+taken within each round. Every run checks the events it stored.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,17 +77,17 @@ def one(path: str, fsync_ms: float, threads: int, events: int, start_at: float) 
 
         pool = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
         time.sleep(max(0.0, start_at - time.time()))
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         for t in pool:
             t.start()
         for t in pool:
             t.join()
-        ended = time.time()
+        ended, cpu = time.time(), time.process_time() - cpu
         commits = store._commits - commits
         for k in range(threads):  # the benchmark checks its own result
             assert store.version(f"{prefix}{k}") == events, f"writer {k} stored {store.version(f'{prefix}{k}')}"
     del disk
-    return {"started": started, "ended": ended, "events": threads * events, "commits": commits}
+    return {"started": started, "ended": ended, "events": threads * events, "commits": commits, "cpu": cpu}
 
 
 def run(tree: Path, path: str, fsync_ms: float, threads: int, processes: int = 1) -> dict[str, float]:
@@ -102,13 +105,18 @@ def run(tree: Path, path: str, fsync_ms: float, threads: int, processes: int = 1
     total = sum(r["events"] for r in results)
     assert total == processes * threads * events
     seconds = max(r["ended"] for r in results) - min(r["started"] for r in results)
-    return {"rate": total / seconds, "per_commit": total / sum(r["commits"] for r in results)}
+    return {
+        "rate": total / seconds,
+        "per_commit": total / sum(r["commits"] for r in results),
+        "cpu_us": sum(r["cpu"] for r in results) / total * 1e6,  # CPU per append: less noisy than rates
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, help="a checkout of an older minies, measured in the same run")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--single", action="store_true", help="only one thread on this VM's disk, --rounds times")
     parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -116,6 +124,9 @@ def main() -> None:
         print(json.dumps(one(path, float(fsync_ms), int(threads), int(events), float(start_at))))
         return
     trees = {"new": HERE.parent} | ({"old": args.old.resolve()} if args.old else {})
+    if args.single:
+        single(trees, args.rounds)
+        return
     rows: dict[tuple[str, float, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -153,9 +164,34 @@ def main() -> None:
 
 
 def span(values: Any, fmt: str = "{:,.0f}") -> str:
+    """The median, and the range when there are several rounds."""
     values = sorted(values)
-    low, high = fmt.format(values[0]), fmt.format(values[-1])
-    return low if low == high else f"{low}–{high}"
+    low, mid, high = (fmt.format(v) for v in (values[0], statistics.median(values), values[-1]))
+    return mid if low == high else f"{mid} ({low}–{high})"
+
+
+def single(trees: dict[str, Path], rounds: int) -> None:
+    """One thread on this VM's disk, the trees taking turns: the no-regression check."""
+    got: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for name, tree in trees.items():
+                got[name].append(run(tree, os.path.join(tmp, f"{name}-{r}.db"), 0.0, 1))
+    print("| tree | ev/s, median | best | CPU µs per append, median | least | rounds |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, runs in got.items():
+        rates, cpus = [m["rate"] for m in runs], [m["cpu_us"] for m in runs]
+        print(
+            f"| {name} | {statistics.median(rates):,.0f} | {max(rates):,.0f} | {statistics.median(cpus):.1f} "
+            f"| {min(cpus):.1f} | {len(runs)} |"
+        )
+    if "old" in got:
+        for key, best, what in ((lambda m: m["rate"], max, "ev/s"), (lambda m: m["cpu_us"], min, "CPU per append")):
+            new, old = ([key(m) for m in got[tree]] for tree in ("new", "old"))
+            print(
+                f"new / old, {what}: {statistics.median(new) / statistics.median(old):.3f} (medians), "
+                f"{best(new) / best(old):.3f} (bests)"
+            )
 
 
 if __name__ == "__main__":
