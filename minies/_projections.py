@@ -320,7 +320,7 @@ class Projector:
     @staticmethod
     def _erased(conn: Connection, after: int, upto: int) -> list[str]:
         """The subjects of the ``SubjectForgotten`` events at positions ``after < p <= upto``."""
-        rows = conn.execute(conn.sql.ERASED_AFTER, (after, upto))
+        rows = conn.execute(conn.sql.ERASED_BETWEEN, (after, upto))
         return [msgspec.json.decode(data)["subject"] for (data,) in rows]
 
     def _erase(self, conn: Connection, db: Database, name: str, subjects: list[str]) -> bool:

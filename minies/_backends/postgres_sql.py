@@ -451,7 +451,8 @@ COPY_KEY: Final = (
     "INSERT INTO minies_keys (key_id, subject, key, created_at, forgotten_at) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
-ERASED_AFTER: Final = (
+ERASED_AFTER: Final = "SELECT data::text FROM events WHERE position > ? AND event_type = 'minies.SubjectForgotten'"
+ERASED_BETWEEN: Final = (
     "SELECT data::text FROM events WHERE position > ? AND position <= ? AND event_type = 'minies.SubjectForgotten'"
 )
 SEALS_BEFORE: Final = "SELECT EXISTS (SELECT 1 FROM events WHERE position < ? AND strpos(data::text, ?) > 0)"

@@ -336,7 +336,8 @@ ADD_KEY: Final = "INSERT INTO minies_keys (key_id, subject, key, created_at) VAL
 FORGET_KEY: Final = "UPDATE minies_keys SET key = NULL, forgotten_at = ? WHERE key_id = ?"
 FORGOTTEN_SUBJECTS: Final = "SELECT count(DISTINCT subject) FROM minies_keys WHERE key IS NULL"
 SEALED_AGGREGATES: Final = "SELECT DISTINCT aggregate_id FROM events WHERE instr(data, ?) > 0"
-ERASED_AFTER: Final = (
+ERASED_AFTER: Final = "SELECT data FROM events WHERE position > ? AND event_type = 'minies.SubjectForgotten'"
+ERASED_BETWEEN: Final = (
     "SELECT data FROM events WHERE position > ? AND position <= ? AND event_type = 'minies.SubjectForgotten'"
 )
 SEALS_BEFORE: Final = "SELECT EXISTS (SELECT 1 FROM events WHERE position < ? AND instr(data, ?) > 0)"
