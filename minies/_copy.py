@@ -9,7 +9,7 @@ interrupted copy leaves a valid prefix, and the next copy goes on from there.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import msgspec
@@ -17,6 +17,7 @@ import msgspec
 from minies import _personal
 from minies._backends import shown, swallowed
 from minies._errors import SchemaError, StorageError
+from minies._projections import Projection
 from minies._store import EventStore
 
 _CHUNK: Final = 5_000
@@ -36,6 +37,7 @@ def copy(
     target: str | os.PathLike[str],
     *,
     progress: Callable[[int, int], None] | None = None,
+    projections: Iterable[Projection] = (),
 ) -> CopyReport:
     """Copy the event log (events, event type schemas, snapshots, personal data keys) from
     ``source`` to ``target``.
@@ -47,18 +49,21 @@ def copy(
     The erasures among the copied events are applied on the target as ``forget`` applied them
     on the source, in the same transaction: their keys destroyed, the snapshots holding their
     data dropped, the bytes purged. The target's read models clean themselves when a store
-    with their projections next opens it.
+    with their projections next opens it, or at once with ``projections``.
 
     Args:
         source: the store to read (opened read-only).
         target: the store to append to (created if missing).
         progress: called as ``progress(position, head)`` after every chunk.
+        projections: the target's read models, kept up to date in every chunk's transaction
+            (the target is opened with them).
 
     Raises:
         SchemaError: the target's log is not a prefix of the source's (they diverged).
         StorageError: either cannot be opened or written, or the copy does not verify.
+        ProjectionError: one of ``projections`` failed; the chunk it failed in was not copied.
     """
-    with EventStore(source, readonly=True) as src, EventStore(target) as dst:
+    with EventStore(source, readonly=True) as src, EventStore(target, projections=projections) as dst:
         with src._lock, src._backend.reading():  # the side tables as of the head: an erasure after it comes next time
             conn = src._open()
             head, head_hash = src.head()
@@ -85,11 +90,10 @@ def copy(
                 stored = dst._conn.execute(dst._sql.STORED_AFTER, (after,)).get  # none swallowed on the way
                 if stored != len(rows):
                     raise StorageError(swallowed(stored, len(rows)))
-                erased = dst._received(rows)  # the erasures among them, applied as their source applied them
-                # Then the keys these events need (so an interrupted copy leaves a prefix that reads); a
-                # subject forgotten and written again has a new key, which fits once the old one is gone.
+                # with the keys they need (so an interrupted copy leaves a prefix that reads), and
+                # the erasures among them applied as their source applied them
                 needed = {key_id for row in rows for key_id in _personal.key_ids(row[6])}
-                dst._conn.executemany(dst._sql.COPY_KEY, [by_id[k] for k in needed if k in by_id])
+                erased = dst._received(rows, [by_id[k] for k in needed if k in by_id])
             if erased:
                 dst._backend.purge(snapshots=True)
             after = rows[-1][0]

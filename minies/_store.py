@@ -1060,27 +1060,35 @@ class EventStore:
             conn.execute(self._sql.DROP_SNAPSHOTS_OF, (aggregate_id,))
         return holders
 
-    def _received(self, rows: Sequence[Sequence[Any]]) -> bool:
-        """Apply the erasures that arrived with ``rows`` (stored events this store did not
-        write: a copy's), exactly as the ``forget`` that recorded each: the subject's keys that
-        sealed events before it are destroyed, the snapshots holding their data dropped, and
-        this store's read models brought up to the head (which cleans them).
+    def _received(self, rows: Sequence[Sequence[Any]], keys: Sequence[Sequence[Any]] = ()) -> bool:
+        """Take in ``rows`` (stored events this store did not write: a copy's, stored already)
+        and the key rows ``keys`` their sealed fields need. The erasures among them are applied
+        exactly as the ``forget`` that recorded each: the subject's keys that sealed events
+        before it are destroyed and the snapshots holding their data dropped; then the keys are
+        stored, and this store's read models brought up to the head (which cleans them: their
+        ``forget`` hook, or a rebuild).
 
-        Callers hold the lock inside the write that stored ``rows``; the erasure commits with
-        them. True if anything was destroyed: then ``purge`` once the write has committed.
+        Callers hold the lock inside the write that stored ``rows``; all of it commits with
+        them. True if a key was destroyed or a read model cleaned: then ``purge`` once the
+        write has committed.
         """
-        dropped = destroyed = False
+        conn = self._conn
+        destroyed = False
         for row in rows:
             if row[4] == SubjectForgotten.event_type:
                 subject = msgspec.json.decode(row[6])["subject"]
-                keys = self._keys.forget(self._conn, subject, row[8], before=row[0])
-                dropped = bool(self._drop_sealed_snapshots(keys)) or dropped
-                destroyed = destroyed or bool(keys)
+                gone = self._keys.forget(conn, subject, row[8], before=row[0])
+                self._drop_sealed_snapshots(gone)
+                destroyed = destroyed or bool(gone)
+        if keys:  # (a subject forgotten and written again has a second key: it fits once the first is gone)
+            conn.executemany(self._sql.COPY_KEY, keys)
+            self._keys.clear()
+        self._projector.erased.clear()
         for name in self._projector.projections:
-            self._projector.catch_up(self._conn, self._db, name)
+            self._projector.catch_up(conn, self._db, name)
         self._projector.forget()
         self._tip.clear()
-        return destroyed or dropped
+        return destroyed or bool(self._projector.erased)
 
     def backup(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent single-file copy (no ``-wal`` needed) to ``path``.

@@ -1526,6 +1526,34 @@ def test_an_incremental_copy_applies_the_erasure_it_carries(
         assert copy.verify().ok
 
 
+@pytest.mark.parametrize("route", ["file->file", "file->postgres"])
+def test_a_copy_keeps_the_targets_read_models_and_cleans_them_with_the_erasure(
+    request: pytest.FixtureRequest, tmp_path: Path, route: str
+) -> None:
+    source, target = _ends(request, tmp_path, route)
+    email = f"{uuid.uuid4()}@example.com"
+    models = [Emails(), EmailsWithHook()]
+    with minies.EventStore(source) as store:
+        register(store, "c1", email)
+        register(store, "c2", "bob@example.com")
+    minies.copy(source, target, projections=models)
+    with minies.EventStore(target) as copy:
+        assert copy.query("SELECT * FROM emails_hooked ORDER BY 1") == [("c1", email), ("c2", "bob@example.com")]
+    with minies.EventStore(source) as store:
+        store.forget("c1")
+        key = store.query("SELECT key_id FROM minies_keys WHERE subject = 'c1'")
+    EmailsWithHook.forgotten.clear()
+    minies.copy(source, target, projections=models)
+    assert EmailsWithHook.forgotten == ["c1"]  # in the copy's transaction
+    with minies.EventStore(target) as copy:
+        assert copy.query("SELECT * FROM emails_hooked") == [("c2", "bob@example.com")]
+        assert copy.query("SELECT * FROM emails ORDER BY 1") == [("c1", ""), ("c2", "bob@example.com")]
+        assert [p[2] for p in copy.info().projections] == [copy.head()[0]] * 2
+        assert copy.query("SELECT key_id FROM minies_keys WHERE key IS NULL") == key
+        if route == "file->file":
+            assert _scan([p for p in tmp_path.iterdir() if p.name.startswith("target")], [email.encode()]) == []
+
+
 def _reads(store: minies.EventStore) -> list[Any]:
     """Everything a reader of the log sees: each event as read, what was forgotten, the keys'
     states, the count of forgotten subjects and every customer as loaded."""
