@@ -711,9 +711,12 @@ def test_a_key_encryption_key_for_a_file_whose_keys_are_plain_is_refused(db_path
 
 
 def _untriggered(path: str, sql: str, params: tuple[Any, ...]) -> None:
+    """Tamper with the file as its owner could: the guard dropped, the change made, the guard put back."""
     with sqlite3.connect(path) as con:
-        con.execute("DROP TRIGGER IF EXISTS events_no_update")
+        [(guard,)] = con.execute("SELECT sql FROM sqlite_master WHERE name = 'events_no_update'")
+        con.execute("DROP TRIGGER events_no_update")
         con.execute(sql, params)
+        con.execute(guard)
 
 
 def test_a_tampered_ciphertext_is_caught_by_verify_and_by_decryption(db_path: str) -> None:
