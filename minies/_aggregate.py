@@ -68,3 +68,7 @@ class Aggregate(msgspec.Struct, kw_only=True, dict=True, metaclass=_AggregateMet
 
     def _clear_pending(self) -> None:
         self.__dict__.pop("_pending", None)
+
+    def _restore_pending(self, events: tuple[Event, ...]) -> None:
+        """Its save was rolled back: the events are pending again (in front of newer ones)."""
+        self.__dict__["_pending"] = [*events, *self.__dict__.get("_pending", ())]

@@ -109,6 +109,7 @@ class EventStore:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._lock = threading.RLock()
         self._depth = 0
+        self._saved: list[tuple[int, Aggregate, tuple[Event, ...]]] = []  # saves a rollback would undo
         self._inserting: tuple[str, int, str] | None = None  # this transaction's latest append, for _raise
         self._writer: int | None = None  # the thread inside a write transaction, if any
         self._queue: list[_Queued] = []  # writes waiting for the next group commit
@@ -152,6 +153,18 @@ class EventStore:
         if self._projector.erased:  # a read model cleaned of a subject forgotten elsewhere: its old bytes go too
             with self._lock:
                 self._backend.purge()
+
+    def _saves_ended(self, kept: bool) -> None:
+        """A transaction or savepoint at depth ``self._depth + 1`` ended: the aggregates saved
+        inside it belong to the enclosing one (``kept``), or get their pending events back, as
+        they were before the save (rolled back: a later save writes them)."""
+        inner = [entry for entry in self._saved if entry[0] > self._depth]
+        self._saved = [entry for entry in self._saved if entry[0] <= self._depth]
+        if kept and self._depth:
+            self._saved += [(self._depth, aggregate, pending) for _, aggregate, pending in inner]
+        elif not kept:
+            for _, aggregate, pending in reversed(inner):
+                aggregate._restore_pending(pending)
 
     def _forget(self) -> None:
         """After a rollback: cached knowledge of the log may describe writes that never happened."""
@@ -698,6 +711,8 @@ class EventStore:
             return version
 
         version = self._grouped(work)  # perhaps committed by another thread: warn in this one
+        if self._depth and self._writer == threading.get_ident():  # inside transaction(): not yet durable
+            self._saved.append((self._depth, aggregate, pending))
         aggregate._clear_pending()
         for reason in skipped:
             warnings.warn(reason, SnapshotWarning, stacklevel=2)
@@ -1329,11 +1344,15 @@ class _Write:
             if kind is None:
                 try:
                     conn.execute(store._sql.RELEASE)
+                    if store._saved:
+                        store._saves_ended(kept=True)
                     return
                 except conn.Error as e:  # PostgreSQL sends a held one-event insert with it
                     error = e
             if not conn.get_autocommit():
                 conn.execute(store._sql.ROLLBACK_TO)
+            if store._saved:
+                store._saves_ended(kept=False)
             store._forget()
             if isinstance(error, conn.Error):
                 store._raise(error, "cannot write")
@@ -1344,14 +1363,20 @@ class _Write:
             except conn.Error as e:
                 if not conn.get_autocommit():
                     conn.execute(store._sql.ROLLBACK)
+                if store._saved:
+                    store._saves_ended(kept=False)
                 store._forget()
                 store._raise(e, "cannot commit")
+            if store._saved:
+                store._saves_ended(kept=True)
             store._tip.committed(conn)
             store._commits += 1
             store._changed.notify_all()
             return
         if not conn.get_autocommit():
             conn.execute(store._sql.ROLLBACK)
+        if store._saved:
+            store._saves_ended(kept=False)
         store._forget()
         if isinstance(error, conn.Error):  # minies' own SQL failed mid-write: rolled back
             store._raise(error, "cannot write")

@@ -287,3 +287,44 @@ def test_a_payload_that_no_longer_decodes_is_named_by_its_version(store: minies.
         minies.SchemaError, match=r"(event 2 of aggregate 'acc-9'|event at position 2 .*) does not decode"
     ):
         store.load(Account, "acc-9")
+
+
+def test_a_save_rolled_back_with_its_transaction_leaves_the_aggregate_as_it_was(store: minies.EventStore) -> None:
+    """Never an acknowledgement without the rows: saving the same object again writes them."""
+    account = Account(id="acc-1")
+    account.record(AccountOpened(owner="ann", balance=10))
+    with pytest.raises(RuntimeError, match="changed my mind"), store.transaction():
+        assert store.save(account) == 1
+        raise RuntimeError("changed my mind")
+    assert store.version("acc-1") == 0
+    assert (account.version, len(account.pending)) == (1, 1)  # as before the save
+    assert store.save(account) == 1
+    assert [r.version for r in store.read("acc-1")] == [1] and account.pending == ()
+
+
+def test_a_save_rolled_back_with_an_inner_block_only_is_pending_again_and_the_outer_commits(
+    store: minies.EventStore,
+) -> None:
+    kept, undone = Account(id="kept"), Account(id="undone")
+    kept.record(AccountOpened(owner="ann", balance=1))
+    undone.record(AccountOpened(owner="bob", balance=2))
+    with store.transaction():
+        store.save(kept)
+        with pytest.raises(RuntimeError), store.transaction():
+            store.save(undone)
+            undone.record(MoneyDeposited(amount=5))  # recorded after the save, before the rollback
+            raise RuntimeError
+    assert (kept.pending, [type(e) for e in undone.pending]) == ((), [AccountOpened, MoneyDeposited])
+    assert store.version("kept") == 1 and store.version("undone") == 0
+    assert store.save(undone) == 2
+    assert store.load(Account, "undone").balance == 7
+
+
+def test_saves_kept_by_an_inner_block_are_undone_when_the_outer_one_rolls_back(store: minies.EventStore) -> None:
+    account = Account(id="acc-1")
+    account.record(AccountOpened(owner="ann", balance=10))
+    with pytest.raises(RuntimeError), store.transaction():
+        with store.transaction():
+            store.save(account)
+        raise RuntimeError
+    assert len(account.pending) == 1 and store.save(account) == 1

@@ -312,3 +312,92 @@ def test_a_cancelled_follow_stops_delivering_and_leaves_no_worker_behind(locatio
             assert await store.follow("c", lambda r: None, idle_timeout=0) == 50  # it comes again
 
     run(main())
+
+
+def test_it_has_every_public_method_of_the_blocking_store() -> None:
+    """So the two cannot drift apart: each EventStore method is a coroutine here, or an async
+    iterator (reads), an async context manager (transaction), or awaitable objects'."""
+    import inspect
+
+    blocking = {name for name, value in vars(minies.EventStore).items() if callable(value) and not name.startswith("_")}
+    asynchronous = {name for name in dir(minies.AsyncEventStore) if not name.startswith("_")}
+    assert blocking - asynchronous == set()
+    iterators, managers, objects = {"read", "read_all"}, {"transaction"}, {"subscription", "processor"}
+    for name in blocking - iterators - managers - objects:
+        assert inspect.iscoroutinefunction(getattr(minies.AsyncEventStore, name)), name
+
+
+def test_every_call_runs_in_the_caller_s_context_so_metadata_scope_reaches_the_events(location: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(location) as store:
+            with minies.metadata_scope(correlation_id="req-1"):
+                await store.append("n1", [MoneyDeposited(amount=1)], aggregate_type="Account")
+                account = Account(id="acc-1")
+                account.record(AccountOpened(owner="ann", balance=1))
+                await store.save(account)
+                async with store.transaction():
+                    await store.append("n1", [MoneyDeposited(amount=2)], aggregate_type="Account")
+            assert [r.metadata async for r in store.read_all()] == [{"correlation_id": "req-1"}] * 3
+
+    run(main())
+
+
+def test_an_async_transaction_commits_its_block_atomically_or_not_at_all(location: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(location) as store:
+            threads: set[int] = set()
+            async with store.transaction():
+                account = Account(id="acc-1")
+                account.record(AccountOpened(owner="ann", balance=10))
+                await store.save(account)
+                loaded = await store.load(Account, "acc-1")  # sees its own uncommitted write
+                loaded.record(MoneyDeposited(amount=5))
+                await store.save(loaded)
+                threads.add(await store._run(threading.get_ident))
+                threads.add(await store._run(threading.get_ident))
+            assert len(threads) == 1  # the block's calls ran on its own thread
+            assert (await store.load(Account, "acc-1")).balance == 15
+            with pytest.raises(RuntimeError, match="no"):
+                async with store.transaction():
+                    await store.append("acc-2", [MoneyDeposited(amount=1)], aggregate_type="Account")
+                    raise RuntimeError("no")
+            assert await store.version("acc-2") == 0
+            cancelled = asyncio.Event()
+
+            async def cancelled_inside() -> None:
+                async with store.transaction():
+                    await store.append("acc-3", [MoneyDeposited(amount=1)], aggregate_type="Account")
+                    cancelled.set()
+                    await asyncio.sleep(60)
+
+            task = asyncio.create_task(cancelled_inside())
+            await cancelled.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await store.version("acc-3") == 0  # rolled back
+            assert await store.append("acc-3", [MoneyDeposited(amount=1)], aggregate_type="Account") == 1
+
+    run(main())
+
+
+def test_reads_do_not_wait_behind_a_write_and_see_what_returned_before_them(db_path: str) -> None:
+    async def main() -> None:
+        async with minies.AsyncEventStore(db_path) as store:
+            await store.append("acc-1", [MoneyDeposited(amount=1)], aggregate_type="Account")
+            read_done = asyncio.Event()
+
+            async def long_transaction() -> None:
+                async with store.transaction():
+                    await store.append("acc-1", [MoneyDeposited(amount=1)], aggregate_type="Account")
+                    await read_done.wait()  # holds the writer until a read has gone through
+
+            writer = asyncio.create_task(long_transaction())
+            await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(store.version("acc-1"), 30) == 1  # the committed state
+            assert [r.version async for r in store.read("acc-1")] == [1]
+            read_done.set()
+            await writer
+            assert await store.version("acc-1") == 2  # a write that returned is seen at once
+
+    run(main())
