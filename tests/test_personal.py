@@ -942,6 +942,24 @@ def test_postgres_forgets_and_vacuums_the_keys(pg_url: str) -> None:
         assert store.verify().ok
 
 
+def test_a_version_4_postgres_log_stops_sampling_keys_and_snapshots_into_statistics(pg_url: str) -> None:
+    statistics = (
+        "SELECT attname, attstattarget FROM pg_attribute WHERE (attrelid, attname) IN"
+        " (('minies_keys'::regclass, 'key'), ('minies_snapshots'::regclass, 'state')) ORDER BY 1"
+    )
+    with minies.EventStore(pg_url) as store:
+        raw = store._backend.conn.raw  # as minies 0.2 left it: statistics on, no guards on the keys
+        assert raw.execute(statistics).fetchall() == [("key", 0), ("state", 0)]
+        raw.execute("DROP TRIGGER minies_keys_guard ON minies_keys")
+        raw.execute("DROP TRIGGER minies_keys_no_truncate ON minies_keys")
+        raw.execute("ALTER TABLE minies_keys ALTER COLUMN key SET STATISTICS -1")
+        raw.execute("ALTER TABLE minies_snapshots ALTER COLUMN state SET STATISTICS -1")
+        raw.execute("UPDATE minies_schema SET version = 4")
+        assert raw.execute(statistics).fetchall() != [("key", 0), ("state", 0)]
+    with minies.EventStore(pg_url) as store:
+        assert store._backend.conn.raw.execute(statistics).fetchall() == [("key", 0), ("state", 0)]
+
+
 def test_a_version_3_postgres_log_gains_the_keys_table(pg_url: str) -> None:
     with minies.EventStore(pg_url) as store:
         store.append("a", [PatientNoteAdded(ward=1)], aggregate_type="Patient")

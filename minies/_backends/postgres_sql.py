@@ -161,6 +161,8 @@ MIGRATIONS: Final = {
         APPEND_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),
         KEYS_GUARD_FUNCTION.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),
         *KEYS_GUARDS,
+        "ALTER TABLE minies_keys ALTER COLUMN key SET STATISTICS 0",  # (as 4 creates them now)
+        "ALTER TABLE minies_snapshots ALTER COLUMN state SET STATISTICS 0",
     ),
 }
 CREATE: Final = (
