@@ -1575,6 +1575,26 @@ def test_a_copy_keeps_the_targets_read_models_and_cleans_them_with_the_erasure(
             assert _scan([p for p in tmp_path.iterdir() if p.name.startswith("target")], [email.encode()]) == []
 
 
+def test_a_copy_repairs_a_target_that_holds_an_erasure_but_not_its_effect(tmp_path: Path) -> None:
+    """As an older minies left it: the ``SubjectForgotten`` event copied, the key still live."""
+    source, target = str(tmp_path / "source.db"), str(tmp_path / "target.db")
+    with minies.EventStore(source) as store:
+        _customer(store, "c1", "ann@example.com")
+    minies.copy(source, target)
+    with minies.EventStore(source) as store:
+        store.forget("c1")
+        rows = store._conn.execute(store._sql.RAW_EVENTS, (2, 10)).fetchall()
+    with minies.EventStore(target) as old:  # what the old copy did: the rows alone
+        with old._lock, old._write():
+            old._conn.executemany(old._sql.INSERT_EVENT, rows)
+        assert next(iter(old.read("c1"))).data.email == "ann@example.com"
+    assert minies.copy(source, target).copied == 0
+    with minies.EventStore(target) as copy:
+        assert next(iter(copy.read("c1"))).data.email == "" and copy.info().forgotten_subjects == 1
+        assert copy.query("SELECT count(*) FROM minies_snapshots") == [(0,)]
+    assert _scan([p for p in tmp_path.iterdir() if p.name.startswith("target")], [b"ann@example.com"]) == []
+
+
 def _reads(store: minies.EventStore) -> list[Any]:
     """Everything a reader of the log sees: each event as read, what was forgotten, the keys'
     states, the count of forgotten subjects and every customer as loaded."""
