@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -479,6 +480,171 @@ def test_a_log_of_the_previous_version_verifies_read_only_and_migrates_once_open
         assert store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account") == 1
         assert store.verify().ok and store.head()[0] == 4
     assert _as(pg_url, pg_app_role, "DELETE FROM minies_keys").startswith("permission denied")
+
+
+def test_every_session_setting_survives_a_new_session(pg_url: str) -> None:
+    """A read-only store stays read-only, and keeps its timeouts, durability and search path,
+    on the session that replaces a dropped one (the read-only setting was the first session's only)."""
+    fill(pg_url, 2)
+    settings = (
+        "SELECT current_setting('default_transaction_read_only'), current_setting('lock_timeout'),"
+        " current_setting('idle_in_transaction_session_timeout'), current_setting('synchronous_commit'),"
+        " current_setting('search_path')"
+    )
+    with minies.EventStore(pg_url, readonly=True, durability="normal", timeout=2) as store:
+        before = store.query(settings)
+        for _ in range(2):
+            drop_session(store)
+            with pytest.raises(minies.StorageError, match="this store was opened with readonly=True"):
+                store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+            assert store.query(settings) == before
+        assert before[0][:4] == ("on", "2s", "2s", "off") and before[0][4].endswith(", pg_temp")
+        assert store.head()[0] == 2
+    with minies.EventStore(pg_url) as store:
+        assert store.head()[0] == 2
+
+
+def test_a_statement_with_a_gap_inside_it_is_refused_by_insert_and_by_copy(pg_url: str) -> None:
+    fill(pg_url, 2)
+    row = "(%d, gen_random_uuid(), 'x', 'Account', 'MoneyDeposited', %d, '{}', '{}', now(), '\\x00', 1)"
+    gap = f"INSERT INTO events VALUES {row % (3, 1)}, {row % (5, 2)}"
+    copied = (
+        "COPY events FROM STDIN;\n3\t00000000-0000-4000-8000-000000000001\tx\tAccount\tMoneyDeposited\t1\t{}\t{}\t"
+        "2026-01-01\t\\\\x00\t1\n5\t00000000-0000-4000-8000-000000000002\tx\tAccount\tMoneyDeposited\t2\t{}\t{}\t"
+        "2026-01-01\t\\\\x00\t1\n\\.\n"
+    )
+    for sql in (gap, f"INSERT INTO events VALUES {row % (4, 1)}, {row % (3, 2)}, {row % (6, 3)}"):
+        result = psql(pg_url, sql)
+        assert result.returncode != 0 and "must take the next position" in result.stderr, result.stderr
+    dsn, _, schema = pg_url.partition("?schema=")
+    with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.RaiseException, match="next position"):
+        conn.execute(f"SET search_path TO {schema}")
+        with conn.cursor().copy(copied.split(";\n", 1)[0]) as copy:
+            copy.write(copied.split(";\n", 1)[1].removesuffix("\\.\n"))
+    with minies.EventStore(pg_url) as store:
+        assert store.head()[0] == 2 and store.verify().ok
+
+
+def test_a_frozen_writer_cannot_hold_the_log_past_the_timeout(pg_url: str) -> None:
+    """A writer that stops mid-transaction (a stopped process, a debugger) is ended by the
+    server once it has been idle for ``timeout``: other writers get the log; it gets an error."""
+    fill(pg_url, 1)
+    frozen = minies.EventStore(pg_url, timeout=1)
+    outcome: list[object] = []
+
+    def freeze() -> None:
+        try:
+            with frozen.transaction():
+                frozen.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+                time.sleep(4)  # holds the log's lock, idle in its transaction
+        except minies.MiniesError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=freeze)
+    thread.start()
+    time.sleep(0.5)
+    with minies.EventStore(pg_url, timeout=10) as other:
+        started = time.monotonic()
+        assert other.append("b", [MoneyDeposited(amount=2)], aggregate_type="Account") == 1
+        assert time.monotonic() - started < 4
+    thread.join(30)
+    frozen.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], minies.StorageError), outcome
+    assert str(outcome[0]) == (
+        "cannot commit: the transaction stood idle longer than 1s (timeout=) while it held the log, and the server"
+        " ended it; nothing from it was written"
+    )
+    with minies.EventStore(pg_url) as store:
+        assert store.version("a") == 0 and store.head()[0] == 2 and store.verify().ok
+
+
+def test_a_statement_of_a_write_that_runs_past_the_timeout_is_cancelled(pg_url: str) -> None:
+    class Slow(minies.Projection):
+        def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+            db.execute("SELECT pg_sleep(5)")
+
+    with minies.EventStore(pg_url, projections=[Slow()], timeout=1) as store:
+        started = time.monotonic()
+        with pytest.raises(
+            minies.ProjectionError, match=r"QueryCanceled: canceling statement due to statement timeout$"
+        ):
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert time.monotonic() - started < 4 and store.head()[0] == 0
+
+
+def test_a_temporary_table_named_events_does_not_take_the_appends(pg_url: str) -> None:
+    """A session's own temporary tables come first on PostgreSQL's default search path: one named
+    'events' (made by a projection, say) would have taken every append, to vanish with the session."""
+
+    class Shadow(minies.Projection):
+        def setup(self, db: minies.Database) -> None:
+            db.execute("CREATE TEMPORARY TABLE events (LIKE events INCLUDING ALL)")
+
+    with minies.EventStore(pg_url) as store:
+        store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+    with minies.EventStore(pg_url, projections=[Shadow()]) as store:
+        store.append("a", [MoneyDeposited(amount=2), MoneyDeposited(amount=3)], aggregate_type="Account")
+        store.append("a", [MoneyDeposited(amount=4)], aggregate_type="Account")
+    with minies.EventStore(pg_url) as store:
+        assert [r.data.amount for r in store.read("a")] == [1, 2, 3, 4] and store.verify().ok
+
+
+def test_sessions_killed_at_random_during_appends_give_only_storage_errors_and_retries_store_once(
+    pg_url: str,
+) -> None:
+    """Another connection ends the store's session at random moments (pg_terminate_backend), the
+    commit's round trip included, while one client appends with fixed event ids and retries
+    each failed append. Every failure is a StorageError (never psycopg's own: one was raised
+    while the connection stayed stuck in pipeline mode), one lost during the commit says its
+    outcome is unknown, and the log holds each append exactly once, in order."""
+    import random
+
+    rng = random.Random(29)
+    with minies.EventStore(pg_url) as store:
+        store.append("warm", [MoneyDeposited(amount=0)], aggregate_type="Account")
+        dsn, stop = pg_url.partition("?schema=")[0], threading.Event()
+        delays = [rng.random() * 0.01 for _ in range(1000)]
+
+        def kill() -> None:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                for delay in itertools.cycle(delays):
+                    if stop.wait(delay):
+                        return
+                    with contextlib.suppress(psycopg.OperationalError):  # (between a lost session and the next)
+                        admin.execute("SELECT pg_terminate_backend(%s)", (store._conn.raw.info.backend_pid,))
+
+        killer = threading.Thread(target=kill)
+        killer.start()
+        failures: list[BaseException] = []
+        appended: list[str] = []
+        try:
+            for i in range(1500):
+                ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4))]
+                for _ in range(50):
+                    try:
+                        store.append("a", [MoneyDeposited(amount=i)], aggregate_type="Account", event_ids=ids)
+                        break
+                    except Exception as e:  # anything but a StorageError is a finding
+                        failures.append(e)
+                appended.append(ids[0])
+                lost = [f for f in failures if "during the commit" in str(f)]
+                if len(lost) >= 5 and i >= 300:
+                    break
+        finally:
+            stop.set()
+            killer.join(30)
+        assert [type(f) for f in failures if not isinstance(f, minies.StorageError)] == []
+        assert len(lost) >= 5, f"only {len(lost)} sessions were lost during the commit"
+        assert (
+            lost[0]
+            .args[0]
+            .endswith(
+                "so whether this write was stored is unknown; retrying an append with the same event_ids is safe (if it"
+                " was stored, the retry returns its version and stores nothing)"
+            )
+        )
+    with minies.EventStore(pg_url) as store:
+        assert [r.event_id for r in store.read("a")] == appended and store.verify().ok
 
 
 def test_the_chain_recomputed_independently_from_the_servers_rows(pg_url: str) -> None:

@@ -22,9 +22,15 @@ try:
     import psycopg
     import psycopg.sql
     from psycopg import errors as pg_errors
-    from psycopg.pq import TransactionStatus
+    from psycopg.pq import PipelineStatus, TransactionStatus
 except ImportError:  # pragma: no cover - exercised by the test that hides psycopg
     psycopg = None  # type: ignore[assignment]
+
+if psycopg is not None:
+
+    class LostCommit(psycopg.OperationalError):
+        """A COMMIT whose session was lost on the way: it may or may not have committed."""
+
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # A token the placeholder translation must step over whole: quoted text, identifiers,
@@ -116,14 +122,22 @@ class Connection:
             self._in_transaction = False
         if statement is postgres_sql.ROLLBACK or statement is postgres_sql.ROLLBACK_TO:
             self._held = None
-            if self._begun or self.raw.broken:  # nothing reached the server, or it is gone
+            if self._begun or self._lost():  # nothing reached the server, or it is gone
                 self._begun = False
                 return _Rows([])
         elif statement is postgres_sql.COMMIT and self._begun and self._held is None:
             self._begun = self._in_transaction = False
             return _Rows([])
         try:
-            cursor = self._round_trip(lambda: self.raw.execute(self._text(statement), params if params else None))
+            text = self._text(statement)
+            cursor = self._round_trip(
+                lambda: self.raw.execute(text, params if params else None),
+                None if statement is postgres_sql.COMMIT else lambda: self._together(text, params),
+            )
+        except psycopg.OperationalError as e:
+            if statement is postgres_sql.COMMIT:  # sent, maybe committed: no one can tell now
+                raise LostCommit(_first_line(e)) from e
+            raise
         finally:
             # The transaction is open until the server has committed it: a COMMIT that finds
             # the session gone fails (the writes went with it), and is never redone on a new one.
@@ -132,21 +146,24 @@ class Connection:
         self._changes = max(cursor.rowcount, 0)
         return _Rows(cursor.fetchall() if cursor.description is not None else [])
 
-    def _round_trip(self, send: Callable[[], Any]) -> Any:
-        """``send`` after what waits (in one pipeline); once more on a new session if the
-        server dropped this one and nothing of a transaction can have been lost (this is its
-        first round trip, or there is none)."""
+    def _round_trip(self, send: Callable[[], Any], together: Callable[[], Any] | None = None) -> Any:
+        """``send`` after what waits (in one pipeline; or ``together``, when the transaction
+        stays open after it); once more on a new session if the server dropped this one and
+        nothing of a transaction can have been lost (this is its first round trip, or there is
+        none)."""
         begun, held = self._begun, self._held
         redo = begun or not self._in_transaction
-        if redo and (self.raw.broken or self.raw.closed):
+        if redo and self._lost():
             self.raw = self._reconnect()
         for attempt in (1, 2):
             try:
                 if not (self._begun or self._held):
                     return send()
+                if together is not None:
+                    return together()
                 return self._pipelined(send)
             except psycopg.OperationalError:
-                if attempt == 2 or not redo or not self.raw.broken:
+                if attempt == 2 or not redo or not self._lost():
                     raise
                 self.raw = self._reconnect()
                 self._begun, self._held = begun, held
@@ -165,23 +182,48 @@ class Connection:
                 except psycopg.Error as error:
                     failure = error
         except psycopg.Error:
+            if self.raw.pgconn.pipeline_status != PipelineStatus.OFF:
+                # The session died with the pipeline busy: the connection is stuck in pipeline
+                # mode and refuses every later statement; it counts as lost.
+                self.raw.close()
             if failure is None:
                 raise
         if failure is not None:
             raise failure
         return result
 
+    def _lost(self) -> bool:
+        return bool(self.raw.broken or self.raw.closed)
+
     def _send_waiting(self) -> None:
+        for text, params in self._waiting():
+            self.raw.execute(text, params)
+
+    def _waiting(self) -> list[tuple[str, Any]]:
+        """What waits for the next statement (taken: the caller sends it)."""
+        waiting: list[tuple[str, Any]] = []
         if self._begun:
             self._begun = False
-            self.raw.execute(postgres_sql.BEGIN)
-            self.raw.execute(self._begin)
+            waiting += [(postgres_sql.BEGIN, None), (self._begin, None)]
         if self._held is not None:
             statement, row = self._held
             self._held = None
-            self.raw.execute(self._text(statement), row)
+            waiting.append((self._text(statement), row))
             if statement in postgres_sql.BULK:  # an event's insert: no acknowledgement without the row
-                self.raw.execute(postgres_sql.STORED_AT, (row[0],))
+                waiting.append((postgres_sql.STORED_AT, (row[0],)))
+        return waiting
+
+    def _together(self, text: str | None, params: Any) -> Any:
+        """What waits, then ``text``, as one query of the simple protocol: one round trip, like a
+        pipeline, after which the transaction stays open. (The flush request that ends a psycopg
+        pipeline reaches the server after its Sync, and disarms the server's idle-in-transaction
+        timeout until the next statement: a writer that froze right after would hold the log.)"""
+        cursor = psycopg.ClientCursor(self.raw)
+        statements = self._waiting() + ([] if text is None else [(text, params if params else None)])
+        cursor.execute("; ".join(t if p is None else cursor.mogrify(t, p) for t, p in statements))
+        while cursor.nextset():  # to the last statement's result
+            pass
+        return cursor
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = rows if isinstance(rows, list) else list(rows)
@@ -203,7 +245,7 @@ class Connection:
 
     def start(self) -> bool:
         """Send what waits (a BEGIN, an insert), on a live session; True if a transaction is open."""
-        self._round_trip(lambda: None)
+        self._round_trip(lambda: None, lambda: self._together(None, None))
         return not self.get_autocommit()
 
     def changes(self) -> int:
@@ -218,7 +260,7 @@ class Connection:
     def get_autocommit(self) -> bool:
         if self._begun:
             return False
-        if self.raw.broken:  # a lost session: the engine's ROLLBACK ends its transaction here
+        if self._lost():  # a lost session: the engine's ROLLBACK ends its transaction here
             return not self._in_transaction
         return bool(self.raw.info.transaction_status == TransactionStatus.IDLE)
 
@@ -341,6 +383,17 @@ class PostgresBackend:
     # ------------------------------------------------------------------ errors
     def raise_error(self, error: BaseException, doing: str) -> NoReturn:
         e = error
+        if isinstance(e, LostCommit):
+            raise StorageError(
+                f"{doing}: the connection to the server was lost during the commit ({e}), so whether this write "
+                "was stored is unknown; retrying an append with the same event_ids is safe (if it was stored, the "
+                "retry returns its version and stores nothing)"
+            ) from None
+        if isinstance(e, pg_errors.IdleInTransactionSessionTimeout):
+            raise StorageError(
+                f"{doing}: the transaction stood idle longer than {max(self._timeout, 1):g}s (timeout=) while it held "
+                "the log, and the server ended it; nothing from it was written"
+            ) from None
         if isinstance(e, pg_errors.QueryCanceled) and "statement timeout" in str(e):
             raise StorageError(
                 f"{doing}: a statement of this write ran longer than {max(self._timeout, 1):g}s (timeout=), "
@@ -397,9 +450,7 @@ class PostgresBackend:
         try:
             inside = self.conn.start()
             raw = self.conn.raw
-            raw.execute(
-                "SAVEPOINT minies_query; SET LOCAL transaction_read_only = on" if inside else "BEGIN READ ONLY"
-            )
+            raw.execute("SAVEPOINT minies_query; SET LOCAL transaction_read_only = on" if inside else "BEGIN READ ONLY")
         except psycopg.Error as e:  # (inside a transaction whose session was dropped, say)
             self.raise_error(e, "cannot query")
         try:
