@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
+from minies import _personal
 from minies._backends import Connection, open_backend
 
 GENESIS: Final = bytes(32)
@@ -131,6 +132,8 @@ def verify(
     position = 0
     bad: tuple[int, str] | None = None
     seen_expected = expected_hash is None
+    mark = _personal.MARK_BYTES
+    sealed: dict[str, int] = {}  # each key that sealed a value, and the first event it sealed
     for rows in _chunks(conn):
         for pos, stored, canonical in rows:
             if pos != position + 1:
@@ -144,6 +147,9 @@ def verify(
             if expected_hash is not None and at_expected and digest.hex().startswith(expected_hash):
                 seen_expected = True
                 matches += 1
+            if mark in canonical:  # a personal field: its key must be there, or forgotten
+                for key_id in _personal.key_ids(_data(canonical)):
+                    sealed.setdefault(key_id, pos)
             previous = digest
             position = pos
         if bad:
@@ -158,6 +164,8 @@ def verify(
         previous = conn.execute(conn.sql.HASH_AT, (position,)).get  # (None before position 1: unused)
     if bad is None:
         bad = _structure(conn, position, problem)
+    if bad is None and sealed:
+        bad = _lost_keys(conn, sealed)
     if bad is None and not seen_expected:
         bad = (position + 1, f"the expected head {expect_head} is not in this history (rewritten or truncated)")
     if bad is None and matches > 1:
@@ -203,6 +211,36 @@ def _problem(conn: Connection, check: Callable[[], tuple[int | None, str | None]
     return (
         report.reason if report.first_bad_position is None else f"position {report.first_bad_position}: {report.reason}"
     )
+
+
+def _data(canonical: bytes) -> str:
+    """The payload in an event's canonical encoding: its seventh netstring."""
+    at = 0
+    for _ in range(6):
+        colon = canonical.index(b":", at)
+        at = colon + 1 + int(canonical[at:colon]) + 1
+    colon = canonical.index(b":", at)
+    return canonical[colon + 1 : colon + 1 + int(canonical[at:colon])].decode()
+
+
+def _lost_keys(conn: Connection, sealed: dict[str, int]) -> tuple[int, str] | None:
+    """The first event sealed with a key the log lost other than by ``forget``: a key that is
+    missing, or destroyed with no ``SubjectForgotten`` event for its subject."""
+    keys = {key_id: (subject, key) for key_id, subject, key, _, _ in conn.execute(conn.sql.KEY_ROWS)}
+    erased = {msgspec.json.decode(data)["subject"] for (data,) in conn.execute(conn.sql.ERASED_AFTER, (0,))}
+    for key_id, position in sorted(sealed.items(), key=lambda item: item[1]):
+        subject, key = keys.get(key_id, (None, None))
+        if subject is None:
+            return position, (
+                f"event at position {position} holds personal data sealed with key {key_id}, which the log does "
+                "not hold (deleted outside forget: those fields can never be read again)"
+            )
+        if key is None and subject not in erased:
+            return position, (
+                f"event at position {position} holds personal data sealed with key {key_id}, which was destroyed "
+                "with no SubjectForgotten event for its subject (outside forget)"
+            )
+    return None
 
 
 def _chunks(conn: Connection) -> Iterator[list[Any]]:

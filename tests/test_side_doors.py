@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import psycopg
 import pytest
@@ -54,12 +55,10 @@ def test_an_append_that_a_temp_trigger_swallows_raises_and_stores_nothing(db_pat
 def test_a_trigger_another_process_adds_after_open_cannot_swallow_appends(db_path: str) -> None:
     with minies.EventStore(db_path) as store:
         store.append("a", deposits(1), aggregate_type="Account")
-        con = sqlite3.connect(db_path)
-        con.execute(
-            "CREATE TRIGGER swallow BEFORE INSERT ON events WHEN NEW.version > 1 BEGIN SELECT RAISE(IGNORE); END"
+        drop_guards(  # (another process)
+            db_path,
+            "CREATE TRIGGER swallow BEFORE INSERT ON events WHEN NEW.version > 1 BEGIN SELECT RAISE(IGNORE); END",
         )
-        con.commit()
-        con.close()
         for events in (deposits(1), deposits(5)):
             with pytest.raises(minies.StorageError, match="^the append stored 0 of"):
                 store.append("a", events, aggregate_type="Account")
@@ -328,12 +327,20 @@ def test_query_on_postgres_moves_no_sequence_even_inside_a_transaction(pg_url: s
 
 
 # ---------------------------------------------------------------------------- guards on open, and repair
+EDIT = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+for statement in sys.argv[2:]:
+    con.execute(statement)
+con.commit()
+"""
+
+
 def drop_guards(path: str, *statements: str) -> None:
-    con = sqlite3.connect(path)  # the stdlib module: no minies involved
-    for statement in statements or ("DROP TRIGGER events_no_update", "DROP TRIGGER events_append_only"):
-        con.execute(statement)
-    con.commit()
-    con.close()
+    """Edit the file with the stdlib ``sqlite3`` module, in a process of its own (two SQLite
+    libraries in one process break each other's POSIX locks on a file both have open)."""
+    statements = statements or ("DROP TRIGGER events_no_update", "DROP TRIGGER events_append_only")
+    subprocess.run([sys.executable, "-c", EDIT, path, *statements], check=True, timeout=60)
 
 
 UNGUARDED = (
@@ -578,3 +585,42 @@ def test_processes_creating_the_same_new_file_at_once_all_open_it(tmp_path: Path
         assert outcomes == ["ok"] * 6, f"trial {trial}: {outcomes}"
         with minies.EventStore(str(path), readonly=True) as store:
             assert store.head()[0] == 6 and store.verify().ok
+
+
+# ---------------------------------------------------------------------------- keys lost outside forget
+class Noted(minies.Event):
+    event_type: ClassVar[str] = "side_doors.Noted"
+    data_subject: ClassVar[str] = "person"
+    person: str
+    note: minies.Personal[str] = ""
+
+
+def test_verify_reports_personal_data_whose_key_was_lost_outside_forget(location: str) -> None:
+    sqlite = not location.startswith("postgres")
+    with minies.EventStore(location) as store:
+        store.append("n1", [Noted(person="ann", note="private")], aggregate_type="Notes")
+        store.append("n2", [Noted(person="bob", note="secret")], aggregate_type="Notes")
+        store.append("n3", [Noted(person="cy", note="hush")], aggregate_type="Notes")
+        store.forget("cy")  # forgotten by the book: its SubjectForgotten event says so
+        assert store.verify().ok
+        # ann's key destroyed behind forget's back (as a rename, delete and rename back did)
+        if sqlite:
+            drop_guards(location, "UPDATE minies_keys SET key = NULL WHERE subject = 'ann'")
+        else:
+            pg_run(location, "UPDATE minies_keys SET key = NULL, forgotten_at = now() WHERE subject = 'ann'")
+        report = store.verify()
+        assert (report.ok, report.first_bad_position) == (False, 1)
+        assert report.reason.startswith("event at position 1 holds personal data sealed with key ")
+        assert report.reason.endswith(
+            ", which was destroyed with no SubjectForgotten event for its subject (outside forget)"
+        )
+        assert "ann" not in report.reason and "private" not in report.reason
+        if sqlite:  # a key's row deleted outright
+            drop_guards(location, "DELETE FROM minies_keys WHERE subject = 'bob'")
+            report = store.verify()
+            assert report.first_bad_position == 1
+            drop_guards(location, "DELETE FROM minies_keys WHERE subject = 'ann'")
+            report = store.verify()
+            assert report.first_bad_position == 1 and report.reason.endswith(
+                "which the log does not hold (deleted outside forget: those fields can never be read again)"
+            )
