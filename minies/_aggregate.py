@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, dataclass_transform
 
 import msgspec
@@ -66,9 +67,22 @@ class Aggregate(msgspec.Struct, kw_only=True, dict=True, metaclass=_AggregateMet
         """Events recorded since the aggregate was loaded or last saved."""
         return tuple(self.__dict__.get("_pending", ()))
 
+    def _event_ids(self, new: Callable[[int], list[str]]) -> tuple[list[str], bool]:
+        """The pending events' ids, made (by ``new(n)``) at the first save that tries them and
+        kept until one succeeds; and whether an earlier save tried some of them (its outcome
+        may be unknown)."""
+        ids: list[str] = self.__dict__.setdefault("_ids", [])
+        retried = bool(ids)
+        missing = len(self.__dict__.get("_pending", ())) - len(ids)
+        if missing > 0:
+            ids += new(missing)
+        return list(ids), retried
+
     def _clear_pending(self) -> None:
         self.__dict__.pop("_pending", None)
+        self.__dict__.pop("_ids", None)
 
     def _restore_pending(self, events: tuple[Event, ...]) -> None:
         """Its save was rolled back: the events are pending again (in front of newer ones)."""
         self.__dict__["_pending"] = [*events, *self.__dict__.get("_pending", ())]
+        self.__dict__.pop("_ids", None)  # none of them is in the log: new ids at the next save

@@ -418,10 +418,15 @@ class EventStore:
         events: list[Event],
         datas: list[str],
         ids: list[str] | None,
+        *,
+        fresh: bool = False,
     ) -> int:
+        """``fresh``: the ids were made for this write (no earlier one can hold them: not looked up)."""
         types = [event.event_type for event in events]
         schemas = [event.schema_version for event in events]
-        already = None if ids is None else lambda: self._already_appended(aggregate_id, expected, events, datas, ids)
+        already = None
+        if ids is not None and not fresh:
+            already = lambda: self._already_appended(aggregate_id, expected, events, datas, ids)  # noqa: E731
         seal = None
         if _personal.SEALED and any(type(event) in _personal.SEALED for event in events):
             seal = functools.partial(self._keys.seal, self._conn, events, datas, aggregate_id=aggregate_id)
@@ -684,6 +689,11 @@ class EventStore:
         Writes a snapshot in the same transaction when the save crosses a multiple of the
         aggregate's ``snapshot_every``. A save with nothing pending returns the version.
 
+        The events get their ids at the first save that tries them, and keep them until one
+        succeeds: after a ``StorageError`` whose outcome is unknown (a lost connection, a
+        failed commit), saving the same object again is safe, and returns the version if the
+        first try did commit (it writes nothing twice).
+
         Raises:
             ConcurrencyError: someone else appended to the aggregate since it was loaded.
             StorageError: the file cannot be written.
@@ -697,12 +707,15 @@ class EventStore:
         loaded_at = aggregate.version - len(pending)
         every = self._snapshot_every.get(cls, cls.snapshot_every)
         meta = _codec.encode_metadata(metadata)
-        rows_in = self._check_append(aggregate.id, pending, cls.aggregate_type, loaded_at, None)
+        events, datas, _ = self._check_append(aggregate.id, pending, cls.aggregate_type, loaded_at, None)
+        ids, retried = aggregate._event_ids(_codec.new_event_ids)
 
         skipped: list[str] = []
 
         def work() -> int:
-            version = self._append(aggregate.id, cls.aggregate_type, loaded_at, meta, *rows_in)
+            version = self._append(
+                aggregate.id, cls.aggregate_type, loaded_at, meta, events, datas, ids, fresh=not retried
+            )
             if every and version // every != loaded_at // every:
                 seal = None
                 if self._keys.wraps:  # a snapshot holds plaintext: sealed too, or the file would reveal it

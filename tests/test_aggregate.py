@@ -328,3 +328,39 @@ def test_saves_kept_by_an_inner_block_are_undone_when_the_outer_one_rolls_back(s
             store.save(account)
         raise RuntimeError
     assert len(account.pending) == 1 and store.save(account) == 1
+
+
+def test_a_save_retried_after_an_unknown_outcome_writes_its_events_once(
+    store: minies.EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit succeeded but the caller was told it failed (a lost connection): the same
+    object saved again finds its events by their ids and returns the version."""
+    account = Account(id="acc-1")
+    account.record(AccountOpened(owner="ann", balance=10))
+    account.record(MoneyDeposited(amount=5))
+    grouped = minies.EventStore._grouped
+
+    def committed_but_lost(self: minies.EventStore, work: object) -> object:
+        grouped(self, work)  # type: ignore[arg-type]
+        raise minies.StorageError("the connection was lost during the commit; its outcome is unknown")
+
+    monkeypatch.setattr(minies.EventStore, "_grouped", committed_but_lost)
+    with pytest.raises(minies.StorageError):
+        store.save(account)
+    monkeypatch.undo()
+    assert store.version("acc-1") == 2 and len(account.pending) == 2
+    assert store.save(account) == 2  # a retry: nothing written twice
+    assert [r.version for r in store.read("acc-1")] == [1, 2] and account.pending == ()
+    account.record(MoneyDeposited(amount=1))
+    assert store.save(account) == 3  # and the next events get ids of their own
+
+
+def test_a_save_that_failed_for_sure_is_retried_as_a_new_write(store: minies.EventStore) -> None:
+    account = Account(id="acc-1")
+    account.record(AccountOpened(owner="ann", balance=10))
+    store.append("acc-1", [AccountOpened(owner="bob", balance=1)], aggregate_type="Account")
+    with pytest.raises(minies.ConcurrencyError):
+        store.save(account)
+    fresh = store.load(Account, "acc-1")
+    fresh.record(MoneyDeposited(amount=1))
+    assert store.save(fresh) == 2
