@@ -10,7 +10,7 @@ schema version. Neither needs a table, so a foreign file is recognised without w
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import apsw
 
@@ -463,7 +463,8 @@ def identify(conn: apsw.Connection, where: str) -> int:
     """
     # One statement, so one read of the file: another process may be creating it meanwhile, and
     # separate reads could see its header from before the creation and its tables from after.
-    app_id, version, objects = conn.execute(_IDENTIFY).fetchall()[0]
+    row: Any = conn.execute(_IDENTIFY).fetchall()[0]
+    app_id, version, objects = row
     if app_id == 0:  # brand new, or another application's file (which may use user_version)
         if version == 0 and not objects:
             return 0
