@@ -1038,8 +1038,10 @@ class EventStore:
         In one transaction: the subject's keys are destroyed; the snapshots of every aggregate
         holding its sealed fields are dropped; each read model that may hold its data runs its
         ``forget`` hook or is rebuilt; a ``SubjectForgotten`` event records the erasure (who
-        asked: ``metadata``). Then the WAL is truncated, so the key's bytes leave the disk
-        (``Erasure.purged``). Backups taken before still hold the key: back up again.
+        asked: ``metadata``). Then the key's bytes and the dropped snapshots' leave the files
+        (SQLite: the WAL is checkpointed and truncated; PostgreSQL: the keys and snapshots
+        tables are rewritten; ``Erasure.purged``). Backups taken before still hold the key:
+        back up again. A copy of this log applies the erasure when it receives the event.
 
         Args:
             subject: the data subject's id (an event's ``data_subject`` field, or the aggregate id).
@@ -1179,8 +1181,9 @@ class Erasure(msgspec.Struct, frozen=True):
         snapshots_dropped: the aggregates whose snapshots held its data and were dropped.
         projections: the read models cleaned, by their ``forget`` hook or a rebuild.
         position: the ``SubjectForgotten`` event's position (0 if none was written).
-        purged: the storage's log was truncated too (SQLite's WAL; False if a reader kept
-            old pages in use: they leave it at the next checkpoint, or on close).
+        purged: the old bytes left the files too (SQLite's WAL truncated: False if a reader
+            kept old pages in use, which leave at the next checkpoint, or on close; PostgreSQL's
+            keys and snapshots tables rewritten: False if that failed).
     """
 
     subject: str
