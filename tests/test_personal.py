@@ -1585,6 +1585,33 @@ def test_a_copy_keeps_the_targets_read_models_and_cleans_them_with_the_erasure(
             assert _scan([p for p in tmp_path.iterdir() if p.name.startswith("target")], [email.encode()]) == []
 
 
+def test_a_copy_one_event_per_chunk_reads_the_same_after_every_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk commits with the keys its events need, after its erasures: every prefix reads."""
+    from minies import _copy
+
+    source, target = str(tmp_path / "source.db"), str(tmp_path / "target.db")
+    with minies.EventStore(source) as store:
+        _customer(store, "c1", "ann@example.com")
+        store.forget("c1")
+        store.append("c1", [PersonEmailChanged(customer_id="c1", email="ann@example.org")], aggregate_type="Customer")
+        _customer(store, "c2", "bob@example.com")
+        expected = [(r.position, r.data, minies.forgotten(r)) for r in store.read_all()]
+    seen: list[int] = []
+
+    def check(position: int, head: int) -> None:
+        with minies.EventStore(target, readonly=True) as copy:
+            assert [(r.position, r.data, minies.forgotten(r)) for r in copy.read_all()] == expected[:position]
+        seen.append(position)
+
+    monkeypatch.setattr(_copy, "_CHUNK", 1)
+    minies.copy(source, target, progress=check)
+    assert seen == list(range(1, len(expected) + 1))
+    with minies.EventStore(target) as copy:
+        assert copy.load(Customer, "c1").email == "ann@example.org" and copy.info().forgotten_subjects == 1
+
+
 def test_a_copy_repairs_a_target_that_holds_an_erasure_but_not_its_effect(tmp_path: Path) -> None:
     """As an older minies left it: the ``SubjectForgotten`` event copied, the key still live."""
     source, target = str(tmp_path / "source.db"), str(tmp_path / "target.db")
