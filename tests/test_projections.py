@@ -455,7 +455,7 @@ def test_executemany_is_screened_like_execute(location: str) -> None:
         why = (
             "it would write events, which is the log or one of minies' own tables"
             if location.endswith(".db")
-            else "it would end the append's transaction, attach a file, or write the log or minies' own tables"
+            else "it writes or changes the log or minies' own tables (events)"
         )
         assert str(refused.value) == f"a projection may not run 'DELETE FROM events WHERE position = ?': {why}"
         assert store.head()[0] == 0

@@ -129,13 +129,13 @@ class Connection:
             self._begun = self._in_transaction = False
             return _Rows([])
         try:
-            text = self._text(statement)
+            text = self._text(statement) if params else statement  # (no parameters: a % is itself)
             cursor = self._round_trip(
                 lambda: self.raw.execute(text, params if params else None),
                 None if statement is postgres_sql.COMMIT else lambda: self._together(text, params),
             )
         except psycopg.OperationalError as e:
-            if statement is postgres_sql.COMMIT:  # sent, maybe committed: no one can tell now
+            if statement is postgres_sql.COMMIT and self._lost():  # sent, maybe committed: no one can tell now
                 raise LostCommit(_first_line(e)) from e
             raise
         finally:
@@ -438,7 +438,16 @@ class PostgresBackend:
 
     # ------------------------------------------------------------------ what the engine asks
     def projection_db(self) -> Database:
-        return Database(self.conn, _Refused, _refused_statement)
+        db = Database(self.conn, _Refused)
+
+        def screen(statement: str) -> bool:
+            why = _screen(statement)
+            if why is not None:
+                db.why = why
+            return why is not None
+
+        db._screen = screen
+        return db
 
     def query(self, statement: str, params: Any) -> list[tuple[Any, ...]]:
         text, several = translate(statement)
@@ -613,18 +622,138 @@ class _Refused(Exception):
     """Never raised by psycopg: projections' statements are screened before they run."""
 
 
-# What a projection may not run: transaction control, session changes, or a write to the log
-# or minies' own tables (the triggers stop changes to history whatever the text).
-_REFUSED = re.compile(
-    r"^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE|SET|RESET|LISTEN|VACUUM|COPY)\b"
-    r"|\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE(\s+TABLE)?|DROP\s+TABLE(\s+IF\s+EXISTS)?|ALTER\s+TABLE)"
-    r"\s+(ONLY\s+)?(\"?\w+\"?\.)?\"?(events|minies_\w*)\b",
-    re.IGNORECASE,
+# A projection's statements are screened before they run. This is a guard against mistakes, not
+# against hostile code: the handle is the store's own session, so whatever that session's role
+# may do, code holding it can do (through a function it creates, say). What keeps the log safe
+# from such code is the role the store runs as (``minies grant --role app``: it cannot change or
+# empty the log) and ``verify`` (which reports what an owner's credentials did to the guards).
+_WORDS = re.compile(
+    r"""'(?:[^']|'')*'|[eE]'(?:[^'\\]|\\.|'')*'|\$(\w*)\$.*?\$\1\$|--[^\n]*|/\*.*?\*/"""
+    r"""|"((?:[^"]|"")*)"|([A-Za-z_][\w$]*)|(;)|(,)|(\.)|(\()""",
+    re.DOTALL,
 )
+# Statements that end or change the append's transaction or the session, or act outside it.
+_CONTROL = frozenset(
+    {
+        "begin",
+        "start",
+        "commit",
+        "end",
+        "rollback",
+        "abort",
+        "savepoint",
+        "release",
+        "prepare",
+        "set",
+        "reset",
+        "discard",
+        "listen",
+        "unlisten",
+        "notify",
+        "vacuum",
+        "analyze",
+        "cluster",
+        "checkpoint",
+        "copy",
+        "do",
+        "call",
+        "lock",
+        "load",
+        "grant",
+        "revoke",
+        "security",
+        "reassign",
+        "import",
+    }
+)
+_WRITES = frozenset(
+    {
+        "insert",
+        "update",
+        "delete",
+        "merge",
+        "truncate",
+        "drop",
+        "alter",
+        "create",
+        "comment",
+        "refresh",
+        "reindex",
+    }
+)
+# The words after which a table's name comes (a list of them, after TRUNCATE or DROP ... ).
+_TABLE_BEFORE = frozenset(
+    {
+        "from",
+        "into",
+        "update",
+        "join",
+        "table",
+        "only",
+        "exists",
+        "on",
+        "truncate",
+        "using",
+        "view",
+        "index",
+        "to",
+    }
+)
+_FORBIDDEN_CALLS = frozenset({"set_config", "pg_terminate_backend", "pg_cancel_backend", "dblink", "dblink_exec"})
 
 
-def _refused_statement(statement: str) -> bool:
-    return bool(_REFUSED.search(statement)) or translate(statement)[1]
+def _screen(statement: str) -> str | None:
+    """Why a projection may not run ``statement``; None if it may."""
+    words: list[str] = []
+    several = False
+    for found in _WORDS.finditer(statement):
+        quoted, word, semicolon = found.group(2), found.group(3), found.group(4)
+        if semicolon:
+            several = several or bool(statement[found.end() :].strip())
+        elif quoted is not None:
+            words.append(quoted.replace('""', '"'))
+        elif word is not None:
+            words.append(word.lower())
+        elif found.group(5) or found.group(6) or found.group(7):
+            words.append(found.group(0))
+    if several:
+        return "it holds several statements (a projection runs one at a time)"
+    if not words:
+        return None
+    if words[0] in _CONTROL or words[:2] == ["alter", "system"]:
+        return "it would end or change the append's transaction or the session"
+    called = [w for i, w in enumerate(words[:-1]) if words[i + 1] == "(" and w in _FORBIDDEN_CALLS]
+    if called:
+        return f"it calls {called[0]}() (a session setting, or another session)"
+    if _WRITES.isdisjoint(words):
+        return None
+    for i, word in enumerate(words):
+        if word in _TABLE_BEFORE or (word == "," and i and _listing(words, i)):
+            name = _name_at(words, i + 1)
+            if name == "events" or name.startswith("minies_"):
+                return f"it writes or changes the log or minies' own tables ({name})"
+    return None
+
+
+def _listing(words: list[str], comma: int) -> bool:
+    """Whether the comma at ``comma`` continues a list of tables (TRUNCATE a, b / DROP TABLE a, b)."""
+    for word in reversed(words[:comma]):
+        if word in ("(", "set", "select", "values", "returning", "where"):
+            return False
+        if word in ("truncate", "table", "view", "index", "exists", "only", "sequence"):
+            return True
+    return False
+
+
+def _name_at(words: list[str], i: int) -> str:
+    """The relation named from ``words[i]`` (its last part, after a schema and a dot)."""
+    while i < len(words) and words[i] in ("only", "table", "if", "exists", "not", "lateral"):
+        i += 1
+    if i >= len(words):
+        return ""
+    while i + 2 < len(words) and words[i + 1] == ".":
+        i += 2
+    return words[i]
 
 
 _TRIGGER_STATES = {"R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
