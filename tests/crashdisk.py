@@ -86,6 +86,8 @@ class CrashDisk(apsw.VFS):
             file whose name ends with ``suffix`` raises an I/O error, once.
         sync_seconds: every sync also sleeps this long (a slow disk, on which the writes of
             many threads queue behind each commit and share the next one).
+        fail_every: ``(suffix, kind, n)``: every n-th ``kind`` on such a file fails (a flaky
+            disk, for the concurrent histories).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class CrashDisk(apsw.VFS):
         seed: int = 0,
         fail: tuple[str, str, int] | None = None,
         sync_seconds: float = 0.0,
+        fail_every: tuple[str, str, int] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -105,6 +108,8 @@ class CrashDisk(apsw.VFS):
         self.fail = fail
         self.failed = False
         self.sync_seconds = sync_seconds
+        self.fail_every = fail_every
+        self.counted = 0  # operations fail_every has counted
         self.operations = 0
         self.files: dict[str, _File] = {}
         self.out = False  # the power is out
@@ -148,6 +153,11 @@ class CrashDisk(apsw.VFS):
         if self.cut_at is not None and self.operations >= self.cut_at:
             self.cut()
             raise PowerCut("the power went out")
+        every = self.fail_every
+        if every is not None and path is not None and path.endswith(every[0]) and kind == every[1]:
+            self.counted += 1
+            if self.counted % every[2] == 0:
+                raise apsw.IOError(f"injected {kind} error on {os.path.basename(path)}")
         if self.fail is not None and not self.failed and path is not None and path.endswith(self.fail[0]):
             suffix, wanted, n = self.fail
             if kind == wanted:
