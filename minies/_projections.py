@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from minies import _codec, _events, _personal
-from minies._backends import Connection
+from minies._backends import SWALLOWED, Connection
 from minies._errors import MiniesError, ProjectionError
 from minies._events import Event, Recorded, SubjectForgotten, type_names
 from minies._log import LAST, Opener, log_pages
@@ -289,6 +289,8 @@ class Projector:
                     try:
                         projection.handle_batch(db, mine)
                     except conn.Error as e:
+                        if SWALLOWED in str(e):  # the append's own rows are missing: the store says so
+                            raise
                         position = _failed_position(e) or mine[0].position
                         raise ProjectionError(
                             name, f"SQL failed at position {position}: {type(e).__name__}: {e}", position
@@ -335,6 +337,8 @@ class Projector:
                 try:
                     handled = projection.forget(db, subject)
                 except conn.Error as e:
+                    if SWALLOWED in str(e):
+                        raise
                     raise ProjectionError(name, f"forget({subject!r}) failed: {type(e).__name__}: {e}") from e
             if handled:
                 self.erased.append(name)

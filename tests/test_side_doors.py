@@ -624,3 +624,13 @@ def test_verify_reports_personal_data_whose_key_was_lost_outside_forget(location
             assert report.first_bad_position == 1 and report.reason.endswith(
                 "which the log does not hold (deleted outside forget: those fields can never be read again)"
             )
+
+
+def test_a_postgres_rule_is_named_as_such_when_a_projection_sends_the_held_insert(pg_url: str) -> None:
+    with minies.EventStore(pg_url, projections=[Totals()]) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+        pg_run(pg_url, "CREATE RULE swallow AS ON INSERT TO events DO INSTEAD NOTHING")
+        with pytest.raises(minies.StorageError) as caught:
+            store.append("a", deposits(1), aggregate_type="Account")
+        assert str(caught.value) == swallowed(0, 1)
+        assert store.query("SELECT n FROM totals") == [(1,)] and store.head()[0] == 1

@@ -129,6 +129,11 @@ class Backend(Protocol):
 READ_ONLY_STORE = "this store was opened with readonly=True; open it without to write"
 
 
+SWALLOWED = "minies: the append stored "
+"""How a backend's own check of an append's rows starts its error (PostgreSQL's comes back with
+the next statement sent, which may be a projection's)."""
+
+
 def swallowed(stored: int, n: int) -> str:
     """What an append says when fewer of its rows are in the log than it inserted."""
     return (
