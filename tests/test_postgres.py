@@ -858,6 +858,7 @@ def test_a_projection_s_handle_lets_through_what_only_looks_like_a_write_to_mini
                 (event.position,)
             ]
             assert db.execute("SELECT 7 % 3") == [(1,)]
+            assert db.execute("SELECT 'a%' LIKE ?, '%' || ?", ("a_", "b")) == [(True, "%b")]
 
     with minies.EventStore(pg_url, projections=[Counts()]) as store:
         store.append("a", [MoneyDeposited(amount=1), MoneyDeposited(amount=2)], aggregate_type="Account")

@@ -41,9 +41,10 @@ _TOKENS = re.compile(
 )
 
 
-def translate(statement: str) -> tuple[str, bool]:
+def translate(statement: str, bound: bool = False) -> tuple[str, bool]:
     """``?`` and ``:name`` placeholders (SQLite's) as psycopg's ``%s`` and ``%(name)s``; and
-    whether the text holds more than one statement."""
+    whether the text holds more than one statement. ``bound``: the text goes with parameters,
+    and psycopg reads every ``%`` of it, quoted ones too (``LIKE 'a%'``), as its own."""
     several = False
 
     def rewrite(found: re.Match[str]) -> str:
@@ -56,7 +57,7 @@ def translate(statement: str) -> tuple[str, bool]:
             return "%%"
         if found.group(5):
             several = several or bool(statement[found.end() :].strip())
-        return found.group(0)
+        return found.group(0).replace("%", "%%") if bound else found.group(0)
 
     return _TOKENS.sub(rewrite, statement), several
 
@@ -111,7 +112,7 @@ class Connection:
     def _text(self, statement: str) -> str:
         text = self._texts.get(statement)
         if text is None:
-            text = self._texts[statement] = translate(statement)[0]
+            text = self._texts[statement] = translate(statement, bound=True)[0]
         return text
 
     def execute(self, statement: str, params: Any = ()) -> _Rows:
