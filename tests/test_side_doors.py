@@ -3,12 +3,16 @@ added beside it, can weaken, empty or silently bypass the log."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import random
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import ClassVar
 
@@ -634,3 +638,73 @@ def test_a_postgres_rule_is_named_as_such_when_a_projection_sends_the_held_inser
             store.append("a", deposits(1), aggregate_type="Account")
         assert str(caught.value) == swallowed(0, 1)
         assert store.query("SELECT n FROM totals") == [(1,)] and store.head()[0] == 1
+
+
+# ---------------------------------------------------------------------------- a history: acknowledged means stored
+SABOTEUR = """
+import random, sqlite3, sys, time
+path, seed, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rng = random.Random(seed)
+import os
+while not os.path.exists(stop):
+    con = sqlite3.connect(path, timeout=30)
+    condition = rng.choice(["1", "NEW.version % 2 = 0", "NEW.position % 3 = 1", "NEW.aggregate_id LIKE 'w1%'"])
+    con.execute(f"CREATE TRIGGER saboteur BEFORE INSERT ON events WHEN {condition} BEGIN SELECT RAISE(IGNORE); END")
+    con.commit()
+    time.sleep(rng.uniform(0.001, 0.02))
+    con.execute("DROP TRIGGER saboteur")
+    con.commit()
+    con.close()
+    time.sleep(rng.uniform(0.001, 0.02))
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path, seed: int) -> None:
+    """Writers (threads, a store each) append while another process keeps adding and dropping a
+    trigger that swallows some inserts; every operation's outcome is recorded, then checked
+    against the log: an acknowledged append's events are there, once each, at the versions it
+    returned; a refused one left nothing."""
+    path, stop = str(tmp_path / "history.db"), tmp_path / "stop"
+    with minies.EventStore(path) as store:
+        store.append("seed", deposits(1), aggregate_type="Account")
+    history: list[tuple[str, list[str], str, int]] = []  # (aggregate, event ids, outcome, version)
+    lock = threading.Lock()
+
+    def writer(name: str) -> None:
+        rng = random.Random(f"{seed}-{name}")
+        with minies.EventStore(path) as store:
+            for _ in range(60):
+                ids = [str(uuid.uuid4()) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
+                try:
+                    version = store.append(name, deposits(len(ids)), aggregate_type="Account", event_ids=ids)
+                    outcome = "ok"
+                except minies.StorageError:
+                    outcome, version = "fail", 0
+                with lock:
+                    history.append((name, ids, outcome, version))
+
+    saboteur = subprocess.Popen([sys.executable, "-c", SABOTEUR, path, str(seed), str(stop)])
+    try:
+        threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.touch()
+        saboteur.wait(timeout=60)
+    stored: dict[str, tuple[str, int]] = {}
+    with minies.EventStore(path, readonly=True) as log:
+        for record in log.read_all():
+            assert record.event_id not in stored, f"seed {seed}: {record.event_id} stored twice"
+            stored[record.event_id] = (record.aggregate_id, record.version)
+        assert log.verify().ok
+    for aggregate, ids, outcome, version in history:
+        if outcome == "ok":
+            expected = [(aggregate, version - len(ids) + 1 + k) for k in range(len(ids))]
+            assert [stored.get(i) for i in ids] == expected, f"seed {seed}: acknowledged, not stored: {ids}"
+        else:
+            assert not any(i in stored for i in ids), f"seed {seed}: refused, yet stored: {ids}"
+    outcomes = collections.Counter(outcome for _, _, outcome, _ in history)
+    assert outcomes["ok"] and outcomes["fail"], f"seed {seed}: the saboteur never (or always) struck: {outcomes}"
