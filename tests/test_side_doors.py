@@ -671,9 +671,9 @@ def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path,
     history: list[tuple[str, list[str], str, int]] = []  # (aggregate, event ids, outcome, version)
     lock = threading.Lock()
 
-    def writer(name: str) -> None:
+    def writer(name: str, store: minies.EventStore) -> None:
         rng = random.Random(f"{seed}-{name}")
-        with minies.EventStore(path) as store:
+        with store:
             for _ in range(60):
                 ids = [str(uuid.uuid4()) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
                 try:
@@ -684,9 +684,10 @@ def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path,
                 with lock:
                     history.append((name, ids, outcome, version))
 
+    stores = [minies.EventStore(path) for _ in range(3)]  # opened (and their guards checked) before it starts
     saboteur = subprocess.Popen([sys.executable, "-c", SABOTEUR, path, str(seed), str(stop)])
     try:
-        threads = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(3)]
+        threads = [threading.Thread(target=writer, args=(f"w{i}", stores[i])) for i in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
