@@ -709,3 +709,18 @@ def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path,
             assert not any(i in stored for i in ids), f"seed {seed}: refused, yet stored: {ids}"
     outcomes = collections.Counter(outcome for _, _, outcome, _ in history)
     assert outcomes["ok"] and outcomes["fail"], f"seed {seed}: the saboteur never (or always) struck: {outcomes}"
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_postgres_trigger_that_skips_rows_fails_the_append(pg_url: str, n: int) -> None:
+    with minies.EventStore(pg_url) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+        pg_run(
+            pg_url,
+            "CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$",
+            "CREATE TRIGGER skip BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION skip()",
+        )
+        # (minies' own statement trigger finds no new rows and refuses first; the count is behind it)
+        with pytest.raises(minies.StorageError, match="append"):
+            store.append("a", deposits(n), aggregate_type="Account")  # (a batch goes by COPY: triggers fire)
+        assert store.head()[0] == 1
