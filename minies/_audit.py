@@ -26,7 +26,8 @@ from typing import Any, Final
 import msgspec
 
 from minies import _personal
-from minies._backends import Connection, open_backend
+from minies._backends import Connection, is_url, open_backend
+from minies._errors import StorageError
 
 GENESIS: Final = bytes(32)
 _sha256 = hashlib.sha256
@@ -197,6 +198,8 @@ def repair(path: str | os.PathLike[str], *, timeout: float = 30.0) -> list[str]:
         StorageError: the file cannot be opened or written.
         MiniesError: ``path`` is a PostgreSQL URL (repair works on SQLite files).
     """
+    if not is_url(path) and not os.path.isfile(path):  # (opening it for writing would create it)
+        raise StorageError(f"cannot repair {os.fspath(path)!r}: no such file")
     backend = open_backend(path, durability="full", timeout=timeout, readonly=False)
     try:
         return backend.repair(_problem)

@@ -724,3 +724,14 @@ def test_a_postgres_trigger_that_skips_rows_fails_the_append(pg_url: str, n: int
         with pytest.raises(minies.StorageError, match="append"):
             store.append("a", deposits(n), aggregate_type="Account")  # (a batch goes by COPY: triggers fire)
         assert store.head()[0] == 1
+
+
+def test_repair_creates_nothing_and_says_what_it_cannot_repair(tmp_path: Path, pg_url: str) -> None:
+    missing = str(tmp_path / "missing.db")
+    with pytest.raises(minies.StorageError, match="^cannot repair .*missing.db': no such file$"):
+        minies.repair(missing)
+    assert not os.path.exists(missing)
+    done = subprocess.run([sys.executable, "-m", "minies", "repair", missing], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (2, "") and done.stderr.startswith("minies: error: cannot repair")
+    with pytest.raises(minies.MiniesError, match="repair re-creates the triggers of a SQLite file only"):
+        minies.repair(pg_url)
