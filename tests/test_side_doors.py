@@ -735,3 +735,12 @@ def test_repair_creates_nothing_and_says_what_it_cannot_repair(tmp_path: Path, p
     assert (done.returncode, done.stdout) == (2, "") and done.stderr.startswith("minies: error: cannot repair")
     with pytest.raises(minies.MiniesError, match="repair re-creates the triggers of a SQLite file only"):
         minies.repair(pg_url)
+
+
+def test_verify_sees_a_temporary_table_that_stands_in_for_the_log(db_path: str) -> None:
+    with minies.EventStore(db_path) as store:
+        store.append("a", deposits(1), aggregate_type="Account")
+        store._conn.execute("CREATE TEMP TABLE events AS SELECT * FROM main.events")
+        assert store.verify().reason == (
+            "temporary objects on this connection stand in for the log or minies' tables: temp.events (table)"
+        )

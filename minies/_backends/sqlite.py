@@ -231,6 +231,9 @@ class SqliteBackend:
         three on the events table, as created; no other there, none on minies' own tables, and
         no temporary one on either on this connection."""
         conn = self.conn
+        shadows = [f"temp.{name} ({kind})" for kind, name in conn.execute(sqlite_sql.SHADOWS)]
+        if shadows:
+            return f"temporary objects on this connection stand in for the log or minies' tables: {', '.join(shadows)}"
         found = {name: " ".join(str(sql).split()) for name, sql in conn.execute(sqlite_sql.TRIGGER_SQL)}
         problem = triggers_problem(found, {name: " ".join(sql.split()) for name, sql in sqlite_sql.TRIGGERS.items()})
         if problem is not None:

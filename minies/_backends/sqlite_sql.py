@@ -272,6 +272,12 @@ VERSION_GAPS: Final = (
 )
 # (tbl_name keeps the table's name as the trigger's SQL spelled it: ON EVENTS, ON "Events")
 TRIGGER_SQL: Final = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND lower(tbl_name) = 'events'"
+# A temporary table or view of one of minies' names on a connection takes that connection's
+# unqualified reads and writes (the temp schema is searched first).
+SHADOWS: Final = (
+    "SELECT type, name FROM sqlite_temp_master WHERE type IN ('table', 'view')"
+    " AND (lower(name) = 'events' OR lower(name) LIKE 'minies\\_%' ESCAPE '\\') ORDER BY name"
+)
 # Every other trigger minies' guarantees depend on: on its own tables (a trigger on minies_keys
 # could keep keys forget destroys), and temporary ones on the log or minies' tables, which live
 # on one connection only (so verify looks on the store's own).
