@@ -7,6 +7,7 @@ from conftest import run_python, tamper
 from domain import Account, AccountOpened, AccountRenamed, MoneyDeposited, MoneyWithdrawn, OrderPlaced
 
 import minies
+from minies import _audit
 
 
 @pytest.fixture(params=["upcasting path", "plain path"], autouse=True)
@@ -225,11 +226,14 @@ def test_load_refuses_a_stream_holding_two_aggregate_types_in_either_order(locat
     with minies.EventStore(location) as store:
         first, second = ("Account", "Other") if order == "Account first" else ("Other", "Account")
         store.append("acc-1", [AccountOpened(owner="ann", balance=1)], aggregate_type=first)
+        event_id, data, at = "00000000-0000-7000-8000-000000000000", '{"amount":1}', "2026-01-01T00:00:00.000000Z"
+        (digest,) = _audit.chain_batch(  # correctly chained (PostgreSQL's trigger checks it)
+            bytes.fromhex(store.head()[1]), 2, [event_id], "acc-1", second, ["MoneyDeposited"], 2, [data], "{}", at, [1]
+        )
         store._conn.execute(  # what another tool might write
             "INSERT INTO events (position, event_id, aggregate_id, aggregate_type, event_type, version, data,"
-            " metadata, created_at, hash) VALUES (2, '00000000-0000-7000-8000-000000000000', 'acc-1', ?,"
-            " 'MoneyDeposited', 2, '{\"amount\":1}', '{}', '2026-01-01T00:00:00.000000Z', ?)",
-            (second, bytes(32)),
+            " metadata, created_at, hash) VALUES (2, ?, 'acc-1', ?, 'MoneyDeposited', 2, ?, '{}', ?, ?)",
+            (event_id, second, data, at, digest),
         )
     with minies.EventStore(location) as store:
         with pytest.raises(

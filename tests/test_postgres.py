@@ -482,6 +482,38 @@ def test_a_log_of_the_previous_version_verifies_read_only_and_migrates_once_open
     assert _as(pg_url, pg_app_role, "DELETE FROM minies_keys").startswith("permission denied")
 
 
+def test_the_right_to_append_cannot_break_the_chain(pg_url: str, pg_app_role: str) -> None:
+    """An app role inserts rows itself, outside minies: the next position with a hash that does
+    not chain, or a version that does not follow its aggregate's last, is refused (either would
+    have made the log fail verify for good); a row chained as minies chains it goes in."""
+    from minies import _audit
+
+    minies.grant(pg_url, pg_app_role, "app")
+    fill(pg_url, 3)  # acc-0..acc-2 at version 1
+
+    def insert(version: int, data: str, digest: bytes | None = None) -> str:
+        with minies.EventStore(pg_url) as store:
+            head = bytes.fromhex(store.head()[1])
+        event_id, at = str(uuid.uuid4()), "2026-01-01T00:00:00.000000Z"
+        right = _audit.chain_batch(
+            head, 4, [event_id], "acc-0", "Account", ["MoneyDeposited"], version, [data], "{}", at, [1]
+        )
+        return _as(
+            pg_url,
+            pg_app_role,
+            f"INSERT INTO events VALUES (4, '{event_id}', 'acc-0', 'Account', 'MoneyDeposited', {version}, '{data}',"
+            f" '{{}}', '{at}', '\\x{(digest or right[0]).hex()}', 1)",
+        )
+
+    assert insert(2, '{"amount":5}', digest=bytes(32)) == (
+        "minies: a new event's hash must chain it to the event before (see verify); refused"
+    )
+    assert insert(3, '{"amount":5}') == "minies: a new event's version must follow its aggregate's last; refused"
+    assert insert(2, '{"amount":5}') == ""  # chained as minies chains it
+    with minies.EventStore(pg_url) as store:
+        assert store.head()[0] == 4 and store.version("acc-0") == 2 and store.verify().ok
+
+
 def test_every_session_setting_survives_a_new_session(pg_url: str) -> None:
     """A read-only store stays read-only, and keeps its timeouts, durability and search path,
     on the session that replaces a dropped one (the read-only setting was the first session's only)."""

@@ -21,6 +21,7 @@ from typing import Final
 from minies._backends.sqlite_sql import (  # noqa: F401 - the engine finds them here
     ADD_KEY,
     ADVANCE_PROJECTION,
+    ALL_SNAPSHOTS,
     ANY_KEY,
     COUNTS,
     DEAD_LETTER_ATTEMPTS,
@@ -69,6 +70,23 @@ def _ts(column: str) -> str:
     return TIMESTAMP.format(column)
 
 
+def _netstring(expression: str) -> str:
+    return f"octet_length({expression}) || ':' || {expression} || ','"
+
+
+_CHAINED: Final = (
+    "position::text",
+    "event_id::text",
+    "aggregate_id",
+    "aggregate_type",
+    "event_type",
+    "version::text",
+    "data::text",
+    "metadata::text",
+    _ts("created_at"),
+)
+
+
 # The head row: the last position and its hash, locked by each writer until it commits, so
 # positions are handed out in commit order with no gaps (a sequence hands out numbers at
 # INSERT, but rows appear at COMMIT: readers would skip events or see holes). The trigger
@@ -89,10 +107,43 @@ BEGIN
   END IF;
   RETURN NULL;
 END $minies$"""
-# Since schema 5 the same body runs as the function's owner (who owns the log), with the
-# search path pinned so no object of the inserting role's can stand in for minies'.
+# Since schema 5 the trigger runs as the function's owner (who owns the log), with the search
+# path pinned so no object of the inserting role's can stand in for minies'; and whoever inserts,
+# the rows must be ones verify accepts: each hash chains its row (the canonical encoding of
+# _audit, as CHAIN builds it) to the one before, and each aggregate's versions follow its last.
+# A role that may append cannot leave a log that never verifies again.
 DEFINER: Final = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
-APPEND_FUNCTION: Final = APPEND_FUNCTION_V4.replace("LANGUAGE plpgsql AS", f"LANGUAGE plpgsql {DEFINER} AS", 1)
+_CANONICAL: Final = (
+    f"convert_to({' || '.join(_netstring(c) for c in _CHAINED)}"
+    f" || CASE schema_version WHEN 1 THEN '' ELSE {_netstring('schema_version::text')} END, 'UTF8')"
+)
+APPEND_FUNCTION: Final = f"""
+CREATE FUNCTION {{schema}}.minies_append() RETURNS trigger LANGUAGE plpgsql {DEFINER} AS $minies$
+DECLARE
+  first bigint;
+  last bigint;
+  n bigint;
+  previous bytea;
+BEGIN
+  SELECT min(position), max(position), count(*) INTO first, last, n FROM new_rows;
+  SELECT h.hash INTO previous FROM {{schema}}.minies_head h WHERE h.position = first - 1 AND last - first + 1 = n
+    FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'minies: events are append-only; a new event must take the next position';
+  END IF;
+  IF EXISTS (SELECT 1 FROM (SELECT r.hash, lag(r.hash) OVER (ORDER BY r.position) AS before, {_CANONICAL} AS canonical
+      FROM new_rows r) c WHERE c.hash IS DISTINCT FROM sha256(coalesce(c.before, previous) || c.canonical)) THEN
+    RAISE EXCEPTION 'minies: a new event''s hash must chain it to the event before (see verify); refused';
+  END IF;
+  IF EXISTS (SELECT 1 FROM (SELECT r.aggregate_id, r.version,
+      lag(r.version) OVER (PARTITION BY r.aggregate_id ORDER BY r.position) AS before FROM new_rows r) v
+      WHERE v.version <> 1 + coalesce(v.before, (SELECT max(e.version) FROM {{schema}}.events e
+        WHERE e.aggregate_id = v.aggregate_id AND e.position < first), 0)) THEN
+    RAISE EXCEPTION 'minies: a new event''s version must follow its aggregate''s last; refused';
+  END IF;
+  UPDATE {{schema}}.minies_head SET position = last, hash = (SELECT hash FROM new_rows WHERE position = last);
+  RETURN NULL;
+END $minies$"""
 REFUSE_FUNCTION: Final = """
 CREATE FUNCTION {schema}.minies_refuse() RETURNS trigger LANGUAGE plpgsql AS $minies$
 BEGIN
@@ -411,21 +462,6 @@ COPY_SNAPSHOT: Final = (
 )
 
 
-def _netstring(expression: str) -> str:
-    return f"octet_length({expression}) || ':' || {expression} || ','"
-
-
-_CHAINED: Final = (
-    "position::text",
-    "event_id::text",
-    "aggregate_id",
-    "aggregate_type",
-    "event_type",
-    "version::text",
-    "data::text",
-    "metadata::text",
-    _ts("created_at"),
-)
 # The canonical encoding of _audit, built by PostgreSQL (the database's encoding is UTF-8).
 # Columns are typed here: a retyped value cannot be stored, so every row is "typed".
 CHAIN: Final = (
