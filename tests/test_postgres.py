@@ -450,6 +450,16 @@ def test_reader_and_auditor_roles_read_and_verify_and_write_nothing(pg_url: str)
         minies.grant(pg_url, reader, "admin")  # type: ignore[arg-type]
     with pytest.raises(minies.StorageError, match='role "nobody_here" does not exist'):
         minies.grant(pg_url, "nobody_here", "reader")
+    on_a_file = subprocess.run(
+        [sys.executable, "-m", "minies", "grant", "--role", "app", "shop.db", reader],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (on_a_file.returncode, on_a_file.stderr) == (
+        2,
+        "minies: error: roles exist on PostgreSQL only; 'shop.db' is a file (its permissions decide)\n",
+    )
 
 
 def test_a_log_of_the_previous_version_verifies_read_only_and_migrates_once_opened(
