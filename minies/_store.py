@@ -31,6 +31,7 @@ from minies._errors import (
     StorageError,
 )
 from minies._events import ANY, ERASURES, AnyVersion, Event, Recorded, SubjectForgotten, type_names
+from minies._keyring import Keyring
 from minies._log import Opener, Reach, read_aggregate, read_log
 from minies._processors import ProcessHandler, Processor
 from minies._projections import Projection, Projector, RebuildReport
@@ -128,7 +129,7 @@ class EventStore:
         self._sql = self._conn.sql
         self._file_version = self._backend.file_version
         try:
-            self._keys = _personal.Keyring(key_encryption_key, self._file_version >= 4)
+            self._keys = Keyring(key_encryption_key, self._file_version >= 4)
             self._db = self._backend.projection_db()
             with self._translate(f"cannot open {self._backend.where}"):
                 self._keys.check(self._conn)
