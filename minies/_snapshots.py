@@ -9,19 +9,15 @@ fingerprint is derived from the class's msgspec JSON Schema (every field and typ
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final, TypeVar
 
 import msgspec
 
 from minies import _codec, _events, _personal, _upcasters
 from minies._aggregate import Aggregate
 from minies._backends import Connection
-
-if TYPE_CHECKING:
-    from minies._store import EventStore
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -136,9 +132,15 @@ def classes() -> Iterator[type[Aggregate]]:
         yield cls
 
 
-def check_all(store: EventStore) -> tuple[int, int, str]:
-    """Compare every snapshot whose class is imported with a replay of its events:
-    ``(checked, unchecked, the first difference or "")``.
+def check_all(
+    rows: list[tuple[str, int, str, str]],
+    stored: Callable[[type[Aggregate], str, int], Aggregate | None],
+    replayed: Callable[[type[Aggregate], str, int], Aggregate],
+) -> tuple[int, int, str]:
+    """Compare every snapshot (``rows``: aggregate id, version, aggregate type, fingerprint)
+    whose class is imported with a replay of its events: ``(checked, unchecked, the first
+    difference or "")``. ``stored(cls, id, version)`` reads a snapshot, ``replayed(cls, id,
+    version)`` folds the log up to that version.
 
     Snapshots are outside the hash chain, so a file edited by hand can hold a forged state
     that ``load`` would return; this is the check that finds it."""
@@ -146,26 +148,15 @@ def check_all(store: EventStore) -> tuple[int, int, str]:
     for cls in classes():
         with contextlib.suppress(Exception):  # a class msgspec cannot describe has no snapshots
             by_fingerprint.setdefault(fingerprint(cls), cls)
-    with store._lock, store._translate("cannot read the snapshots"):
-        conn = store._open()
-        rows: list[tuple[str, int, str, str]] = conn.execute(conn.sql.ALL_SNAPSHOTS).fetchall()
     checked = unchecked = 0
     for aggregate_id, version, aggregate_type, stored_fingerprint in rows:
-        found = by_fingerprint.get(stored_fingerprint)
-        if found is None or found.aggregate_type != aggregate_type:
-            unchecked += 1
+        cls = by_fingerprint.get(stored_fingerprint)
+        snapped = None if cls is None or cls.aggregate_type != aggregate_type else stored(cls, aggregate_id, version)
+        if cls is None or snapped is None or snapped.version != version:
+            unchecked += 1  # no class here, or sealed by a key this store cannot open: never used either
             continue
-        cls = found
-        with store._lock, store._translate("cannot read the snapshots"):
-            conn = store._open()
-            snapped = latest(conn, cls, aggregate_id, version, functools.partial(store._keys.open_state, conn))
-        if snapped is None or snapped.version != version:
-            unchecked += 1  # sealed by a key this store cannot open, or not decodable: never used either
-            continue
-        replayed = cls(id=aggregate_id)
-        replayed.version = store._replay(aggregate_id, aggregate_type, 0, version, replayed.apply)
         checked += 1
-        if _codec.encode(replayed) != _codec.encode(snapped):
+        if _codec.encode(replayed(cls, aggregate_id, version)) != _codec.encode(snapped):
             return (
                 checked,
                 unchecked,

@@ -1010,7 +1010,21 @@ class EventStore:
         report = self._verify_log(expect_head, progress)
         if not snapshots or not report.ok:
             return report
-        checked, unchecked, problem = _snapshots.check_all(self)
+        with self._lock, self._translate("cannot read the snapshots"):
+            rows: list[Any] = self._open().execute(self._sql.ALL_SNAPSHOTS).fetchall()
+
+        def stored(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate | None:
+            with self._lock, self._translate("cannot read the snapshots"):
+                conn = self._open()
+                opener = functools.partial(self._keys.open_state, conn)
+                return _snapshots.latest(conn, cls, aggregate_id, version, opener)
+
+        def replayed(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate:
+            aggregate = cls(id=aggregate_id)
+            aggregate.version = self._replay(aggregate_id, cls.aggregate_type, 0, version, aggregate.apply)
+            return aggregate
+
+        checked, unchecked, problem = _snapshots.check_all(rows, stored, replayed)
         if problem:
             return msgspec.structs.replace(
                 report, ok=False, reason=problem, snapshots_checked=checked, snapshots_unchecked=unchecked
