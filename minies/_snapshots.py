@@ -145,9 +145,9 @@ def check_all(
     Snapshots are outside the hash chain, so a file edited by hand can hold a forged state
     that ``load`` would return; this is the check that finds it."""
     by_fingerprint: dict[str, type[Aggregate]] = {}
-    for cls in classes():
+    for known in classes():
         with contextlib.suppress(Exception):  # a class msgspec cannot describe has no snapshots
-            by_fingerprint.setdefault(fingerprint(cls), cls)
+            by_fingerprint.setdefault(fingerprint(known), known)
     checked = unchecked = 0
     for aggregate_id, version, aggregate_type, stored_fingerprint in rows:
         cls = by_fingerprint.get(stored_fingerprint)
