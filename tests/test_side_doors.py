@@ -651,6 +651,7 @@ while not os.path.exists(stop):
     condition = rng.choice(["1", "NEW.version % 2 = 0", "NEW.position % 3 = 1", "NEW.aggregate_id LIKE 'w1%'"])
     con.execute(f"CREATE TRIGGER saboteur BEFORE INSERT ON events WHEN {condition} BEGIN SELECT RAISE(IGNORE); END")
     con.commit()
+    open(stop + ".ready", "a").close()  # (the writers start once it has struck)
     time.sleep(rng.uniform(0.001, 0.02))
     con.execute("DROP TRIGGER saboteur")
     con.commit()
@@ -687,6 +688,8 @@ def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path,
     stores = [minies.EventStore(path) for _ in range(3)]  # opened (and their guards checked) before it starts
     saboteur = subprocess.Popen([sys.executable, "-c", SABOTEUR, path, str(seed), str(stop)])
     try:
+        while not os.path.exists(f"{stop}.ready"):
+            time.sleep(0.001)
         threads = [threading.Thread(target=writer, args=(f"w{i}", stores[i])) for i in range(3)]
         for thread in threads:
             thread.start()
