@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from crashdisk import CrashDisk
-from domain import MoneyDeposited
+from domain import Balances, MoneyDeposited
 
 import minies
 
@@ -237,3 +237,43 @@ def test_a_follower_interrupted_while_it_waits_is_not_written_and_the_group_goes
         assert not leader.is_alive() and outcome == {"lead": 1}
         assert [r.aggregate_id for r in store.read_all()] == ["lead"]
         assert store.append("follower", deposit(), aggregate_type="Account") == 1
+
+
+def test_contending_writers_in_large_groups_keep_exactly_their_acknowledged_appends(tmp_path: Path) -> None:
+    """A history: eight threads on a slow disk race for one shared aggregate (read its
+    version, append expecting it, retry on a conflict), so most groups hold several appends
+    that expect the same version. Every acknowledged append is stored at the version it was
+    told, every refused one is absent, and nothing else is there."""
+    with CrashDisk(sync_seconds=0.003), minies.EventStore(str(tmp_path / "race.db"), projections=[Balances()]) as store:
+        acknowledged: list[tuple[str, int]] = []  # (event id, version returned)
+        refused: list[str] = []
+        commits = store._commits
+
+        def racer() -> None:
+            for _ in range(6):
+                while True:
+                    seen = store.version("shared")
+                    event_id = str(uuid.uuid4())
+                    try:
+                        version = store.append(
+                            "shared", deposit(), aggregate_type="Account", expected_version=seen, event_ids=[event_id]
+                        )
+                    except minies.ConcurrencyError:
+                        refused.append(event_id)
+                        continue
+                    acknowledged.append((event_id, version))
+                    break
+
+        threads = [threading.Thread(target=racer) for _ in range(WRITERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+            assert not t.is_alive()
+        stored = {r.event_id: r.version for r in store.read("shared")}
+        assert stored == dict(acknowledged) and sorted(stored.values()) == list(range(1, WRITERS * 6 + 1))
+        assert not stored.keys() & set(refused) and refused  # the race happened, and lost nothing
+        assert store._commits - commits < len(acknowledged) + len(refused)  # refused ones shared commits too
+        live = store.query("SELECT * FROM balances ORDER BY account_id")
+        store.rebuild("Balances")
+        assert store.query("SELECT * FROM balances ORDER BY account_id") == live and store.verify().ok
