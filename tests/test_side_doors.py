@@ -729,7 +729,7 @@ def test_a_postgres_trigger_that_skips_rows_fails_the_append(pg_url: str, n: int
         assert store.head()[0] == 1
 
 
-def test_repair_creates_nothing_and_says_what_it_cannot_repair(tmp_path: Path, pg_url: str) -> None:
+def test_repair_creates_nothing_and_says_what_it_cannot_repair(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.db")
     with pytest.raises(minies.StorageError, match="^cannot repair .*missing.db': no such file$"):
         minies.repair(missing)
