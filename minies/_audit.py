@@ -196,7 +196,6 @@ def repair(path: str | os.PathLike[str], *, timeout: float = 30.0) -> list[str]:
         SchemaError: the log does not verify (restore it from a backup), or triggers minies did
             not create are on the log or its tables (drop them first); nothing was changed.
         StorageError: the file cannot be opened or written.
-        MiniesError: ``path`` is a PostgreSQL URL (repair works on SQLite files).
     """
     if not is_url(path) and not os.path.isfile(path):  # (opening it for writing would create it)
         raise StorageError(f"cannot repair {os.fspath(path)!r}: no such file")

@@ -299,6 +299,52 @@ def test_verify_reads_the_whole_perimeter_the_log_relies_on(pg_url: str, change:
             assert psql(pg_url, f"ALTER ROLE {_ROLE} RESET ALL").returncode == 0
 
 
+REPAIRABLE = {  # what a tool or an owner may do to minies' own guards, and what repair re-creates
+    "ENABLE REPLICA": (PERIMETER["ENABLE REPLICA"][0], ["events_no_update"]),
+    "a gutted append function": (PERIMETER["a gutted append function"][0], ["minies_append()"]),
+    "a trigger that never fires": (PERIMETER["a trigger that never fires"][0], ["events_no_delete"]),
+    "the keys' guard off": (PERIMETER["the keys' guard off"][0], ["minies_keys_guard"]),
+    "dropped": (
+        "DROP TRIGGER events_no_truncate ON events; DROP TRIGGER events_append_only ON events",
+        ["events_append_only", "events_no_truncate"],
+    ),
+}
+
+
+@pytest.mark.parametrize("change", REPAIRABLE)
+def test_a_writable_open_refuses_an_unguarded_log_and_repair_mends_minies_own_guards(pg_url: str, change: str) -> None:
+    sql, redone = REPAIRABLE[change]
+    fill(pg_url, 3)
+    assert psql(pg_url, sql).returncode == 0
+    with minies.EventStore(pg_url) as store:
+        with pytest.raises(minies.SchemaError, match=r" is not guarded: .*Run `minies repair "):
+            store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account")
+        assert store.head()[0] == 3
+    assert minies.repair(pg_url) == redone
+    assert minies.repair(pg_url) == []
+    with minies.EventStore(pg_url) as store:
+        assert store.append("a", [MoneyDeposited(amount=1)], aggregate_type="Account") == 1
+        assert store.verify().ok
+
+
+def test_repair_on_a_server_drops_nothing_and_guards_no_log_that_fails_verify(pg_url: str) -> None:
+    fill(pg_url, 3)
+    assert psql(pg_url, PERIMETER["a rule"][0] + "; " + PERIMETER["ENABLE REPLICA"][0]).returncode == 0
+    with pytest.raises(
+        minies.SchemaError,
+        match=r": what minies did not create stands in the way: the rule events.swallow; minies drops nothing",
+    ):
+        minies.repair(pg_url)
+    assert psql(pg_url, "DROP RULE swallow ON events").returncode == 0
+    edit = "UPDATE events SET data = '{\"amount\": 9}' WHERE position = 2"
+    assert psql(pg_url, f"ALTER TABLE events DISABLE TRIGGER events_no_update; {edit}").returncode == 0
+    with pytest.raises(minies.SchemaError, match=r"the log does not verify \(position 2: .*restore it from a backup"):
+        minies.repair(pg_url)
+    with minies.EventStore(pg_url, readonly=True) as store:  # nothing was changed
+        enabled = "SELECT tgenabled FROM pg_trigger WHERE tgname = 'events_no_update' AND tgrelid = 'events'::regclass"
+        assert store.query(enabled) == [("D",)]
+
+
 def test_a_read_model_s_own_trigger_and_rule_on_its_own_table_pass_verify(pg_url: str) -> None:
     class Audited(minies.Projection):
         def setup(self, db: minies.Database) -> None:

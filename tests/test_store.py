@@ -186,11 +186,15 @@ def test_unique_constraint_is_the_last_line_of_defence(location: str, monkeypatc
     with minies.EventStore(location) as store:
         store.append("a", deposit(3), aggregate_type="Account")
     on_postgres = "?schema=" in location
+    # Fresh stores (nothing cached), opened before the break: a writable open refuses a log whose
+    # functions were altered.
+    stores = [minies.EventStore(location) for _ in range(2)]
     repair = break_the_version_check(location, monkeypatch)
-    for events in (deposit(), deposit(2)):  # PostgreSQL holds a one-event insert until the COMMIT
+    # (PostgreSQL holds a one-event insert until the COMMIT: both sizes)
+    for store, events in zip(stores, (deposit(), deposit(2)), strict=True):
         clash = r"^aggregate 'a' is at version \d, expected 1;"
-        with minies.EventStore(location) as store, pytest.raises(minies.ConcurrencyError, match=clash) as caught:
-            store.append("a", events, aggregate_type="Account")  # a fresh store: nothing cached
+        with store, pytest.raises(minies.ConcurrencyError, match=clash) as caught:
+            store.append("a", events, aggregate_type="Account")
         # The version is read again after the failed insert, except where PostgreSQL's failed
         # statement ended what the transaction can read: there it says "at least one more".
         actual = 2 if on_postgres and len(events) == 2 else 3
@@ -251,8 +255,8 @@ def test_a_clash_inside_a_group_commit_fails_only_its_own_write(location: str, m
     the end of the write's savepoint): that write fails, the others commit."""
     with minies.EventStore(location) as store:
         store.append("a", deposit(3), aggregate_type="Account")
-    break_the_version_check(location, monkeypatch)
     with minies.EventStore(location) as store:
+        break_the_version_check(location, monkeypatch)  # (after the open: it refuses an altered log)
         outcomes = in_one_group_commit(
             store,
             [

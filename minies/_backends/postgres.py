@@ -269,7 +269,7 @@ class Connection:
 class PostgresBackend:
     """A minies log in a PostgreSQL database (its tables created on first open)."""
 
-    unguarded: str | None = None  # (the SQLite backend's check of its guards on open)
+    unguarded: str | None = None  # what is wrong with the guards, found on a writable open
 
     def __init__(self, url: str, *, durability: str, timeout: float, readonly: bool) -> None:
         if psycopg is None:
@@ -352,6 +352,8 @@ class PostgresBackend:
                 self._migrate()
                 version = self.schema_version()
             self._version = version
+            if not self.readonly:  # a writable store writes nothing to a log whose guards are off
+                self.unguarded = self._perimeter_problem()
             if version > postgres_sql.SCHEMA_VERSION:
                 raise SchemaError(
                     f"{self.where} was written by a newer minies (schema version {version}, this one knows "
@@ -518,9 +520,7 @@ class PostgresBackend:
         tables = {name: (kind, owner, secured) for name, kind, owner, secured in execute(sql.TABLE_STATE)}
         if tables.get("events", ("r",))[0] != "r":
             return "the events table was replaced by another kind of relation"
-        expected = {
-            name: _normalized(text.format(schema="").replace(" .", " ")) for name, text in sql.TRIGGERS[version].items()
-        }
+        expected = {name: _trigger_text(text) for name, text in sql.TRIGGERS[version].items()}
         found: dict[str, str] = {}
         disabled: list[str] = []
         off: list[str] = []
@@ -541,16 +541,13 @@ class PostgresBackend:
         for name, *rest in execute(sql.FUNCTION_STATE):
             functions.setdefault(name, []).append(tuple(rest))
         for name, text in sorted(sql.FUNCTIONS[version].items()):
-            definer = sql.DEFINER in text
-            want = ("plpgsql", definer, "search_path=pg_catalog, pg_temp" if definer else "")
-            body = _normalized(text.format(schema=self._schema).split("$minies$")[1])
             rows = functions.get(name, [])
             if not rows:
                 return f"the function {name} behind the immutability triggers is missing"
             if len(rows) > 1:
                 return f"the function {name} has overloads minies did not create: {', '.join(r[-1] for r in rows)}"
-            language, secdef, config, source, function_owner, _ = rows[0]
-            if (language, secdef, config) != want or _normalized(source) != body:
+            function_owner = rows[0][4]
+            if _function_state(rows[0]) != _function_state_of(text, self._schema):
                 return f"the function {name} behind the immutability triggers was altered"
             if function_owner != owner:
                 return (
@@ -589,8 +586,78 @@ class PostgresBackend:
         except psycopg.Error as e:
             self.raise_error(e, f"cannot grant {access} to {role!r} on {self.where}")
 
-    def repair(self, verify: Any) -> list[str]:
-        raise MiniesError(f"cannot repair {self.where}: repair re-creates the triggers of a SQLite file only")
+    def repair(self, verify: Callable[[Any, Any], str | None]) -> list[str]:
+        """Re-create minies' own functions and triggers (those missing, altered, or not enabled for
+        ordinary sessions), in one transaction, if the log verifies without them: ``verify(conn,
+        check)`` says what is wrong with the chain and the versions, or None.
+
+        Raises:
+            SchemaError: the log does not verify, or something minies did not create stands in the
+                way (a trigger, rule, policy or row-level security on its tables, an overload of
+                its functions, another owner, a replica default): minies drops nothing it did not
+                create; nothing was changed.
+        """
+        sql, raw = postgres_sql, self.conn.raw
+        version = min(max(self._version, 4), sql.SCHEMA_VERSION)
+        redone: list[str] = []
+        try:
+            with raw.transaction():
+                raw.execute(f"LOCK TABLE {self._schema}.events IN EXCLUSIVE MODE")  # no insert meanwhile
+                expected = {name: _trigger_text(text) for name, text in sql.TRIGGERS[version].items()}
+                triggers = {
+                    name: (enabled, _normalized(d)) for _, name, enabled, d in self.conn.execute(sql.TRIGGER_STATE)
+                }
+                foreign = [f"the trigger {name}" for name in sorted(triggers.keys() - expected.keys())]
+                foreign += [f"the rule {rule}" for (rule,) in self.conn.execute(sql.RULE_STATE)]
+                tables = {name: (owner, secured) for name, _, owner, secured in self.conn.execute(sql.TABLE_STATE)}
+                owner = tables.get("events", ("", False))[0]
+                foreign += [f"row-level security on {name}" for name, (_, secured) in tables.items() if secured]
+                foreign += [
+                    f"{name}'s owner {table_owner}"
+                    for name, (table_owner, _) in tables.items()
+                    if name in ("minies_head", "minies_keys") and table_owner != owner
+                ]
+                functions: dict[str, list[str]] = {}
+                for name, _, _, _, _, function_owner, _ in self.conn.execute(sql.FUNCTION_STATE):
+                    functions.setdefault(name, []).append(function_owner)
+                for name in sql.FUNCTIONS[version]:
+                    if len(functions.get(name, [])) > 1:
+                        foreign.append(f"overloads of {name}")
+                    elif functions.get(name, [owner]) != [owner]:
+                        foreign.append(f"{name}'s owner {functions[name][0]}")
+                foreign += [f"session_replication_role for {who}" for (who,) in self.conn.execute(sql.REPLICA_DEFAULTS)]
+                if foreign:
+                    raise SchemaError(
+                        f"cannot repair {self.where}: what minies did not create stands in the way: "
+                        f"{', '.join(foreign)}; minies drops nothing it did not create: if it is not needed, "
+                        "remove it and repair again"
+                    )
+                problem = verify(self.conn, lambda: (None, None))
+                if problem is not None:
+                    raise SchemaError(
+                        f"cannot repair {self.where}: the log does not verify ({problem}); guarding it again would "
+                        "vouch for it: restore it from a backup"
+                    )
+                stored = {name: tuple(rest) for name, *rest in self.conn.execute(sql.FUNCTION_STATE)}
+                for name, text in sql.FUNCTIONS[version].items():
+                    if name not in stored or _function_state(stored[name]) != _function_state_of(text, self._schema):
+                        raw.execute(
+                            text.format(schema=self._schema).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+                        )
+                        redone.append(f"{name}()")
+                for name, text in sql.TRIGGERS[version].items():
+                    if triggers.get(name) != ("O", expected[name]):
+                        table = "minies_keys" if " ON {schema}.minies_keys " in text else "events"
+                        raw.execute(f"DROP TRIGGER IF EXISTS {name} ON {self._schema}.{table}")
+                        raw.execute(text.format(schema=self._schema))
+                        redone.append(name)
+                left = self._perimeter_problem()
+                if left is not None:  # (what this cannot mend: say so, change nothing)
+                    raise SchemaError(f"cannot repair {self.where}: {left}")
+        except psycopg.Error as e:
+            self.raise_error(e, f"cannot repair {self.where}")
+        self.unguarded = None
+        return redone
 
     def backup(self, target: str) -> None:
         raise StorageError(
@@ -762,6 +829,24 @@ _TRIGGER_STATES = {"R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
 
 def _normalized(text: str) -> str:
     return " ".join(text.split())
+
+
+def _function_state(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A function as FUNCTION_STATE shows it (after its name): language, SECURITY DEFINER or
+    not, settings, and body (whitespace aside)."""
+    return (row[0], row[1], row[2], _normalized(row[3]))
+
+
+def _function_state_of(create: str, schema: str) -> tuple[Any, ...]:
+    """The same, of the function ``create`` makes."""
+    definer = postgres_sql.DEFINER in create
+    body = create.format(schema=schema).split("$minies$")[1]
+    return ("plpgsql", definer, "search_path=pg_catalog, pg_temp" if definer else "", _normalized(body))
+
+
+def _trigger_text(create: str) -> str:
+    """A trigger's CREATE statement as the catalog shows it, the schema's name taken out."""
+    return _normalized(create.format(schema="").replace(" .", " "))
 
 
 def _first_line(error: BaseException) -> str:
