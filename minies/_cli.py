@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="app: append, read, run projections; reader: read; auditor: read the log and verify",
     )
-    command("repair", _repair, "re-create minies' own triggers on a file whose guards are missing, if it verifies")
+    command("repair", _repair, "re-create minies' own triggers (and a server's functions) if the log verifies")
     snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
     snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
     return parser
