@@ -531,6 +531,17 @@ def test_a_log_of_the_previous_version_verifies_read_only_and_migrates_once_open
     with minies.EventStore(pg_url, readonly=True) as store:  # schema 4's function is checked as schema 4 made it
         assert store.verify().reason == "the function minies_append behind the immutability triggers was altered"
     assert psql(pg_url, "ALTER FUNCTION minies_append() SECURITY INVOKER").returncode == 0
+    dsn, _, schema = pg_url.partition("?schema=")
+    with psycopg.connect(dsn, autocommit=True) as admin:  # an app role of the old version's
+        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {pg_app_role}")
+        admin.execute(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {schema} TO {pg_app_role}")
+    with pytest.raises(
+        minies.SchemaError,
+        match=r" is at schema version 4 and this role may not bring it to 5: open it once as the log's owner",
+    ):
+        minies.EventStore(as_role(pg_url, pg_app_role))
+    with minies.EventStore(as_role(pg_url, pg_app_role), readonly=True) as store:
+        assert store.head()[0] == 3 and store.verify().ok
     minies.grant(pg_url, pg_app_role, "app")  # the owner's open migrates
     with minies.EventStore(as_role(pg_url, pg_app_role)) as store:
         assert store.info().schema_version == 5

@@ -367,10 +367,16 @@ class PostgresBackend:
         raw = self.conn.raw
         with self._schema_lock(), raw.transaction():
             version = raw.execute(postgres_sql.SCHEMA_VERSION_NOW).fetchone()[0]
-            for target in range(version + 1, postgres_sql.SCHEMA_VERSION + 1):
-                for statement in postgres_sql.MIGRATIONS[target]:
-                    raw.execute(statement.format(schema=self._schema))
-                raw.execute("INSERT INTO minies_schema VALUES (%s)", (target,))
+            try:
+                for target in range(version + 1, postgres_sql.SCHEMA_VERSION + 1):
+                    for statement in postgres_sql.MIGRATIONS[target]:
+                        raw.execute(statement.format(schema=self._schema))
+                    raw.execute("INSERT INTO minies_schema VALUES (%s)", (target,))
+            except pg_errors.InsufficientPrivilege:
+                raise SchemaError(
+                    f"{self.where} is at schema version {version} and this role may not bring it to "
+                    f"{postgres_sql.SCHEMA_VERSION}: open it once as the log's owner (readonly=True reads it as it is)"
+                ) from None
 
     @contextlib.contextmanager
     def _schema_lock(self) -> Iterator[None]:
