@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Literal
 
 from minies._backends import is_url, shown
-from minies._errors import StorageError
 from minies._store import EventStore
 
 Access = Literal["app", "reader", "auditor"]
@@ -41,9 +40,9 @@ def grant(url: str, role: str, access: Access = "app") -> None:
         raise ValueError(f"roles exist on PostgreSQL only; {shown(url)!r} is a file (its permissions decide)")
     if not isinstance(role, str) or not role:
         raise ValueError(f"role must be a role's name, got {role!r}")
+    from minies._backends.postgres import PostgresBackend  # (psycopg is an optional extra)
+
     with EventStore(url) as store:
         backend = store._backend
-        grant_to = getattr(backend, "grant", None)
-        if grant_to is None:  # pragma: no cover - every URL opens the PostgreSQL backend
-            raise StorageError(f"cannot grant on {shown(url)}")
-        grant_to(role, access)
+        assert isinstance(backend, PostgresBackend)  # (a URL opens nothing else)
+        backend.grant(role, access)
