@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
@@ -117,8 +118,8 @@ class SqliteBackend:
                     raise SchemaError(f"{self.path!r} has schema version {version}; open it writable once to migrate")
                 self.file_version = version
                 return
-            if not self._memory:
-                mode = conn.pragma("journal_mode", "wal")
+            if not self._memory and conn.pragma("journal_mode") != "wal":
+                mode = self._switch_to_wal()
                 if mode != "wal":
                     raise StorageError(f"cannot switch {self.path!r} to WAL mode (got {mode!r})")
             conn.pragma("synchronous", _SYNCHRONOUS[self._durability])
@@ -137,6 +138,20 @@ class SqliteBackend:
             self.unguarded = self.guards()
         except apsw.Error as e:
             self.raise_error(e, f"cannot open {self.path!r}")
+
+    def _switch_to_wal(self) -> str:
+        """``PRAGMA journal_mode=wal`` on a new file. It needs the file to itself and SQLite
+        does not wait for that (no busy handler: processes opening a new file at once got
+        "locked" at once), so it is retried here until ``timeout``."""
+        deadline, wait = time.monotonic() + self._timeout, 0.001
+        while True:
+            try:
+                return str(self.conn.pragma("journal_mode", "wal"))
+            except apsw.BusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(wait)
+                wait = min(wait * 2, 0.05)
 
     # ------------------------------------------------------------------ errors
     def raise_error(self, error: BaseException, doing: str) -> NoReturn:
