@@ -543,6 +543,7 @@ def test_nan_or_infinity_in_metadata_is_refused_not_stored_as_null(location: str
 
 
 class Counted(minies.Event):
+    event_type: ClassVar[str] = "side_doors.Counted"  # (test_upcasting has a Counted of its own)
     n: int
     label: str = ""
 
