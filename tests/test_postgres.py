@@ -208,6 +208,12 @@ PERIMETER = {
         "CREATE RULE stay AS ON UPDATE TO minies_head DO INSTEAD NOTHING",
         "rules are on minies' tables: minies_head.stay (one can turn an append into nothing)",
     ),
+    "a trigger on the head": (
+        "CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
+        " CREATE TRIGGER keep BEFORE UPDATE ON minies_head FOR EACH ROW EXECUTE FUNCTION keep()",
+        "triggers minies did not create are on the events table: keep (on minies_head) (one could drop or change"
+        " appended events)",
+    ),
     "ENABLE REPLICA": (
         "ALTER TABLE events ENABLE REPLICA TRIGGER events_no_update",
         "immutability triggers do not fire in ordinary sessions: events_no_update (ENABLE REPLICA)",

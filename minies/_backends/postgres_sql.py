@@ -142,6 +142,9 @@ BEGIN
     RAISE EXCEPTION 'minies: a new event''s version must follow its aggregate''s last; refused';
   END IF;
   UPDATE {{schema}}.minies_head SET position = last, hash = (SELECT hash FROM new_rows WHERE position = last);
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'minies: the head did not move; the append is refused';
+  END IF;
   RETURN NULL;
 END $minies$"""
 REFUSE_FUNCTION: Final = """
@@ -307,13 +310,13 @@ FUNCTIONS: Final = {
     },
 }
 FUNCTIONS[5] = {**FUNCTIONS[4], "minies_append": APPEND_FUNCTION, "minies_keys_guard": KEYS_GUARD_FUNCTION}
-# Each trigger on the events table or minies_keys: its table, name, state and definition
+# Each trigger on the events table or minies' tables: its table, name, state and definition
 # (with the schema's name taken out: the search path is the store's).
 TRIGGER_STATE: Final = (
     "SELECT c.relname, t.tgname, t.tgenabled, replace(pg_get_triggerdef(t.oid), quote_ident(n.nspname) || '.', '')"
     " FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE t.tgrelid IN (to_regclass('events'), to_regclass('minies_keys')) AND NOT t.tgisinternal"
-    " ORDER BY c.relname, t.tgname"
+    " WHERE n.oid = current_schema()::regnamespace AND (c.relname = 'events' OR c.relname LIKE 'minies\\_%')"
+    " AND NOT t.tgisinternal ORDER BY c.relname, t.tgname"
 )
 # minies' functions in the store's schema (an overload is a function of the same name too).
 FUNCTION_STATE: Final = (
