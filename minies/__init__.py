@@ -4,6 +4,7 @@ from minies._aggregate import Aggregate
 from minies._aio import AsyncEventStore
 from minies._audit import VerifyReport, repair
 from minies._copy import CopyReport, copy
+from minies._database import Database
 from minies._errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -19,7 +20,7 @@ from minies._errors import (
 from minies._events import ANY, ERASURES, Event, Recorded, SubjectForgotten, metadata_scope
 from minies._personal import Personal, forgotten, sealed
 from minies._processors import Processor
-from minies._projections import Database, Projection, RebuildReport
+from minies._projections import Projection, RebuildReport
 from minies._roles import grant
 from minies._store import Erasure, EventStore, StoreInfo
 from minies._subscriptions import DeadLetter, Subscription

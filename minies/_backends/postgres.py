@@ -14,9 +14,10 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from minies._backends import READ_ONLY_STORE, postgres_sql, shown, swallowed, triggers_problem
+from minies._backends import postgres_sql
+from minies._backends.base import READ_ONLY_STORE, shown, swallowed, triggers_problem
+from minies._database import Database
 from minies._errors import MiniesError, QueryError, SchemaError, StorageError
-from minies._projections import Database
 
 try:
     import psycopg

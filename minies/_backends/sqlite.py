@@ -15,9 +15,10 @@ from typing import Any, Final, NoReturn
 
 import apsw
 
-from minies._backends import READ_ONLY_STORE, Check, sqlite_sql, triggers_problem
+from minies._backends import sqlite_sql
+from minies._backends.base import READ_ONLY_STORE, Check, triggers_problem
+from minies._database import Database
 from minies._errors import QueryError, SchemaError, StorageError
-from minies._projections import Database
 
 _SYNCHRONOUS: Final = {"full": "FULL", "normal": "NORMAL"}
 # An event that clashes with a recorded one, as the append-only trigger (in front of the
