@@ -1,6 +1,6 @@
 """The hash chain that makes the file tamper-evident, and ``verify``.
 
-The canonical encoding (stable across versions; the README repeats it for auditors)::
+The canonical encoding (stable across versions; docs/how-to/audit-a-file.md repeats it for auditors)::
 
     hash(n) = SHA-256( hash(n-1) || netstring(position) || netstring(event_id)
                        || netstring(aggregate_id) || netstring(aggregate_type)

@@ -22,7 +22,7 @@ def build(path: str, n: int = 30) -> str:
 
 
 def spec_hash(previous: bytes, fields: tuple[object, ...]) -> bytes:
-    """Straight from the README's canonical encoding."""
+    """Straight from the canonical encoding in docs/how-to/audit-a-file.md."""
 
     def net(value: object) -> bytes:
         raw = str(value).encode("utf-8")

@@ -1074,8 +1074,8 @@ def test_the_readme_s_jsonb_expression_index_works_on_the_json_payloads(pg_url: 
         assert store.verify().ok  # the payloads' text, and so the chain, is untouched
 
 
-def test_the_readme_s_one_line_change_and_copy_command(tmp_path: Path, pg_dsn: str) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_docs_one_line_change_and_copy_command(tmp_path: Path, pg_dsn: str) -> None:
+    readme = (Path(__file__).parent.parent / "docs" / "how-to" / "postgresql.md").read_text()
     (line,) = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
     server = f"{pg_dsn}?schema=shop_{uuid.uuid4().hex[:12]}"
     run_python(
