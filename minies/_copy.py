@@ -64,8 +64,9 @@ def copy(
         ProjectionError: one of ``projections`` failed; the chunk it failed in was not copied.
     """
     with EventStore(source, readonly=True) as src, EventStore(target, projections=projections) as dst:
-        with src._lock, src._backend.reading():  # the side tables as of the head: an erasure after it comes next time
-            conn = src._open()
+        # the side tables as of the head: an erasure after it comes next time
+        with src._tx.lock, src._backend.reading():
+            conn = src._tx.open()
             head, head_hash = src.head()
             types: list[Any] = conn.execute(src._sql.EVENT_TYPE_ROWS[src._file_version]).fetchall()
             snapshots: list[Any] = conn.execute(src._sql.SNAPSHOT_ROWS, (head,)).fetchall()
@@ -81,11 +82,11 @@ def copy(
         skipped, after = at, at
         by_id = {row[0]: row for row in keys}
         while after < head:
-            with src._lock:
+            with src._tx.lock:
                 # up to the head read above (the source may grow meanwhile; positions have no gaps)
                 chunk = (after, min(_CHUNK, head - after))
-                rows: list[Any] = src._open().execute(src._sql.RAW_EVENTS, chunk).fetchall()
-            with dst._lock, dst._write():
+                rows: list[Any] = src._tx.open().execute(src._sql.RAW_EVENTS, chunk).fetchall()
+            with dst._tx.lock, dst._tx.write():
                 dst._conn.executemany(dst._sql.INSERT_EVENT, rows)
                 stored = dst._conn.execute(dst._sql.STORED_AFTER, (after,)).get  # none swallowed on the way
                 if stored != len(rows):
@@ -99,7 +100,7 @@ def copy(
             after = rows[-1][0]
             if progress is not None:
                 progress(after, head)
-        with dst._lock, dst._write():
+        with dst._tx.lock, dst._tx.write():
             # A key destroyed there but live here (a target an older minies copied to): destroyed too.
             live = {row[0] for row in dst._conn.execute(dst._sql.KEY_ROWS).fetchall() if row[2] is not None}
             stale = [(row[0], row[4]) for row in keys if row[2] is None and row[0] in live]
@@ -125,10 +126,10 @@ def _first_difference(src: EventStore, dst: EventStore, upto: int) -> int | None
     """
 
     def same(position: int) -> bool:
-        with src._lock, dst._lock:
+        with src._tx.lock, dst._tx.lock:
             return bool(
-                src._open().execute(src._sql.HASH_AT, (position,)).get
-                == dst._open().execute(dst._sql.HASH_AT, (position,)).get
+                src._tx.open().execute(src._sql.HASH_AT, (position,)).get
+                == dst._tx.open().execute(dst._sql.HASH_AT, (position,)).get
             )
 
     if upto == 0 or same(upto):

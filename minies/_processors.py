@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from minies._events import Event, Recorded, metadata_scope
-from minies._subscriptions import DeadLetter, Parked, Subscription, following
+from minies._subscriptions import DeadLetter, Log, Parked, Subscription, following
 
-if TYPE_CHECKING:
-    from minies._store import EventStore
-
-ProcessHandler = Callable[[Recorded, "EventStore"], object]
+ProcessHandler = Callable[[Recorded, Any], object]  # (record, the store)
 
 
 class Processor:
@@ -38,7 +35,7 @@ class Processor:
 
     def __init__(
         self,
-        store: EventStore,
+        store: Log,
         name: str,
         handler: ProcessHandler,
         *,
@@ -89,7 +86,7 @@ class Processor:
             NotFound: ``position`` is not parked for this processor.
         """
         store = self.store
-        with store._lock, store._write():
+        with store._tx.lock, store._tx.write():
             self._checkpoint._claim()
             return self._checkpoint.redeliver(self._handle, position)
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 import typing
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, Literal, NoReturn, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -33,15 +32,17 @@ from minies._errors import (
 from minies._events import ANY, ERASURES, AnyVersion, Event, Recorded, SubjectForgotten, type_names
 from minies._keyring import Keyring
 from minies._log import Opener, Reach, read_aggregate, read_log
-from minies._processors import ProcessHandler, Processor
+from minies._processors import Processor
 from minies._projections import Projection, Projector, RebuildReport
 from minies._subscriptions import Subscription
+from minies._transactions import Transactions
 
 A = TypeVar("A", bound=Aggregate)
 S = TypeVar("S")
 T = TypeVar("T")
 
 Durability = Literal["full", "normal"]
+ProcessHandler = Callable[[Recorded, "EventStore"], object]
 _LAST_VERSION: Final = (1 << 63) - 1
 _LOAD_CHUNK: Final = 20_000
 
@@ -108,30 +109,21 @@ class EventStore:
         self._projector = Projector(projections, functools.partial(self._read_view, strict=True))
         if readonly and self._projector:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
-        self._lock = threading.RLock()
-        self._depth = 0
         self._saved: list[tuple[int, Aggregate, tuple[Event, ...]]] = []  # saves a rollback would undo
-        self._inserting: tuple[str, int, str] | None = None  # this transaction's latest append, for _raise
-        self._writer: int | None = None  # the thread inside a write transaction, if any
-        self._queue: list[_Queued] = []  # writes waiting for the next group commit
-        self._queue_lock = threading.Lock()  # guards _queue and _leading
-        self._leading = False  # a thread is committing the queue, or has been woken to
         self._tip = _Tip()
         self._stored_types: set[tuple[str, int]] = set()  # (event_type, schema_version) in the file
         self._upcasting_key: tuple[int, int] | None = None
         self._upcasting_value = False
-        self._changed = threading.Condition(self._lock)
-        self._commits = 0  # this store's commits so far (a follower that missed a wake-up sees it)
         self.failed_projections: dict[str, ProjectionError] = {}
-        self._closed = False
         self._backend = open_backend(path, durability=durability, timeout=self._timeout, readonly=readonly)
-        self._conn: Connection = self._backend.conn
+        self._tx = Transactions(self._backend, ended=self._ended, explain=self._explain)
+        self._conn: Connection = self._tx.conn
         self._sql = self._conn.sql
         self._file_version = self._backend.file_version
         try:
             self._keys = Keyring(key_encryption_key, self._file_version >= 4)
             self._db = self._backend.projection_db()
-            with self._translate(f"cannot open {self._backend.where}"):
+            with self._tx.translate(f"cannot open {self._backend.where}"):
                 self._keys.check(self._conn)
                 self._stored_types = set(self._stored_type_rows(self._conn))
             self._open_projections(skip_failed_projections)
@@ -143,7 +135,7 @@ class EventStore:
         self._projector.erased.clear()
         for name in list(self._projector.projections):
             try:
-                with self._lock, self._write():
+                with self._tx.lock, self._tx.write():
                     self._projector.catch_up(self._conn, self._db, name)
             except ProjectionError as e:
                 if not skip_failed:
@@ -152,17 +144,17 @@ class EventStore:
                 del self._projector.projections[name]
         self._projector.forget()
         if self._projector.erased:  # a read model cleaned of a subject forgotten elsewhere: its old bytes go too
-            with self._lock:
+            with self._tx.lock:
                 self._backend.purge()
 
     def _saves_ended(self, kept: bool) -> None:
-        """A transaction or savepoint at depth ``self._depth + 1`` ended: the aggregates saved
+        """A transaction or savepoint at depth ``self._tx.depth + 1`` ended: the aggregates saved
         inside it belong to the enclosing one (``kept``), or get their pending events back, as
         they were before the save (rolled back: a later save writes them)."""
-        inner = [entry for entry in self._saved if entry[0] > self._depth]
-        self._saved = [entry for entry in self._saved if entry[0] <= self._depth]
-        if kept and self._depth:
-            self._saved += [(self._depth, aggregate, pending) for _, aggregate, pending in inner]
+        inner = [entry for entry in self._saved if entry[0] > self._tx.depth]
+        self._saved = [entry for entry in self._saved if entry[0] <= self._tx.depth]
+        if kept and self._tx.depth:
+            self._saved += [(self._tx.depth, aggregate, pending) for _, aggregate, pending in inner]
         elif not kept:
             for _, aggregate, pending in reversed(inner):
                 aggregate._restore_pending(pending)
@@ -172,43 +164,32 @@ class EventStore:
         self._tip.clear()
         self._keys.clear()
         self._projector.forget()
-        if not self._closed:
+        if not self._tx.closed:
             with contextlib.suppress(self._conn.Error):
                 self._stored_types = set(self._stored_type_rows(self._conn))
         self._upcasting_key = None
 
-    # ------------------------------------------------------------------ errors
-    def _raise(self, e: BaseException, doing: str) -> NoReturn:
-        clash = self._backend.conflict(e)
-        if clash is not None and self._inserting is not None:
-            # The UNIQUE constraints are the last line of defence behind an append's own checks.
-            # (PostgreSQL reports a one-event insert's clash with the statement sent after it.)
-            aggregate_id, current, first_id = self._inserting
-            if clash == "event_id":
-                raise DuplicateEventError(first_id, "by another event") from None
-            raise ConcurrencyError(aggregate_id, current, self._version_after_clash(aggregate_id, current)) from None
-        self._backend.raise_error(e, doing)
+    # ------------------------------------------------------------------ errors and transactions
+    def _explain(self, error: BaseException) -> MiniesError | None:
+        """A clash with this transaction's own append: the UNIQUE constraints are the last line
+        of defence behind an append's own checks. (PostgreSQL reports a one-event insert's
+        clash with the statement sent after it.)"""
+        clash = self._backend.conflict(error)
+        if clash is None or self._tx.appending is None:
+            return None
+        aggregate_id, current, first_id = self._tx.appending
+        if clash == "event_id":
+            return DuplicateEventError(first_id, "by another event")
+        return ConcurrencyError(aggregate_id, current, self._version_after_clash(aggregate_id, current))
 
-    @contextlib.contextmanager
-    def _translate(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except self._conn.Error as e:
-            self._raise(e, doing)
-
-    def _reading(self) -> _Reading:
-        """Around each page an iterator fetches: the store's lock, and minies' errors."""
-        return _Reading(self)
-
-    # ------------------------------------------------------------------ transactions
-    def _write(self) -> _Write:
-        """A write transaction (``BEGIN IMMEDIATE``), or a savepoint when already inside one.
-
-        Callers hold ``self._lock``.
-        """
-        if self._closed:
-            raise MiniesError("the store is closed")
-        return _Write(self)
+    def _ended(self, kept: bool, committed: bool) -> None:
+        """A transaction or savepoint ended (``Transactions``' hook)."""
+        if self._saved:
+            self._saves_ended(kept)
+        if not kept:
+            self._forget()
+        if committed:
+            self._tip.committed(self._conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[EventStore]:
@@ -220,7 +201,7 @@ class EventStore:
         Raises:
             StorageError: the write lock could not be taken, or the commit failed.
         """
-        with self._lock, self._write():
+        with self._tx.lock, self._tx.write():
             yield self
 
     # ------------------------------------------------------------------ appending
@@ -253,117 +234,7 @@ class EventStore:
         """
         rows_in = self._check_append(aggregate_id, events, aggregate_type, expected_version, event_ids)
         meta = _codec.encode_metadata(metadata)
-        return self._grouped(lambda: self._append(aggregate_id, aggregate_type, expected_version, meta, *rows_in))
-
-    def _grouped(self, work: Callable[[], T]) -> T:
-        """Run one write in a transaction it may share with other threads' writes: group commit.
-
-        Writes queue; one thread at a time leads: it takes the store's lock and commits what
-        is queued, and what queues while it runs, in one transaction and one fsync, each
-        write in a savepoint of its own (its own checks and errors; a failed one does not
-        fail the others). The other writers (followers) wait for their own write's outcome,
-        never for the store's lock, and the leader hands the lead to the first write still
-        queued. Every caller returns only once its own write is durable. A commit that fails
-        fails every write in it with the same ``StorageError``. One thread alone sees no
-        change: a queue of one is committed as before, without a savepoint.
-        """
-        if self._depth and self._writer == threading.get_ident():  # inside transaction(): join it
-            with self._lock, self._write():
-                return work()
-        item = _Queued(work, self)
-        with self._queue_lock:
-            self._queue.append(item)
-            if self._leading:
-                item.wake = threading.Event()
-            else:
-                self._leading = True
-        if item.wake is not None:
-            self._follow(item)
-        if not item.done:
-            self._lead(item)
-        if item.error is not None:
-            raise item.error
-        result: T = item.result
-        return result
-
-    def _follow(self, item: _Queued) -> None:
-        """Wait until a leader has committed ``item``, or has handed this thread the lead."""
-        assert item.wake is not None
-        try:
-            item.wake.wait()
-        except BaseException:  # interrupted (Ctrl-C): a write no leader has taken is not written
-            after = None
-            with self._queue_lock:
-                if item in self._queue:
-                    self._queue.remove(item)
-                    if item.lead:  # handed the lead meanwhile: hand it on
-                        after = self._next_leader()
-            if after is not None and after.wake is not None:
-                after.wake.set()
-            raise
-
-    def _lead(self, item: _Queued) -> None:
-        """Commit the queue (``item`` first), then wake its writers and the next leader."""
-        batch: list[_Queued] = []
-        try:
-            with self._lock:
-                self._commit_queue(batch)
-        finally:
-            with self._queue_lock:
-                if item in self._queue:  # interrupted before taking it: not written
-                    self._queue.remove(item)
-                for done in batch:
-                    done.done = True
-                after = self._next_leader()
-            for done in batch:
-                if done.wake is not None:
-                    done.wake.set()
-            if after is not None and after.wake is not None:  # (every follower has one)
-                after.wake.set()
-
-    def _next_leader(self) -> _Queued | None:
-        """The first queued write leads next (the caller holds ``_queue_lock``)."""
-        if not self._queue:
-            self._leading = False
-            return None
-        self._queue[0].lead = True
-        return self._queue[0]
-
-    def _commit_queue(self, batch: list[_Queued]) -> None:
-        """Commit every queued write together, and those that queue meanwhile, into ``batch``
-        (the caller holds the store's lock)."""
-        with self._queue_lock:
-            batch += self._queue
-            self._queue = []
-        try:
-            with self._write():
-                if len(batch) == 1:
-                    batch[0].run()
-                else:
-                    self._run_each(batch)
-                while True:  # writes queued meanwhile share this commit's fsync
-                    with self._queue_lock:
-                        more, self._queue = self._queue, []
-                    if not more:
-                        break
-                    batch += more
-                    self._run_each(more)
-        except Exception as e:  # BEGIN or COMMIT failed: nothing in the batch was written
-            for item in batch:
-                item.fail(e, alone=len(batch) == 1)
-        except BaseException:
-            interrupted = StorageError("the group commit was interrupted; nothing from this call was written")
-            for item in batch:
-                item.fail(interrupted, alone=False)
-            raise
-
-    def _run_each(self, items: list[_Queued]) -> None:
-        for item in items:
-            try:
-                with self._write():  # a savepoint each
-                    item.run()
-            except Exception as e:  # its own error, or its savepoint's end failed
-                item.error = item.error or e
+        return self._tx.grouped(lambda: self._append(aggregate_id, aggregate_type, expected_version, meta, *rows_in))
 
     def _check_append(
         self,
@@ -473,7 +344,7 @@ class EventStore:
         n = len(datas)
         tip = self._tip
         stream = (aggregate_id, aggregate_type)
-        known = tip.lookup(conn, stream) if self._depth == 1 else None
+        known = tip.lookup(conn, stream) if self._tx.depth == 1 else None
         if known is None:
             state: Any = conn.execute(self._sql.APPEND_STATE, (aggregate_id,)).fetchone()
             current, stored_type, head_position, previous = state if state else (0, None, 0, _audit.GENESIS)
@@ -513,7 +384,7 @@ class EventStore:
             (head_position + k, event_id, aggregate_id, aggregate_type, t, current + k, data, meta, created, h, s)
             for k, event_id, t, data, h, s in zip(range(1, n + 1), ids, types, datas, digests, schemas, strict=True)
         ]
-        self._inserting = (aggregate_id, current, ids[0])
+        self._tx.appending = (aggregate_id, current, ids[0])
         try:
             conn.executemany(conn.sql.INSERT_EVENT, rows)
             # No acknowledgement without the rows: something on the table (a trigger that
@@ -521,10 +392,10 @@ class EventStore:
             # One row: the statement's own count, free. Several: count them (a batch's one query).
             stored = conn.changes() if n == 1 else conn.execute(conn.sql.STORED_AFTER, (head_position,)).get
         except conn.Error as e:
-            self._raise(e, f"cannot append to {aggregate_id!r}")
+            self._tx.raise_error(e, f"cannot append to {aggregate_id!r}")
         if stored != n:
             raise StorageError(swallowed(stored, n))
-        tip.stage(stream, current + n, head_position + n, digests[-1], self._depth == 1)
+        tip.stage(stream, current + n, head_position + n, digests[-1], self._tx.depth == 1)
         return current + n, rows, created
 
     def _version_after_clash(self, aggregate_id: str, believed: int) -> int:
@@ -583,8 +454,8 @@ class EventStore:
     def _read_view(self, strict: bool = False) -> tuple[bool, Opener | None]:
         """How a read must decode: ``(upcasting, opener)``; ``strict``: a sealed field this store
         cannot open is an error, not a default. Callers hold the store's lock."""
-        conn = self._open()
-        with self._translate("cannot read"):
+        conn = self._tx.open()
+        with self._tx.translate("cannot read"):
             commits = conn.commit_counter()  # what other connections did since the last read
             upcasting = self._upcasting(conn, commits)
             opener = functools.partial(self._keys.open, conn, strict=strict)
@@ -616,9 +487,9 @@ class EventStore:
         """
         _check_str("aggregate_id", aggregate_id)
         after, upto = _check_range(after, upto)
-        with self._lock:
+        with self._tx.lock:
             upcasting, opener = self._read_view()
-        return read_aggregate(self._open(), upcasting, aggregate_id, after, upto, self._reading(), raw, opener)
+        return read_aggregate(self._tx.open(), upcasting, aggregate_id, after, upto, self._tx.reading(), raw, opener)
 
     def read_all(
         self,
@@ -640,15 +511,15 @@ class EventStore:
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
         types = None if event_types is None else type_names(event_types)
-        with self._lock:
+        with self._tx.lock:
             upcasting, opener = self._read_view()
-        return read_log(self._open(), upcasting, after, types, limit, self._reading(), raw=raw, opener=opener)
+        return read_log(self._tx.open(), upcasting, after, types, limit, self._tx.reading(), raw=raw, opener=opener)
 
     def version(self, aggregate_id: str) -> int:
         """The aggregate's current version, 0 if it has no events."""
         _check_str("aggregate_id", aggregate_id)
-        with self._lock, self._translate("cannot read"):
-            return int(self._open().execute(self._sql.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
+        with self._tx.lock, self._tx.translate("cannot read"):
+            return int(self._tx.open().execute(self._sql.AGGREGATE_VERSION, (aggregate_id,)).get or 0)
 
     def info(self) -> StoreInfo:
         """What the file holds, at a glance (``minies info`` prints it).
@@ -656,8 +527,8 @@ class EventStore:
         Raises:
             StorageError: the file cannot be read.
         """
-        with self._lock, self._translate("cannot read"), self._backend.reading():  # one view: counts that agree
-            conn = self._open()
+        with self._tx.lock, self._tx.translate("cannot read"), self._backend.reading():  # one view: counts that agree
+            conn = self._tx.open()
             counts: Any = conn.execute(self._sql.COUNTS).fetchone()
             projections: list[Any] = conn.execute(self._sql.PROJECTIONS).fetchall()
             subscriptions: list[Any] = conn.execute(self._sql.SUBSCRIPTIONS).fetchall()
@@ -667,8 +538,8 @@ class EventStore:
 
     def head(self) -> tuple[int, str]:
         """The last position and its chain hash in hex: ``(0, "")`` for an empty log."""
-        with self._lock, self._translate("cannot read"):
-            row = self._open().execute(self._sql.HEAD).fetchone()
+        with self._tx.lock, self._tx.translate("cannot read"):
+            row = self._tx.open().execute(self._sql.HEAD).fetchone()
         return (int(row[0]), bytes(row[1]).hex()) if row else (0, "")
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
@@ -679,8 +550,8 @@ class EventStore:
                 (nothing is changed).
         """
         _check_str("sql", sql)
-        with self._lock:
-            self._open()
+        with self._tx.lock:
+            self._tx.open()
             return self._backend.query(sql, params)
 
     # ------------------------------------------------------------------ aggregates
@@ -724,9 +595,9 @@ class EventStore:
                 skipped.extend(filter(None, [_snapshots.write(self._conn, aggregate, seal)]))
             return version
 
-        version = self._grouped(work)  # perhaps committed by another thread: warn in this one
-        if self._depth and self._writer == threading.get_ident():  # inside transaction(): not yet durable
-            self._saved.append((self._depth, aggregate, pending))
+        version = self._tx.grouped(work)  # perhaps committed by another thread: warn in this one
+        if self._tx.inside:  # inside transaction(): not yet durable
+            self._saved.append((self._tx.depth, aggregate, pending))
         aggregate._clear_pending()
         for reason in skipped:
             warnings.warn(reason, SnapshotWarning, stacklevel=2)
@@ -748,8 +619,8 @@ class EventStore:
             raise TypeError(f"load() takes an Aggregate subclass, got {cls!r}")
         _check_str("aggregate_id", aggregate_id)
         last = _check_upto(upto)
-        with self._lock, self._translate("cannot read"):
-            conn = self._open()
+        with self._tx.lock, self._tx.translate("cannot read"):
+            conn = self._tx.open()
             aggregate = _snapshots.latest(conn, cls, aggregate_id, last, functools.partial(self._keys.open_state, conn))
         if aggregate is None:
             aggregate = cls(id=aggregate_id)
@@ -802,16 +673,16 @@ class EventStore:
         SQLite assembles each chunk into one JSON array, so the per-event Python work is
         the decode and ``step`` alone.
         """
-        with self._lock:
+        with self._tx.lock:
             upcasting, opener = self._read_view()
         if upcasting:
             return self._replay_records(aggregate_id, aggregate_type, after, upto, step, opener)
         decoders = _codec.decoders()
         total = 0
         while after < upto:
-            with self._lock, self._translate("cannot read"):
+            with self._tx.lock, self._tx.translate("cannot read"):
                 row: Any = (
-                    self._open()
+                    self._tx.open()
                     .execute(self._sql.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK)))
                     .fetchone()
                 )
@@ -861,7 +732,8 @@ class EventStore:
     ) -> int:
         """``_replay`` through the records, which upcast and open sealed fields."""
         reach = Reach(after)
-        records = read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading(), False, opener, reach)
+        conn, lock = self._tx.open(), self._tx.reading()
+        records = read_aggregate(conn, True, aggregate_id, after, upto, lock, False, opener, reach)
         for record in records:
             if aggregate_type is not None and record.aggregate_type != aggregate_type:
                 raise SchemaError(
@@ -886,8 +758,8 @@ class EventStore:
     # ------------------------------------------------------------------ schema evolution
     def event_types(self) -> list[tuple[str, int, int]]:
         """``(event_type, schema_version, count)`` for every type and version stored."""
-        with self._lock, self._translate("cannot read"):
-            rows: list[Any] = self._open().execute(self._sql.TYPE_COUNTS).fetchall()
+        with self._tx.lock, self._tx.translate("cannot read"):
+            rows: list[Any] = self._tx.open().execute(self._sql.TYPE_COUNTS).fetchall()
         return rows
 
     def check_events(self, *, progress: Callable[[int, int], None] | None = None) -> list[tuple[int, str, str]]:
@@ -912,8 +784,8 @@ class EventStore:
                 if e.position is None or e.position <= after:
                     raise
                 after = e.position
-                with self._lock:
-                    event_type = self._open().execute(self._sql.EVENT_TYPE_AT, (after,)).get
+                with self._tx.lock:
+                    event_type = self._tx.open().execute(self._sql.EVENT_TYPE_AT, (after,)).get
                 problems.append((after, str(event_type), str(e)))
 
     # ------------------------------------------------------------------ read models
@@ -929,7 +801,7 @@ class EventStore:
         """
         if name not in self._projector.projections:
             raise NotFound(f"no projection named {name!r}; this store has {sorted(self._projector.projections)}")
-        with self._lock, self._write():
+        with self._tx.lock, self._tx.write():
             return self._projector.rebuild(self._conn, self._db, name, progress)
 
     def subscription(
@@ -977,8 +849,8 @@ class EventStore:
         """``(aggregate_id, aggregate_type, version)`` of every aggregate (of one type), by id."""
         if aggregate_type is not None and not isinstance(aggregate_type, str):
             aggregate_type = aggregate_type.aggregate_type
-        with self._lock, self._translate("cannot read"):
-            conn = self._open()
+        with self._tx.lock, self._tx.translate("cannot read"):
+            conn = self._tx.open()
             if aggregate_type is None:
                 rows: list[Any] = conn.execute(self._sql.AGGREGATES).fetchall()
             else:
@@ -1010,12 +882,12 @@ class EventStore:
         report = self._verify_log(expect_head, progress)
         if not snapshots or not report.ok:
             return report
-        with self._lock, self._translate("cannot read the snapshots"):
-            rows: list[Any] = self._open().execute(self._sql.ALL_SNAPSHOTS).fetchall()
+        with self._tx.lock, self._tx.translate("cannot read the snapshots"):
+            rows: list[Any] = self._tx.open().execute(self._sql.ALL_SNAPSHOTS).fetchall()
 
         def stored(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate | None:
-            with self._lock, self._translate("cannot read the snapshots"):
-                conn = self._open()
+            with self._tx.lock, self._tx.translate("cannot read the snapshots"):
+                conn = self._tx.open()
                 opener = functools.partial(self._keys.open_state, conn)
                 return _snapshots.latest(conn, cls, aggregate_id, version, opener)
 
@@ -1032,8 +904,8 @@ class EventStore:
         return msgspec.structs.replace(report, snapshots_checked=checked, snapshots_unchecked=unchecked)
 
     def _verify_log(self, expect_head: str | None, progress: Callable[[int, int], None] | None) -> VerifyReport:
-        with self._lock:
-            conn = self._open()
+        with self._tx.lock:
+            conn = self._tx.open()
             try:
                 with self._backend.reading():  # one read transaction: a consistent view while others append
                     check = self._backend.check_structure()
@@ -1041,7 +913,7 @@ class EventStore:
             except conn.Error as e:
                 damage = self._backend.damage(e)
                 if damage is None:
-                    self._raise(e, "cannot verify")
+                    self._tx.raise_error(e, "cannot verify")
                 report = VerifyReport(False, 0, None, f"the file is damaged: {damage}", 0, "")
         return report
 
@@ -1078,10 +950,10 @@ class EventStore:
         meta = _codec.encode_metadata(metadata)
         event = SubjectForgotten(subject=subject, reason=reason)
         nothing = Erasure(subject, 0, [], [], 0, False)
-        with self._lock:
+        with self._tx.lock:
             if not self._keys.enabled:
                 return nothing
-            with self._write(), self._translate(f"cannot forget {subject!r}"):
+            with self._tx.write(), self._tx.translate(f"cannot forget {subject!r}"):
                 conn = self._conn
                 keys = self._keys.forget(conn, subject, _codec.now_text())
                 if not keys:
@@ -1147,33 +1019,28 @@ class EventStore:
         target = os.fspath(path)
         if os.path.exists(target):
             raise StorageError(f"cannot back up to {target!r}: it already exists")
-        with self._lock:
-            self._open()
+        with self._tx.lock:
+            self._tx.open()
             self._backend.backup(target)
 
     def snapshot_stats(self) -> list[tuple[str, int, int]]:
         """(aggregate_type, snapshots, bytes) for each aggregate type that has snapshots."""
-        with self._lock, self._translate("cannot read"):
-            return _snapshots.stats(self._open())
+        with self._tx.lock, self._tx.translate("cannot read"):
+            return _snapshots.stats(self._tx.open())
 
     def drop_snapshots(self, aggregate_type: str | type[Aggregate]) -> int:
         """Delete every snapshot of one aggregate type (they are rewritten on later saves)."""
         name = aggregate_type if isinstance(aggregate_type, str) else aggregate_type.aggregate_type
-        with self._lock, self._write():
+        with self._tx.lock, self._tx.write():
             return _snapshots.drop(self._conn, name)
 
     # ------------------------------------------------------------------ lifecycle
-    def _open(self) -> Connection:
-        if self._closed:
-            raise MiniesError("the store is closed")
-        return self._conn
-
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close. Safe to call twice."""
-        with self._lock:
-            if self._closed:
+        with self._tx.lock:
+            if self._tx.closed:
                 return
-            self._closed = True
+            self._tx.closed = True
             self._backend.close()
 
     def __enter__(self) -> EventStore:
@@ -1183,7 +1050,7 @@ class EventStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else self.durability
+        state = "closed" if self._tx.closed else self.durability
         return f"<minies.EventStore {self._backend.where!r} ({state})>"
 
 
@@ -1227,57 +1094,6 @@ class StoreInfo(msgspec.Struct, frozen=True):
     projections: list[tuple[str, int, int, str]]
     subscriptions: list[tuple[str, int, str]]
     forgotten_subjects: int = 0
-
-
-class _Queued:
-    """One write waiting for a group commit, and what became of it."""
-
-    __slots__ = ("done", "error", "lead", "result", "store", "wake", "work")
-
-    def __init__(self, work: Callable[[], Any], store: EventStore) -> None:
-        self.work = work
-        self.store = store
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = False
-        self.lead = False  # a follower handed the lead (while it waits)
-        self.wake: threading.Event | None = None  # a follower's: set when done or handed the lead
-
-    def run(self) -> None:
-        try:
-            self.result = self.work()
-        except Exception as e:
-            self.error = e
-            if not isinstance(e, self.store._conn.Error):
-                raise
-            try:
-                self.store._raise(e, "cannot append")  # the backend's own error, explained
-            except MiniesError as explained:
-                self.error = explained
-                raise explained from None
-
-    def fail(self, error: Exception, alone: bool) -> None:
-        """The transaction failed: a write alone in it fails with its error, the others with a
-        StorageError each (a write that failed on its own keeps its own error)."""
-        if self.error is None:
-            self.error = error if alone else StorageError(str(error))
-
-
-class _Reading:
-    """Entered once per page by the log's iterators (so a class, not a one-shot generator)."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, store: EventStore) -> None:
-        self._store = store
-
-    def __enter__(self) -> None:
-        self._store._lock.acquire()
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        self._store._lock.release()
-        if isinstance(error, self._store._conn.Error):
-            self._store._raise(error, "cannot read")
 
 
 class _Tip:
@@ -1334,91 +1150,6 @@ class _Tip:
         self._data_version = None
         self._staged = None
         self._versions.clear()
-
-
-class _Write:
-    """The context manager behind ``EventStore._write`` (a class: this is every append's path)."""
-
-    __slots__ = ("_nested", "_store")
-
-    def __init__(self, store: EventStore) -> None:
-        self._store = store
-        self._nested = store._depth > 0
-
-    def __enter__(self) -> None:
-        store = self._store
-        if self._nested:
-            try:
-                store._conn.execute(store._sql.SAVEPOINT)
-            except store._conn.Error as e:  # (PostgreSQL: the session may be gone)
-                store._raise(e, "cannot start a write")
-        else:
-            # The backend's BEGIN (SQLite: IMMEDIATE, which takes the write lock up front, so a
-            # writer waits instead of failing later: https://sqlite.org/lang_transaction.html).
-            if store._backend.unguarded is not None:
-                raise _unguarded(store._backend.where, store._backend.unguarded)
-            store._inserting = None  # (an earlier transaction's append explains no error of this one)
-            try:
-                store._conn.execute(store._sql.BEGIN)
-            except store._conn.Error as e:
-                store._raise(e, "cannot start a write")
-            store._writer = threading.get_ident()
-        store._depth += 1
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        store = self._store
-        conn = store._conn
-        store._depth -= 1
-        if not store._depth:
-            store._writer = None
-        if self._nested:
-            if kind is None:
-                try:
-                    conn.execute(store._sql.RELEASE)
-                    if store._saved:
-                        store._saves_ended(kept=True)
-                    return
-                except conn.Error as e:  # PostgreSQL sends a held one-event insert with it
-                    error = e
-            if not conn.get_autocommit():
-                conn.execute(store._sql.ROLLBACK_TO)
-            if store._saved:
-                store._saves_ended(kept=False)
-            store._forget()
-            if isinstance(error, conn.Error):
-                store._raise(error, "cannot write")
-            return
-        if kind is None:
-            try:
-                conn.execute(store._sql.COMMIT)
-            except conn.Error as e:
-                if not conn.get_autocommit():
-                    conn.execute(store._sql.ROLLBACK)
-                if store._saved:
-                    store._saves_ended(kept=False)
-                store._forget()
-                store._raise(e, "cannot commit")
-            if store._saved:
-                store._saves_ended(kept=True)
-            store._tip.committed(conn)
-            store._commits += 1
-            store._changed.notify_all()
-            return
-        if not conn.get_autocommit():
-            conn.execute(store._sql.ROLLBACK)
-        if store._saved:
-            store._saves_ended(kept=False)
-        store._forget()
-        if isinstance(error, conn.Error):  # minies' own SQL failed mid-write: rolled back
-            store._raise(error, "cannot write")
-
-
-def _unguarded(where: str, problem: str) -> SchemaError:
-    return SchemaError(
-        f"{where} is not guarded: {problem}; minies writes nothing to a log whose guards are missing or "
-        f"overridden. Run `minies repair {where}` (minies.repair): it re-creates minies' own triggers if the "
-        "log still verifies, and names what else to remove; or open it with readonly=True to read it"
-    )
 
 
 def _no_events(aggregate_id: str, upto: int | None) -> NotFound:

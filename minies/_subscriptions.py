@@ -12,16 +12,36 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from contextlib import AbstractContextManager
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from minies import _codec
 from minies._errors import MiniesError, NotFound
 from minies._events import Event, Recorded, type_names
+from minies._transactions import Transactions
 
-if TYPE_CHECKING:
-    from minies._store import EventStore
+
+class Log(Protocol):
+    """What a consumer reads and writes through (an ``Log``): the log, and the store's
+    transactions, where a processor's page commits with its outputs."""
+
+    @property
+    def _tx(self) -> Transactions: ...
+
+    def head(self) -> tuple[int, str]: ...
+
+    def read_all(
+        self,
+        *,
+        after: int = ...,
+        limit: int | None = ...,
+        event_types: Iterable[str | type[Event]] | None = ...,
+        raw: bool = ...,
+    ) -> Iterator[Recorded]: ...
+
+    def transaction(self) -> AbstractContextManager[Any]: ...
 
 Handler = Callable[[Recorded], object]
 Parked = tuple[int, int, str]  # (position, attempts, error) of a dead letter
@@ -48,7 +68,7 @@ class Subscription:
 
     def __init__(
         self,
-        store: EventStore,
+        store: Log,
         name: str,
         *,
         max_attempts: int = 3,
@@ -64,8 +84,8 @@ class Subscription:
     @property
     def position(self) -> int:
         """The last acknowledged position (0 if none)."""
-        with self.store._lock:
-            value = self.store._open().execute(self.store._sql.SUBSCRIPTION_POSITION, (self.name,)).get
+        with self.store._tx.lock:
+            value = self.store._tx.open().execute(self.store._tx.sql.SUBSCRIPTION_POSITION, (self.name,)).get
         return int(value or 0)
 
     def poll(self, handler: Handler, *, limit: int | None = None) -> int:
@@ -85,8 +105,8 @@ class Subscription:
         transaction (a processor's exactly-once); else the checkpoint follows the deliveries.
         """
         store = self.store
-        with store._lock:
-            if store._depth:
+        with store._tx.lock:
+            if store._tx.depth:
                 kind = "processor" if atomic else "subscription"
                 raise MiniesError(
                     f"{kind} {self.name!r} cannot {verb} inside store.transaction(): it would deliver events "
@@ -97,8 +117,8 @@ class Subscription:
             want = _BATCH if limit is None else min(_BATCH, limit - delivered)
             with contextlib.ExitStack() as page:
                 if atomic:
-                    page.enter_context(store._lock)
-                    page.enter_context(store._write())
+                    page.enter_context(store._tx.lock)
+                    page.enter_context(store._tx.write())
                     self._claim()
                 after = self.position  # inside the page's transaction: one processor at a time
                 head = store.head()[0]
@@ -118,15 +138,15 @@ class Subscription:
     def _claim(self) -> None:
         """Inside a write: wait until no other store runs this consumer's page (the backends
         differ in what their write transaction locks)."""
-        with self.store._translate(f"cannot claim {self.name!r}"):
-            self.store._conn.execute(self.store._sql.CLAIM_CONSUMER, (self.name,))
+        with self.store._tx.translate(f"cannot claim {self.name!r}"):
+            self.store._tx.conn.execute(self.store._tx.sql.CLAIM_CONSUMER, (self.name,))
 
     def _acknowledge(self, position: int, parked: list[Parked]) -> None:
         now = _codec.now_text()
-        with self.store._lock, self.store._write():
-            conn = self.store._conn
-            conn.executemany(self.store._sql.PARK, [(self.name, *p, now) for p in parked])
-            conn.execute(self.store._sql.SAVE_SUBSCRIPTION, (self.name, position, now))
+        with self.store._tx.lock, self.store._tx.write():
+            conn = self.store._tx.conn
+            conn.executemany(self.store._tx.sql.PARK, [(self.name, *p, now) for p in parked])
+            conn.execute(self.store._tx.sql.SAVE_SUBSCRIPTION, (self.name, position, now))
 
     def _deliver(self, handler: Handler, record: Recorded, attempts: int = 0) -> Parked | None:
         for attempt in range(attempts + 1, attempts + self.max_attempts + 1):
@@ -167,8 +187,8 @@ class Subscription:
 
     def dead_letters(self) -> list[DeadLetter]:
         """Events parked after ``max_attempts`` failures, oldest first."""
-        with self.store._lock:
-            rows: list[Any] = self.store._open().execute(self.store._sql.DEAD_LETTERS, (self.name,)).fetchall()
+        with self.store._tx.lock:
+            rows: list[Any] = self.store._tx.open().execute(self.store._tx.sql.DEAD_LETTERS, (self.name,)).fetchall()
         return [DeadLetter(*row) for row in rows]
 
     def redeliver(self, handler: Handler, position: int | None = None) -> int:
@@ -193,11 +213,11 @@ class Subscription:
             [record] = self.store.read_all(after=letter.position - 1, limit=1)
             parked = self._deliver(handler, record, letter.attempts)
             now = _codec.now_text()
-            with self.store._lock, self.store._write():
+            with self.store._tx.lock, self.store._tx.write():
                 if parked is None:
-                    self.store._conn.execute(self.store._sql.UNPARK, (self.name, letter.position))
+                    self.store._tx.conn.execute(self.store._tx.sql.UNPARK, (self.name, letter.position))
                 else:
-                    self.store._conn.execute(self.store._sql.PARK, (self.name, *parked, now))
+                    self.store._tx.conn.execute(self.store._tx.sql.PARK, (self.name, *parked, now))
             succeeded += parked is None
         return succeeded
 
@@ -207,9 +227,9 @@ class Subscription:
         Raises:
             NotFound: ``position`` is not parked for this subscription.
         """
-        with self.store._lock, self.store._write():
-            self.store._conn.execute(self.store._sql.UNPARK, (self.name, position))
-            if not self.store._conn.changes():
+        with self.store._tx.lock, self.store._tx.write():
+            self.store._tx.conn.execute(self.store._tx.sql.UNPARK, (self.name, position))
+            if not self.store._tx.conn.changes():
                 raise NotFound(f"position {position} is not parked for subscription {self.name!r}")
 
     def rewind(self, position: int = 0) -> None:
@@ -225,7 +245,7 @@ class Subscription:
 
 
 def following(
-    store: EventStore,
+    store: Log,
     step: Callable[[], int],
     stop: threading.Event | None,
     idle_timeout: float | None,
@@ -241,37 +261,9 @@ def following(
             return True
         return idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout
 
-    for _ in wakeups(store, done, max_wait):
+    for _ in store._tx.wakeups(done, max_wait):
         n = step()
         if n:
             total += n
             idle_since = time.monotonic()
     return total
-
-
-def wakeups(store: EventStore, done: Callable[[], bool], max_wait: float) -> Iterator[None]:
-    """Yield at once, then each time the log may have grown, until ``done()``.
-
-    Waits without re-reading the log: a commit through this store wakes it at once; other
-    connections' commits are noticed through the backend's commit counter (SQLite: ``PRAGMA
-    data_version``, a look at the WAL index in shared memory; PostgreSQL: the head row),
-    checked with a backoff of up to ``max_wait`` seconds.
-    """
-    seen: tuple[int, int] | None = None
-    wait = 0.005
-    first = True
-    while first or not done():
-        first = False
-        with store._lock:
-            # Others' commits, and this store's own (their wake-up may come while this
-            # thread is not yet waiting, and must not be lost).
-            version = (store._open().commit_counter(), store._commits)
-        if version != seen:
-            seen = version
-            wait = 0.005
-            yield
-            continue
-        with store._changed:
-            if store._changed.wait(wait):
-                seen = None
-        wait = min(wait * 2, max_wait)

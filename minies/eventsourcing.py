@@ -66,7 +66,6 @@ except ImportError:  # pragma: no cover - the message is the point
 from minies import _codec
 from minies._errors import ConcurrencyError, MiniesError, StorageError
 from minies._store import EventStore
-from minies._subscriptions import wakeups
 
 __all__ = [
     "Factory",
@@ -151,7 +150,7 @@ class MiniesRecorder:
 
     def _create(self, statements: Sequence[str], table: str = "") -> None:
         store = self.store
-        with _translated(), store._lock, store._write():
+        with _translated(), store._tx.lock, store._tx.write():
             for statement in statements:
                 store._conn.execute(statement.format(table=table))
 
@@ -178,7 +177,7 @@ class MiniesAggregateRecorder(MiniesRecorder, AggregateRecorder):
         if not runs and tracking is None:
             return []
         with _translated():
-            return store._grouped(work)
+            return store._tx.grouped(work)
 
     def _append_run(
         self, aggregate_id: str, id_type: str, first: int, topics: list[str], datas: list[str]
@@ -224,8 +223,8 @@ class MiniesAggregateRecorder(MiniesRecorder, AggregateRecorder):
     ) -> Sequence[StoredEvent]:
         aggregate_id, _ = _id_text(originator_id)
         store = self.store
-        with _translated(), store._lock:
-            conn = store._open()
+        with _translated(), store._tx.lock:
+            conn = store._tx.open()
             first = 1
             if gt is not None or lte is not None:
                 stored: Any = conn.execute(store._sql.ES_STREAM_TYPE, (aggregate_id,)).fetchone()
@@ -264,8 +263,8 @@ class MiniesApplicationRecorder(MiniesAggregateRecorder, ApplicationRecorder):
         low = 1 if start is None else start + (0 if inclusive_of_start else 1)
         high = _ALL if stop is None else stop
         store = self.store
-        with _translated(), store._lock:
-            conn = store._open()
+        with _translated(), store._tx.lock:
+            conn = store._tx.open()
             if topics:
                 rows: list[Any] = conn.execute(
                     store._sql.ES_NOTIFICATIONS_OF_TOPICS,
@@ -307,7 +306,7 @@ class MiniesSubscription(ListenNotifySubscription[MiniesApplicationRecorder]):
 
     def _watch(self) -> None:
         try:
-            for _ in wakeups(self._recorder.store, lambda: self._has_been_stopped, 0.1):
+            for _ in self._recorder.store._tx.wakeups(lambda: self._has_been_stopped, 0.1):
                 self._has_been_notified.set()
         except BaseException as e:
             if self._thread_error is None:
@@ -354,7 +353,7 @@ class MiniesRecordsRecorder(MiniesRecorder, AggregateRecorder):
 
         if rows:
             with _translated():
-                store._grouped(work)
+                store._tx.grouped(work)
         return None
 
     def select_events(
@@ -371,10 +370,9 @@ class MiniesRecordsRecorder(MiniesRecorder, AggregateRecorder):
         statement = store._sql.ES_RECORDS.format(table=self.table, order="DESC" if desc else "ASC")
         low = -_ALL if gt is None else gt
         high = _ALL if lte is None else lte
-        with _translated(), store._lock:
-            rows: list[Any] = (
-                store._open().execute(statement, (aggregate_id, low, high, _ALL if limit is None else limit)).fetchall()
-            )
+        with _translated(), store._tx.lock:
+            bounds = (aggregate_id, low, high, _ALL if limit is None else limit)
+            rows: list[Any] = store._tx.open().execute(statement, bounds).fetchall()
         return [
             StoredEvent(_originator(aggregate_id, id_type == "uuid"), version, topic, bytes(state))
             for version, topic, state, id_type in rows
@@ -390,7 +388,7 @@ class MiniesTrackingRecorder(MiniesRecorder, TrackingRecorder):
     def insert_tracking(self, tracking: Tracking) -> None:
         store = self.store
         with _translated():
-            store._grouped(lambda: self._track(store, tracking))
+            store._tx.grouped(lambda: self._track(store, tracking))
 
     @staticmethod
     def _track(store: EventStore, tracking: Tracking) -> None:
@@ -405,8 +403,8 @@ class MiniesTrackingRecorder(MiniesRecorder, TrackingRecorder):
 
     def max_tracking_id(self, application_name: str) -> int | None:
         store = self.store
-        with _translated(), store._lock:
-            value = store._open().execute(store._sql.ES_TRACKED, (application_name,)).fetchone()
+        with _translated(), store._tx.lock:
+            value = store._tx.open().execute(store._sql.ES_TRACKED, (application_name,)).fetchone()
         return None if value is None else int(value[0])
 
 

@@ -342,13 +342,15 @@ def test_a_save_retried_after_an_unknown_outcome_writes_its_events_once(
     account = Account(id="acc-1")
     account.record(AccountOpened(owner="ann", balance=10))
     account.record(MoneyDeposited(amount=5))
-    grouped = minies.EventStore._grouped
+    from minies._transactions import Transactions
 
-    def committed_but_lost(self: minies.EventStore, work: object) -> object:
+    grouped = Transactions.grouped
+
+    def committed_but_lost(self: Transactions, work: object) -> object:
         grouped(self, work)  # type: ignore[arg-type]
         raise minies.StorageError("the connection was lost during the commit; its outcome is unknown")
 
-    monkeypatch.setattr(minies.EventStore, "_grouped", committed_but_lost)
+    monkeypatch.setattr(Transactions, "grouped", committed_but_lost)
     with pytest.raises(minies.StorageError):
         store.save(account)
     monkeypatch.undo()

@@ -21,14 +21,14 @@ LAYERS = [
         "_backends.postgres",
         "_backends",
     },
-    {"_keyring", "_log", "_audit", "_snapshots", "_projections"},
+    {"_transactions", "_keyring", "_log", "_audit", "_snapshots", "_projections"},
     {"_subscriptions", "_processors"},
     {"_store", "_aio"},
     {"_copy", "_roles", "eventsourcing", "_cli", "_demo", "testing", "__init__", "__main__"},
 ]
 # The debts ARCHITECTURE.md names: (importer, imported) and module sizes, as they are today.
-UPWARD_DEBTS = {("_subscriptions", "_store"), ("_processors", "_store")}
-SIZE_DEBTS = {"_store": 1470, "_backends.postgres": 890, "_backends.postgres_sql": 610}
+UPWARD_DEBTS: set[tuple[str, str]] = set()
+SIZE_DEBTS = {"_store": 1200, "_backends.postgres": 883, "_backends.postgres_sql": 606}
 LIMIT = 600
 
 

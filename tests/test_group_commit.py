@@ -1,4 +1,4 @@
-"""Group commit (``EventStore._grouped``): writers share commits, each keeps its own outcome.
+"""Group commit (``Transactions.grouped``): writers share commits, each keeps its own outcome.
 
 Groups form on a slow disk (``crashdisk`` with a sleep in every sync, as on a laptop's flash),
 or behind a commit in flight (the test holds the store's lock while the writers queue). No
@@ -49,10 +49,10 @@ def queued_behind_a_commit(store: minies.EventStore, calls: list[Callable[[], ob
             outcomes[k] = e
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
-    with store._lock:
+    with store._tx.lock:
         for k, t in enumerate(threads):
             t.start()
-            wait_for(lambda k=k: len(store._queue) == k + 1, f"call {k} queued")
+            wait_for(lambda k=k: len(store._tx.queue) == k + 1, f"call {k} queued")
     for t in threads:
         t.join(30)
         assert not t.is_alive(), "a writer never returned"
@@ -65,7 +65,7 @@ def test_writers_on_a_slow_disk_share_commits_and_each_gets_its_own_versions(tmp
     queued for the store's lock behind the next commit)."""
     with CrashDisk(sync_seconds=0.005), minies.EventStore(str(tmp_path / "slow.db")) as store:
         returned: dict[int, list[int]] = {}
-        commits = store._commits
+        commits = store._tx.commits
 
         def writer(n: int) -> None:
             returned[n] = [
@@ -78,7 +78,7 @@ def test_writers_on_a_slow_disk_share_commits_and_each_gets_its_own_versions(tmp
         for t in threads:
             t.join(120)
             assert not t.is_alive()
-        made = store._commits - commits
+        made = store._tx.commits - commits
         assert returned == {n: list(range(1, EACH + 1)) for n in range(WRITERS)}
         events = list(store.read_all())
         assert [r.position for r in events] == list(range(1, WRITERS * EACH + 1))
@@ -91,7 +91,7 @@ def test_a_failing_member_fails_alone_and_the_others_share_one_commit(location: 
     with minies.EventStore(location) as store:
         ids = [str(uuid.uuid4())]
         store.append("taken", deposit(), aggregate_type="Account", event_ids=ids)
-        commits = store._commits
+        commits = store._tx.commits
         outcomes = queued_behind_a_commit(
             store,
             [
@@ -107,7 +107,7 @@ def test_a_failing_member_fails_alone_and_the_others_share_one_commit(location: 
             "aggregate 'b' is at version 0, expected 5;"
         )
         assert isinstance(outcomes[3], minies.DuplicateEventError) and outcomes[3].event_id == ids[0]
-        assert store._commits == commits + 1  # one transaction for the five
+        assert store._tx.commits == commits + 1  # one transaction for the five
         assert [r.aggregate_id for r in store.read_all()] == ["taken", "a", "c", "e"]
         assert store.verify().ok
 
@@ -126,14 +126,14 @@ def test_a_failed_commit_fails_every_write_in_the_group_and_stores_none(
 ) -> None:
     with CrashDisk() as disk, minies.EventStore(str(tmp_path / "store.db")) as store:
         store.append("before", deposit(), aggregate_type="Account")
-        commits = store._commits
+        commits = store._tx.commits
         calls = [lambda n=n: store.append(f"a{n}", deposit(), aggregate_type="Account") for n in range(6)]
         inject(disk, store)  # the next commit fails: the group's
         outcomes = queued_behind_a_commit(store, calls)
         store._conn.set_commit_hook(None)
         assert all(isinstance(e, minies.StorageError) for e in outcomes), outcomes
         assert len({str(e) for e in outcomes}) == 1 and str(outcomes[0]).startswith("cannot commit")
-        assert store._commits == commits
+        assert store._tx.commits == commits
         assert [r.aggregate_id for r in store.read_all()] == ["before"]  # none of them was written
         assert store.append("a0", deposit(), aggregate_type="Account", expected_version=0) == 1
     with minies.EventStore(str(tmp_path / "store.db")) as store:  # and none reached the file
@@ -176,7 +176,7 @@ def test_an_interrupted_group_fails_every_write_in_it_and_tells_them_nothing_was
             for e in outcomes[1:]
         ), outcomes
         assert list(store.read_all()) == [] and store.query("SELECT * FROM amounts") == []
-        assert not store._leading and not store._queue
+        assert not store._tx.leading and not store._tx.queue
         assert store.append("after", deposit(), aggregate_type="Account") == 1
 
 
@@ -199,7 +199,7 @@ def test_an_interrupted_leader_hands_the_lead_to_the_writes_queued_behind_it(tmp
         followers = [threading.Thread(target=append, args=(f"f{n}", n + 1)) for n in range(4)]
         for t in followers:
             t.start()
-        wait_for(lambda: len(store._queue) == 4, "four writes queued behind the leader")
+        wait_for(lambda: len(store._tx.queue) == 4, "four writes queued behind the leader")
         stalling.go.set()
         for t in [leader, *followers]:
             t.join(30)
@@ -207,7 +207,7 @@ def test_an_interrupted_leader_hands_the_lead_to_the_writes_queued_behind_it(tmp
         assert isinstance(outcomes.pop("lead"), KeyboardInterrupt)
         assert outcomes == {f"f{n}": 1 for n in range(4)}
         assert sorted(r.aggregate_id for r in store.read_all()) == ["f0", "f1", "f2", "f3"]
-        assert not store._leading and not store._queue
+        assert not store._tx.leading and not store._tx.queue
 
 
 def test_a_follower_interrupted_while_it_waits_is_not_written_and_the_group_goes_on(tmp_path: Path) -> None:
@@ -221,17 +221,17 @@ def test_a_follower_interrupted_while_it_waits_is_not_written_and_the_group_goes
         )
 
         def interrupt_the_main_thread() -> None:
-            wait_for(lambda: len(store._queue) == 2, "the main thread's write queued behind the leader")
+            wait_for(lambda: len(store._tx.queue) == 2, "the main thread's write queued behind the leader")
             signal.pthread_kill(main, signal.SIGINT)
 
-        with store._lock:  # a commit in flight: the leader waits for the lock, this thread follows
+        with store._tx.lock:  # a commit in flight: the leader waits for the lock, this thread follows
             leader.start()
-            wait_for(lambda: len(store._queue) == 1, "the leader's write queued")
+            wait_for(lambda: len(store._tx.queue) == 1, "the leader's write queued")
             interrupter = threading.Thread(target=interrupt_the_main_thread)
             interrupter.start()
             with pytest.raises(KeyboardInterrupt):
                 store.append("follower", deposit(), aggregate_type="Account")
-            assert len(store._queue) == 1  # only the leader's write is left
+            assert len(store._tx.queue) == 1  # only the leader's write is left
         leader.join(30)
         interrupter.join(30)
         assert not leader.is_alive() and outcome == {"lead": 1}
@@ -247,7 +247,7 @@ def test_contending_writers_in_large_groups_keep_exactly_their_acknowledged_appe
     with CrashDisk(sync_seconds=0.003), minies.EventStore(str(tmp_path / "race.db"), projections=[Balances()]) as store:
         acknowledged: list[tuple[str, int]] = []  # (event id, version returned)
         refused: list[str] = []
-        commits = store._commits
+        commits = store._tx.commits
 
         def racer() -> None:
             for _ in range(6):
@@ -273,7 +273,7 @@ def test_contending_writers_in_large_groups_keep_exactly_their_acknowledged_appe
         stored = {r.event_id: r.version for r in store.read("shared")}
         assert stored == dict(acknowledged) and sorted(stored.values()) == list(range(1, WRITERS * 6 + 1))
         assert not stored.keys() & set(refused) and refused  # the race happened, and lost nothing
-        assert store._commits - commits < len(acknowledged) + len(refused)  # refused ones shared commits too
+        assert store._tx.commits - commits < len(acknowledged) + len(refused)  # refused ones shared commits too
         live = store.query("SELECT * FROM balances ORDER BY account_id")
         store.rebuild("Balances")
         assert store.query("SELECT * FROM balances ORDER BY account_id") == live and store.verify().ok

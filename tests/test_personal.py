@@ -1302,7 +1302,7 @@ def test_a_process_without_personal_classes_opens_sealed_fields_only_where_the_f
     with minies.EventStore(sealed, readonly=True) as store:
         assert next(iter(store.read_all(raw=True))).data["email"] == "ann@example.com"
     with minies.EventStore(plain, readonly=True) as store:
-        with store._lock:
+        with store._tx.lock:
             assert store._read_view()[1] is None  # no key, no class: reads never look for sealed values
         assert [r.data for r in store.read_all()] == [Deposited(amount=1)]
 

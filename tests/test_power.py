@@ -128,7 +128,7 @@ def large_groups(path: str, durability: str, acks: Acks) -> None:
         for t in threads:
             t.join(60)
         if acks.alive():
-            acks.commits = store._commits
+            acks.commits = store._tx.commits
 
 
 def _quietly(work: Callable[[int], None], n: int) -> None:

@@ -256,12 +256,12 @@ def test_a_redelivery_commits_its_outputs_and_leaves_the_dead_letters_together(
     processor = store.processor("shipping", flaky, max_attempts=1, event_types=[OrderPlaced])
     assert processor.run() == 2 and len(processor.dead_letters()) == 1
     broken.clear()
-    sql = store._sql
+    sql = store._tx.sql
     # the outputs are written, then taking the input off the dead letters fails
-    monkeypatch.setattr(store, "_sql", types.SimpleNamespace(**{**vars(sql), "UNPARK": "SELECT no_such_function()"}))
+    monkeypatch.setattr(store._tx, "sql", types.SimpleNamespace(**{**vars(sql), "UNPARK": "SELECT no_such_function()"}))
     with pytest.raises(minies.MiniesError):
         processor.redeliver()
-    monkeypatch.setattr(store, "_sql", sql)
+    monkeypatch.setattr(store._tx, "sql", sql)
     assert shipped(store) == ["shipment-order-0"]  # its outputs went with it: nothing half done
     assert processor.redeliver() == 1
     assert shipped(store) == ["shipment-order-0", "shipment-order-1"]  # processed once

@@ -234,17 +234,17 @@ def in_one_group_commit(store: minies.EventStore, calls: list[Callable[[], objec
             outcomes[k] = e
 
     threads = []
-    store._lock.acquire()  # a commit in flight: every call queues
+    store._tx.lock.acquire()  # a commit in flight: every call queues
     try:
         for k in range(len(calls)):
             threads.append(threading.Thread(target=run, args=(k,)))
             threads[-1].start()
             deadline = time.monotonic() + 30
-            while len(store._queue) < k + 1:
+            while len(store._tx.queue) < k + 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.0005)
     finally:
-        store._lock.release()
+        store._tx.lock.release()
     for t in threads:
         t.join(30)
     return outcomes
@@ -953,18 +953,18 @@ def test_a_failed_group_commit_fails_every_append_in_it_with_the_same_error(db_p
             except minies.MiniesError as e:
                 outcomes[n] = e
 
-        store._lock.acquire()  # a commit in flight: the four appends queue behind it
+        store._tx.lock.acquire()  # a commit in flight: the four appends queue behind it
         try:
             threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
             for t in threads:
                 t.start()
             deadline = time.monotonic() + 30
-            while len(store._queue) < 4:
+            while len(store._tx.queue) < 4:
                 assert time.monotonic() < deadline
                 time.sleep(0.001)
             store._conn.set_commit_hook(lambda: True)  # the next commit fails
         finally:
-            store._lock.release()
+            store._tx.lock.release()
         for t in threads:
             t.join(30)
         store._conn.set_commit_hook(None)
@@ -990,7 +990,7 @@ def test_a_transaction_never_takes_another_threads_queued_write_into_its_rollbac
             store.append("a", deposit(), aggregate_type="Account")
             thread.start()  # its append queues behind this transaction
             deadline = time.monotonic() + 30
-            while not store._queue:
+            while not store._tx.queue:
                 assert time.monotonic() < deadline, "the other thread's append never queued"
                 time.sleep(0.001)
             store.append("a2", deposit(), aggregate_type="Account")

@@ -128,7 +128,7 @@ def test_follow_wakes_for_same_store_writers_and_stops(store: minies.EventStore)
 def test_follow_never_loses_a_wake_up(store: minies.EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit's wake-up can come while the follower is between its poll and its wait: it
     must still deliver (here every wake-up is lost, and only polling is left)."""
-    monkeypatch.setattr(store._changed, "notify_all", lambda: None)
+    monkeypatch.setattr(store._tx.changed, "notify_all", lambda: None)
     seen: list[int] = []
     stop = threading.Event()
     thread = threading.Thread(
