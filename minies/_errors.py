@@ -1,4 +1,4 @@
-"""The exception tree. Every error minies raises on purpose is a ``MiniesError``::
+"""The exception tree. Every error minies raises on purpose is a ``MiniesError``:
 
     MiniesError
     ├── ConcurrencyError      the aggregate moved on since you read it; reload and retry

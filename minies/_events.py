@@ -162,7 +162,7 @@ def metadata_scope(**metadata: Any) -> Iterator[dict[str, Any]]:
     """Add metadata to every event appended inside the block (this thread/task only).
 
     Typical keys are ``correlation_id``, ``causation_id`` and ``user_id``; scopes nest, the
-    inner value winning, and ``metadata=`` passed to ``append``/``save`` wins over both::
+    inner value winning, and ``metadata=`` passed to ``append``/``save`` wins over both:
 
         with minies.metadata_scope(correlation_id=request.id, user_id=user.id):
             store.save(order)

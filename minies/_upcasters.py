@@ -33,7 +33,7 @@ def _name(event_type: str | type[Event]) -> str:
 
 def upcaster(event_type: str | type[Event], from_version: int) -> Callable[[Upcaster], Upcaster]:
     """Register the decorated function to turn ``event_type`` payloads of ``from_version``
-    into ``from_version + 1`` (or into other events)::
+    into ``from_version + 1`` (or into other events):
 
         @minies.upcaster(OrderPlaced, 1)
         def add_currency(data):
