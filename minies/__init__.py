@@ -5,6 +5,7 @@ from minies._aio import AsyncEventStore
 from minies._audit import VerifyReport, repair
 from minies._copy import CopyReport, copy
 from minies._database import Database
+from minies._erasure import Erasure
 from minies._errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -22,7 +23,7 @@ from minies._personal import Personal, forgotten, sealed
 from minies._processors import Processor
 from minies._projections import Projection, RebuildReport
 from minies._roles import grant
-from minies._store import Erasure, EventStore, StoreInfo
+from minies._store import EventStore, StoreInfo
 from minies._subscriptions import DeadLetter, Subscription
 from minies._upcasters import rename, upcaster
 

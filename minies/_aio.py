@@ -21,9 +21,10 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
+from minies._erasure import Erasure
 from minies._events import Event, Recorded
 from minies._projections import RebuildReport
-from minies._store import Erasure, EventStore, StoreInfo
+from minies._store import EventStore, StoreInfo
 
 A = TypeVar("A", bound=Aggregate)
 P = ParamSpec("P")

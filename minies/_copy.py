@@ -106,7 +106,7 @@ def copy(
             stale = [(row[0], row[4]) for row in keys if row[2] is None and row[0] in live]
             for key_id, forgotten_at in stale:
                 dst._keys.destroy(dst._conn, [key_id], forgotten_at)
-            dropped = dst._drop_sealed_snapshots([key_id for key_id, _ in stale])
+            dropped = dst._eraser.drop_sealed_snapshots([key_id for key_id, _ in stale])
             dst._conn.executemany(dst._sql.COPY_KEY, keys)  # the rest: the key that seals snapshots
             dst._conn.executemany(dst._sql.COPY_EVENT_TYPE, types)
             dst._conn.execute(dst._sql.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described

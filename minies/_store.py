@@ -7,33 +7,35 @@ import contextlib
 import functools
 import os
 import typing
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
-from minies import _audit, _codec, _events, _personal, _snapshots, _upcasters
+from minies import _audit, _codec, _snapshots, _upcasters
 from minies._aggregate import Aggregate
+from minies._append import Appender
 from minies._audit import VerifyReport
-from minies._backends import Connection, open_backend, swallowed
+from minies._backends import Connection, open_backend
+from minies._erasure import Eraser, Erasure
 from minies._errors import (
     ConcurrencyError,
     DuplicateEventError,
     MiniesError,
     NotFound,
-    PersonalDataError,
     ProjectionError,
     SchemaError,
     SnapshotWarning,
     StorageError,
 )
-from minies._events import ANY, ERASURES, AnyVersion, Event, Recorded, SubjectForgotten, type_names
+from minies._events import ANY, AnyVersion, Event, Recorded, type_names
 from minies._keyring import Keyring
-from minies._log import Opener, Reach, read_aggregate, read_log
+from minies._log import Opener, read_aggregate, read_log
 from minies._processors import Processor
 from minies._projections import Projection, Projector, RebuildReport
+from minies._replay import Replayer, no_events
+from minies._stored_types import StoredTypes
 from minies._subscriptions import Subscription
 from minies._transactions import Transactions
 
@@ -110,10 +112,6 @@ class EventStore:
         if readonly and self._projector:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._saved: list[tuple[int, Aggregate, tuple[Event, ...]]] = []  # saves a rollback would undo
-        self._tip = _Tip()
-        self._stored_types: set[tuple[str, int]] = set()  # (event_type, schema_version) in the file
-        self._upcasting_key: tuple[int, int] | None = None
-        self._upcasting_value = False
         self.failed_projections: dict[str, ProjectionError] = {}
         self._backend = open_backend(path, durability=durability, timeout=self._timeout, readonly=readonly)
         self._tx = Transactions(self._backend, ended=self._ended, explain=self._explain)
@@ -123,9 +121,13 @@ class EventStore:
         try:
             self._keys = Keyring(key_encryption_key, self._file_version >= 4)
             self._db = self._backend.projection_db()
+            self._types = StoredTypes(self._file_version)
+            self._appender = Appender(self._tx, self._keys, self._types, self._projector, self._db)
+            self._replayer = Replayer(self._tx, self._read_view, self._keys.remedy)
+            self._eraser = Eraser(self._tx, self._keys, self._appender, self._projector, self._db)
             with self._tx.translate(f"cannot open {self._backend.where}"):
                 self._keys.check(self._conn)
-                self._stored_types = set(self._stored_type_rows(self._conn))
+                self._types.load(self._conn)
             self._open_projections(skip_failed_projections)
         except BaseException:
             self._backend.close()
@@ -161,13 +163,12 @@ class EventStore:
 
     def _forget(self) -> None:
         """After a rollback: cached knowledge of the log may describe writes that never happened."""
-        self._tip.clear()
+        self._appender.tip.clear()
         self._keys.clear()
         self._projector.forget()
         if not self._tx.closed:
             with contextlib.suppress(self._conn.Error):
-                self._stored_types = set(self._stored_type_rows(self._conn))
-        self._upcasting_key = None
+                self._types.load(self._conn)
 
     # ------------------------------------------------------------------ errors and transactions
     def _explain(self, error: BaseException) -> MiniesError | None:
@@ -180,7 +181,7 @@ class EventStore:
         aggregate_id, current, first_id = self._tx.appending
         if clash == "event_id":
             return DuplicateEventError(first_id, "by another event")
-        return ConcurrencyError(aggregate_id, current, self._version_after_clash(aggregate_id, current))
+        return ConcurrencyError(aggregate_id, current, self._appender.version_after_clash(aggregate_id, current))
 
     def _ended(self, kept: bool, committed: bool) -> None:
         """A transaction or savepoint ended (``Transactions``' hook)."""
@@ -189,7 +190,7 @@ class EventStore:
         if not kept:
             self._forget()
         if committed:
-            self._tip.committed(self._conn)
+            self._appender.tip.committed(self._conn)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[EventStore]:
@@ -232,224 +233,10 @@ class EventStore:
             TypeError, ValueError: bad arguments; nothing was written.
             StorageError: the file cannot be written (disk full, read-only, locked).
         """
-        rows_in = self._check_append(aggregate_id, events, aggregate_type, expected_version, event_ids)
+        rows_in = self._appender.check(aggregate_id, events, aggregate_type, expected_version, event_ids)
         meta = _codec.encode_metadata(metadata)
-        return self._tx.grouped(lambda: self._append(aggregate_id, aggregate_type, expected_version, meta, *rows_in))
-
-    def _check_append(
-        self,
-        aggregate_id: object,
-        events: object,
-        aggregate_type: object,
-        expected_version: object,
-        event_ids: object,
-    ) -> tuple[list[Event], list[str], list[str] | None]:
-        if not isinstance(aggregate_id, str):
-            raise TypeError(f"aggregate_id must be a str, got {type(aggregate_id).__name__}: {aggregate_id!r:.80}")
-        if not aggregate_id:
-            raise ValueError("aggregate_id must not be empty")
-        if not isinstance(aggregate_type, str) or not aggregate_type:
-            raise TypeError(f"aggregate_type must be a non-empty str, got {aggregate_type!r:.80}")
-        _check_text("aggregate_id", aggregate_id)
-        _check_text("aggregate_type", aggregate_type)
-        if isinstance(events, Event):
-            raise TypeError("events must be a sequence of events; wrap a single event in a list")
-        if not isinstance(events, (list, tuple)):
-            if isinstance(events, (str, bytes, Mapping)) or not isinstance(events, Iterable):
-                raise TypeError(f"events must be a list of minies.Event, got {type(events).__name__}")
-            events = list(events)
-        if not events:
-            raise ValueError(f"nothing to append to {aggregate_id!r}: the batch of events is empty")
-        if expected_version is not ANY and (
-            not isinstance(expected_version, int) or isinstance(expected_version, bool) or expected_version < 0
-        ):
-            raise TypeError(f"expected_version must be an int >= 0 or minies.ANY, got {expected_version!r}")
-        datas = [_codec.encode_event(e) for e in events]
-        ids: list[str] | None = None
-        if event_ids is not None:
-            if isinstance(event_ids, str) or not isinstance(event_ids, Sequence):
-                raise TypeError("event_ids must be a list of UUID strings, one per event")
-            if len(event_ids) != len(events):
-                raise ValueError(f"event_ids has {len(event_ids)} ids for {len(events)} events; give one per event")
-            ids = []
-            for value in event_ids:
-                try:
-                    ids.append(str(uuid.UUID(value if isinstance(value, str) else "")))
-                except ValueError:
-                    raise ValueError(f"event id {value!r} is not a UUID string") from None
-            if len(set(ids)) != len(ids):
-                raise ValueError("event_ids contains the same id twice")
-        return list(events), datas, ids
-
-    def _append(
-        self,
-        aggregate_id: str,
-        aggregate_type: str,
-        expected: int | AnyVersion,
-        meta: str,
-        events: list[Event],
-        datas: list[str],
-        ids: list[str] | None,
-        *,
-        fresh: bool = False,
-    ) -> int:
-        """``fresh``: the ids were made for this write (no earlier one can hold them: not looked up)."""
-        types = [event.event_type for event in events]
-        schemas = [event.schema_version for event in events]
-        already = None
-        if ids is not None and not fresh:
-            already = lambda: self._already_appended(aggregate_id, expected, events, datas, ids)  # noqa: E731
-        seal = None
-        if _personal.SEALED and any(type(event) in _personal.SEALED for event in events):
-            seal = functools.partial(self._keys.seal, self._conn, events, datas, aggregate_id=aggregate_id)
-        version, rows, created = self._write_events(
-            aggregate_id, aggregate_type, expected, meta, types, datas, schemas, ids, already, seal
-        )
-        if not rows:  # an idempotent retry of an append already recorded
-            return version
-        for event in events:
-            if (event.event_type, event.schema_version) not in self._stored_types:
-                self._remember_type(type(event))
-        if self._projector:
-            timestamp = _codec.parse_timestamp(created)
-            metadata = _codec.decode_metadata(meta)
-            records = [
-                Recorded(r[0], r[1], aggregate_id, aggregate_type, r[4], r[5], timestamp, e, metadata)
-                for r, e in zip(rows, events, strict=True)
-            ]
-            self._projector.apply(self._conn, self._db, records, rows[0][0] - 1, created)
-        return version
-
-    def _write_events(
-        self,
-        aggregate_id: str,
-        aggregate_type: str,
-        expected: int | AnyVersion,
-        meta: str,
-        types: list[str],
-        datas: list[str],
-        schemas: list[int],
-        ids: list[str] | None,
-        already: Callable[[], int | None] | None = None,
-        seal: Callable[..., list[str]] | None = None,
-    ) -> tuple[int, list[tuple[Any, ...]], str]:
-        """Insert encoded events after the aggregate's last: ``(new version, rows, created_at)``.
-
-        The caller holds the store's lock inside a write. ``already`` (when ``ids`` are given)
-        returns the version an identical earlier append reached, and then nothing is written
-        (the rows are empty). ``seal(ids=, now=)`` gives the payloads as stored, their personal
-        fields sealed (it needs the events' ids).
-        """
-        conn = self._conn
-        n = len(datas)
-        tip = self._tip
-        stream = (aggregate_id, aggregate_type)
-        known = tip.lookup(conn, stream) if self._tx.depth == 1 else None
-        if known is None:
-            state: Any = conn.execute(self._sql.APPEND_STATE, (aggregate_id,)).fetchone()
-            current, stored_type, head_position, previous = state if state else (0, None, 0, _audit.GENESIS)
-            current = current or 0
-            if stored_type is not None and stored_type != aggregate_type:
-                raise ValueError(
-                    f"aggregate {aggregate_id!r} is a {stored_type}, not a {aggregate_type}: one stream keeps "
-                    "one aggregate_type (it is how load() knows its class); nothing was written"
-                )
-        else:
-            current, head_position, previous = known
-        if already is not None:
-            done = already()
-            if done is not None:
-                return done, [], ""
-        if ids is None:
-            ids = _codec.new_event_ids(n)
-        if expected is not ANY and expected != current:
-            raise ConcurrencyError(aggregate_id, expected, current)
-        created = _codec.now_text()
-        if seal is not None:
-            datas = seal(ids=ids, now=created)
-        digests = _audit.chain_batch(
-            previous,
-            head_position + 1,
-            ids,
-            aggregate_id,
-            aggregate_type,
-            types,
-            current + 1,
-            datas,
-            meta,
-            created,
-            schemas,
-        )
-        rows = [
-            (head_position + k, event_id, aggregate_id, aggregate_type, t, current + k, data, meta, created, h, s)
-            for k, event_id, t, data, h, s in zip(range(1, n + 1), ids, types, datas, digests, schemas, strict=True)
-        ]
-        self._tx.appending = (aggregate_id, current, ids[0])
-        try:
-            conn.executemany(conn.sql.INSERT_EVENT, rows)
-            # No acknowledgement without the rows: something on the table (a trigger that
-            # RAISE(IGNORE)s, a rule DO INSTEAD NOTHING) may swallow an insert without an error.
-            # One row: the statement's own count, free. Several: count them (a batch's one query).
-            stored = conn.changes() if n == 1 else conn.execute(conn.sql.STORED_AFTER, (head_position,)).get
-        except conn.Error as e:
-            self._tx.raise_error(e, f"cannot append to {aggregate_id!r}")
-        if stored != n:
-            raise StorageError(swallowed(stored, n))
-        tip.stage(stream, current + n, head_position + n, digests[-1], self._tx.depth == 1)
-        return current + n, rows, created
-
-    def _version_after_clash(self, aggregate_id: str, believed: int) -> int:
-        """The aggregate's version now, as far as can be read after a failed insert."""
-        try:
-            return int(self._conn.execute(self._sql.AGGREGATE_VERSION, (aggregate_id,)).get)  # a row clashed: it exists
-        except self._conn.Error:  # PostgreSQL: the failed statement ended what the transaction can do
-            return believed + 1
-
-    def _already_appended(
-        self, aggregate_id: str, expected: int | AnyVersion, events: list[Event], datas: list[str], ids: list[str]
-    ) -> int | None:
-        """The version an identical earlier append reached, None if none; raise on a clash."""
-        found = [self._conn.execute(self._sql.EVENT_BY_ID, (i,)).fetchone() for i in ids]
-        if all(row is None for row in found):
-            return None
-        if any(row is None for row in found):
-            raise DuplicateEventError(ids[0], "by an earlier append that held only part of this batch")
-        first = found[0][1]
-        for k, (row, event, data, event_id) in enumerate(zip(found, events, datas, ids, strict=True)):
-            stored_aggregate, version, event_type, stored_data, _ = row
-            if stored_aggregate != aggregate_id:
-                raise DuplicateEventError(event_id, f"by an event of aggregate {stored_aggregate!r}")
-            if _personal.MARK in stored_data:  # sealed: compare what it holds (the nonces differ)
-                opened, gone = self._keys.open(self._conn, stored_data, event_id, f"event {event_id}", strict=True)
-                same = not gone and _codec.decode_payload(opened) == _codec.decode_payload(data)
-            else:
-                same = stored_data == data
-            if event_type != event.event_type or not same:
-                raise DuplicateEventError(event_id, f"by a different event ({event_type} at version {version})")
-            if version != first + k:
-                raise DuplicateEventError(event_id, "by an append with a different batch")
-        around = (aggregate_id, first - 1, first + len(ids), found[0][4])
-        if self._conn.execute(self._sql.SAME_APPEND_AROUND, around).get:
-            raise DuplicateEventError(ids[0], "by an append with a different batch (this is only part of it)")
-        if expected is not ANY and first != expected + 1:
-            raise DuplicateEventError(ids[0], f"by an append at version {first}, not {expected + 1}")
-        return int(first) + len(ids) - 1
-
-    def _remember_type(self, cls: type[Event]) -> None:
-        try:
-            schema = msgspec.json.encode(msgspec.json.schema(cls)).decode()
-        except Exception:  # a type msgspec cannot describe still stores fine
-            schema = "{}"
-        name, version = cls.event_type, cls.schema_version
-        self._conn.execute(
-            self._sql.ADD_TYPE, (name, version, f"{cls.__module__}.{cls.__qualname__}", schema, _codec.now_text())
-        )
-        self._stored_types.add((name, version))
-        self._upcasting_key = None  # (the commit counter counts only other connections' commits)
-
-    def _stored_type_rows(self, conn: Connection) -> list[tuple[str, int]]:
-        rows: list[Any] = conn.execute(self._sql.STORED_TYPES[self._file_version]).fetchall()
-        return rows
+        appender = self._appender
+        return self._tx.grouped(lambda: appender.append(aggregate_id, aggregate_type, expected_version, meta, *rows_in))
 
     def _read_view(self, strict: bool = False) -> tuple[bool, Opener | None]:
         """How a read must decode: ``(upcasting, opener)``; ``strict``: a sealed field this store
@@ -457,24 +244,9 @@ class EventStore:
         conn = self._tx.open()
         with self._tx.translate("cannot read"):
             commits = conn.commit_counter()  # what other connections did since the last read
-            upcasting = self._upcasting(conn, commits)
+            upcasting = self._types.upcasting(conn, commits)
             opener = functools.partial(self._keys.open, conn, strict=strict)
             return upcasting, opener if self._keys.active(conn, commits) else None
-
-    def _upcasting(self, conn: Connection, commits: int) -> bool:
-        """Must reads look at each event's schema version? Yes while upcasters or renames are
-        registered, or a class's version is not 1, or the file holds a type at a version newer
-        than its class here (so old code refuses those events instead of dropping fields)."""
-        key = (commits, _events.generation)
-        if key != self._upcasting_key:
-            if self._upcasting_key is not None and key[0] != self._upcasting_key[0]:
-                self._stored_types.update(self._stored_type_rows(conn))  # another connection wrote
-            registry = _events.registry
-            self._upcasting_value = _upcasters.active() or any(
-                name in registry and version > registry[name].schema_version for name, version in self._stored_types
-            )
-            self._upcasting_key = key
-        return self._upcasting_value
 
     # ------------------------------------------------------------------ reading
     def read(
@@ -579,13 +351,13 @@ class EventStore:
         loaded_at = aggregate.version - len(pending)
         every = self._snapshot_every.get(cls, cls.snapshot_every)
         meta = _codec.encode_metadata(metadata)
-        events, datas, _ = self._check_append(aggregate.id, pending, cls.aggregate_type, loaded_at, None)
+        events, datas, _ = self._appender.check(aggregate.id, pending, cls.aggregate_type, loaded_at, None)
         ids, retried = aggregate._event_ids(_codec.new_event_ids)
 
         skipped: list[str] = []
 
         def work() -> int:
-            version = self._append(
+            version = self._appender.append(
                 aggregate.id, cls.aggregate_type, loaded_at, meta, events, datas, ids, fresh=not retried
             )
             if every and version // every != loaded_at // every:
@@ -624,14 +396,14 @@ class EventStore:
             aggregate = _snapshots.latest(conn, cls, aggregate_id, last, functools.partial(self._keys.open_state, conn))
         if aggregate is None:
             aggregate = cls(id=aggregate_id)
-        found = self._replay(aggregate_id, cls.aggregate_type, aggregate.version, last, aggregate.apply)
+        found = self._replayer.replay(aggregate_id, cls.aggregate_type, aggregate.version, last, aggregate.apply)
         if found == 0 and aggregate.version > self.version(aggregate_id):
             # A snapshot ahead of the log (snapshots are outside the chain; versions have no
             # gaps, so only one with no later events can be): it must not stand in for events.
             aggregate = cls(id=aggregate_id)
-            found = self._replay(aggregate_id, cls.aggregate_type, 0, last, aggregate.apply)
+            found = self._replayer.replay(aggregate_id, cls.aggregate_type, 0, last, aggregate.apply)
         if found == 0 and aggregate.version == 0:
-            raise _no_events(aggregate_id, upto)
+            raise no_events(aggregate_id, upto)
         aggregate.version += found
         return aggregate
 
@@ -660,100 +432,10 @@ class EventStore:
         def step(event: Event) -> None:
             state[0] = evolve(state[0], event)
 
-        found = self._replay(aggregate_id, aggregate_type, 0, last, step)
+        found = self._replayer.replay(aggregate_id, aggregate_type, 0, last, step)
         if found == 0:
-            raise _no_events(aggregate_id, upto)
+            raise no_events(aggregate_id, upto)
         return state[0], found
-
-    def _replay(
-        self, aggregate_id: str, aggregate_type: str | None, after: int, upto: int, step: Callable[[Event], None]
-    ) -> int:
-        """Feed events ``after < version <= upto`` to ``step``; return how many there were.
-
-        SQLite assembles each chunk into one JSON array, so the per-event Python work is
-        the decode and ``step`` alone.
-        """
-        with self._tx.lock:
-            upcasting, opener = self._read_view()
-        if upcasting:
-            return self._replay_records(aggregate_id, aggregate_type, after, upto, step, opener)
-        decoders = _codec.decoders()
-        total = 0
-        while after < upto:
-            with self._tx.lock, self._tx.translate("cannot read"):
-                row: Any = (
-                    self._tx.open()
-                    .execute(self._sql.READ_AGGREGATE_PAYLOADS, (aggregate_id, after, min(upto, after + _LOAD_CHUNK)))
-                    .fetchone()
-                )
-            payloads, types, high, count, low_type, high_type = row
-            if not count:
-                break
-            if opener is not None and _personal.MARK in payloads:  # opening a sealed field needs its event's id
-                return total + self._replay_records(aggregate_id, aggregate_type, after, upto, step, opener)
-            if aggregate_type is not None and (low_type != aggregate_type or high_type != aggregate_type):
-                raise SchemaError(
-                    f"aggregate {aggregate_id!r} holds {low_type} events, not {aggregate_type}; "
-                    "load it with the matching class"
-                )
-            raws = _decode_raws(payloads)
-            event_types = types.split(",")
-            if len(raws) != count or len(event_types) != count:
-                raise SchemaError(f"the events of aggregate {aggregate_id!r} after version {after} are damaged")
-            unknown = set(event_types).difference(_events.registry)
-            if unknown:
-                raise _no_class(aggregate_id, unknown)
-            raw = None
-            try:
-                for event_type, raw in zip(event_types, raws):  # noqa: B905 - lengths checked above
-                    step(decoders[event_type](raw))
-            except Exception as e:
-                version = after + 1 + next(i for i, r in enumerate(raws) if r is raw)
-                if isinstance(e, msgspec.ValidationError | msgspec.DecodeError):
-                    raise SchemaError(
-                        f"event {version} of aggregate {aggregate_id!r} does not decode with the current class: {e}"
-                    ) from e
-                e.add_note(f"while applying event {version} of aggregate {aggregate_id!r}")
-                raise
-            total += count
-            after = high
-            if count < _LOAD_CHUNK:
-                break
-        return total
-
-    def _replay_records(
-        self,
-        aggregate_id: str,
-        aggregate_type: str | None,
-        after: int,
-        upto: int,
-        step: Callable[[Event], None],
-        opener: Opener | None,
-    ) -> int:
-        """``_replay`` through the records, which upcast and open sealed fields."""
-        reach = Reach(after)
-        conn, lock = self._tx.open(), self._tx.reading()
-        records = read_aggregate(conn, True, aggregate_id, after, upto, lock, False, opener, reach)
-        for record in records:
-            if aggregate_type is not None and record.aggregate_type != aggregate_type:
-                raise SchemaError(
-                    f"aggregate {aggregate_id!r} holds {record.aggregate_type} events, not {aggregate_type}; "
-                    "load it with the matching class"
-                )
-            if isinstance(record.data, dict):
-                raise _no_class(aggregate_id, {record.event_type})
-            hidden = _personal.sealed(record.data)
-            if hidden:
-                raise PersonalDataError(
-                    f"aggregate {aggregate_id!r} cannot be loaded: its event {record.version} holds personal fields "
-                    f"this store cannot open ({', '.join(sorted(hidden))}); {self._keys.remedy()}"
-                )
-            try:
-                step(record.data)
-            except Exception as e:
-                e.add_note(f"while applying event {record.version} of aggregate {aggregate_id!r}")
-                raise
-        return reach.last - after  # the last version applied: later appends are not in this state
 
     # ------------------------------------------------------------------ schema evolution
     def event_types(self) -> list[tuple[str, int, int]]:
@@ -893,7 +575,7 @@ class EventStore:
 
         def replayed(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate:
             aggregate = cls(id=aggregate_id)
-            aggregate.version = self._replay(aggregate_id, cls.aggregate_type, 0, version, aggregate.apply)
+            aggregate.version = self._replayer.replay(aggregate_id, cls.aggregate_type, 0, version, aggregate.apply)
             return aggregate
 
         checked, unchecked, problem = _snapshots.check_all(rows, stored, replayed)
@@ -947,65 +629,11 @@ class EventStore:
             raise ValueError("subject must not be empty")
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, got {type(reason).__name__}")
-        meta = _codec.encode_metadata(metadata)
-        event = SubjectForgotten(subject=subject, reason=reason)
-        nothing = Erasure(subject, 0, [], [], 0, False)
-        with self._tx.lock:
-            if not self._keys.enabled:
-                return nothing
-            with self._tx.write(), self._tx.translate(f"cannot forget {subject!r}"):
-                conn = self._conn
-                keys = self._keys.forget(conn, subject, _codec.now_text())
-                if not keys:
-                    return nothing
-                holders = self._drop_sealed_snapshots(keys)
-                self._projector.erased.clear()  # the event's inline apply cleans the read models
-                self._append(ERASURES, ERASURES, ANY, meta, [event], [_codec.encode_event(event)], None)
-                cleaned = sorted(set(self._projector.erased))
-                position = int(conn.execute(self._sql.HEAD_POSITION).get)
-            purged = self._backend.purge(snapshots=bool(holders))
-        return Erasure(subject, len(keys), holders, cleaned, position, purged)
-
-    def _drop_sealed_snapshots(self, keys: Sequence[str]) -> list[str]:
-        """Drop the snapshots of every aggregate holding a value sealed under one of ``keys``
-        (a snapshot holds the plaintext); return those aggregates. Inside the caller's write."""
-        conn = self._conn
-        holders = sorted(
-            {row[0] for key in keys for row in conn.execute(self._sql.SEALED_AGGREGATES, (_personal.sealed_by(key),))}
-        )
-        for aggregate_id in holders:
-            conn.execute(self._sql.DROP_SNAPSHOTS_OF, (aggregate_id,))
-        return holders
+        return self._eraser.forget(subject, reason, _codec.encode_metadata(metadata))
 
     def _received(self, rows: Sequence[Sequence[Any]], keys: Sequence[Sequence[Any]] = ()) -> bool:
-        """Take in ``rows`` (stored events this store did not write: a copy's, stored already)
-        and the key rows ``keys`` their sealed fields need. The erasures among them are applied
-        exactly as the ``forget`` that recorded each: the subject's keys that sealed events
-        before it are destroyed and the snapshots holding their data dropped; then the keys are
-        stored, and this store's read models brought up to the head (which cleans them: their
-        ``forget`` hook, or a rebuild).
-
-        Callers hold the lock inside the write that stored ``rows``; all of it commits with
-        them. True if a key was destroyed or a read model cleaned: then ``purge`` once the
-        write has committed.
-        """
-        conn = self._conn
-        destroyed = False
-        for row in rows:
-            if row[4] == SubjectForgotten.event_type:
-                subject = msgspec.json.decode(row[6])["subject"]
-                gone = self._keys.forget(conn, subject, row[8], before=row[0])
-                self._drop_sealed_snapshots(gone)
-                destroyed = destroyed or bool(gone)
-        if keys:  # (a subject forgotten and written again has a second key: it fits once the first is gone)
-            conn.executemany(self._sql.COPY_KEY, keys)
-            self._keys.clear()
-        self._projector.erased.clear()
-        for name in self._projector.projections:
-            self._projector.catch_up(conn, self._db, name)
-        self._projector.forget()
-        self._tip.clear()
-        return destroyed or bool(self._projector.erased)
+        """Take in a copy's ``rows`` and the keys they need, erasures applied (``Eraser.received``)."""
+        return self._eraser.received(rows, keys)
 
     def backup(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent single-file copy (no ``-wal`` needed) to ``path``.
@@ -1054,28 +682,6 @@ class EventStore:
         return f"<minies.EventStore {self._backend.where!r} ({state})>"
 
 
-class Erasure(msgspec.Struct, frozen=True):
-    """What ``EventStore.forget`` did.
-
-    Attributes:
-        subject: the data subject forgotten.
-        keys: how many of its keys were destroyed (0: it had none; nothing was written).
-        snapshots_dropped: the aggregates whose snapshots held its data and were dropped.
-        projections: the read models cleaned, by their ``forget`` hook or a rebuild.
-        position: the ``SubjectForgotten`` event's position (0 if none was written).
-        purged: the old bytes left the files too (SQLite's WAL truncated: False if a reader
-            kept old pages in use, which leave at the next checkpoint, or on close; PostgreSQL's
-            keys and snapshots tables rewritten: False if that failed).
-    """
-
-    subject: str
-    keys: int
-    snapshots_dropped: list[str]
-    projections: list[str]
-    position: int
-    purged: bool
-
-
 class StoreInfo(msgspec.Struct, frozen=True):
     """What ``EventStore.info`` reports.
 
@@ -1094,91 +700,6 @@ class StoreInfo(msgspec.Struct, frozen=True):
     projections: list[tuple[str, int, int, str]]
     subscriptions: list[tuple[str, int, str]]
     forgotten_subjects: int = 0
-
-
-class _Tip:
-    """What this store knows of the log's tip: the head and recent aggregates' versions.
-
-    An append must know the head (position and hash) and the aggregate's version; querying
-    them costs more than the rest of a single-event append. The cache is valid only while no
-    other connection has committed since our last commit, which SQLite's data version tells
-    for free inside a write (https://sqlite.org/c3ref/c_fcntl_begin_atomic_write.html#sqlitefcntldataversion).
-    Only a store's own top-level appends fill it; anything else empties it.
-    """
-
-    __slots__ = ("_data_version", "_head", "_staged", "_versions")
-    _LIMIT: Final = 10_000
-
-    def __init__(self) -> None:
-        self._data_version: int | None = None
-        self._head: tuple[int, bytes] = (0, _audit.GENESIS)
-        self._versions: dict[tuple[str, str], int] = {}
-        self._staged: tuple[tuple[str, str], int, int, bytes] | None = None
-
-    def lookup(self, conn: Connection, stream: tuple[str, str]) -> tuple[int, int, bytes] | None:
-        """(version, head position, head hash) of an ``(aggregate_id, aggregate_type)``, or
-        None if the cache cannot vouch for them."""
-        if self._data_version != conn.data_version():
-            self._data_version = None
-            return None
-        if self._staged is not None:  # an earlier append of this transaction moved the head
-            return None
-        version = self._versions.get(stream)
-        return None if version is None else (version, *self._head)
-
-    def stage(self, stream: tuple[str, str], version: int, position: int, digest: bytes, alone: bool) -> None:
-        """Note an append in progress; ``alone``: the transaction is the append's own."""
-        alone = alone and self._staged is None
-        self._staged = (stream, version, position, digest) if alone else None
-        if not alone:
-            self._data_version = None
-
-    def committed(self, conn: Connection) -> None:
-        staged, self._staged = self._staged, None
-        if staged is None or (self._data_version is None and self._versions):
-            self.clear()
-            if staged is None:
-                return
-        stream, version, position, digest = staged
-        if len(self._versions) >= self._LIMIT:
-            self._versions.clear()
-        self._versions[stream] = version
-        self._head = (position, digest)
-        self._data_version = conn.data_version()
-
-    def clear(self) -> None:
-        self._data_version = None
-        self._staged = None
-        self._versions.clear()
-
-
-def _no_events(aggregate_id: str, upto: int | None) -> NotFound:
-    return NotFound(
-        f"aggregate {aggregate_id!r} has no events" + (f" at or below version {upto}" if upto is not None else "")
-    )
-
-
-def _no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:
-    names = ", ".join(sorted(event_types))
-    return SchemaError(
-        f"aggregate {aggregate_id!r} holds events of types with no class in this process ({names}); "
-        "import the module that defines them (read() returns such events as dicts)"
-    )
-
-
-def _check_text(what: str, value: str) -> None:
-    """Ids are stored as SQLite text: valid UTF-8 with no NUL, which C-string tools cut short."""
-    if value.isascii():
-        if "\x00" not in value:
-            return
-    else:
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise ValueError(f"{what} {value!r:.80} is not valid Unicode text (a lone surrogate?)") from None
-        if "\x00" not in value:
-            return
-    raise ValueError(f"{what} {value!r:.80} contains a NUL character; ids must be plain text")
 
 
 def _check_str(what: str, value: object) -> None:

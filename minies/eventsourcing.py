@@ -193,7 +193,7 @@ class MiniesAggregateRecorder(MiniesRecorder, AggregateRecorder):
                 "nothing was written"
             )
         try:
-            _, rows, _ = store._write_events(
+            _, rows, _ = store._appender.write_events(
                 aggregate_id,
                 aggregate_type,
                 first - base,

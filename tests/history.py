@@ -586,27 +586,27 @@ def run_processes(plan: Plan, folder: Path, kill: bool) -> list[Op]:
     return [op for _, client in roles for op in read_recording(folder / f"client-{client}.jsonl")]
 
 
-def _replay_records_before_the_fix(  # type: ignore[no-untyped-def]
+def _records_before_the_fix(  # type: ignore[no-untyped-def]
     self, aggregate_id, aggregate_type, after, upto, step, opener
 ) -> int:
     """minies 0.2's per-record replay: the version read by a separate query after the records."""
     from minies._log import read_aggregate
 
-    for record in read_aggregate(self._open(), True, aggregate_id, after, upto, self._reading(), False, opener):
+    for record in read_aggregate(self._tx.open(), True, aggregate_id, after, upto, self._tx.reading(), False, opener):
         step(record.data)
-    with self._lock:
+    with self._tx.lock:
         sql = "SELECT max(version) FROM events WHERE aggregate_id = ? AND version <= ?"
-        high = self._open().execute(sql, (aggregate_id, upto)).get
+        high = self._tx.open().execute(sql, (aggregate_id, upto)).get
     return max(0, int(high or 0) - after)
 
 
 def reintroduce(bug: str) -> None:
     """Put a fixed bug back (in this process), to show that a checker catches it."""
-    from minies._store import EventStore
+    from minies._replay import Replayer
     from minies._subscriptions import Subscription
 
     if bug == "load-version":
-        EventStore._replay_records = _replay_records_before_the_fix  # type: ignore[method-assign]
+        Replayer._records = _records_before_the_fix  # type: ignore[method-assign]
     elif bug == "processor-claim":
         Subscription._claim = lambda self: None  # type: ignore[method-assign]
     else:

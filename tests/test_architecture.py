@@ -21,14 +21,14 @@ LAYERS = [
         "_backends.postgres",
         "_backends",
     },
-    {"_transactions", "_keyring", "_log", "_audit", "_snapshots", "_projections"},
+    {"_transactions", "_keyring", "_stored_types", "_log", "_audit", "_snapshots", "_projections", "_append", "_replay", "_erasure"},
     {"_subscriptions", "_processors"},
     {"_store", "_aio"},
     {"_copy", "_roles", "eventsourcing", "_cli", "_demo", "testing", "__init__", "__main__"},
 ]
 # The debts ARCHITECTURE.md names: (importer, imported) and module sizes, as they are today.
 UPWARD_DEBTS: set[tuple[str, str]] = set()
-SIZE_DEBTS = {"_store": 1200, "_backends.postgres": 883, "_backends.postgres_sql": 606}
+SIZE_DEBTS = {"_backends.postgres": 883, "_backends.postgres_sql": 606}
 LIMIT = 600
 
 
