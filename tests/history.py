@@ -372,7 +372,11 @@ def _flavour(flavour: str) -> None:
 
 def run_threads(plan: Plan, shared: bool, chaos: bool) -> list[Op]:
     """Threads sharing a store or with a store each. ``chaos``: PostgreSQL's server drops
-    sessions now and then; a file's disk fails every 4th sync of its WAL."""
+    sessions now and then; the disk of a file shared by one store fails every 4th sync of its
+    WAL. (Not under a store each: the simulated disk is a Python VFS, so SQLite's busy waits
+    of seven connections go through the GIL, and a history takes minutes.)"""
+    if chaos and not plan.location.startswith("postgres") and not shared:
+        return _run_threads(plan, shared, chaos=False)
     if chaos and not plan.location.startswith("postgres"):
         from crashdisk import CrashDisk
 

@@ -1622,7 +1622,7 @@ def test_a_copy_repairs_a_target_that_holds_an_erasure_but_not_its_effect(tmp_pa
         store.forget("c1")
         rows = store._conn.execute(store._sql.RAW_EVENTS, (2, 10)).fetchall()
     with minies.EventStore(target) as old:  # what the old copy did: the rows alone
-        with old._lock, old._write():
+        with old._tx.lock, old._tx.write():
             old._conn.executemany(old._sql.INSERT_EVENT, rows)
         assert next(iter(old.read("c1"))).data.email == "ann@example.com"
     assert minies.copy(source, target).copied == 0
