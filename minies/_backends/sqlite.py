@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, NoReturn
 
 import apsw
@@ -129,13 +129,8 @@ class SqliteBackend:
             conn.pragma("secure_delete", True)
             conn.pragma("journal_size_limit", 64 * 1024 * 1024)
             if version != sqlite_sql.SCHEMA_VERSION:
-                conn.execute(sqlite_sql.BEGIN)  # the write lock: another process may be at it too
-                try:
+                with _writing(conn):  # the write lock: another process may be at it too
                     sqlite_sql.create_or_migrate(conn, sqlite_sql.identify(conn, repr(self.path)))
-                    conn.execute(sqlite_sql.COMMIT)
-                except BaseException:
-                    conn.execute(sqlite_sql.ROLLBACK)
-                    raise
             self.unguarded = self.guards()
         except apsw.Error as e:
             self.raise_error(e, f"cannot open {self.path!r}")
@@ -274,8 +269,7 @@ class SqliteBackend:
         conn = self.conn
         where = repr(self.path)
         try:
-            conn.execute(sqlite_sql.BEGIN)  # the write lock: no append between the check and the guards
-            try:
+            with _writing(conn):  # the write lock: no append between the check and the guards
                 found = {name: " ".join(str(sql).split()) for name, sql in conn.execute(sqlite_sql.TRIGGER_SQL)}
                 expected = {name: " ".join(sql.split()) for name, sql in sqlite_sql.TRIGGERS.items()}
                 others = [f"{name} (on events)" for name in sorted(found.keys() - expected.keys())]
@@ -296,10 +290,6 @@ class SqliteBackend:
                 for name in redone:
                     conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
                     conn.execute(sqlite_sql.TRIGGERS[name])
-                conn.execute(sqlite_sql.COMMIT)
-            except BaseException:
-                conn.execute(sqlite_sql.ROLLBACK)
-                raise
             self.unguarded = self.guards()
         except apsw.Error as e:
             self.raise_error(e, f"cannot repair {where}")
@@ -540,3 +530,15 @@ def _refusal(db: Database, action: int, one: str, two: str, schema: str | None) 
 def _read_only(path: str) -> bool:
     """Is ``path`` an existing file that cannot be written (read-only media, permissions)?"""
     return os.path.isfile(path) and not os.access(path, os.W_OK)  # EROFS on read-only media, EACCES
+
+
+@contextlib.contextmanager
+def _writing(conn: Connection) -> Iterator[None]:
+    """The backend's own write transaction (opening, repair): committed, or rolled back."""
+    conn.execute(sqlite_sql.BEGIN)
+    try:
+        yield
+    except BaseException:
+        conn.execute(sqlite_sql.ROLLBACK)
+        raise
+    conn.execute(sqlite_sql.COMMIT)
