@@ -122,7 +122,7 @@ def tamper(store: minies.EventStore, update: str, params: tuple[Any, ...] = ()) 
         return
     import psycopg
 
-    from minies._backends.postgres import translate
+    from minies._backends.postgres_connection import translate
 
     dsn, _, schema = owner_url(store.path).partition("?schema=")
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -18,17 +18,19 @@ LAYERS = [
         "_backends.sqlite_sql",
         "_backends.postgres_sql",
         "_backends.sqlite",
+        "_backends.postgres_connection",
+        "_backends.postgres_screen",
         "_backends.postgres",
         "_backends",
     },
-    {"_transactions", "_keyring", "_stored_types", "_log", "_audit", "_snapshots", "_projections", "_append", "_replay", "_erasure"},
+    {"_transactions", "_keyring", "_stored_types", "_log", "_audit", "_snapshots", "_projections", "_append", "_replay", "_erasure", "_seals"},
     {"_subscriptions", "_processors"},
     {"_store", "_aio"},
     {"_copy", "_roles", "eventsourcing", "_cli", "_demo", "testing", "__init__", "__main__"},
 ]
 # The debts ARCHITECTURE.md names: (importer, imported) and module sizes, as they are today.
 UPWARD_DEBTS: set[tuple[str, str]] = set()
-SIZE_DEBTS = {"_store": 721, "_backends.postgres": 883, "_backends.postgres_sql": 606}
+SIZE_DEBTS = {"_store": 721, "_backends.postgres_sql": 606}
 LIMIT = 600
 
 

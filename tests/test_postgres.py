@@ -28,7 +28,7 @@ from conftest import run_python
 from domain import AccountOpened, Balances, MoneyDeposited, SnappedAccount
 
 import minies
-from minies._backends.postgres import translate
+from minies._backends.postgres_connection import translate
 
 
 def psql(url: str, sql: str) -> subprocess.CompletedProcess[str]:
@@ -1217,7 +1217,7 @@ def test_an_unreachable_server_says_why_on_one_line() -> None:
 
 
 def test_a_server_error_without_text_is_named_by_its_class() -> None:
-    from minies._backends.postgres import _first_line
+    from minies._backends.postgres_connection import first_line as _first_line
 
     assert _first_line(psycopg.OperationalError()) == "OperationalError"
     assert _first_line(psycopg.OperationalError("  first\nsecond  ")) == "first"
