@@ -26,6 +26,8 @@ from minies._backends import is_url, shown
 from minies._errors import MiniesError
 from minies._events import Recorded, registry
 from minies._projections import Projection
+from minies._report import visible
+from minies._report import write as write_report
 from minies._store import EventStore
 
 _encode = msgspec.json.Encoder().encode
@@ -113,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
         help="app: append, read, run projections; reader: read; auditor: read the log and verify",
     )
     command("repair", _repair, "re-create minies' own triggers (and a server's functions) if the log verifies")
+    report = command("report", _report, "write a self-contained HTML page for an auditor (verdict, summaries, events)")
+    report.add_argument("-o", "--output", metavar="OUT", required=True, help="the HTML file to write (must not exist)")
+    report.add_argument(
+        "--latest", metavar="N", type=_count, default=2000, help="how many of the latest events its table holds"
+    )
+    _imports(report)
     snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
     snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
     return parser
@@ -272,7 +280,13 @@ def _info(args: argparse.Namespace) -> int:
         if is_url(args.file):
             out(f"server          {shown(args.file)}\n")
         else:
-            out(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)\n")
+            wal = args.file + "-wal"
+            size = os.path.getsize(args.file)
+            if os.path.exists(wal):
+                wal_size = os.path.getsize(wal)
+                out(f"file            {args.file} ({size + wal_size:,} bytes: {size:,} + {wal_size:,} in its -wal)\n")
+            else:
+                out(f"file            {args.file} ({size:,} bytes)\n")
         out(f"schema version  {info.schema_version}\n")
         out(f"events          {_plural(info.events, 'event')} in {_plural(info.aggregates, 'aggregate')}\n")
         out(f"head            {position} {digest or '-'}\n")
@@ -307,10 +321,11 @@ def _events(args: argparse.Namespace) -> int:
             return 0
         out.write(f"{'position':>8}  {'time (UTC)':<26} {'aggregate':<20} {'version':>7}  {'type':<24} data\n")
         for r in _selected(store, args):
-            data = _encode(r.data).decode()
+            data = visible(_encode(r.data).decode())
             data = data if len(data) <= 60 else data[:59] + "…"
             stamp = r.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f")
-            aggregate, event_type = r.aggregate_id[:20], r.event_type[:24]
+            # Ids are never cut (one must paste back into --aggregate); invisible characters are written out.
+            aggregate, event_type = visible(r.aggregate_id), visible(r.event_type)
             out.write(f"{r.position:>8}  {stamp:<26} {aggregate:<20} {r.version:>7}  {event_type:<24} {data}\n")
     return 0
 
@@ -460,6 +475,19 @@ def _backup(args: argparse.Namespace) -> int:
     with _open(args) as store:
         store.backup(args.output)
     print(f"backed up {args.file} to {args.output}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    _import_all(args.modules)
+    verdict = write_report(
+        args.file,
+        args.output,
+        snapshots=bool(args.modules),
+        latest=args.latest,
+        key_encryption_key=_key_encryption_key(),
+    )
+    print(f"wrote {args.output}: {'intact' if verdict.ok else 'NOT intact'}; open it in a browser")
     return 0
 
 

@@ -227,3 +227,19 @@ def test_events_and_export_upcast_with_import(tmp_path: Path) -> None:
             {"customer_id": "cust-1", "total": 129.99, "currency": "EUR"},
             {"customer_id": "cust-1", "total": 5.5, "currency": "EUR"},
         ]
+
+
+def test_what_an_auditor_reads_is_whole_and_visible(db_path: str) -> None:
+    """events prints an id whole (it can be pasted back) and a bidi override written out;
+    info counts the -wal, where a store still open keeps its newest pages."""
+    long_id = "3f2b8c1e-5d4a-4e8b-9c7d-1a2b3c4d5e6f"
+    with minies.EventStore(db_path) as store:
+        store.append(long_id, [MoneyDeposited(amount=1)], aggregate_type="Account")
+        store.append("evil\u202etxt.exe", [OrderPlaced(customer_id="\u2066x\u2069", total=1.0)], aggregate_type="Order")
+        table = cli("events", db_path).stdout
+        assert long_id in table and cli("events", db_path, "--aggregate", long_id).stdout.count(long_id) == 1
+        assert "evil\\u202etxt.exe" in table and "\\u2066x\\u2069" in table and "\u202e" not in table
+        wal = os.path.getsize(db_path + "-wal")
+        assert wal > 0
+        size = os.path.getsize(db_path)
+        assert f"({size + wal:,} bytes: {size:,} + {wal:,} in its -wal)" in cli("info", db_path).stdout

@@ -1,0 +1,239 @@
+"""minies report: one self-contained HTML file, checked in a real browser (headless Chromium).
+
+Each case opens the report from a file:// URL and checks what an auditor sees: the verdict, the
+chart's bars against the log's counts, search and paging in the events table, invisible
+characters written out, no request leaving the page and no console error. A screenshot of each
+case is saved under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import minies
+from minies._report import visible
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+class Opened(minies.Event, frozen=True):
+    event_type = "report_test.Opened"
+    owner: str
+
+
+class Deposited(minies.Event, frozen=True):
+    event_type = "report_test.Deposited"
+    amount: int
+
+
+class Registered(minies.Event, frozen=True):
+    event_type = "report_test.Registered"
+    customer: str
+    email: minies.Personal[str] = ""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM and DRIVER):
+        missing = "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+        if os.environ.get("MINIES_REQUIRE_BROWSER"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1280,3000")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shop(path: Path, events: int = 130) -> None:
+    """Two aggregate types, one id with a right-to-left override in it."""
+    with minies.EventStore(path) as store:
+        for n in range(events // 10):
+            store.append(f"acc-{n}", [Opened(owner=f"owner {n}")], aggregate_type="Account")
+            store.append(f"acc-{n}", [Deposited(amount=k) for k in range(1, 9)], aggregate_type="Account")
+            store.append(f"cart-{n}", [Deposited(amount=n)], aggregate_type="Cart")
+        store.append("evil\u202etxt.exe", [Opened(owner="<script>alert(1)</script>")], aggregate_type="Account")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def report(path: Path, *extra: str) -> Path:
+    out = path.with_suffix(".html")
+    before = digest(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "minies", "report", str(path), "-o", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert digest(path) == before  # read-only: the evidence is left byte for byte as it was
+    return out
+
+
+def open_page(browser: Any, page: Path, shot: Path) -> None:
+    browser.get_log("browser")  # drop what an earlier page logged
+    browser.get(page.as_uri())
+    browser.save_screenshot(str(shot))
+
+
+def check_clean_page(browser: Any) -> None:
+    """Nothing left the page, and nothing went wrong in it."""
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
+
+
+def text(browser: Any, selector: str) -> str:
+    return str(browser.find_element("css selector", selector).text)
+
+
+def bars(browser: Any) -> dict[str, int]:
+    """The chart's bars summed by aggregate type, from their data attributes."""
+    found: dict[str, int] = {}
+    for bar in browser.find_elements("css selector", "#chart-svg rect.bar"):
+        kind = bar.get_attribute("data-type")
+        found[kind] = found.get(kind, 0) + int(bar.get_attribute("data-count"))
+    return found
+
+
+def test_visible_writes_out_invisible_characters() -> None:
+    assert visible("plain text, ünïcödé") == "plain text, ünïcödé"
+    assert visible("evil\u202etxt") == "evil\\u202etxt"
+    assert visible("a\tb\x00c\u200bd\U000e0041") == "a\\u0009b\\u0000c\\u200bd\\U000e0041"
+
+
+def test_a_clean_file(browser: Any, tmp_path: Path) -> None:
+    db = tmp_path / "clean.db"
+    shop(db)
+    page = report(db)
+    assert "http://" not in page.read_text() and "https://" not in page.read_text()
+    open_page(browser, page, tmp_path / "clean.png")
+    assert browser.find_element("id", "verdict").get_attribute("data-ok") == "true"
+    assert text(browser, "#verdict h2") == "Intact"
+    assert "All 131 events were re-hashed" in text(browser, "#verdict")
+    with minies.EventStore(db, readonly=True) as store:
+        counts = dict(store.query("SELECT aggregate_type, count(*) FROM events GROUP BY 1"))
+    assert bars(browser) == counts == {"Account": 118, "Cart": 13}
+
+    rows = browser.find_elements("css selector", "#events-table tbody tr")
+    assert len(rows) == 50
+    assert rows[0].find_elements("css selector", "td")[0].text == "131"  # newest first
+    assert "page 1 of 3" in text(browser, "#page-status")
+    browser.find_element("id", "next").click()
+    browser.find_element("id", "next").click()
+    assert text(browser, "#page-status") == "events 101\u2013131 of 131 · page 3 of 3"
+    assert len(browser.find_elements("css selector", "#events-table tbody tr")) == 31
+    assert not browser.find_element("id", "prev").get_attribute("disabled")
+    assert browser.find_element("id", "next").get_attribute("disabled")
+
+    search = browser.find_element("id", "search")
+    search.send_keys("cart-7")
+    rows = browser.find_elements("css selector", "#events-table tbody tr")
+    assert [r.find_elements("css selector", "td")[2].text for r in rows] == ["cart-7"]
+    search.clear()
+    search.send_keys("\\u202e")  # what an auditor sees, they can search for
+    (row,) = browser.find_elements("css selector", "#events-table tbody tr")
+    cells = [c.text for c in row.find_elements("css selector", "td")]
+    assert cells[2] == "evil\\u202etxt.exe"  # written out, not obeyed
+    assert cells[5] == '{"owner":"<script>alert(1)</script>"}'  # a value, not markup
+    assert browser.execute_script("return window.alert.toString().indexOf('native') >= 0")
+
+    row.find_element("css selector", "a").click()  # the aggregate's history, by its anchor
+    assert browser.execute_script("return location.hash") == "#aggregate=evil%5Cu202etxt.exe"
+    assert text(browser, "#aggregate-view h3") == "History of aggregate evil\\u202etxt.exe"
+    browser.get(page.as_uri() + "#aggregate=acc-3")
+    browser.refresh()
+    ids = {
+        r.find_elements("css selector", "td")[2].text
+        for r in browser.find_elements("css selector", "#events-table tbody tr")
+    }
+    assert ids == {"acc-3"} and "9 of its events" in text(browser, "#aggregate-view")
+    check_clean_page(browser)
+
+
+def test_a_tampered_file(browser: Any, tmp_path: Path) -> None:
+    db = tmp_path / "tampered.db"
+    shop(db)
+    tamper = textwrap.dedent(
+        f"""
+        import sqlite3
+        con = sqlite3.connect({str(db)!r})
+        (trigger,) = con.execute("SELECT sql FROM sqlite_master WHERE name = 'events_no_update'").fetchone()
+        con.execute("DROP TRIGGER events_no_update")
+        con.execute("UPDATE events SET data = '{{\\"amount\\":1000000}}' WHERE position = 21")
+        con.execute(trigger)  # the guard is back: only the chain can tell
+        con.commit()
+        """
+    )
+    subprocess.run([sys.executable, "-c", tamper], check=True, timeout=60)
+    page = report(db)
+    open_page(browser, page, tmp_path / "tampered.png")
+    verdict = browser.find_element("id", "verdict")
+    assert verdict.get_attribute("data-ok") == "false" and verdict.get_attribute("data-first-bad") == "21"
+    assert text(browser, "#verdict h2") == "Not intact: first problem at position 21"
+    assert "The 20 events before it verified" in text(browser, "#verdict")
+    browser.find_element("id", "search").send_keys("1000000")
+    assert len(browser.find_elements("css selector", "#events-table tbody tr")) == 1  # the forged value, shown
+    check_clean_page(browser)
+
+
+def test_a_file_with_erasures(browser: Any, tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    db = tmp_path / "erased.db"
+    shop(db, events=20)
+    with minies.EventStore(db) as store:
+        for who in ("ada", "bob"):
+            store.append(who, [Registered(customer=who, email=f"{who}@example.com")], aggregate_type="Customer")
+        store.forget("ada", reason="erasure request 2026-41", metadata={"user_id": "dpo"})
+    page = report(db)
+    open_page(browser, page, tmp_path / "erased.png")
+    assert browser.find_element("id", "verdict").get_attribute("data-ok") == "true"
+    erasures = text(browser, "#erasures tbody")
+    assert "ada" in erasures and "erasure request 2026-41" in erasures and "dpo" in erasures
+    assert "ada@example.com" not in page.read_text() and "example.com" in page.read_text()  # bob's is still there
+    browser.get(page.as_uri() + "#aggregate=ada")
+    browser.refresh()
+    (row,) = browser.find_elements("css selector", "#events-table tbody tr")
+    assert row.find_elements("css selector", "td")[5].text == '{"customer":"ada","email":"<forgotten>"}'
+    check_clean_page(browser)
+
+    # Through the classes (--import): the same, from the Struct's fields; and the file's bytes unchanged.
+    before = digest(db)
+    minies_report = pytest.importorskip("minies._report")
+    verdict = minies_report.write(str(db), str(tmp_path / "classes.html"), snapshots=True)
+    assert verdict.ok and digest(db) == before
+    assert '\\"email\\":\\"\\u003cforgotten\\u003e\\"' in (tmp_path / "classes.html").read_text()
+    with pytest.raises(ValueError, match="already exists"):
+        minies_report.write(str(db), str(tmp_path / "classes.html"))
+
+
+def test_a_big_file_keeps_the_latest_events_and_sums_the_rest(tmp_path: Path) -> None:
+    db = tmp_path / "big.db"
+    shop(db, events=3000)
+    page = report(db, "--latest", "100")
+    text = page.read_text()
+    assert text.count('"report_test.') == 100  # the table holds only the latest hundred
+    assert "the latest 100 of 3,001" in text and 'data-total="3001"' in text
+    assert len(text) < 60_000
