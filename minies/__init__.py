@@ -18,12 +18,13 @@ from minies._errors import (
     SnapshotWarning,
     StorageError,
 )
-from minies._events import ANY, ERASURES, Event, Recorded, SubjectForgotten, metadata_scope
+from minies._events import ANY, ERASURES, SEALS, Event, Recorded, Sealed, SubjectForgotten, metadata_scope
+from minies._log import StoreInfo
 from minies._personal import Personal, forgotten, sealed
 from minies._processors import Processor
 from minies._projections import Projection, RebuildReport
 from minies._roles import grant
-from minies._store import EventStore, StoreInfo
+from minies._store import EventStore
 from minies._subscriptions import DeadLetter, Subscription
 from minies._upcasters import rename, upcaster
 
@@ -52,7 +53,9 @@ __all__ = [
     "QueryError",
     "RebuildReport",
     "Recorded",
+    "SEALS",
     "SchemaError",
+    "Sealed",
     "SnapshotWarning",
     "StorageError",
     "StoreInfo",

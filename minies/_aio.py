@@ -22,9 +22,10 @@ from typing import Any, Final, ParamSpec, TypeVar
 from minies._aggregate import Aggregate
 from minies._audit import VerifyReport
 from minies._erasure import Erasure
-from minies._events import Event, Recorded
+from minies._events import Event, Recorded, Sealed
+from minies._log import StoreInfo
 from minies._projections import RebuildReport
-from minies._store import EventStore, StoreInfo
+from minies._store import EventStore
 
 A = TypeVar("A", bound=Aggregate)
 P = ParamSpec("P")
@@ -206,6 +207,10 @@ class AsyncEventStore:
     async def snapshot_stats(self) -> list[tuple[str, int, int]]:
         """``EventStore.snapshot_stats``."""
         return await self._run(self._reading().snapshot_stats)
+
+    async def seal(self, private_key: Any, **options: Any) -> Sealed:
+        """``EventStore.seal``: sign the head."""
+        return await self._run(self.store.seal, private_key, **options)
 
     async def verify(self, **options: Any) -> VerifyReport:
         """``EventStore.verify``."""

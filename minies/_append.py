@@ -37,6 +37,7 @@ class Appender:
         self._projector = projector
         self._db = db
         self.tip = HeadCache()
+        self.appended: Callable[[int, int], None] | None = None  # (head before, head after), inside the write
 
     @staticmethod
     def check(
@@ -118,6 +119,8 @@ class Appender:
                 for r, e in zip(rows, events, strict=True)
             ]
             self._projector.apply(self._tx.conn, self._db, records, rows[0][0] - 1, created)
+        if self.appended is not None:
+            self.appended(rows[0][0] - 1, rows[-1][0])
         return version
 
     def write_events(

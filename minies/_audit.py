@@ -28,6 +28,7 @@ import msgspec
 from minies import _personal
 from minies._backends import Connection, is_url, open_backend
 from minies._errors import StorageError
+from minies._transactions import Transactions
 
 GENESIS: Final = bytes(32)
 _sha256 = hashlib.sha256
@@ -95,6 +96,13 @@ class VerifyReport(msgspec.Struct, frozen=True):
             ``verify(expect_head=...)`` later proves the file still extends that history.
         snapshots_checked: with ``verify(snapshots=True)``: snapshots compared with a replay.
         snapshots_unchecked: snapshots whose aggregate class was not imported.
+        seals: with ``verify(trust=...)``: the seals checked (each by a trusted key, its
+            signature good, the hash it signed the chain's).
+        sealed_position: the head position the last good seal signed (0: none).
+        sealed_by: that seal's key fingerprint (SHA-256 of the raw public key, hex).
+        sealed_at: when it was sealed (``2026-03-04T15:23:47.123456Z``).
+        unsealed: events after the last seal (no seal vouches for them: they could be changed
+            or cut off without a trace).
     """
 
     ok: bool
@@ -105,6 +113,11 @@ class VerifyReport(msgspec.Struct, frozen=True):
     head_hash: str
     snapshots_checked: int = 0
     snapshots_unchecked: int = 0
+    seals: int = 0
+    sealed_position: int = 0
+    sealed_by: str = ""
+    sealed_at: str = ""
+    unsealed: int = 0
 
     def __bool__(self) -> bool:
         return self.ok
@@ -180,6 +193,24 @@ def verify(
         head_position=position,
         head_hash=previous.hex() if position else "",
     )
+
+
+def verify_store(
+    tx: Transactions, expect_head: str | None, progress: Callable[[int, int], None] | None
+) -> VerifyReport:
+    """``verify`` on a store's connection, in one read transaction (a consistent view while
+    others append); a damaged file is a report, not an error."""
+    with tx.lock:
+        conn = tx.open()
+        try:
+            with tx.backend.reading():
+                check = tx.backend.check_structure()
+                return verify(conn, check, expect_head=expect_head, progress=progress)
+        except conn.Error as e:
+            damage = tx.backend.damage(e)
+            if damage is None:
+                tx.raise_error(e, "cannot verify")
+            return VerifyReport(False, 0, None, f"the file is damaged: {damage}", 0, "")
 
 
 def repair(path: str | os.PathLike[str], *, timeout: float = 30.0) -> list[str]:

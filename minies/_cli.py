@@ -28,6 +28,7 @@ from minies._events import Recorded, registry
 from minies._projections import Projection
 from minies._report import visible
 from minies._report import write as write_report
+from minies._seals import keygen
 from minies._store import EventStore
 
 _encode = msgspec.json.Encoder().encode
@@ -78,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _imports(verify)
     verify.add_argument(
+        "--trust",
+        metavar="PUBLIC.pem",
+        action="append",
+        help="fail unless the log is sealed by this Ed25519 public key and every seal matches; repeatable",
+    )
+    verify.add_argument(
         "--expect-head",
         metavar="HEAD",
         help="fail unless the log still contains this head: what `minies head` printed, or a hash "
@@ -115,6 +122,14 @@ def _parser() -> argparse.ArgumentParser:
         help="app: append, read, run projections; reader: read; auditor: read the log and verify",
     )
     command("repair", _repair, "re-create minies' own triggers (and a server's functions) if the log verifies")
+    keygen = commands.add_parser(
+        "keygen", help="write an Ed25519 key pair: NAME.pem (private, mode 0600) and NAME.pub.pem"
+    )
+    keygen.set_defaults(run=_keygen)
+    keygen.add_argument("name", metavar="NAME", help="the files' name, without .pem")
+    seal = command("seal", _seal, "sign the log's head with an Ed25519 key (a seal inside the chain)")
+    seal.add_argument("--key", metavar="PRIVATE.pem", required=True, help="the private key (`minies keygen NAME`)")
+    seal.add_argument("--note", default="", help="signed and stored with the seal")
     report = command("report", _report, "write a self-contained HTML page for an auditor (verdict, summaries, events)")
     report.add_argument("-o", "--output", metavar="OUT", required=True, help="the HTML file to write (must not exist)")
     report.add_argument(
@@ -335,7 +350,10 @@ def _verify(args: argparse.Namespace) -> int:
     with _open(args) as store:
         try:
             report = store.verify(
-                expect_head=args.expect_head, progress=_progress("verifying"), snapshots=args.snapshots
+                expect_head=args.expect_head,
+                progress=_progress("verifying"),
+                snapshots=args.snapshots,
+                trust=args.trust,
             )
         except ValueError as e:
             raise ValueError(str(e).replace("expect_head", "--expect-head")) from None
@@ -345,15 +363,43 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"snapshots: {report.snapshots_checked:,} equal to a replay", end="")
             unchecked = report.snapshots_unchecked
             print(f"; {unchecked:,} not checked: no class imported (pass --import MODULE)" if unchecked else "")
+        if args.trust:
+            _sealed(report)
         return 0
     if report.first_bad_position is None:
         print(f"NOT OK: {report.reason}")
+    elif report.first_bad_position <= report.events_checked:  # a seal: the chain itself verified
+        print(f"NOT OK: {report.reason} (the chain of {report.events_checked:,} events is intact)")
     else:
         print(
             f"NOT OK: first bad position {report.first_bad_position}: {report.reason} "
             f"({report.events_checked:,} events verified before it)",
         )
     return 1
+
+
+def _sealed(report: minies.VerifyReport) -> None:
+    print(
+        f"sealed: up to position {report.sealed_position} by key {report.sealed_by} at {report.sealed_at} "
+        f"({_plural(report.seals, 'seal')} checked)"
+    )
+    if report.unsealed:
+        print(f"unsealed: {_plural(report.unsealed, 'event')} after the last seal (no seal vouches for them)")
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    private, public = keygen(args.name)
+    print(f"wrote {private} (private: keep it secret; mode 0600) and {public} (public: give it to auditors)")
+    return 0
+
+
+def _seal(args: argparse.Namespace) -> int:
+    if not is_url(args.file) and not os.path.isfile(args.file):
+        raise ValueError(f"cannot seal {args.file!r}: no such file")
+    with EventStore(args.file, key_encryption_key=_key_encryption_key()) as store:
+        seal = store.seal(args.key, note=args.note)
+    print(f"sealed position {seal.position} {seal.head_hash} by key {seal.fingerprint} at {seal.sealed_at}")
+    return 0
 
 
 def _repair(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import msgspec
 from minies import _personal
 from minies._errors import SchemaError
 
-__all__ = ["ANY", "Event", "Recorded", "SubjectForgotten", "metadata_scope", "registry"]
+__all__ = ["ANY", "Event", "Recorded", "Sealed", "SubjectForgotten", "metadata_scope", "registry"]
 
 _EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,199}")
 
@@ -105,6 +105,27 @@ class SubjectForgotten(Event, frozen=True, kw_only=True):
 
 ERASURES: Final = "minies.erasures"
 """The stream (aggregate id and type) of ``SubjectForgotten`` events."""
+
+
+class Sealed(Event, frozen=True, kw_only=True):
+    """A seal: the log's head signed with an Ed25519 key (``store.seal``; docs/how-to/audit-a-file.md).
+
+    It is appended to the stream ``SEALS``, right after the head it signs, so the next seal
+    covers it. ``signature`` (base64) is over the canonical bytes ``minies._seals.signed_bytes``
+    builds from the other fields.
+    """
+
+    event_type: ClassVar[str] = "minies.Sealed"
+    position: int
+    head_hash: str
+    sealed_at: str
+    fingerprint: str
+    note: str = ""
+    signature: str = ""
+
+
+SEALS: Final = "minies.seals"
+"""The stream (aggregate id and type) of ``Sealed`` events."""
 
 
 class Recorded(msgspec.Struct, frozen=True, gc=False):

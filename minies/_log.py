@@ -225,3 +225,23 @@ def read_aggregate(
     args: Callable[[int, int], tuple[Any, ...]] = lambda a, n: (aggregate_id, a, upto, n)  # noqa: E731
     pages = _pages(conn, "READ_AGGREGATE", args, after, 5, None, lock, upcasting, raw, opener, reach)
     return itertools.chain.from_iterable(pages)
+
+
+class StoreInfo(msgspec.Struct, frozen=True):
+    """What ``EventStore.info`` reports.
+
+    Attributes:
+        schema_version: the file format's version.
+        events: how many events the log holds.
+        aggregates: how many aggregates (streams).
+        projections: ``(name, version, position, updated_at)`` of each projection's checkpoint.
+        subscriptions: ``(name, position, updated_at)`` of each subscription's checkpoint.
+        forgotten_subjects: how many data subjects ``forget`` has forgotten.
+    """
+
+    schema_version: int
+    events: int
+    aggregates: int
+    projections: list[tuple[str, int, int, str]]
+    subscriptions: list[tuple[str, int, str]]
+    forgotten_subjects: int = 0

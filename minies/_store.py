@@ -29,12 +29,13 @@ from minies._errors import (
     SnapshotWarning,
     StorageError,
 )
-from minies._events import ANY, AnyVersion, Event, Recorded, type_names
+from minies._events import ANY, AnyVersion, Event, Recorded, Sealed, type_names
 from minies._keyring import Keyring
-from minies._log import Opener, read_aggregate, read_log
+from minies._log import Opener, StoreInfo, read_aggregate, read_log
 from minies._processors import Processor
 from minies._projections import Projection, Projector, RebuildReport
 from minies._replay import Replayer, no_events
+from minies._seals import KeySource, Sealer, check, public_keys
 from minies._stored_types import StoredTypes
 from minies._subscriptions import Subscription
 from minies._transactions import Transactions
@@ -70,6 +71,8 @@ class EventStore:
         key_encryption_key: 32 bytes kept outside the file (an app secret, a KMS): data
             subjects' keys are stored wrapped by it, so the file alone reveals no personal
             field. Without it, keys are stored as they are (``forget`` still destroys them).
+        seal_key: an Ed25519 private key (see ``seal``): the store seals the head on close,
+            and every ``seal_every`` events (when an append takes the head past a multiple of it).
 
     Raises:
         SchemaError: the file is not a minies database, or was written by a newer minies.
@@ -94,6 +97,8 @@ class EventStore:
         snapshot_every: Mapping[type[Aggregate], int | None] | None = None,
         skip_failed_projections: bool = False,
         key_encryption_key: bytes | None = None,
+        seal_key: KeySource | None = None,
+        seal_every: int | None = None,
     ) -> None:
         if durability not in typing.get_args(Durability):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
@@ -125,6 +130,7 @@ class EventStore:
             self._appender = Appender(self._tx, self._keys, self._types, self._projector, self._db)
             self._replayer = Replayer(self._tx, self._read_view, self._keys.remedy)
             self._eraser = Eraser(self._tx, self._keys, self._appender, self._projector, self._db)
+            self._sealer = Sealer(self._tx, self._appender, seal_key, seal_every, readonly)
             with self._tx.translate(f"cannot open {self._backend.where}"):
                 self._keys.check(self._conn)
                 self._types.load(self._conn)
@@ -546,6 +552,7 @@ class EventStore:
         expect_head: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         snapshots: bool = False,
+        trust: Iterable[KeySource] | None = None,
     ) -> VerifyReport:
         """Re-check the hash chain, version continuity, triggers and SQLite's integrity.
 
@@ -560,8 +567,14 @@ class EventStore:
                 contains that exact history.
             progress: called as ``progress(events_checked, total)`` while checking.
             snapshots: replay every snapshotted aggregate and compare (slower: a replay each).
+            trust: Ed25519 public keys (objects, PEM bytes or paths): the log must hold a seal,
+                each by one of them, its signature good and the hash it signed the chain's
+                (``sealed_position``, ``sealed_by``, ``sealed_at``, ``unsealed`` say what it covers).
         """
-        report = self._verify_log(expect_head, progress)
+        keys = None if trust is None else public_keys(trust)
+        report = _audit.verify_store(self._tx, expect_head, progress)
+        if keys is not None:
+            report = check(self._tx, report, keys)
         if not snapshots or not report.ok:
             return report
         with self._tx.lock, self._tx.translate("cannot read the snapshots"):
@@ -585,19 +598,23 @@ class EventStore:
             )
         return msgspec.structs.replace(report, snapshots_checked=checked, snapshots_unchecked=unchecked)
 
-    def _verify_log(self, expect_head: str | None, progress: Callable[[int, int], None] | None) -> VerifyReport:
-        with self._tx.lock:
-            conn = self._tx.open()
-            try:
-                with self._backend.reading():  # one read transaction: a consistent view while others append
-                    check = self._backend.check_structure()
-                    report = _audit.verify(conn, check, expect_head=expect_head, progress=progress)
-            except conn.Error as e:
-                damage = self._backend.damage(e)
-                if damage is None:
-                    self._tx.raise_error(e, "cannot verify")
-                report = VerifyReport(False, 0, None, f"the file is damaged: {damage}", 0, "")
-        return report
+    def seal(self, private_key: KeySource, *, note: str = "") -> Sealed:
+        """Sign the head (position, hash, time, key fingerprint, ``note``) with an Ed25519 key,
+        as a ``Sealed`` event of the stream ``minies.seals`` right after it, inside the chain.
+
+        ``verify(trust=[public key])`` checks it; docs/how-to/audit-a-file.md has the bytes signed.
+
+        Args:
+            private_key: a ``cryptography`` ``Ed25519PrivateKey``, its PEM (PKCS#8) bytes, or
+                the path of a PEM file (``minies keygen NAME`` writes one).
+            note: signed and stored with the seal.
+
+        Raises:
+            MiniesError: ``cryptography`` is not installed (``pip install "minies[crypto]"``).
+            StorageError: the file cannot be written.
+        """
+        _check_str("note", note)
+        return self._sealer.seal(private_key, note)
 
     # ------------------------------------------------------------------ personal data
     def forget(self, subject: str, *, reason: str = "", metadata: Mapping[str, Any] | None = None) -> Erasure:
@@ -668,8 +685,11 @@ class EventStore:
         with self._tx.lock:
             if self._tx.closed:
                 return
-            self._tx.closed = True
-            self._backend.close()
+            try:
+                self._sealer.on_close()
+            finally:
+                self._tx.closed = True
+                self._backend.close()
 
     def __enter__(self) -> EventStore:
         return self
@@ -680,26 +700,6 @@ class EventStore:
     def __repr__(self) -> str:
         state = "closed" if self._tx.closed else self.durability
         return f"<minies.EventStore {self._backend.where!r} ({state})>"
-
-
-class StoreInfo(msgspec.Struct, frozen=True):
-    """What ``EventStore.info`` reports.
-
-    Attributes:
-        schema_version: the file format's version.
-        events: how many events the log holds.
-        aggregates: how many aggregates (streams).
-        projections: ``(name, version, position, updated_at)`` of each projection's checkpoint.
-        subscriptions: ``(name, position, updated_at)`` of each subscription's checkpoint.
-        forgotten_subjects: how many data subjects ``forget`` has forgotten.
-    """
-
-    schema_version: int
-    events: int
-    aggregates: int
-    projections: list[tuple[str, int, int, str]]
-    subscriptions: list[tuple[str, int, str]]
-    forgotten_subjects: int = 0
 
 
 def _check_str(what: str, value: object) -> None:
