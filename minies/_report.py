@@ -106,7 +106,7 @@ def render(
         _largest(store),
         _erasures(store),
         _consumers(store, info, head[0]),
-        _events(store, head[0], latest),
+        _events(store, head[0], latest, verdict.first_bad_position),
     ]
     title = f"Audit of {os.path.basename(path)}"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -180,10 +180,15 @@ def _verdict(report: minies.VerifyReport, head: tuple[int, str], snapshots: bool
         f'<section id="verdict" class="verdict {status}" data-ok="{str(report.ok).lower()}"'
         f' data-first-bad="{report.first_bad_position or ""}">'
         f'<div class="badge">{"✓" if report.ok else "✗"}</div><div><h2>{_e(headline)}</h2>'
-        f'<p class="sentence">{_e(sentence)}</p><ul class="checks">{items}</ul>'
+        f'<p class="sentence">{_e(sentence)}{_jump(report.first_bad_position)}</p><ul class="checks">{items}</ul>'
         '<p class="note">Publish the head; <code>minies verify FILE --expect-head HASH</code> later proves the '
         "file still extends this exact history.</p></div></section>"
     )
+
+
+def _jump(position: int | None) -> str:
+    """A link to the event at ``position`` in the events table."""
+    return "" if position is None else f' <a id="first-bad" href="#position={position}">Show event {_n(position)}</a>'
 
 
 def _file(
@@ -350,24 +355,27 @@ def _payload(record: minies.Recorded) -> str:
     return _encode(shown).decode()
 
 
-def _events(store: minies.EventStore, head: int, latest: int) -> str:
+def _events(store: minies.EventStore, head: int, latest: int, bad: int | None) -> str:
     rows: list[list[Any]] = []
     problem = ""
+    start = max(0, head - latest)
+    # The latest events, and those around the first problem when it lies before them.
+    reads = [(start, None)] + ([(max(0, bad - 6), min(11, start - max(0, bad - 6)))] if bad and bad <= start else [])
     try:
-        for r in store.read_all(after=max(0, head - latest)):
-            stamp = r.timestamp.strftime("%Y-%m-%d %H:%M:%S")
-            rows.append(
-                [r.position, stamp, visible(r.aggregate_id), r.version, visible(r.event_type), visible(_payload(r))]
-            )
+        for after, limit in reads:
+            for r in store.read_all(after=after, limit=limit):
+                stamp = r.timestamp.strftime("%Y-%m-%d %H:%M:%S")
+                row = [r.position, stamp, visible(r.aggregate_id), r.version, visible(r.event_type)]
+                rows.append([*row, visible(_payload(r))])
     except minies.MiniesError as e:
         problem = f"Reading the events stopped: {e}"
-    rows.reverse()  # the newest first
+    rows.sort(key=lambda row: -row[0])  # the newest first
     data = json.dumps(rows, ensure_ascii=True, separators=(",", ":"))
     data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    held = f"the latest {_n(len(rows))} of {_n(head)}" if len(rows) < head else f"all {_n(len(rows))}"
-    note = (
-        f"This report holds {held} events, newest first. Personal fields read as &lt;forgotten&gt; or &lt;sealed&gt;;"
-    )
+    held = f"the latest {_n(head - start)} of {_n(head)} events" if start else f"all {_n(len(rows))} events"
+    if len(rows) > head - start:
+        held += f" (and the {_n(len(rows) - head + start)} around position {_n(bad or 0)}, the first problem)"
+    note = f"This report holds {held}, newest first. Personal fields read as &lt;forgotten&gt; or &lt;sealed&gt;;"
     note += " invisible characters are written out (\\u202e)."
     if problem:
         note += f' <b class="problem">{_e(problem)}</b>'
@@ -418,7 +426,7 @@ vertical-align:top}.num{text-align:right;font-variant-numeric:tabular-nums}tbody
 border-radius:6px;font:inherit}#page-status{color:var(--muted);font-size:12.5px}button{padding:6px 12px;border:1px solid
 #c9d1dc;background:#fff;border-radius:6px;font:inherit;cursor:pointer}button:disabled{opacity:.4;cursor:default}
 #aggregate-view{background:#eef4fb;border-radius:8px;padding:10px 14px;margin:0 0 12px}.empty{color:var(--muted)}
-.problem{color:var(--bad)}
+.problem{color:var(--bad)}tr.hit td{background:#fdecea}
 """
 
 _SCRIPT: Final = """
@@ -459,6 +467,16 @@ _SCRIPT: Final = """
   }
   function route() {
     var hash = location.hash;
+    if (hash.indexOf("#position=") === 0) {
+      var wanted = Number(hash.slice(10));
+      only = null; view.hidden = true; search.value = ""; filter();
+      var at = rows.findIndex(function (r) { return r[0] === wanted; });
+      if (at >= 0) {
+        page = Math.floor(at / PAGE); draw();
+        var hit = body.children[at % PAGE]; hit.className = "hit"; hit.scrollIntoView({block: "center"});
+      }
+      return;
+    }
     only = hash.indexOf("#aggregate=") === 0 ? decodeURIComponent(hash.slice(11)) : null;
     view.hidden = only === null;
     if (only !== null) {

@@ -188,12 +188,18 @@ def test_a_tampered_file(browser: Any, tmp_path: Path) -> None:
         """
     )
     subprocess.run([sys.executable, "-c", tamper], check=True, timeout=60)
-    page = report(db)
+    page = report(db, "--latest", "50")  # position 21 is older than the latest 50: the table holds it too
     open_page(browser, page, tmp_path / "tampered.png")
     verdict = browser.find_element("id", "verdict")
     assert verdict.get_attribute("data-ok") == "false" and verdict.get_attribute("data-first-bad") == "21"
     assert text(browser, "#verdict h2") == "Not intact: first problem at position 21"
     assert "The 20 events before it verified" in text(browser, "#verdict")
+    assert "the latest 50 of 131 events (and the 11 around position 21, the first problem)" in text(browser, "#events")
+    browser.find_element("id", "first-bad").click()
+    (hit,) = browser.find_elements("css selector", "#events-table tbody tr.hit")
+    assert [c.text for c in hit.find_elements("css selector", "td")][::5] == ["21", '{"amount":1000000}']
+    assert text(browser, "#page-status") == "events 51\u201361 of 61 · page 2 of 2"
+    browser.save_screenshot(str(tmp_path / "tampered-event.png"))
     browser.find_element("id", "search").send_keys("1000000")
     assert len(browser.find_elements("css selector", "#events-table tbody tr")) == 1  # the forged value, shown
     check_clean_page(browser)
