@@ -671,6 +671,7 @@ def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path,
     with minies.EventStore(path) as store:
         store.append("seed", deposits(1), aggregate_type="Account")
     history: list[tuple[str, list[str], str, int]] = []  # (aggregate, event ids, outcome, version)
+    errors: list[str] = []
     lock = threading.Lock()
 
     def writer(name: str, store: minies.EventStore) -> None:
@@ -681,8 +682,10 @@ def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path,
                 try:
                     version = store.append(name, deposits(len(ids)), aggregate_type="Account", event_ids=ids)
                     outcome = "ok"
-                except minies.StorageError:
+                except minies.StorageError as e:
                     outcome, version = "fail", 0
+                    with lock:
+                        errors.append(str(e))
                 with lock:
                     history.append((name, ids, outcome, version))
 
@@ -712,7 +715,11 @@ def test_no_append_is_acknowledged_whose_rows_are_not_in_the_log(tmp_path: Path,
         else:
             assert not any(i in stored for i in ids), f"seed {seed}: refused, yet stored: {ids}"
     outcomes = collections.Counter(outcome for _, _, outcome, _ in history)
-    assert outcomes["ok"] and outcomes["fail"], f"seed {seed}: the saboteur never (or always) struck: {outcomes}"
+    assert outcomes["fail"], f"seed {seed}: the saboteur never struck: {outcomes}"
+    # Every refusal is the saboteur's doing (on a loaded machine its trigger may be in place
+    # throughout): the row count's, or the append-only trigger's when a batch lost a middle row.
+    swallowed = ("the append stored ", "a new event must take the next position")
+    assert all(any(s in e for s in swallowed) for e in errors), f"seed {seed}: {collections.Counter(errors)}"
 
 
 @pytest.mark.parametrize("n", [1, 3])
