@@ -111,8 +111,8 @@ class Sealed(Event, frozen=True, kw_only=True):
     """A seal: the log's head signed with an Ed25519 key (``store.seal``; docs/how-to/audit-a-file.md).
 
     It is appended to the stream ``SEALS``, right after the head it signs, so the next seal
-    covers it. ``signature`` (base64) is over the canonical bytes ``minies._seals.signed_bytes``
-    builds from the other fields.
+    covers it. ``signature`` (Ed25519, base64) is over canonical bytes made of the other fields
+    (docs/how-to/audit-a-file.md). ``fingerprint`` is the SHA-256 of the raw public key, hex.
     """
 
     event_type: ClassVar[str] = "minies.Sealed"
