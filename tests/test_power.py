@@ -22,11 +22,13 @@ from typing import ClassVar
 
 import pytest
 from crashdisk import MODES, CrashDisk, PowerCut
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from domain import Account, AccountOpened, Balances, MoneyDeposited
 
 import minies
 
 STRESS = 20 if os.environ.get("MINIES_STRESS") else 1
+SEAL_KEY = Ed25519PrivateKey.generate()
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -50,6 +52,7 @@ class Acks:
     saved: int = 0  # the Saver's version after its last save that returned
     backed_up: bool = False  # backup() returned
     copied: bool = False  # copy() returned
+    sealed: int = -1  # the head position the last seal that returned signed
     commits: int = 0  # the store's commits, for a workload that reports them
     alive: Callable[[], bool] = lambda: True  # False once the power is out: nobody sees an ack then
 
@@ -57,9 +60,9 @@ class Acks:
 Workload = Callable[[str, str, Acks], None]
 
 
-def open_store(path: str, durability: str) -> minies.EventStore:
+def open_store(path: str, durability: str, **options: object) -> minies.EventStore:
     store = minies.EventStore(
-        path, projections=[Balances()], durability="normal" if durability == "off" else durability
+        path, projections=[Balances()], durability="normal" if durability == "off" else durability, **options
     )  # type: ignore[arg-type]
     if durability == "off":  # only the harness's self-test: what minies never does
         store._conn.pragma("synchronous", "OFF")
@@ -84,6 +87,21 @@ def appends(path: str, durability: str, acks: Acks) -> None:
                 store.save(saver)
                 if acks.alive():
                     acks.saved = saver.version
+
+
+def seals(path: str, durability: str, acks: Acks) -> None:
+    """Appends on a store that seals every 5 events and on close, and seals by hand too."""
+    with open_store(path, durability, seal_key=SEAL_KEY, seal_every=5) as store:
+        for i in range(10):
+            ids = [str(uuid.uuid4()) for _ in range(1 + i % 3)]
+            acks.attempted.append(ids)
+            store.append(f"acc-{i % 4}", [MoneyDeposited(amount=i) for _ in ids], aggregate_type="Account", event_ids=ids)
+            if acks.alive():
+                acks.appended.append(ids)
+            if i % 4 == 3:
+                seal = store.seal(SEAL_KEY, note=f"after {i}")
+                if acks.alive():
+                    acks.sealed = seal.position
 
 
 def group_commits(path: str, durability: str, acks: Acks) -> None:
@@ -208,6 +226,12 @@ def check(path: str, durability: str, acks: Acks, workload: str) -> list[str]:
         store.rebuild("Balances")
         if store.query("SELECT * FROM balances ORDER BY account_id") != live:
             broken.append("the read model differs from its rebuild")
+        if workload == "seals":
+            sealed = store.verify(trust=[SEAL_KEY.public_key()])
+            if store.version(minies.SEALS) and not sealed.ok:  # every seal in the file checks out
+                broken.append(f"the seals do not verify: {sealed.reason}")
+            elif acks.sealed >= 0 and (not sealed.ok or sealed.sealed_position < acks.sealed):
+                broken.append(f"acknowledged appends lost: a seal (sealed up to {sealed.sealed_position} < {acks.sealed})")
         if workload == "migration" and store.query("SELECT count(*) FROM events") != [(3,)]:
             broken.append("the migration lost events")
     if workload == "copy":
@@ -243,6 +267,7 @@ CAMPAIGNS = {
     "checkpoint": Campaign("checkpoint", checkpoint, prefilled),
     "backup": Campaign("backup", backup, prefilled),
     "copy": Campaign("copy", copy, lambda path: prefilled(source_beside(path))),
+    "seals": Campaign("seals", seals),
     "migration": Campaign("migration", migration, lambda path: shutil.copy(FIXTURES / "schema_v1.db", path)),
 }
 
