@@ -73,6 +73,14 @@ def test_append_single_with_inline_projection(benchmark: Any, path: str) -> None
         )
 
 
+@pytest.mark.benchmark(group="append single (FULL)")
+def test_append_single_sealed_every_1000(benchmark: Any, path: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    with minies.EventStore(path, seal_key=Ed25519PrivateKey.generate(), seal_every=BATCH) as store:
+        benchmark(lambda: store.append("acc", [w.Deposited(amount=1)], aggregate_type="Account"))
+
+
 @pytest.mark.benchmark(group="append batch of 1,000")
 def test_append_batch(benchmark: Any, store: minies.EventStore) -> None:
     batch = w.deposits(BATCH)
@@ -130,6 +138,18 @@ def test_verify(benchmark: Any, store: minies.EventStore) -> None:
     for i in range(SCAN // BATCH):
         store.append(f"acc-{i}", w.deposits(BATCH), aggregate_type="Account")
     benchmark(store.verify)
+
+
+@pytest.mark.benchmark(group="verify 100,000")
+def test_verify_trusting_100_seals(benchmark: Any, path: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    with minies.EventStore(path, seal_key=key, seal_every=BATCH) as store:
+        for i in range(SCAN // BATCH):
+            store.append(f"acc-{i}", w.deposits(BATCH), aggregate_type="Account")
+        assert store.verify(trust=[key.public_key()]).seals == SCAN // BATCH
+        benchmark(store.verify, trust=[key.public_key()])
 
 
 @pytest.mark.benchmark(group="rebuild 100,000 (one UPSERT per event)")
