@@ -314,3 +314,26 @@ def test_a_seal_checks_with_nothing_but_sqlite3_and_openssl(tmp_path: Path, key:
     )
     done = subprocess.run(["bash", "-c", recipe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "Signature Verification Failure" in done.stdout + done.stderr
+
+
+def test_an_empty_log_seals_as_position_0_and_a_rolled_back_seal_is_not_there(
+    location: str, key: Ed25519PrivateKey
+) -> None:
+    with minies.EventStore(location) as store:
+        seal = store.seal(key)
+        assert (seal.position, seal.head_hash) == (0, "0" * 64)
+        assert store.verify(trust=[key.public_key()]).ok
+        with pytest.raises(RuntimeError), store.transaction():
+            fill(store, 2)
+            store.seal(key)
+            raise RuntimeError
+        assert seal_positions(store) == [1] and store.head()[0] == 1
+
+
+def test_the_command_line_seals_a_postgresql_log(pg_url: str, tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    with minies.EventStore(pg_url) as store:
+        fill(store, 3)
+    private, public = minies._seals.keygen(tmp_path / "ops")
+    assert main(["seal", pg_url, "--key", private]) == 0
+    assert main(["verify", pg_url, "--trust", public]) == 0
+    assert main(["verify", pg_url, "--trust", public, "--trust", public]) == 0
