@@ -136,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
         "--latest", metavar="N", type=_count, default=2000, help="how many of the latest events its table holds"
     )
     _imports(report)
+    report.add_argument(
+        "--trust",
+        metavar="PUBLIC.pem",
+        action="append",
+        help="check every seal against this Ed25519 public key (as verify --trust does); repeatable",
+    )
     snapshots = command("snapshots", _snapshots, "snapshot counts and sizes; --drop TYPE deletes a type's")
     snapshots.add_argument("--drop", metavar="AGGREGATE_TYPE", help="delete every snapshot of this aggregate type")
     return parser
@@ -530,6 +536,7 @@ def _report(args: argparse.Namespace) -> int:
         args.file,
         args.output,
         snapshots=bool(args.modules),
+        trust=args.trust,
         latest=args.latest,
         key_encryption_key=_key_encryption_key(),
     )

@@ -60,6 +60,7 @@ def write(
     output: str,
     *,
     snapshots: bool = False,
+    trust: Sequence[Any] | None = None,
     latest: int = LATEST,
     key_encryption_key: bytes | None = None,
 ) -> minies.VerifyReport:
@@ -69,6 +70,8 @@ def write(
         path: a minies SQLite file; it is opened read-only and left byte for byte as it was.
         output: the HTML file to create.
         snapshots: also compare every snapshot whose class is imported with a replay.
+        trust: public keys (as ``verify(trust=...)`` takes them): check every seal, and say up
+            to where the log is sealed, by whom and when.
         latest: how many of the latest events the events table holds.
         key_encryption_key: for a file whose personal-data keys are wrapped.
 
@@ -84,27 +87,34 @@ def write(
     if os.path.exists(output):
         raise ValueError(f"{output!r} already exists; choose another output file")
     with minies.EventStore(path, readonly=True, key_encryption_key=key_encryption_key) as store:
-        page, verdict = render(store, path, snapshots=snapshots, latest=latest)
+        page, verdict = render(store, path, snapshots=snapshots, trust=trust, latest=latest)
     with open(output, "x", encoding="utf-8") as target:
         target.write(page)
     return verdict
 
 
 def render(
-    store: minies.EventStore, path: str, *, snapshots: bool = False, latest: int = LATEST
+    store: minies.EventStore,
+    path: str,
+    *,
+    snapshots: bool = False,
+    trust: Sequence[Any] | None = None,
+    latest: int = LATEST,
 ) -> tuple[str, minies.VerifyReport]:
     """The report's HTML text, and the verdict, for an open store on the file ``path``."""
-    verdict = store.verify(snapshots=snapshots)
+    verdict = store.verify(snapshots=snapshots, trust=trust)
+    seals = list(store.read_all(event_types=[minies.Sealed.event_type], raw=True))
     info = store.info()
     head = store.head()
     span = store.query(_SPAN_SQL)[0]
     sections = [
-        _verdict(verdict, head, snapshots),
+        _verdict(verdict, head, snapshots, trust is not None, len(seals)),
         _file(store, path, info, head, span),
         _chart(store, info.events, span),
         _types(store.event_types()),
         _largest(store),
         _erasures(store),
+        _seals(seals, verdict if trust is not None else None),
         _consumers(store, info, head[0]),
         _events(store, head[0], latest, verdict.first_bad_position),
     ]
@@ -148,30 +158,54 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], empty: str, num
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _verdict(report: minies.VerifyReport, head: tuple[int, str], snapshots: bool) -> str:
+def _verdict(report: minies.VerifyReport, head: tuple[int, str], snapshots: bool, trusted: bool, seals: int) -> str:
+    bad = report.first_bad_position
+    reason = f"{report.reason[:1].upper()}{report.reason[1:]}."
+    # What failed: the log (chain, guards, file), a seal (the chain verified past it), or a snapshot.
+    failed = "" if report.ok else "seal" if bad is not None and bad <= report.events_checked else "log"
+    if failed == "log" and bad is None and snapshots and "snapshot" in report.reason:
+        failed = "snapshot"
     if report.ok:
         headline = "Intact"
         sentence = (
             f"All {_n(report.events_checked)} events were re-hashed and the chain holds; the guards that keep "
             "history immutable are in place and SQLite's integrity check passed."
         )
-    elif report.first_bad_position is None:
-        headline = "Not intact"
-        sentence = f"{report.reason[:1].upper()}{report.reason[1:]}."
+    elif bad is None:
+        headline, sentence = "Not intact", reason
     else:
-        headline = f"Not intact: first problem at position {_n(report.first_bad_position)}"
-        sentence = f"{report.reason[:1].upper()}{report.reason[1:]}. The {_n(report.events_checked)} events before it"
-        sentence += " verified; nothing from this position on can be trusted."
-    checks = [("Chain and guards", "ok" if report.ok else "bad", "verified" if report.ok else "failed")]
+        headline = f"Not intact: first problem at position {_n(bad)}"
+        if failed == "seal":
+            sentence = f"{reason} The chain of {_n(report.events_checked)} events is intact; a seal is what fails."
+        else:
+            sentence = f"{reason} The {_n(report.events_checked)} events before it verified; nothing from this "
+            sentence += "position on can be trusted."
+    chain = failed != "log"
+    checks = [("Chain and guards", "ok" if chain else "bad", "verified" if chain else "failed")]
     if not snapshots:
         checks.append(("Snapshots", "muted", "not checked: pass --import MODULE to replay them"))
-    elif report.ok:
+    elif failed == "snapshot":
+        checks.append(("Snapshots", "bad", "a snapshot differs from a replay: see above"))
+    elif chain:
         text = f"{_n(report.snapshots_checked)} equal to a replay"
         if report.snapshots_unchecked:
             text += f"; {_n(report.snapshots_unchecked)} not checked (no class imported)"
         checks.append(("Snapshots", "ok", text))
     else:
         checks.append(("Snapshots", "muted", "not compared: the log failed first"))
+    if not trusted:
+        text = f"{_n(seals)} in the log, not checked: pass --trust PUB.pem" if seals else "none in the log"
+        checks.append(("Seals", "muted", text))
+    elif failed == "seal":
+        checks.append(("Seals", "bad", "not all verified: see above"))
+    elif chain:
+        text = (
+            f"sealed up to position {_n(report.sealed_position)} by key {report.sealed_by[:16]}… at {report.sealed_at}"
+        )
+        text += f"; {_n(report.unsealed)} events after the last seal are unsealed" if report.unsealed else ""
+        checks.append(("Seals", "ok", f"{_n(report.seals)} checked: {text}"))
+    else:
+        checks.append(("Seals", "muted", "not checked: the log failed first"))
     position, digest = head
     checks.append(("Head" if report.ok else "Head (as stored)", "muted", f"position {_n(position)} · {digest or '-'}"))
     items = "".join(f'<li class="{k}"><span>{_e(name)}</span> {_e(text)}</li>' for name, k, text in checks)
@@ -323,6 +357,30 @@ def _erasures(store: minies.EventStore) -> str:
     return _section("erasures", "Erasures", _table(header, rows, "No data subject was forgotten.", (0,)), note)
 
 
+def _seals(seals: list[minies.Recorded], report: minies.VerifyReport | None) -> str:
+    rows = []
+    for r in seals:
+        data = r.data if isinstance(r.data, dict) else {}
+        rows.append(
+            (
+                _n(r.position),
+                _e(data.get("sealed_at", "")),
+                _n(data.get("position", 0)),
+                f"<code>{_e(str(data.get('fingerprint', ''))[:16])}…</code>",
+                _e(data.get("note", "") or "-"),
+            )
+        )
+    if report is None:
+        note = "Listed as the log records them; <code>minies report FILE --trust PUB.pem</code> checks each signature."
+    elif report.ok:
+        note = f"Each signature checked against the trusted keys: {_n(report.seals)} good."
+    else:
+        note = f"<b class=problem>Not every seal verified: {_e(report.reason)}.</b>"
+    header = ("position", "sealed at", "head it signs", "key", "note")
+    table = _table(header, rows, "No seal: nothing vouches for who wrote this log.", numeric=(0, 2))
+    return _section("seals", "Seals", table, note)
+
+
 def _consumers(store: minies.EventStore, info: minies.StoreInfo, head: int) -> str:
     try:
         dead = dict(store.query(_DEAD_LETTERS))
@@ -420,6 +478,7 @@ table{border-collapse:collapse;width:100%;font-size:13px}th{text-align:left;colo
 border-bottom:2px solid var(--line);padding:6px 8px}td{border-bottom:1px solid var(--line);padding:5px 8px;
 vertical-align:top}.num{text-align:right;font-variant-numeric:tabular-nums}tbody tr:hover{background:#f8fafc}
 #events-table td:nth-child(6){font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;overflow-wrap:anywhere}
+#events-table td:nth-child(2){white-space:nowrap}
 #events-table td:nth-child(3){overflow-wrap:anywhere;max-width:240px}a{color:var(--accent)}
 .tools{display:flex;gap:10px;align-items:center;margin:0 0 10px}
 #search{flex:1;padding:7px 10px;border:1px solid #c9d1dc;
@@ -505,7 +564,8 @@ _PAGE: Final = """<!DOCTYPE html>
 <body><header><h1>{title}</h1><p>{subtitle}</p></header>
 <nav><a href="#verdict">Verdict</a><a href="#file">File</a><a href="#chart">Over time</a>
 <a href="#types">Event types</a>
-<a href="#largest">Largest aggregates</a><a href="#erasures">Erasures</a><a href="#consumers">Read models</a>
+<a href="#largest">Largest aggregates</a><a href="#erasures">Erasures</a><a href="#seals">Seals</a>
+<a href="#consumers">Read models</a>
 <a href="#events">Events</a></nav>
 <main>
 {body}

@@ -243,3 +243,41 @@ def test_a_big_file_keeps_the_latest_events_and_sums_the_rest(tmp_path: Path) ->
     assert text.count('"report_test.') == 100  # the table holds only the latest hundred
     assert "the latest 100 of 3,001" in text and 'data-total="3001"' in text
     assert len(text) < 60_000
+
+
+def test_a_sealed_file(browser: Any, tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    db = tmp_path / "sealed.db"
+    shop(db, events=20)
+
+    def cli(*args: str) -> None:
+        result = subprocess.run([sys.executable, "-m", "minies", *args], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+    cli("keygen", "ops")
+    cli("keygen", "stranger")
+    cli("seal", str(db), "--key", "ops.pem", "--note", "Q3 close")
+    with minies.EventStore(db) as store:
+        store.append("late", [Opened(owner="after the seal")], aggregate_type="Account")
+    page = report(db, "--trust", str(tmp_path / "ops.pub.pem"))
+    open_page(browser, page, tmp_path / "sealed.png")
+    assert browser.find_element("id", "verdict").get_attribute("data-ok") == "true"
+    seals = [li.text for li in browser.find_elements("css selector", "#verdict li") if li.text.startswith("Seals")]
+    assert "1 checked: sealed up to position 21 by key" in seals[0]
+    assert "1 events after the last seal are unsealed" in seals[0]
+    (row,) = browser.find_elements("css selector", "#seals tbody tr")
+    assert [c.text for c in row.find_elements("css selector", "td")][::2] == ["22", "21", "Q3 close"]
+    assert "1 good" in text(browser, "#seals")
+    check_clean_page(browser)
+
+    unchecked = report(db.rename(tmp_path / "unchecked.db"))
+    open_page(browser, unchecked, tmp_path / "unchecked.png")
+    assert "1 in the log, not checked: pass --trust PUB.pem" in text(browser, "#verdict")
+    page = report((tmp_path / "unchecked.db").rename(tmp_path / "stranger.db"), "--trust", str(tmp_path / "stranger.pub.pem"))
+    open_page(browser, page, tmp_path / "stranger.png")
+    assert browser.find_element("id", "verdict").get_attribute("data-ok") == "false"
+    assert "Not every seal verified" in text(browser, "#seals")
+    checks = [li.text for li in browser.find_elements("css selector", "#verdict li")]
+    assert checks[0].endswith("verified") and checks[2] == "Seals not all verified: see above"
+    assert "The chain of 23 events is intact; a seal is what fails." in text(browser, "#verdict")
+    check_clean_page(browser)
