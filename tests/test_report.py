@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -281,3 +282,35 @@ def test_a_sealed_file(browser: Any, tmp_path: Path) -> None:
     assert checks[0].endswith("verified") and checks[2] == "Seals not all verified: see above"
     assert "The chain of 23 events is intact; a seal is what fails." in text(browser, "#verdict")
     check_clean_page(browser)
+
+
+def test_a_forged_snapshot_many_types_and_a_file_still_open(tmp_path: Path) -> None:
+    """Without a browser: the snapshot verdict (classes imported), the chart's "other types", and a
+    report on a file whose writer still holds its -wal, which is counted and left as it was."""
+    from domain import AccountOpened, MoneyDeposited, SnappedAccount
+
+    from minies import _report
+
+    db = tmp_path / "open.db"
+    with minies.EventStore(db) as store:
+        account = SnappedAccount(id="acc-1")
+        account.record(AccountOpened(owner="ann", balance=1))
+        for _ in range(39):
+            account.record(MoneyDeposited(amount=1))
+        store.save(account)  # a snapshot at version 40, balance 40
+        for n in range(10):
+            store.append(f"x-{n}", [Opened(owner="x")], aggregate_type=f"Type{n}")
+        wal = Path(f"{db}-wal")
+        before = digest(db), digest(wal)
+        _report.write(str(db), str(tmp_path / "open.html"), snapshots=True)
+        assert (digest(db), digest(wal)) == before
+        page = (tmp_path / "open.html").read_text()
+        assert f"({db.stat().st_size:,} in the file, {wal.stat().st_size:,} in its -wal)" in page
+        assert "1 equal to a replay" in page
+        assert 'data-type="other types"' in page and page.count("<li><i style=") == 8
+        with sqlite3.connect(db) as raw:
+            raw.execute("UPDATE minies_snapshots SET state = replace(state, '\"balance\":40', '\"balance\":1000000')")
+        _report.write(str(db), str(tmp_path / "forged.html"), snapshots=True)
+    page = (tmp_path / "forged.html").read_text()
+    assert 'data-ok="false"' in page and "a snapshot differs from a replay" in page
+    assert "<span>Chain and guards</span> verified" in page
