@@ -24,7 +24,7 @@ import binascii
 import hashlib
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import msgspec
 
@@ -39,7 +39,7 @@ from minies._transactions import Transactions
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-KeySource = Any
+KeySource: TypeAlias = "Ed25519PrivateKey | Ed25519PublicKey | bytes | str | os.PathLike[str]"
 """A key: a ``cryptography`` Ed25519 key object, its PEM bytes, or the path of a PEM file."""
 
 _PAGE: Final = 1000
