@@ -337,3 +337,17 @@ def test_the_command_line_seals_a_postgresql_log(pg_url: str, tmp_path: Path, ke
     assert main(["seal", pg_url, "--key", private]) == 0
     assert main(["verify", pg_url, "--trust", public]) == 0
     assert main(["verify", pg_url, "--trust", public, "--trust", public]) == 0
+
+
+def test_the_readme_s_auditor_walkthrough_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (walkthrough,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "minies keygen" in b]
+    subprocess.run([sys.executable, "-m", "minies", "demo", "shop.db"], cwd=tmp_path, check=True, capture_output=True)
+    said = {}
+    for line in walkthrough.splitlines():
+        script = f'minies() {{ "{sys.executable}" -m minies "$@"; }}\n{line}'
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        said[line.split()[1]] = done.stdout
+    assert re.search(r"^sealed: up to position \d+ by key [0-9a-f]{64}", said["verify"], re.M), said["verify"]
+    assert stat.S_IMODE(os.stat(tmp_path / "ops.pem").st_mode) == 0o600 and (tmp_path / "audit.html").exists()
