@@ -37,7 +37,11 @@ _BUCKETS: Final = (
     "SELECT substr(created_at, 1, ?) AS bucket, aggregate_type, count(*) FROM events"
     " GROUP BY bucket, aggregate_type ORDER BY bucket, aggregate_type"
 )
-_SPAN_SQL: Final = "SELECT min(created_at), max(created_at) FROM events"
+# The first and the last event by position (the primary key: no scan).
+_SPAN_SQL: Final = (
+    "SELECT (SELECT created_at FROM events ORDER BY position LIMIT 1),"
+    " (SELECT created_at FROM events ORDER BY position DESC LIMIT 1)"
+)
 _LARGEST: Final = (
     "SELECT aggregate_id, aggregate_type, max(version), max(position) FROM events"
     " GROUP BY aggregate_id ORDER BY max(version) DESC, aggregate_id LIMIT ?"
@@ -103,7 +107,7 @@ def render(
 ) -> tuple[str, minies.VerifyReport]:
     """The report's HTML text, and the verdict, for an open store on the file ``path``."""
     verdict = store.verify(snapshots=snapshots, trust=trust)
-    seals = list(store.read_all(event_types=[minies.Sealed.event_type], raw=True))
+    seals = [r for r in store.read(minies.SEALS, raw=True) if r.event_type == minies.Sealed.event_type]
     info = store.info()
     head = store.head()
     span = store.query(_SPAN_SQL)[0]
@@ -344,7 +348,9 @@ def _largest(store: minies.EventStore) -> str:
 
 def _erasures(store: minies.EventStore) -> str:
     rows = []
-    for r in store.read_all(event_types=[minies.SubjectForgotten.event_type], raw=True):
+    for r in store.read(minies.ERASURES, raw=True):  # the stream's index, not a scan of the log
+        if r.event_type != minies.SubjectForgotten.event_type:
+            continue
         data = r.data if isinstance(r.data, dict) else {}
         who = r.metadata.get("user_id", "") if isinstance(r.metadata, dict) else ""
         when = r.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC")
