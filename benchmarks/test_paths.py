@@ -152,6 +152,16 @@ def test_verify_trusting_100_seals(benchmark: Any, path: str) -> None:
         benchmark(store.verify, trust=[key.public_key()])
 
 
+@pytest.mark.benchmark(group="verify 100,000")
+def test_report(benchmark: Any, store: minies.EventStore, tmp_path: Path) -> None:
+    """The auditor's HTML report: verify, the summaries and the latest 2,000 events (its target: at most 2x verify)."""
+    from minies import _report
+
+    for i in range(SCAN // BATCH):
+        store.append(f"acc-{i}", w.deposits(BATCH), aggregate_type="Account")
+    benchmark(_report.render, store, store.path)
+
+
 @pytest.mark.benchmark(group="rebuild 100,000 (one UPSERT per event)")
 def test_rebuild(benchmark: Any, path: str) -> None:
     with minies.EventStore(path, projections=[Totals()], durability="normal") as store:
