@@ -114,7 +114,7 @@ def render(
     sections = [
         _verdict(verdict, head, snapshots, trust is not None, len(seals)),
         _file(store, path, info, head, span),
-        _chart(store, info.events, span),
+        _chart(store, info.events, span, seals),
         _types(store.event_types()),
         _largest(store),
         _erasures(store),
@@ -270,7 +270,7 @@ def _granularity(first: str | None, last: str | None) -> tuple[int, str]:
     raise AssertionError("unreachable")
 
 
-def _chart(store: minies.EventStore, total: int, span: tuple[Any, ...]) -> str:
+def _chart(store: minies.EventStore, total: int, span: tuple[Any, ...], seals: list[minies.Recorded]) -> str:
     width, label = _granularity(*span)
     counts: dict[str, dict[str, int]] = {}
     by_type: dict[str, int] = {}
@@ -320,11 +320,21 @@ def _chart(store: minies.EventStore, total: int, span: tuple[Any, ...]) -> str:
     for i in sorted({0, len(buckets) // 2, len(buckets) - 1}):
         x = left + i * step + step / 2
         parts.append(f'<text x="{x:.1f}" y="{h + 18}" class="tick" text-anchor="middle">{_e(buckets[i])}</text>')
+    marked = False
+    for r in seals:  # a seal on the timeline: a mark over its bucket
+        bucket = r.timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:width]
+        if bucket in counts:
+            x, marked = left + buckets.index(bucket) * step + step / 2, True
+            parts.append(
+                f'<path class="seal-mark" d="M{x - 5:.1f} 2h10l-5 9z" data-position="{r.position}">'
+                f"<title>sealed at position {_n(r.position)}</title></path>"
+            )
     parts.append("</svg>")
     legend = "".join(
         f'<li><i style="background:{colour[t]}"></i>{_e(t)} <b>{_n(sum(c.get(t, 0) for c in counts.values()))}</b></li>'
         for t in types
     )
+    legend += '<li><i class="seal-key"></i>seal</li>' if marked else ""
     note = f"Events per {label}, stacked by aggregate type, over the whole log."
     return _section("chart", "Events over time", "".join(parts) + f'<ul class="legend">{legend}</ul>', note)
 
@@ -477,7 +487,9 @@ color:#fff;font-size:28px;display:flex;align-items:center;justify-content:center
 .checks li.muted span::before{content:"○ ";color:var(--muted)}code{background:#eef1f5;padding:1px 5px;border-radius:4px}
 .facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:10px 24px;margin:0}
 .facts dt{color:var(--muted);font-size:12px}.facts dd{margin:0;font-weight:500;overflow-wrap:anywhere}
-svg{width:100%;height:auto}.axis{stroke:#9aa5b4}.tick{font-size:11px;fill:var(--muted)}rect.bar:hover{opacity:.8}
+svg{width:100%;height:auto}.axis{stroke:#9aa5b4}.seal-mark{fill:#1d2430}
+.legend i.seal-key{background:none;border-radius:0;height:0;border:6px solid transparent;border-top:10px solid #1d2430}
+.tick{font-size:11px;fill:var(--muted)}rect.bar:hover{opacity:.8}
 .legend{list-style:none;padding:0;margin:8px 0 0;display:flex;flex-wrap:wrap;gap:6px 18px;font-size:13px}
 .legend i{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px}
 table{border-collapse:collapse;width:100%;font-size:13px}th{text-align:left;color:var(--muted);font-weight:600;

@@ -106,6 +106,13 @@ def check_clean_page(browser: Any) -> None:
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
 
 
+def settled(browser: Any, script: str) -> None:
+    """Wait until ``script`` returns true: a link's hashchange is handled after the click returns."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(lambda b: b.execute_script(script))
+
+
 def text(browser: Any, selector: str) -> str:
     return str(browser.find_element("css selector", selector).text)
 
@@ -162,6 +169,7 @@ def test_a_clean_file(browser: Any, tmp_path: Path) -> None:
     assert browser.execute_script("return window.alert.toString().indexOf('native') >= 0")
 
     row.find_element("css selector", "a").click()  # the aggregate's history, by its anchor
+    settled(browser, "return !document.getElementById('aggregate-view').hidden")
     assert browser.execute_script("return location.hash") == "#aggregate=evil%5Cu202etxt.exe"
     assert text(browser, "#aggregate-view h3") == "History of aggregate evil\\u202etxt.exe"
     browser.get(page.as_uri() + "#aggregate=acc-3")
@@ -197,6 +205,7 @@ def test_a_tampered_file(browser: Any, tmp_path: Path) -> None:
     assert "The 20 events before it verified" in text(browser, "#verdict")
     assert "the latest 50 of 131 events (and the 11 around position 21, the first problem)" in text(browser, "#events")
     browser.find_element("id", "first-bad").click()
+    settled(browser, "return document.querySelector('#events-table tbody tr.hit') !== null")
     (hit,) = browser.find_elements("css selector", "#events-table tbody tr.hit")
     assert [c.text for c in hit.find_elements("css selector", "td")][::5] == ["21", '{"amount":1000000}']
     assert text(browser, "#page-status") == "events 51\u201361 of 61 · page 2 of 2"
@@ -269,6 +278,8 @@ def test_a_sealed_file(browser: Any, tmp_path: Path) -> None:
     (row,) = browser.find_elements("css selector", "#seals tbody tr")
     assert [c.text for c in row.find_elements("css selector", "td")][::2] == ["22", "21", "Q3 close"]
     assert "1 good" in text(browser, "#seals")
+    (mark,) = browser.find_elements("css selector", "#chart-svg .seal-mark")
+    assert mark.get_attribute("data-position") == "22"
     check_clean_page(browser)
 
     unchecked = report(db.rename(tmp_path / "unchecked.db"))
