@@ -206,7 +206,9 @@ def _verdict(report: minies.VerifyReport, head: tuple[int, str], snapshots: bool
         text = (
             f"sealed up to position {_n(report.sealed_position)} by key {report.sealed_by[:16]}… at {report.sealed_at}"
         )
-        text += f"; {_n(report.unsealed)} events after the last seal are unsealed" if report.unsealed else ""
+        after = f"{_n(report.unsealed)} event after the last seal is" if report.unsealed == 1 else ""
+        after = after or f"{_n(report.unsealed)} events after the last seal are"
+        text += f"; {after} unsealed" if report.unsealed else ""
         checks.append(("Seals", "ok", f"{_n(report.seals)} checked: {text}"))
     else:
         checks.append(("Seals", "muted", "not checked: the log failed first"))
@@ -482,7 +484,7 @@ color:#fff;font-size:28px;display:flex;align-items:center;justify-content:center
 .verdict.bad .badge{background:var(--bad)}.verdict h2{font-size:22px;margin:2px 0 4px}.verdict.ok h2{color:var(--ok)}
 .verdict.bad h2{color:var(--bad)}.sentence{font-size:15px;margin:0 0 10px}
 .checks{list-style:none;padding:0;margin:0 0 10px}
-.checks li{padding:3px 0}.checks li span{display:inline-block;width:180px;font-weight:600}
+.checks li{padding:3px 0;display:flex;gap:4px}.checks li span{flex:none;width:180px;font-weight:600}
 .checks li.ok span::before{content:"● ";color:var(--ok)}.checks li.bad span::before{content:"● ";color:var(--bad)}
 .checks li.muted span::before{content:"○ ";color:var(--muted)}code{background:#eef1f5;padding:1px 5px;border-radius:4px}
 .facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:10px 24px;margin:0}

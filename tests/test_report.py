@@ -272,9 +272,10 @@ def test_a_sealed_file(browser: Any, tmp_path: Path) -> None:
     page = report(db, "--trust", str(tmp_path / "ops.pub.pem"))
     open_page(browser, page, tmp_path / "sealed.png")
     assert browser.find_element("id", "verdict").get_attribute("data-ok") == "true"
-    seals = [li.text for li in browser.find_elements("css selector", "#verdict li") if li.text.startswith("Seals")]
+    checks = [" ".join(li.text.split()) for li in browser.find_elements("css selector", "#verdict li")]
+    seals = [check for check in checks if check.startswith("Seals")]
     assert "1 checked: sealed up to position 21 by key" in seals[0]
-    assert "1 events after the last seal are unsealed" in seals[0]
+    assert "1 event after the last seal is unsealed" in seals[0]
     (row,) = browser.find_elements("css selector", "#seals tbody tr")
     assert [c.text for c in row.find_elements("css selector", "td")][::2] == ["22", "21", "Q3 close"]
     assert "1 good" in text(browser, "#seals")
@@ -289,7 +290,7 @@ def test_a_sealed_file(browser: Any, tmp_path: Path) -> None:
     open_page(browser, page, tmp_path / "stranger.png")
     assert browser.find_element("id", "verdict").get_attribute("data-ok") == "false"
     assert "Not every seal verified" in text(browser, "#seals")
-    checks = [li.text for li in browser.find_elements("css selector", "#verdict li")]
+    checks = [" ".join(li.text.split()) for li in browser.find_elements("css selector", "#verdict li")]
     assert checks[0].endswith("verified") and checks[2] == "Seals not all verified: see above"
     assert "The chain of 23 events is intact; a seal is what fails." in text(browser, "#verdict")
     check_clean_page(browser)
