@@ -326,3 +326,18 @@ def test_a_forged_snapshot_many_types_and_a_file_still_open(tmp_path: Path) -> N
     page = (tmp_path / "forged.html").read_text()
     assert 'data-ok="false"' in page and "a snapshot differs from a replay" in page
     assert "<span>Chain and guards</span> verified" in page
+
+
+def test_an_empty_log_and_a_server(browser: Any, tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    minies.EventStore(db).close()
+    open_page(browser, report(db), tmp_path / "empty.png")
+    assert text(browser, "#verdict h2") == "Intact" and text(browser, "#page-status") == "no event matches"
+    assert "The log is empty." in text(browser, "#chart")
+    check_clean_page(browser)
+    result = subprocess.run(
+        [sys.executable, "-m", "minies", "report", "postgresql://u@localhost/db", "-o", str(tmp_path / "pg.html")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "copy the server's log to one first" in result.stderr
