@@ -341,3 +341,15 @@ def test_an_empty_log_and_a_server(browser: Any, tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 2 and "copy the server's log to one first" in result.stderr
+
+
+def test_personal_fields_this_store_cannot_open_read_sealed(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    from minies import _report
+
+    db = tmp_path / "wrapped.db"
+    with minies.EventStore(db, key_encryption_key=bytes(range(32))) as store:
+        store.append("cy", [Registered(customer="cy", email="cy@example.com")], aggregate_type="Customer")
+    _report.write(str(db), str(tmp_path / "wrapped.html"))  # no key-encryption key: the field stays sealed
+    page = (tmp_path / "wrapped.html").read_text()
+    assert '\\"email\\":\\"\\u003csealed\\u003e\\"' in page and "cy@example.com" not in page
