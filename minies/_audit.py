@@ -89,7 +89,8 @@ class VerifyReport(msgspec.Struct, frozen=True):
     Attributes:
         ok: True if every check passed.
         events_checked: how many events were re-hashed.
-        first_bad_position: the first position that failed a check, or None.
+        first_bad_position: the first position that failed a check; None when all is well, or
+            when what is wrong is the file or its guards, not one event (``reason`` says what).
         reason: why the file failed, or "" when ok.
         head_position: the last position checked (0 for an empty log).
         head_hash: that event's hash in hex ("" for an empty log); publish it, then
@@ -144,7 +145,7 @@ def verify(
     sha256 = _sha256
     previous = GENESIS
     position = 0
-    bad: tuple[int, str] | None = None
+    bad: tuple[int | None, str] | None = None  # (no position: a finding about the file, not one event)
     seen_expected = expected_hash is None
     mark = _personal.MARK_BYTES
     sealed: dict[str, int] = {}  # each key that sealed a value, and the first event it sealed
@@ -171,7 +172,7 @@ def verify(
         if progress:
             progress(position, total)
     retyped, problem = backend_check()
-    if retyped is not None and retyped <= total and (bad is None or retyped <= bad[0]):
+    if retyped is not None and retyped <= total and (bad is None or retyped <= (bad[0] or total)):
         # the chain verified every event before it, so their stored hashes are the chain's
         bad = (retyped, f"event at position {retyped} has a column of the wrong type (altered)")
         position = retyped - 1
@@ -286,17 +287,18 @@ def _chunks(conn: Connection) -> Iterator[list[Any]]:
         after = rows[-1][0]
 
 
-def _structure(conn: Connection, head: int, problem: str | None) -> tuple[int, str] | None:
+def _structure(conn: Connection, head: int, problem: str | None) -> tuple[int | None, str] | None:
     """Checks beyond the chain: version continuity, then the backend's own (immutability
-    guards, storage integrity)."""
+    guards, storage integrity). These are findings about the file, not about one event: no
+    position (the chain of every event up to ``head`` verified)."""
     gap = conn.execute(conn.sql.VERSION_GAPS).fetchone()
     if gap:
         aggregate_id, count, low, high = gap
         return (
-            head,
+            None,
             f"aggregate {aggregate_id!r} has {count} events with versions {low}..{high}: not contiguous",
         )
-    return None if problem is None else (head, problem)
+    return None if problem is None else (None, problem)
 
 
 _HEAD = re.compile(r"(?:(\d+)\s+)?([0-9a-fA-F]{12,64})")

@@ -71,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     _filters(events)
     _imports(events)
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = command("show", _show, "one aggregate's history, and its state when its class is imported (--import)")
+    show.add_argument("aggregate_id", help="the aggregate (stream) to show")
+    _imports(show)
     verify = command("verify", _verify, "re-check the hash chain and the file (exit 1 if not intact)")
+    verify.add_argument("--verbose", action="store_true", help="every line of what is wrong with the file")
     verify.add_argument(
         "--snapshots",
         action="store_true",
@@ -351,6 +355,39 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace) -> int:
+    _import_all(args.modules)
+    with _open(args) as store:
+        records = [_shown(r) for r in store.read(args.aggregate_id)]
+        if not records:
+            raise ValueError(f"{shown(args.file)} holds no aggregate {visible(args.aggregate_id)!r}")
+        kind = records[0].aggregate_type
+        out = sys.stdout
+        out.write(f"{visible(args.aggregate_id)}: a {visible(kind)} at version {records[-1].version}\n\n")
+        out.write(f"{'version':>7}  {'position':>8}  {'time (UTC)':<26} {'type':<24} data\n")
+        for r in records:
+            stamp = r.timestamp.strftime("%Y-%m-%d %H:%M:%S.%f")
+            data = visible(_encode(r.data).decode())
+            out.write(f"{r.version:>7}  {r.position:>8}  {stamp:<26} {visible(r.event_type):<24} {data}\n")
+        # the class of that type in the modules imported (the least derived, if several)
+        classes = sorted(
+            (c for c in _snapshot_classes() if c.aggregate_type == kind),
+            key=lambda c: (c.__module__ not in args.modules, len(c.__mro__)),
+        )
+        if not classes:
+            out.write(f"\n(its state: pass --import MODULE with the {visible(kind)} class to fold the events)\n")
+            return 0
+        state = store.load(classes[0], args.aggregate_id)
+        out.write(f"\nstate ({classes[0].__module__}.{classes[0].__qualname__}): {visible(_encode(state).decode())}\n")
+    return 0
+
+
+def _snapshot_classes() -> list[type[minies.Aggregate]]:
+    from minies import _snapshots
+
+    return list(_snapshots.classes())
+
+
 def _verify(args: argparse.Namespace) -> int:
     _import_all(args.modules)
     with _open(args) as store:
@@ -372,8 +409,11 @@ def _verify(args: argparse.Namespace) -> int:
         if args.trust:
             _sealed(report)
         return 0
-    if report.first_bad_position is None:
-        print(f"NOT OK: {report.reason}")
+    if report.first_bad_position is None:  # the file or its guards, not one event
+        reason = report.reason if args.verbose else report.reason.strip().splitlines()[0]
+        more = "" if reason == report.reason else " (--verbose for the details)"
+        intact = f" (the chain of {report.events_checked:,} events is intact)" if report.events_checked else ""
+        print(f"NOT OK: {reason}{more}{intact}")
     elif report.first_bad_position <= report.events_checked:  # a seal: the chain itself verified
         print(f"NOT OK: {report.reason} (the chain of {report.events_checked:,} events is intact)")
     else:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from domain import MoneyDeposited, OrderPlaced
+from domain import AccountOpened, MoneyDeposited, OrderPlaced
 
 import minies
 
@@ -243,3 +243,39 @@ def test_what_an_auditor_reads_is_whole_and_visible(db_path: str) -> None:
         assert wal > 0
         size = os.path.getsize(db_path)
         assert f"({size + wal:,} bytes: {size:,} + {wal:,} in its -wal)" in cli("info", db_path).stdout
+
+
+def test_show_prints_one_aggregate_s_history_and_its_state_when_its_class_is_imported(tmp_path: Path) -> None:
+    path = str(tmp_path / "bank.db")
+    with minies.EventStore(path) as store:
+        store.append("acc-1", [AccountOpened(owner="ann", balance=10), MoneyDeposited(amount=5)], aggregate_type="Account")
+        store.append("acc-2", [MoneyDeposited(amount=1)], aggregate_type="Account")
+    plain = cli("show", path, "acc-1")
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    assert lines[0] == "acc-1: a Account at version 2"
+    assert [line.split()[:2] for line in lines[3:5]] == [["1", "1"], ["2", "2"]]
+    assert "pass --import MODULE with the Account class" in plain.stdout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    folded = subprocess.run(
+        [sys.executable, "-m", "minies", "show", path, "acc-1", "--import", "domain"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert folded.returncode == 0, folded.stderr
+    assert '"balance":15' in folded.stdout and "state (domain.Account)" in folded.stdout
+    missing = cli("show", path, "nobody")
+    assert missing.returncode == 2 and "holds no aggregate 'nobody'" in missing.stderr
+
+
+def test_verify_names_a_problem_of_the_file_without_blaming_an_event(tmp_path: Path) -> None:
+    path = str(tmp_path / "bank.db")
+    with minies.EventStore(path) as store:
+        store.append("acc-1", [MoneyDeposited(amount=5)] * 21, aggregate_type="Account")
+    subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DROP TRIGGER events_no_delete'); c.commit()", path],
+        check=True,
+    )
+    result = cli("verify", path)
+    assert result.returncode == 1
+    assert result.stdout == "NOT OK: immutability triggers are missing: events_no_delete (the chain of 21 events is intact)\n"
+    assert "first bad position" not in result.stdout
