@@ -47,9 +47,6 @@ T = TypeVar("T")
 Durability = Literal["full", "normal"]
 ProcessHandler = Callable[[Recorded, "EventStore"], object]
 _LAST_VERSION: Final = (1 << 63) - 1
-_LOAD_CHUNK: Final = 20_000
-
-_decode_raws = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
 class EventStore:
