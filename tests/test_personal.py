@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minies
-from minies import _personal
+from minies import _personal, _replay
 
 
 class PersonSignedUp(minies.Event):
@@ -1438,7 +1438,7 @@ def test_a_ciphertext_that_is_not_base64_is_named_as_such(db_path: str) -> None:
 def test_a_load_takes_the_fast_path_until_a_chunk_holds_sealed_fields(
     store: minies.EventStore, monkeypatch: pytest.MonkeyPatch, no_upcasting: None
 ) -> None:
-    monkeypatch.setattr(minies._store, "_LOAD_CHUNK", 2)  # chunks: two plain events, then two sealed ones
+    monkeypatch.setattr(_replay, "_LOAD_CHUNK", 2)  # chunks: two plain events, then two sealed ones
     events = [
         Deposited(amount=1),
         Deposited(amount=2),
@@ -1491,7 +1491,7 @@ def test_forget_checks_its_arguments_and_says_when_there_was_nothing_to_forget(d
 def test_a_load_that_switches_to_records_still_refuses_another_aggregate_type(
     db_path: str, monkeypatch: pytest.MonkeyPatch, no_upcasting: None
 ) -> None:
-    monkeypatch.setattr(minies._store, "_LOAD_CHUNK", 2)
+    monkeypatch.setattr(_replay, "_LOAD_CHUNK", 2)
     with minies.EventStore(db_path) as store:
         store.append(
             "c7",
