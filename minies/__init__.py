@@ -17,8 +17,20 @@ from minies._errors import (
     SchemaError,
     SnapshotWarning,
     StorageError,
+    SyncError,
 )
-from minies._events import ANY, ERASURES, SEALS, Event, Recorded, Sealed, SubjectForgotten, metadata_scope
+from minies._events import (
+    ANY,
+    ERASURES,
+    REJECTIONS,
+    SEALS,
+    Event,
+    EventRejected,
+    Recorded,
+    Sealed,
+    SubjectForgotten,
+    metadata_scope,
+)
 from minies._log import StoreInfo
 from minies._personal import Personal, forgotten, sealed
 from minies._processors import Processor
@@ -27,6 +39,7 @@ from minies._roles import grant
 from minies._store import EventStore
 from minies._subscriptions import DeadLetter, Subscription
 from minies._upcasters import rename, upcaster
+from minies._wire import SyncReport
 
 __version__ = "0.2.0"
 
@@ -42,6 +55,7 @@ __all__ = [
     "ERASURES",
     "Erasure",
     "Event",
+    "EventRejected",
     "EventStore",
     "MiniesError",
     "NotFound",
@@ -51,6 +65,7 @@ __all__ = [
     "Projection",
     "ProjectionError",
     "QueryError",
+    "REJECTIONS",
     "RebuildReport",
     "Recorded",
     "SEALS",
@@ -61,6 +76,8 @@ __all__ = [
     "StoreInfo",
     "SubjectForgotten",
     "Subscription",
+    "SyncError",
+    "SyncReport",
     "VerifyReport",
     "copy",
     "forgotten",

@@ -28,9 +28,7 @@ from minies._transactions import Transactions
 class Appender:
     """One store's append path (see the module's docstring)."""
 
-    def __init__(
-        self, tx: Transactions, keys: Keyring, types: StoredTypes, projector: Projector, db: Database
-    ) -> None:
+    def __init__(self, tx: Transactions, keys: Keyring, types: StoredTypes, projector: Projector, db: Database) -> None:
         self._tx = tx
         self._keys = keys
         self._types = types
@@ -38,6 +36,7 @@ class Appender:
         self._db = db
         self.tip = HeadCache()
         self.appended: Callable[[int, int], None] | None = None  # (head before, head after), inside the write
+        self.device: Any = None  # a device's pending tail (``_device.Device``): stamps what it appends
 
     @staticmethod
     def check(
@@ -111,6 +110,7 @@ class Appender:
         if not rows:  # an idempotent retry of an append already recorded
             return version
         self._types.note(self._tx.conn, events)
+        session = self.device.watch() if self.device is not None else None
         if self._projector:
             timestamp = _codec.parse_timestamp(created)
             metadata = _codec.decode_metadata(meta)
@@ -119,6 +119,8 @@ class Appender:
                 for r, e in zip(rows, events, strict=True)
             ]
             self._projector.apply(self._tx.conn, self._db, records, rows[0][0] - 1, created)
+        if self.device is not None:
+            self.device.stamp(rows, expected, session)
         if self.appended is not None:
             self.appended(rows[0][0] - 1, rows[-1][0])
         return version

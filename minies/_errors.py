@@ -117,3 +117,9 @@ class SnapshotWarning(UserWarning):
 
 class StorageError(MiniesError):
     """The database file cannot be read or written: disk full, read-only, locked or damaged."""
+
+
+class SyncError(MiniesError):
+    """A sync was refused, and nothing was written: a device or bundle that does not fit the
+    hub (not registered, not allowed, not the device it claims, a sequence with a gap, an
+    altered or replayed event), or a log that diverged from the hub's."""

@@ -16,7 +16,7 @@ import msgspec
 from minies import _personal
 from minies._errors import SchemaError
 
-__all__ = ["ANY", "Event", "Recorded", "Sealed", "SubjectForgotten", "metadata_scope", "registry"]
+__all__ = ["ANY", "Event", "EventRejected", "Recorded", "Sealed", "SubjectForgotten", "metadata_scope", "registry"]
 
 _EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,199}")
 
@@ -105,6 +105,46 @@ class SubjectForgotten(Event, frozen=True, kw_only=True):
 
 ERASURES: Final = "minies.erasures"
 """The stream (aggregate id and type) of ``SubjectForgotten`` events."""
+
+
+class EventRejected(Event, frozen=True, kw_only=True):
+    """Recorded by a hub for a device's event it did not place (see ``EventStore.sync``).
+
+    It carries the whole event as the device wrote it, so nothing is dropped silently: the
+    device learns it on its next sync, and ``verify(origins=True)`` proves the device's
+    sequence complete with it. It is appended to the stream ``REJECTIONS``.
+
+    Attributes:
+        device: the device that wrote the event.
+        seq: the event's number in that device's sequence (its origin position).
+        reason: why the hub did not place it (for a conflict: the version it found).
+        event_id, aggregate_id, aggregate_type, rejected_type (its event type), rejected_schema
+        (its schema version), data, metadata, created_at: the event as written (``data`` and
+        ``metadata`` as stored JSON text).
+        expected: the version the device expected the aggregate at (None: any).
+        base: the last hub position the device had seen when it wrote the event.
+        origin: the event's origin hash (hex), chained on the device's previous one.
+    """
+
+    event_type: ClassVar[str] = "minies.EventRejected"
+    device: str
+    seq: int
+    reason: str
+    event_id: str
+    aggregate_id: str
+    aggregate_type: str
+    rejected_type: str
+    rejected_schema: int
+    data: str
+    metadata: str
+    created_at: str
+    expected: int | None
+    base: int
+    origin: str
+
+
+REJECTIONS: Final = "minies.rejections"
+"""The stream (aggregate id and type) of ``EventRejected`` events."""
 
 
 class Sealed(Event, frozen=True, kw_only=True):

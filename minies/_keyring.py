@@ -330,12 +330,6 @@ UNOPENABLE: Final = _Unopenable()
 ``cryptography``)."""
 
 
-
-
-
-
-
-
 def _event_at(position: int | str) -> str:
     return f"event at position {position}" if isinstance(position, int) else position
 

@@ -17,7 +17,8 @@ from minies import _audit, _codec, _snapshots, _upcasters
 from minies._aggregate import Aggregate
 from minies._append import Appender
 from minies._audit import VerifyReport
-from minies._backends import Connection, open_backend
+from minies._backends import Connection, device_sql, open_backend
+from minies._device import Device
 from minies._erasure import Eraser, Erasure
 from minies._errors import (
     ConcurrencyError,
@@ -29,7 +30,7 @@ from minies._errors import (
     SnapshotWarning,
     StorageError,
 )
-from minies._events import ANY, AnyVersion, Event, Recorded, Sealed, type_names
+from minies._events import ANY, AnyVersion, Event, EventRejected, Recorded, Sealed, type_names
 from minies._keyring import Keyring
 from minies._log import Opener, StoreInfo, read_aggregate, read_log
 from minies._processors import Processor
@@ -39,6 +40,7 @@ from minies._seals import KeySource, Sealer, check, public_keys
 from minies._stored_types import StoredTypes
 from minies._subscriptions import Subscription
 from minies._transactions import Transactions
+from minies._wire import SyncReport
 
 A = TypeVar("A", bound=Aggregate)
 S = TypeVar("S")
@@ -70,6 +72,8 @@ class EventStore:
             field. Without it, keys are stored as they are (``forget`` still destroys them).
         seal_key: an Ed25519 private key (see ``seal``): the store seals the head on close,
             and every ``seal_every`` events (when an append takes the head past a multiple of it).
+        device: this file is (or becomes) the device of that id, which writes offline and
+            syncs through a hub (``sync``): its appends are pending until the hub places them.
 
     Raises:
         SchemaError: the file is not a minies database, or was written by a newer minies.
@@ -96,6 +100,7 @@ class EventStore:
         key_encryption_key: bytes | None = None,
         seal_key: KeySource | None = None,
         seal_every: int | None = None,
+        device: str | None = None,
     ) -> None:
         if durability not in typing.get_args(Durability):
             raise ValueError(f"durability must be 'full' or 'normal', got {durability!r}")
@@ -115,7 +120,9 @@ class EventStore:
             raise ValueError("a read-only store cannot maintain projections; open it without them")
         self._saved: list[tuple[int, Aggregate, tuple[Event, ...]]] = []  # saves a rollback would undo
         self.failed_projections: dict[str, ProjectionError] = {}
-        self._backend = open_backend(path, durability=durability, timeout=self._timeout, readonly=readonly)
+        self._backend = open_backend(
+            path, durability=durability, timeout=self._timeout, readonly=readonly, device=device
+        )
         self._tx = Transactions(self._backend, ended=self._ended, explain=self._explain)
         self._conn: Connection = self._tx.conn
         self._sql = self._conn.sql
@@ -128,6 +135,12 @@ class EventStore:
             self._replayer = Replayer(self._tx, self._read_view, self._keys.remedy)
             self._eraser = Eraser(self._tx, self._keys, self._appender, self._projector, self._db)
             self._sealer = Sealer(self._tx, self._appender, seal_key, seal_every, readonly)
+            self._device: Device | None = None
+            if self._sql is device_sql.SQL:
+                if seal_key is not None:
+                    raise ValueError("a device does not seal its log: seal the hub's, which is the history")
+                self._device = Device(self._tx, self._keys, self._appender, self._projector, self._db, self._eraser)
+                self._appender.device = self._device
             with self._tx.translate(f"cannot open {self._backend.where}"):
                 self._keys.check(self._conn)
                 self._types.load(self._conn)
@@ -363,7 +376,8 @@ class EventStore:
             version = self._appender.append(
                 aggregate.id, cls.aggregate_type, loaded_at, meta, events, datas, ids, fresh=not retried
             )
-            if every and version // every != loaded_at // every:
+            if every and version // every != loaded_at // every and self._device is None:
+                # (a device's saves are pending: a snapshot of them could hold what the hub rejects)
                 seal = None
                 if self._keys.wraps:  # a snapshot holds plaintext: sealed too, or the file would reveal it
                     seal = functools.partial(self._keys.seal_state, self._conn, now=_codec.now_text())
@@ -594,6 +608,53 @@ class EventStore:
                 report, ok=False, reason=problem, snapshots_checked=checked, snapshots_unchecked=unchecked
             )
         return msgspec.structs.replace(report, snapshots_checked=checked, snapshots_unchecked=unchecked)
+
+    # ------------------------------------------------------------------ local-first
+    def sync(
+        self,
+        hub: str | os.PathLike[str] | EventStore,
+        *,
+        conflicts: Mapping[str, str | Callable[[EventStore, Recorded], object]] | None = None,
+        rejected: Callable[[Recorded], object] | None = None,
+        token: str | None = None,
+    ) -> SyncReport:
+        """Meet the hub: push this device's pending events, pull the hub's log after its own.
+
+        The hub places each pending event in its log, in the device's order, or records an
+        ``EventRejected`` for it (a conflict: the aggregate moved on without this device
+        knowing). The device then holds the hub's log exactly (same positions, ids, hashes),
+        its read models rebuilt to match, plus what it wrote since the push, still pending.
+
+        Args:
+            hub: a store, a file path, a PostgreSQL URL, or an ``http(s)://`` URL that
+                ``minies serve`` answers.
+            conflicts: the policy per aggregate type when the hub rejects an event: ``"reject"``
+                (the default), ``"accept"`` (place it anyway, after the others: for events that
+                commute, like a deposit), or a function ``retry(store, rejection)`` run here
+                after the sync learns of the rejection, to redo the command on the new state
+                (its saves are pushed in the same sync).
+            rejected: called with each rejection of this device's events this sync learns of.
+            token: the device's token, for an http(s) hub.
+
+        Raises:
+            SyncError: this store is not a device, or the hub refused the push (nothing was
+                written on either side), or the hub's log diverged from this device's.
+        """
+        from minies._sync import sync
+
+        return sync(self, hub, conflicts=conflicts or {}, rejected=rejected, token=token)
+
+    def pending(self) -> list[Recorded]:
+        """A device's events the hub has not placed yet, in the order written (their positions
+        and versions are provisional: the hub gives them theirs). Empty on other stores."""
+        return [] if self._device is None else self._device.pending()
+
+    def rejections(self, *, after: int = 0) -> list[Recorded]:
+        """The ``EventRejected`` records in the log after position ``after``: on a device, its
+        own; on a hub, every device's."""
+        found = self.read_all(after=after, event_types=[EventRejected.event_type])
+        mine = None if self._device is None else self._device.id
+        return [r for r in found if mine is None or r.data.device == mine]  # type: ignore[union-attr]
 
     def seal(self, private_key: KeySource, *, note: str = "") -> Sealed:
         """Sign the head (position, hash, time, key fingerprint, ``note``) with an Ed25519 key,

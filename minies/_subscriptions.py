@@ -43,6 +43,7 @@ class Log(Protocol):
 
     def transaction(self) -> AbstractContextManager[Any]: ...
 
+
 Handler = Callable[[Recorded], object]
 Parked = tuple[int, int, str]  # (position, attempts, error) of a dead letter
 _BATCH: Final = 100

@@ -41,12 +41,17 @@ __all__ = [
 ]
 
 
-def open_backend(where: str | os.PathLike[str], *, durability: str, timeout: float, readonly: bool) -> Backend:
-    """The backend ``where`` names: a PostgreSQL URL, else a SQLite file path."""
+def open_backend(
+    where: str | os.PathLike[str], *, durability: str, timeout: float, readonly: bool, device: str | None = None
+) -> Backend:
+    """The backend ``where`` names: a PostgreSQL URL, else a SQLite file path (``device``: the
+    file is, or becomes, that device; see ``device_sql``)."""
     if is_url(where):
+        if device is not None:
+            raise ValueError("a device is a minies file; a PostgreSQL store is a hub (sync devices through it)")
         from minies._backends.postgres import PostgresBackend  # psycopg is an optional extra
 
         return PostgresBackend(str(where), durability=durability, timeout=timeout, readonly=readonly)
     from minies._backends.sqlite import SqliteBackend
 
-    return SqliteBackend(os.fspath(where), durability=durability, timeout=timeout, readonly=readonly)
+    return SqliteBackend(os.fspath(where), durability=durability, timeout=timeout, readonly=readonly, device=device)

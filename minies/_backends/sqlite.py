@@ -15,7 +15,7 @@ from typing import Any, Final, NoReturn
 
 import apsw
 
-from minies._backends import sqlite_sql
+from minies._backends import device_sql, sqlite_sql
 from minies._backends.base import READ_ONLY_STORE, Check, triggers_problem
 from minies._database import Database
 from minies._errors import QueryError, SchemaError, StorageError
@@ -42,7 +42,9 @@ class Connection(apsw.Connection):
 class SqliteBackend:
     """A minies file: created with the schema if missing, migrated if older."""
 
-    def __init__(self, path: str, *, durability: str, timeout: float, readonly: bool) -> None:
+    def __init__(
+        self, path: str, *, durability: str, timeout: float, readonly: bool, device: str | None = None
+    ) -> None:
         self.path = self.where = path
         self.readonly = readonly
         self._durability = durability
@@ -56,6 +58,7 @@ class SqliteBackend:
         self.conn = self._connect()
         try:
             self._prepare()
+            self._become(device)
         except BaseException:
             self.conn.close()
             raise
@@ -134,6 +137,20 @@ class SqliteBackend:
             self.unguarded = self.guards()
         except apsw.Error as e:
             self.raise_error(e, f"cannot open {self.path!r}")
+
+    def _become(self, device: str | None) -> None:
+        """A device's connection reads and appends through its pending tail (``device_sql``)."""
+        conn = self.conn
+        try:
+            if device is not None:
+                if self.readonly or self._memory:
+                    raise ValueError("a device is a minies file opened for writing")
+                with _writing(conn):
+                    device_sql.enrol(conn, device)
+            if conn.execute(device_sql.IS_DEVICE).get:
+                conn.sql = device_sql.SQL
+        except apsw.Error as e:
+            self.raise_error(e, f"cannot open {self.path!r} as a device")
 
     def _switch_to_wal(self) -> str:
         """``PRAGMA journal_mode=wal`` on a new file. It needs the file to itself and SQLite

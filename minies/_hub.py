@@ -1,0 +1,252 @@
+"""A hub: any minies store (a file, or PostgreSQL for a team) that devices sync through.
+
+The hub's log is *the* history. A device's push is settled in one transaction: each pending
+event the hub has not seen, in the device's sequence, is checked against the device's origin
+chain (a gap, a reorder, an altered or forged event refuses the whole push, and nothing is
+written), then placed at the next position with its origin in its metadata, or, when the
+aggregate moved on without the device knowing (a conflict), recorded as an ``EventRejected``
+unless the aggregate type's policy is to accept it. An event the hub settled already is
+skipped, so a push sent twice (a retry, a replayed bundle) places nothing twice. Then the
+reply carries the hub's log after the device's head, which includes the device's own events
+where the hub placed them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from minies import _codec, _origins, _personal
+from minies._backends import shown
+from minies._errors import SyncError
+from minies._events import ANY, REJECTIONS, EventRejected
+from minies._store import EventStore
+from minies._wire import Pending, Push, Reply
+
+CREATE_ORIGINS: Final = (
+    "CREATE TABLE IF NOT EXISTS minies_origins (device TEXT PRIMARY KEY, seq BIGINT NOT NULL, origin TEXT NOT NULL)"
+)
+_CURSOR: Final = "SELECT seq, origin FROM minies_origins WHERE device = ?"
+_ADVANCE: Final = (
+    "INSERT INTO minies_origins (device, seq, origin) VALUES (?, ?, ?)"
+    " ON CONFLICT (device) DO UPDATE SET seq = excluded.seq, origin = excluded.origin"
+)
+_AT_VERSION: Final = "SELECT position, metadata FROM events WHERE aggregate_id = ? AND version = ?"
+_BY_ID: Final = "SELECT data, metadata, event_type FROM events WHERE event_id = ?"
+_NAMESPACE: Final = uuid.UUID("6f0b5f8e-6c55-4c8e-9d0a-3b1c4e2f7a91")
+
+
+def rejection_id(device: str, seq: int) -> str:
+    """The event id of the rejection of a device's event ``seq`` (one per event, ever)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{device}\x00{seq}"))
+
+
+def exchange(hub: EventStore, push: Push, *, may_push: Callable[[str], bool] | None = None) -> Reply:
+    """Settle ``push`` on ``hub`` and answer it (see the module's docstring).
+
+    ``may_push(aggregate_type)``: whether this device may write that aggregate type (an
+    authenticated device's rights; None: any).
+
+    Raises:
+        SyncError: the push does not fit (nothing was written): not allowed, a gap or an
+            altered event in the device's sequence, or a device whose log diverged.
+    """
+    if not isinstance(push.device, str) or not push.device or len(push.device) > 200:
+        raise SyncError(f"a device id is a non-empty str of at most 200 characters, got {push.device!r:.80}")
+    if may_push is not None:
+        refused = sorted({p.aggregate_type for p in push.pending if not may_push(p.aggregate_type)})
+        if refused:
+            raise SyncError(f"device {push.device!r} may not write {', '.join(refused)}; nothing was written")
+    placed = rejected = 0
+    erased = False
+    with hub._tx.lock:
+        with hub._tx.write(), hub._tx.translate(f"cannot sync device {push.device!r}"):
+            conn = hub._tx.conn
+            conn.execute(CREATE_ORIGINS)
+            head = int(conn.execute(conn.sql.HEAD_POSITION).get)
+            _check_prefix(hub, push, head)
+            seq, origin = _cursor(conn, push.device)
+            fresh = _fresh(conn, push, seq, origin)
+            if fresh:
+                conn.executemany(conn.sql.COPY_EVENT_TYPE, push.types)
+                rows: list[tuple[Any, ...]] = []
+                for _, batch in itertools.groupby(fresh, key=lambda p: p.batch):
+                    events = list(batch)
+                    conflict = _conflict(conn, push.device, events[0])
+                    if conflict and not events[0].accept:
+                        rows += [_reject(hub, push.device, p, conflict) for p in events]
+                        rejected += len(events)
+                    else:
+                        rows += [_place(hub, push.device, p, not conflict) for p in events]
+                        placed += len(events)
+                conn.execute(conn.sql.NOTE_EVENT_TYPES, (head,))
+                conn.execute(_ADVANCE, (push.device, fresh[-1].seq, fresh[-1].origin.hex()))
+                erased = hub._received(rows, push.keys)
+                seq = fresh[-1].seq
+            reply = _reply(hub, push, seq, placed, rejected)
+        if erased:
+            hub._backend.purge(snapshots=True)
+    return reply
+
+
+def _check_prefix(hub: EventStore, push: Push, head: int) -> None:
+    if push.after > head:
+        raise SyncError(
+            f"device {push.device!r} holds {push.after - head} events {shown(hub.path)!r} does not: "
+            "it synced with another hub"
+        )
+    if push.after and bytes(hub._conn.execute(hub._sql.HASH_AT, (push.after,)).get) != push.after_hash:
+        raise SyncError(
+            f"device {push.device!r}'s log differs from {shown(hub.path)!r}'s at or before position {push.after}: "
+            "it diverged (it synced with another hub, or its file was replaced)"
+        )
+
+
+def _cursor(conn: Any, device: str) -> tuple[int, bytes]:
+    row = conn.execute(_CURSOR, (device,)).fetchone()
+    return (0, _origins.GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))
+
+
+def _fresh(conn: Any, push: Push, seq: int, origin: bytes) -> list[Pending]:
+    """The pushed events the hub has not settled, their chain checked; the ones it settled
+    must be the very ones it holds (else the push is a forgery or a replay of other events)."""
+    fresh = [p for p in push.pending if p.seq > seq]
+    for p in push.pending:
+        if p.seq <= seq and _settled_origin(conn, push.device, p) != p.origin:
+            raise SyncError(
+                f"device {push.device!r}'s event {p.seq} differs from the one the hub settled as {p.seq}: "
+                "an altered or forged bundle; nothing was written"
+            )
+    for p in fresh:
+        if p.seq != seq + 1:
+            raise SyncError(
+                f"device {push.device!r}'s events are out of sequence: {p.seq} after {seq} (dropped or reordered); "
+                "nothing was written"
+            )
+        expected = _origins.digest(
+            origin,
+            push.device,
+            p.seq,
+            p.event_id,
+            p.aggregate_id,
+            p.aggregate_type,
+            p.event_type,
+            p.schema_version,
+            p.data,
+            p.metadata,
+            p.created_at,
+            p.expected,
+            p.base,
+        )
+        if expected != p.origin:
+            raise SyncError(
+                f"device {push.device!r}'s event {p.seq} is not the one it wrote (its origin hash differs): "
+                "an altered bundle; nothing was written"
+            )
+        if p.batch > p.seq:
+            raise SyncError(f"device {push.device!r}'s event {p.seq} claims a batch it is not part of")
+        seq, origin = p.seq, p.origin
+    return fresh
+
+
+def _settled_origin(conn: Any, device: str, p: Pending) -> bytes | None:
+    for event_id in (p.event_id, rejection_id(device, p.seq)):
+        row = conn.execute(_BY_ID, (event_id,)).fetchone()
+        if row is None:
+            continue
+        data, metadata, event_type = row
+        if event_type == EventRejected.event_type:
+            rejection = msgspec.json.decode(data, type=EventRejected)
+            if rejection.device == device and rejection.seq == p.seq:
+                return bytes.fromhex(rejection.origin)
+        found = _origins.unstamped(metadata)
+        if found is not None and found[1].device == device and found[1].seq == p.seq:
+            return bytes.fromhex(found[1].hash)
+    return None
+
+
+def _conflict(conn: Any, device: str, p: Pending) -> str:
+    """Why the first event of a batch cannot be placed as written ("" if it can): the
+    aggregate is not at the version the device expected, or the event there is one the
+    device had not seen when it wrote (another writer's, placed after its last sync)."""
+    if p.expected is None:
+        return ""
+    current = conn.execute(conn.sql.AGGREGATE_VERSION, (p.aggregate_id,)).get or 0
+    if current != p.expected:
+        return f"{p.aggregate_id!r} is at version {current} on the hub; the device expected {p.expected}"
+    if p.expected == 0:
+        return ""
+    position, metadata = conn.execute(_AT_VERSION, (p.aggregate_id, p.expected)).fetchone()
+    found = _origins.unstamped(metadata)
+    if position <= p.base or (found is not None and found[1].device == device):
+        return ""
+    return (
+        f"version {p.expected} of {p.aggregate_id!r} on the hub (position {position}) was written by another "
+        "writer after the device's last sync"
+    )
+
+
+def _place(hub: EventStore, device: str, p: Pending, as_written: bool) -> tuple[Any, ...]:
+    origin = _origins.Origin(device, p.seq, p.origin.hex(), p.created_at, p.expected, p.base)
+    expected = p.expected if as_written and p.expected is not None else ANY
+    _, rows, _ = hub._appender.write_events(
+        p.aggregate_id,
+        p.aggregate_type,
+        expected,
+        _origins.stamped(p.metadata, origin),
+        [p.event_type],
+        [p.data],
+        [p.schema_version],
+        [p.event_id],
+    )
+    return rows[0]
+
+
+def _reject(hub: EventStore, device: str, p: Pending, reason: str) -> tuple[Any, ...]:
+    rejection = EventRejected(
+        device=device,
+        seq=p.seq,
+        reason=reason,
+        event_id=p.event_id,
+        aggregate_id=p.aggregate_id,
+        aggregate_type=p.aggregate_type,
+        rejected_type=p.event_type,
+        rejected_schema=p.schema_version,
+        data=p.data,
+        metadata=p.metadata,
+        created_at=p.created_at,
+        expected=p.expected,
+        base=p.base,
+        origin=p.origin.hex(),
+    )
+    _, rows, _ = hub._appender.write_events(
+        REJECTIONS,
+        REJECTIONS,
+        ANY,
+        "{}",
+        [EventRejected.event_type],
+        [_codec.encode_event(rejection)],
+        [1],
+        [rejection_id(device, p.seq)],
+    )
+    hub._types.note(hub._tx.conn, [rejection])
+    return rows[0]
+
+
+def _reply(hub: EventStore, push: Push, seq: int, placed: int, rejected: int) -> Reply:
+    conn = hub._tx.conn
+    rows: list[Any] = conn.execute(hub._sql.RAW_EVENTS, (push.after, max(1, min(push.limit, 100_000)))).fetchall()
+    rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows]
+    needed = {key_id for row in rows for key_id in _personal.key_ids(row[6])}
+    keys = [tuple(row) for row in conn.execute(hub._sql.KEY_ROWS).fetchall() if row[0] in needed] if needed else []
+    named = {row[4] for row in rows}
+    types = [tuple(r) for r in conn.execute(hub._sql.EVENT_TYPE_ROWS[hub._file_version]).fetchall() if r[0] in named]
+    head, head_hash = hub._conn.execute(hub._sql.HEAD).fetchone() or (0, b"")
+    return Reply(push.device, push.after, rows, keys, types, seq, int(head), bytes(head_hash), placed, rejected)
+
+
+__all__: Sequence[str] = ("exchange", "rejection_id")

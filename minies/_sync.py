@@ -1,0 +1,151 @@
+"""Sync: a device meets its hub, directly, over HTTP, or through bundle files.
+
+Each round trip is one ``Push`` answered by one ``Reply`` (``_wire``): the hub settles the
+device's pending events and sends its log after the device's head (``_hub``); the device takes
+the reply in one transaction (``_device``). Rounds repeat while the hub has more to send, or a
+*retry* policy answered a rejection with a new command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
+
+from minies import _hub, _wire
+from minies._backends import is_url, shown
+from minies._errors import MiniesError, SyncError
+from minies._events import Recorded
+from minies._store import EventStore
+from minies._wire import Push, Reply, SyncReport
+
+Transport = Callable[[Push], Reply]
+_POLICIES: Final = ("reject", "accept")
+_HTTP_TIMEOUT: Final = 60.0
+CONTENT_TYPE: Final = "application/vnd.minies.sync"
+
+
+def sync(
+    store: EventStore,
+    hub: str | os.PathLike[str] | EventStore,
+    *,
+    conflicts: Mapping[str, Any],
+    rejected: Callable[[Recorded], object] | None,
+    token: str | None,
+) -> SyncReport:
+    device = _device_of(store)
+    retries, accepting = _policies(conflicts)
+    pushed = placed = refused = retried = pulled = rounds = 0
+    with _transport(hub, token) as exchange:
+        while True:
+            push = device.push(accepting)
+            reply = exchange(push)
+            rounds += 1
+            pushed += reply.placed + reply.rejected
+            placed += reply.placed
+            refused += reply.rejected
+            before = store.head()[0]
+            rejections, more = device.receive(reply)
+            pulled += store.head()[0] - before
+            redone = False
+            for rejection in rejections:
+                if rejected is not None:
+                    rejected(rejection)
+                retry = retries.get(rejection.data.aggregate_type)  # type: ignore[attr-defined]
+                if retry is not None:
+                    retry(store, rejection)
+                    retried += 1
+                    redone = True
+            if not more and not redone:
+                break
+    head, head_hash = store.head()
+    left = len(device.pending())
+    return SyncReport(pushed, placed, refused, retried, pulled, head, head_hash, left, rounds)
+
+
+def _device_of(store: EventStore) -> Any:
+    if store._device is None:
+        raise SyncError(
+            f"{shown(store.path)!r} is not a device: open it with EventStore(path, device='a-stable-id') "
+            "(or minies sync FILE HUB --device ID) to sync it"
+        )
+    return store._device
+
+
+def _policies(conflicts: Mapping[str, Any]) -> tuple[dict[str, Callable[..., object]], frozenset[str]]:
+    retries, accepting = {}, set()
+    for aggregate_type, policy in conflicts.items():
+        if callable(policy):
+            retries[aggregate_type] = policy
+        elif policy == "accept":
+            accepting.add(aggregate_type)
+        elif policy != "reject":
+            raise ValueError(
+                f"conflicts[{aggregate_type!r}] must be 'reject', 'accept' or a function retry(store, rejection), "
+                f"got {policy!r}"
+            )
+    return retries, frozenset(accepting)
+
+
+@contextlib.contextmanager
+def _transport(hub: str | os.PathLike[str] | EventStore, token: str | None) -> Iterator[Transport]:
+    if isinstance(hub, EventStore):
+        yield lambda push: _hub.exchange(hub, push)
+        return
+    where = os.fspath(hub) if not isinstance(hub, str) else hub
+    if where.startswith(("http://", "https://")):
+        yield lambda push: post(where, push, token)
+        return
+    if not (is_url(where) or os.path.exists(where)):
+        raise SyncError(f"no hub at {where!r}: give an existing minies file, a PostgreSQL URL or an http(s) URL")
+    with EventStore(where) as store:
+        yield lambda push: _hub.exchange(store, push)
+
+
+def post(url: str, push: Push, token: str | None) -> Reply:
+    """One round trip to a hub that ``minies serve`` answers."""
+    request = urllib.request.Request(
+        url.rstrip("/") + "/sync",
+        data=_wire.encode(push),
+        headers={
+            "Content-Type": "application/vnd.minies.sync",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as e:
+        said = e.read().decode(errors="replace").strip()[:500]
+        raise SyncError(f"the hub at {url} refused the sync ({e.code}): {said or e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise SyncError(f"cannot reach the hub at {url}: {reason}") from None
+    return _wire.decode(raw, Reply, f"the reply of {url}")
+
+
+# ---------------------------------------------------------------------------- bundles
+def export_push(store: EventStore, path: str | os.PathLike[str], *, accept: frozenset[str] = frozenset()) -> Push:
+    """Write the device's push to a bundle file (for a hub reached by hand)."""
+    push = _device_of(store).push(accept)
+    _wire.write_bundle(path, push)
+    return push
+
+
+def answer_bundle(hub: EventStore, push_path: str | os.PathLike[str], reply_path: str | os.PathLike[str]) -> Reply:
+    """On the hub: settle a device's push bundle and write the reply bundle."""
+    reply = _hub.exchange(hub, _wire.read_bundle(push_path, Push))
+    _wire.write_bundle(reply_path, reply)
+    return reply
+
+
+def import_reply(store: EventStore, path: str | os.PathLike[str]) -> tuple[list[Recorded], bool]:
+    """On the device: take in a hub's reply bundle (idempotent: taking it twice changes nothing)."""
+    return _device_of(store).receive(_wire.read_bundle(path, Reply))
+
+
+__all__ = ("MiniesError", "answer_bundle", "export_push", "import_reply", "post", "sync")
