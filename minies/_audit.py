@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import msgspec
 
-from minies import _personal
+from minies import _origins, _personal
 from minies._backends import Connection, is_url, open_backend
 from minies._errors import StorageError
 from minies._transactions import Transactions
@@ -104,6 +104,7 @@ class VerifyReport(msgspec.Struct, frozen=True):
         sealed_at: when it was sealed (``2026-03-04T15:23:47.123456Z``).
         unsealed: events after the last seal (no seal vouches for them: they could be changed
             or cut off without a trace).
+        devices: with ``verify(origins=True)``: the devices whose sequences were checked.
     """
 
     ok: bool
@@ -119,6 +120,7 @@ class VerifyReport(msgspec.Struct, frozen=True):
     sealed_by: str = ""
     sealed_at: str = ""
     unsealed: int = 0
+    devices: int = 0
 
     def __bool__(self) -> bool:
         return self.ok
@@ -318,3 +320,86 @@ def parse_head(text: str) -> tuple[int | None, str]:
             f"(at least 12 of its 64 hex digits), got {text!r:.100}"
         )
     return (int(found.group(1)) if found.group(1) else None, found.group(2).lower())
+
+
+ORIGIN_ROWS: Final = (
+    "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data, CAST(metadata AS TEXT),"
+    " NULL, schema_version FROM events WHERE position > ? AND (event_type = 'minies.EventRejected'"
+    " OR CAST(metadata AS TEXT) LIKE '%\"minies.origin\"%') ORDER BY position LIMIT ?"
+)
+_HUB_CURSORS: Final = "SELECT device, seq, origin FROM minies_origins"
+
+
+def verify_origins(tx: Transactions, report: VerifyReport, device: tuple[str, list[Any], Any] | None) -> VerifyReport:
+    """``verify(origins=True)``: every device's sequence in the log is complete, in order, each
+    event as its device wrote it and settled once (placed, or recorded as rejected); a hub's
+    cursors agree with its log; a device's pending tail continues its own sequence.
+
+    ``device``: on a device, ``(its id, its pending rows, its (seq, origin) state)``."""
+
+    def rows() -> Iterator[Any]:
+        after = 0
+        while True:
+            with tx.lock:
+                page: list[Any] = tx.open().execute(ORIGIN_ROWS, (after, _CHUNK)).fetchall()
+            yield from page
+            if len(page) < _CHUNK:
+                return
+            after = page[-1][0]
+
+    devices, problem = _origins.check(rows())
+    if problem is None:
+        with tx.lock:
+            conn = tx.open()
+            cursors: list[Any] = conn.execute(_HUB_CURSORS).fetchall() if _has_cursors(conn) else []
+        for name, seq, origin in cursors:
+            if devices.get(name, (0, _origins.GENESIS)) != (seq, bytes.fromhex(origin)):
+                held = devices.get(name, (0,))[0]
+                problem = (None, f"device {name!r}: the hub settled its events up to {seq}, the log holds {held}")
+                break
+    if problem is None and device is not None:
+        problem = _pending_problem(devices, *device)
+    counted = len(devices)
+    if problem is None:
+        return msgspec.structs.replace(report, devices=counted)
+    position, what = problem
+    return msgspec.structs.replace(report, ok=False, first_bad_position=position, reason=what, devices=counted)
+
+
+def _has_cursors(conn: Connection) -> bool:
+    try:
+        conn.execute("SELECT 1 FROM minies_origins LIMIT 1").fetchall()
+    except conn.Error:
+        return False
+    return True
+
+
+def _pending_problem(
+    devices: dict[str, tuple[int, bytes]], name: str, pending: list[Any], state: Any
+) -> tuple[int | None, str] | None:
+    seq, origin = devices.get(name, (0, _origins.GENESIS))
+    for row in pending:
+        _, event_id, aggregate_id, aggregate_type, event_type, _, data, meta, created, _, schema = row[:11]
+        if row[11] != seq + 1:
+            return None, f"this device's pending event {row[11]} does not follow {seq} (one was lost or reordered)"
+        origin = _origins.digest(
+            origin,
+            name,
+            row[11],
+            event_id,
+            aggregate_id,
+            aggregate_type,
+            event_type,
+            schema,
+            data,
+            meta,
+            created,
+            row[13],
+            row[14],
+        )
+        if origin != bytes(row[12]):
+            return None, f"this device's pending event {row[11]} differs from what it wrote"
+        seq += 1
+    if (seq, origin) != (state[0], bytes(state[1])):
+        return None, f"this device numbered {state[0]} events; its log and pending tail hold {seq}"
+    return None

@@ -21,7 +21,7 @@ from typing import IO, Any
 import msgspec
 
 import minies
-from minies import __version__, _upcasters
+from minies import __version__, _cli_sync, _serve, _upcasters
 from minies._backends import is_url, shown
 from minies._errors import MiniesError
 from minies._events import Recorded, registry
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     verify = command("verify", _verify, "re-check the hash chain and the file (exit 1 if not intact)")
     verify.add_argument("--verbose", action="store_true", help="every line of what is wrong with the file")
     verify.add_argument(
+        "--origins", action="store_true", help="prove every device's sequence arrived complete, in order, unaltered"
+    )
+    verify.add_argument(
         "--snapshots",
         action="store_true",
         help="also replay every snapshotted aggregate and compare (needs its class: --import MODULE)",
@@ -125,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="app: append, read, run projections; reader: read; auditor: read the log and verify",
     )
+    _cli_sync.add_commands(commands)
+    _serve.add_commands(commands)
     command("repair", _repair, "re-create minies' own triggers (and a server's functions) if the log verifies")
     keygen = commands.add_parser(
         "keygen", help="write an Ed25519 key pair: NAME.pem (private, mode 0600) and NAME.pub.pem"
@@ -397,6 +402,7 @@ def _verify(args: argparse.Namespace) -> int:
                 progress=_progress("verifying"),
                 snapshots=args.snapshots,
                 trust=args.trust,
+                origins=args.origins,
             )
         except ValueError as e:
             raise ValueError(str(e).replace("expect_head", "--expect-head")) from None
@@ -408,6 +414,8 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"; {unchecked:,} not checked: no class imported (pass --import MODULE)" if unchecked else "")
         if args.trust:
             _sealed(report)
+        if args.origins:
+            print(f"origins: {_plural(report.devices, 'device')}, each sequence complete, in order and unaltered")
         return 0
     if report.first_bad_position is None:  # the file or its guards, not one event
         reason = report.reason if args.verbose else report.reason.strip().splitlines()[0]

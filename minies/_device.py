@@ -211,6 +211,14 @@ class Device:
         return Recorded(row[0], row[1], row[2], row[3], row[4], row[5], _codec.parse_timestamp(row[8]), event, metadata)
 
     # ------------------------------------------------------------------ what it knows
+    def audit_state(self) -> tuple[str, list[Any], Any]:
+        """(its id, its pending rows, its (seq, origin)) for ``verify(origins=True)``."""
+        with self._tx.lock, self._tx.translate("cannot read the pending events"):
+            conn = self._tx.open()
+            rows: list[Any] = conn.execute(device_sql.PENDING_ROWS, (0,)).fetchall()
+            state = conn.execute(device_sql.DEVICE).fetchone()[1:3]
+        return self.id, rows, state
+
     def pending(self) -> list[Recorded]:
         with self._tx.lock, self._tx.translate("cannot read the pending events"):
             rows: list[Any] = self._tx.open().execute(device_sql.PENDING_ROWS, (0,)).fetchall()

@@ -564,6 +564,7 @@ class EventStore:
         progress: Callable[[int, int], None] | None = None,
         snapshots: bool = False,
         trust: Iterable[KeySource] | None = None,
+        origins: bool = False,
     ) -> VerifyReport:
         """Re-check the hash chain, version continuity, triggers and SQLite's integrity.
 
@@ -581,11 +582,16 @@ class EventStore:
             trust: Ed25519 public keys (objects, PEM bytes or paths): the log must hold a seal,
                 each by one of them, its signature good and the hash it signed the chain's
                 (``sealed_position``, ``sealed_by``, ``sealed_at``, ``unsealed`` say what it covers).
+            origins: prove each device's sequence complete, in order, unaltered and settled
+                once (placed, or recorded as rejected); ``devices`` counts the devices.
         """
         keys = None if trust is None else public_keys(trust)
         report = _audit.verify_store(self._tx, expect_head, progress)
         if keys is not None:
             report = check(self._tx, report, keys)
+        if origins and report.ok:
+            mine = None if self._device is None else self._device.audit_state()
+            report = _audit.verify_origins(self._tx, report, mine)
         if not snapshots or not report.ok:
             return report
         with self._tx.lock, self._tx.translate("cannot read the snapshots"):

@@ -100,7 +100,10 @@ def _transport(hub: str | os.PathLike[str] | EventStore, token: str | None) -> I
         yield lambda push: post(where, push, token)
         return
     if not (is_url(where) or os.path.exists(where)):
-        raise SyncError(f"no hub at {where!r}: give an existing minies file, a PostgreSQL URL or an http(s) URL")
+        raise SyncError(
+            f"no hub at {where!r}: give an existing minies file, a PostgreSQL URL or an http(s) URL "
+            "(a new hub is any new store: EventStore(path), or `minies sync ... --new-hub`)"
+        )
     with EventStore(where) as store:
         yield lambda push: _hub.exchange(store, push)
 
