@@ -347,7 +347,8 @@ def verify_origins(tx: Transactions, report: VerifyReport, device: tuple[str, li
                 return
             after = page[-1][0]
 
-    devices, problem = _origins.check(rows())
+    devices, found = _origins.check(rows())
+    problem: tuple[int | None, str] | None = found
     if problem is None:
         with tx.lock:
             conn = tx.open()

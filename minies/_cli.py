@@ -21,7 +21,7 @@ from typing import IO, Any
 import msgspec
 
 import minies
-from minies import __version__, _cli_sync, _serve, _upcasters
+from minies import __version__, _cli_sync, _upcasters
 from minies._backends import is_url, shown
 from minies._errors import MiniesError
 from minies._events import Recorded, registry
@@ -76,9 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     _imports(show)
     verify = command("verify", _verify, "re-check the hash chain and the file (exit 1 if not intact)")
     verify.add_argument("--verbose", action="store_true", help="every line of what is wrong with the file")
-    verify.add_argument(
-        "--origins", action="store_true", help="prove every device's sequence arrived complete, in order, unaltered"
-    )
+    verify.add_argument("--origins", action="store_true", help="prove each device's events arrived whole, in order")
     verify.add_argument(
         "--snapshots",
         action="store_true",
@@ -128,8 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="app: append, read, run projections; reader: read; auditor: read the log and verify",
     )
-    _cli_sync.add_commands(commands)
-    _serve.add_commands(commands)
+    _cli_sync.add_commands(commands)  # sync, serve, device
     command("repair", _repair, "re-create minies' own triggers (and a server's functions) if the log verifies")
     keygen = commands.add_parser(
         "keygen", help="write an Ed25519 key pair: NAME.pem (private, mode 0600) and NAME.pub.pem"
@@ -397,13 +394,8 @@ def _verify(args: argparse.Namespace) -> int:
     _import_all(args.modules)
     with _open(args) as store:
         try:
-            report = store.verify(
-                expect_head=args.expect_head,
-                progress=_progress("verifying"),
-                snapshots=args.snapshots,
-                trust=args.trust,
-                origins=args.origins,
-            )
+            checks = {"snapshots": args.snapshots, "trust": args.trust, "origins": args.origins}
+            report = store.verify(expect_head=args.expect_head, progress=_progress("verifying"), **checks)
         except ValueError as e:
             raise ValueError(str(e).replace("expect_head", "--expect-head")) from None
     if report.ok:

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from minies import _sync, _wire
+from minies import _serve, _sync, _wire
 from minies._backends import shown
 from minies._errors import SyncError
 from minies._store import EventStore
@@ -20,6 +20,8 @@ minies sync import DEVICE_FILE REPLY_BUNDLE             (back on the device)"""
 
 
 def add_commands(commands: Any) -> None:
+    """Register ``sync``, and the HTTP hub's ``serve`` and ``device``."""
+    _serve.add_commands(commands)
     sync = commands.add_parser(
         "sync",
         help="sync a device file with its hub (a file, a PostgreSQL URL, or http(s) from `minies serve`), "

@@ -94,7 +94,7 @@ def copy(
                 # with the keys they need (so an interrupted copy leaves a prefix that reads), and
                 # the erasures among them applied as their source applied them
                 needed = {key_id for row in rows for key_id in _personal.key_ids(row[6])}
-                erased = dst._received(rows, [by_id[k] for k in needed if k in by_id])
+                erased = dst._eraser.received(rows, [by_id[k] for k in needed if k in by_id])
             if erased:
                 dst._backend.purge(snapshots=True)
             after = rows[-1][0]

@@ -53,6 +53,16 @@ class Device:
         self._eraser = eraser
         self.id: str = tx.conn.execute(device_sql.DEVICE).fetchone()[0]
 
+    @classmethod
+    def of(
+        cls, tx: Transactions, keys: Keyring, appender: Appender, projector: Projector, db: Database, eraser: Eraser
+    ) -> Device | None:
+        """The store's device, if its file is one (and its appends then stamped by it)."""
+        if tx.sql is not device_sql.SQL:
+            return None
+        appender.device = device = cls(tx, keys, appender, projector, db, eraser)
+        return device
+
     # ------------------------------------------------------------------ offline appends
     def watch(self) -> apsw.Session | None:
         """Start recording what the read models do (None: there are none)."""
@@ -78,7 +88,7 @@ class Device:
         stamps = []
         for k, row in enumerate(rows):
             seq += 1
-            wanted = None if expected is ANY else expected + k  # type: ignore[operator]
+            wanted = None if expected is ANY else expected + k
             origin = _origins.digest(
                 origin, self.id, seq, row[1], row[2], row[3], row[4], row[10], row[6], row[7], row[8], wanted, base
             )
@@ -144,7 +154,7 @@ class Device:
         rejected = [
             Recorded(r[0], r[1], r[2], r[3], r[4], r[5], _codec.parse_timestamp(r[8]), rejection, {})
             for r in rows
-            if r[4] == EventRejected.event_type and (rejection := _codec.decoders()[r[4]](r[6])).device == self.id  # type: ignore[attr-defined]
+            if r[4] == EventRejected.event_type and (rejection := _codec.decoders()[r[4]](r[6])).device == self.id
         ]
         return rejected, more
 
@@ -153,7 +163,7 @@ class Device:
         conn = self._tx.conn
         changesets = [changes for (changes,) in conn.execute(device_sql.PENDING_CHANGES).fetchall()]
         for changes in changesets:
-            apsw.Changeset.apply(apsw.Changeset.invert(changes), conn)  # type: ignore[arg-type]
+            apsw.Changeset.apply(apsw.Changeset.invert(changes), conn)  # type: ignore[call-overload]
         self._projector.forget()
 
     def _replace(self, survivors: Sequence[Sequence[Any]]) -> None:

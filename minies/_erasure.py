@@ -9,7 +9,7 @@ arrives by ``copy`` (or any later way of moving a log) carries its erasures with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -55,8 +55,15 @@ class Eraser:
         self._projector = projector
         self._db = db
 
-    def forget(self, subject: str, reason: str, meta: str) -> Erasure:
-        """``EventStore.forget``, its arguments checked."""
+    def forget(self, subject: object, reason: object, metadata: Mapping[str, Any] | None) -> Erasure:
+        """``EventStore.forget``."""
+        if not isinstance(subject, str):
+            raise TypeError(f"subject must be a str, got {type(subject).__name__}: {subject!r:.80}")
+        if not subject:
+            raise ValueError("subject must not be empty")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        meta = _codec.encode_metadata(metadata)
         event = SubjectForgotten(subject=subject, reason=reason)
         nothing = Erasure(subject, 0, [], [], 0, False)
         with self._tx.lock:

@@ -21,10 +21,12 @@ from typing import Any, Final
 import msgspec
 
 from minies import _codec, _origins, _personal
-from minies._backends import shown
+from minies._append import Appender
+from minies._erasure import Eraser
 from minies._errors import SyncError
 from minies._events import ANY, REJECTIONS, EventRejected
-from minies._store import EventStore
+from minies._stored_types import StoredTypes
+from minies._transactions import Transactions
 from minies._wire import Pending, Push, Reply
 
 CREATE_ORIGINS: Final = (
@@ -45,65 +47,143 @@ def rejection_id(device: str, seq: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{device}\x00{seq}"))
 
 
-def exchange(hub: EventStore, push: Push, *, may_push: Callable[[str], bool] | None = None) -> Reply:
-    """Settle ``push`` on ``hub`` and answer it (see the module's docstring).
-
-    ``may_push(aggregate_type)``: whether this device may write that aggregate type (an
-    authenticated device's rights; None: any).
-
-    Raises:
-        SyncError: the push does not fit (nothing was written): not allowed, a gap or an
-            altered event in the device's sequence, or a device whose log diverged.
-    """
-    if not isinstance(push.device, str) or not push.device or len(push.device) > 200:
-        raise SyncError(f"a device id is a non-empty str of at most 200 characters, got {push.device!r:.80}")
-    if may_push is not None:
-        refused = sorted({p.aggregate_type for p in push.pending if not may_push(p.aggregate_type)})
-        if refused:
-            raise SyncError(f"device {push.device!r} may not write {', '.join(refused)}; nothing was written")
-    placed = rejected = 0
-    erased = False
-    with hub._tx.lock:
-        with hub._tx.write(), hub._tx.translate(f"cannot sync device {push.device!r}"):
-            conn = hub._tx.conn
-            conn.execute(CREATE_ORIGINS)
-            head = int(conn.execute(conn.sql.HEAD_POSITION).get)
-            _check_prefix(hub, push, head)
-            seq, origin = _cursor(conn, push.device)
-            fresh = _fresh(conn, push, seq, origin)
-            if fresh:
-                conn.executemany(conn.sql.COPY_EVENT_TYPE, push.types)
-                rows: list[tuple[Any, ...]] = []
-                for _, batch in itertools.groupby(fresh, key=lambda p: p.batch):
-                    events = list(batch)
-                    conflict = _conflict(conn, push.device, events[0])
-                    if conflict and not events[0].accept:
-                        rows += [_reject(hub, push.device, p, conflict) for p in events]
-                        rejected += len(events)
-                    else:
-                        rows += [_place(hub, push.device, p, not conflict) for p in events]
-                        placed += len(events)
-                conn.execute(conn.sql.NOTE_EVENT_TYPES, (head,))
-                conn.execute(_ADVANCE, (push.device, fresh[-1].seq, fresh[-1].origin.hex()))
-                erased = hub._received(rows, push.keys)
-                seq = fresh[-1].seq
-            reply = _reply(hub, push, seq, placed, rejected)
-        if erased:
-            hub._backend.purge(snapshots=True)
-    return reply
+def exchange(store: Any, push: Push, *, may_push: Callable[[str], bool] | None = None) -> Reply:
+    """Settle ``push`` on the hub ``store`` (an ``EventStore``) and answer it (see ``Hub.exchange``)."""
+    hub: Hub = store._hub
+    return hub.exchange(push, may_push=may_push)
 
 
-def _check_prefix(hub: EventStore, push: Push, head: int) -> None:
-    if push.after > head:
-        raise SyncError(
-            f"device {push.device!r} holds {push.after - head} events {shown(hub.path)!r} does not: "
-            "it synced with another hub"
+class Hub:
+    """One store's side of its devices' syncs (see the module's docstring)."""
+
+    def __init__(
+        self, tx: Transactions, appender: Appender, types: StoredTypes, eraser: Eraser, file_version: int
+    ) -> None:
+        self._tx = tx
+        self._appender = appender
+        self._types = types
+        self._eraser = eraser
+        self._file_version = file_version
+
+    def exchange(self, push: Push, *, may_push: Callable[[str], bool] | None = None) -> Reply:
+        """Settle ``push`` and answer it.
+
+        ``may_push(aggregate_type)``: whether this device may write that aggregate type (an
+        authenticated device's rights; None: any).
+
+        Raises:
+            SyncError: the push does not fit (nothing was written): not allowed, a gap or an
+                altered event in the device's sequence, or a device whose log diverged.
+        """
+        if not isinstance(push.device, str) or not push.device or len(push.device) > 200:
+            raise SyncError(f"a device id is a non-empty str of at most 200 characters, got {push.device!r:.80}")
+        if may_push is not None:
+            refused = sorted({p.aggregate_type for p in push.pending if not may_push(p.aggregate_type)})
+            if refused:
+                raise SyncError(f"device {push.device!r} may not write {', '.join(refused)}; nothing was written")
+        placed = rejected = 0
+        erased = False
+        tx = self._tx
+        with tx.lock:
+            with tx.write(), tx.translate(f"cannot sync device {push.device!r}"):
+                conn = tx.conn
+                conn.execute(CREATE_ORIGINS)
+                head = int(conn.execute(conn.sql.HEAD_POSITION).get)
+                self._check_prefix(push, head)
+                seq, origin = _cursor(conn, push.device)
+                fresh = _fresh(conn, push, seq, origin)
+                if fresh:
+                    conn.executemany(conn.sql.COPY_EVENT_TYPE, push.types)
+                    rows: list[tuple[Any, ...]] = []
+                    for _, batch in itertools.groupby(fresh, key=lambda p: p.batch):
+                        events = list(batch)
+                        conflict = _conflict(conn, push.device, events[0])
+                        if conflict and not events[0].accept:
+                            rows += [self._reject(push.device, p, conflict) for p in events]
+                            rejected += len(events)
+                        else:
+                            rows += [self._place(push.device, p, not conflict) for p in events]
+                            placed += len(events)
+                    conn.execute(conn.sql.NOTE_EVENT_TYPES, (head,))
+                    conn.execute(_ADVANCE, (push.device, fresh[-1].seq, fresh[-1].origin.hex()))
+                    erased = self._eraser.received(rows, push.keys)
+                    seq = fresh[-1].seq
+                reply = self._reply(push, seq, placed, rejected)
+            if erased:
+                tx.backend.purge(snapshots=True)
+        return reply
+
+    def _check_prefix(self, push: Push, head: int) -> None:
+        where = self._tx.backend.where
+        if push.after > head:
+            raise SyncError(
+                f"device {push.device!r} holds {push.after - head} events {where!r} does not: "
+                "it synced with another hub"
+            )
+        conn = self._tx.conn
+        if push.after and bytes(conn.execute(conn.sql.HASH_AT, (push.after,)).get) != push.after_hash:
+            raise SyncError(
+                f"device {push.device!r}'s log differs from {where!r}'s at or before position {push.after}: "
+                "it diverged (it synced with another hub, or its file was replaced)"
+            )
+
+    def _place(self, device: str, p: Pending, as_written: bool) -> tuple[Any, ...]:
+        origin = _origins.Origin(device, p.seq, p.origin.hex(), p.created_at, p.expected, p.base)
+        expected = p.expected if as_written and p.expected is not None else ANY
+        _, rows, _ = self._appender.write_events(
+            p.aggregate_id,
+            p.aggregate_type,
+            expected,
+            _origins.stamped(p.metadata, origin),
+            [p.event_type],
+            [p.data],
+            [p.schema_version],
+            [p.event_id],
         )
-    if push.after and bytes(hub._conn.execute(hub._sql.HASH_AT, (push.after,)).get) != push.after_hash:
-        raise SyncError(
-            f"device {push.device!r}'s log differs from {shown(hub.path)!r}'s at or before position {push.after}: "
-            "it diverged (it synced with another hub, or its file was replaced)"
+        return rows[0]
+
+    def _reject(self, device: str, p: Pending, reason: str) -> tuple[Any, ...]:
+        rejection = EventRejected(
+            device=device,
+            seq=p.seq,
+            reason=reason,
+            event_id=p.event_id,
+            aggregate_id=p.aggregate_id,
+            aggregate_type=p.aggregate_type,
+            rejected_type=p.event_type,
+            rejected_schema=p.schema_version,
+            data=p.data,
+            metadata=p.metadata,
+            created_at=p.created_at,
+            expected=p.expected,
+            base=p.base,
+            origin=p.origin.hex(),
         )
+        _, rows, _ = self._appender.write_events(
+            REJECTIONS,
+            REJECTIONS,
+            ANY,
+            "{}",
+            [EventRejected.event_type],
+            [_codec.encode_event(rejection)],
+            [1],
+            [rejection_id(device, p.seq)],
+        )
+        self._types.note(self._tx.conn, [rejection])
+        return rows[0]
+
+    def _reply(self, push: Push, seq: int, placed: int, rejected: int) -> Reply:
+        conn = self._tx.conn
+        rows: list[Any] = conn.execute(conn.sql.RAW_EVENTS, (push.after, max(1, min(push.limit, 100_000)))).fetchall()
+        rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows]
+        needed = {key_id for row in rows for key_id in _personal.key_ids(row[6])}
+        keys = [tuple(row) for row in conn.execute(conn.sql.KEY_ROWS).fetchall() if row[0] in needed] if needed else []
+        named = {row[4] for row in rows}
+        types = [
+            tuple(r) for r in conn.execute(conn.sql.EVENT_TYPE_ROWS[self._file_version]).fetchall() if r[0] in named
+        ]
+        head, head_hash = conn.execute(conn.sql.HEAD).fetchone() or (0, b"")
+        return Reply(push.device, push.after, rows, keys, types, seq, int(head), bytes(head_hash), placed, rejected)
 
 
 def _cursor(conn: Any, device: str) -> tuple[int, bytes]:
@@ -188,65 +268,6 @@ def _conflict(conn: Any, device: str, p: Pending) -> str:
         f"version {p.expected} of {p.aggregate_id!r} on the hub (position {position}) was written by another "
         "writer after the device's last sync"
     )
-
-
-def _place(hub: EventStore, device: str, p: Pending, as_written: bool) -> tuple[Any, ...]:
-    origin = _origins.Origin(device, p.seq, p.origin.hex(), p.created_at, p.expected, p.base)
-    expected = p.expected if as_written and p.expected is not None else ANY
-    _, rows, _ = hub._appender.write_events(
-        p.aggregate_id,
-        p.aggregate_type,
-        expected,
-        _origins.stamped(p.metadata, origin),
-        [p.event_type],
-        [p.data],
-        [p.schema_version],
-        [p.event_id],
-    )
-    return rows[0]
-
-
-def _reject(hub: EventStore, device: str, p: Pending, reason: str) -> tuple[Any, ...]:
-    rejection = EventRejected(
-        device=device,
-        seq=p.seq,
-        reason=reason,
-        event_id=p.event_id,
-        aggregate_id=p.aggregate_id,
-        aggregate_type=p.aggregate_type,
-        rejected_type=p.event_type,
-        rejected_schema=p.schema_version,
-        data=p.data,
-        metadata=p.metadata,
-        created_at=p.created_at,
-        expected=p.expected,
-        base=p.base,
-        origin=p.origin.hex(),
-    )
-    _, rows, _ = hub._appender.write_events(
-        REJECTIONS,
-        REJECTIONS,
-        ANY,
-        "{}",
-        [EventRejected.event_type],
-        [_codec.encode_event(rejection)],
-        [1],
-        [rejection_id(device, p.seq)],
-    )
-    hub._types.note(hub._tx.conn, [rejection])
-    return rows[0]
-
-
-def _reply(hub: EventStore, push: Push, seq: int, placed: int, rejected: int) -> Reply:
-    conn = hub._tx.conn
-    rows: list[Any] = conn.execute(hub._sql.RAW_EVENTS, (push.after, max(1, min(push.limit, 100_000)))).fetchall()
-    rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows]
-    needed = {key_id for row in rows for key_id in _personal.key_ids(row[6])}
-    keys = [tuple(row) for row in conn.execute(hub._sql.KEY_ROWS).fetchall() if row[0] in needed] if needed else []
-    named = {row[4] for row in rows}
-    types = [tuple(r) for r in conn.execute(hub._sql.EVENT_TYPE_ROWS[hub._file_version]).fetchall() if r[0] in named]
-    head, head_hash = hub._conn.execute(hub._sql.HEAD).fetchone() or (0, b"")
-    return Reply(push.device, push.after, rows, keys, types, seq, int(head), bytes(head_hash), placed, rejected)
 
 
 __all__: Sequence[str] = ("exchange", "rejection_id")

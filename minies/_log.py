@@ -17,6 +17,7 @@ from minies import _codec, _events, _personal, _upcasters
 from minies._backends import Connection
 from minies._errors import SchemaError
 from minies._events import Recorded
+from minies._transactions import Transactions
 
 
 class _Raw(dict[str, Callable[[Any], Any]]):
@@ -245,3 +246,28 @@ class StoreInfo(msgspec.Struct, frozen=True):
     projections: list[tuple[str, int, int, str]]
     subscriptions: list[tuple[str, int, str]]
     forgotten_subjects: int = 0
+
+
+def store_info(tx: Transactions, forgetting: bool) -> StoreInfo:
+    """``EventStore.info``: in one read view, so the counts agree."""
+    with tx.lock, tx.translate("cannot read"), tx.backend.reading():
+        conn = tx.open()
+        counts: Any = conn.execute(conn.sql.COUNTS).fetchone()
+        projections: list[Any] = conn.execute(conn.sql.PROJECTIONS).fetchall()
+        subscriptions: list[Any] = conn.execute(conn.sql.SUBSCRIPTIONS).fetchall()
+        schema_version = tx.backend.schema_version()
+        forgotten = int(conn.execute(conn.sql.FORGOTTEN_SUBJECTS).get) if forgetting else 0
+    return StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions, forgotten)
+
+
+def aggregates(tx: Transactions, aggregate_type: Any) -> list[tuple[str, str, int]]:
+    """``EventStore.aggregates``: of one type (a name, or an ``Aggregate`` class), or all."""
+    if aggregate_type is not None and not isinstance(aggregate_type, str):
+        aggregate_type = aggregate_type.aggregate_type
+    with tx.lock, tx.translate("cannot read"):
+        conn = tx.open()
+        if aggregate_type is None:
+            rows: list[Any] = conn.execute(conn.sql.AGGREGATES).fetchall()
+        else:
+            rows = conn.execute(conn.sql.AGGREGATES_OF_TYPE, (aggregate_type,)).fetchall()
+    return rows

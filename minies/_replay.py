@@ -9,14 +9,14 @@ appends meanwhile is never counted in a state it is not in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import msgspec
 
 from minies import _codec, _events, _personal
 from minies._errors import NotFound, PersonalDataError, SchemaError
-from minies._events import Event
+from minies._events import Event, Recorded
 from minies._log import Opener, Reach, read_aggregate
 from minies._transactions import Transactions
 
@@ -139,3 +139,29 @@ def no_class(aggregate_id: str, event_types: set[str]) -> SchemaError:
         f"aggregate {aggregate_id!r} holds events of types with no class in this process ({names}); "
         "import the module that defines them (read() returns such events as dicts)"
     )
+
+
+def check_events(
+    tx: Transactions,
+    read_all: Callable[[int], Iterator[Recorded]],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[int, str, str]]:
+    """``EventStore.check_events``: read the whole log (``read_all(after)``), and list
+    ``(position, event_type, error)`` for each event that does not upcast or decode."""
+    problems: list[tuple[int, str, str]] = []
+    after = 0
+    while True:
+        try:
+            for record in read_all(after):
+                after = record.position
+                if progress is not None and after % 10_000 == 0:
+                    progress(after, total)
+            return problems
+        except SchemaError as e:
+            if e.position is None or e.position <= after:
+                raise
+            after = e.position
+            with tx.lock:
+                event_type = tx.open().execute(tx.sql.EVENT_TYPE_AT, (after,)).get
+            problems.append((after, str(event_type), str(e)))

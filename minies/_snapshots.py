@@ -9,15 +9,20 @@ fingerprint is derived from the class's msgspec JSON Schema (every field and typ
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
 from minies import _codec, _events, _personal, _upcasters
 from minies._aggregate import Aggregate
+from minies._audit import VerifyReport
 from minies._backends import Connection
+from minies._keyring import Keyring
+from minies._replay import Replayer
+from minies._transactions import Transactions
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -165,3 +170,26 @@ def check_all(
                 f"drop it with `minies snapshots --drop {aggregate_type}`",
             )
     return checked, unchecked, ""
+
+
+def verify(tx: Transactions, keys: Keyring, replayer: Replayer, report: VerifyReport) -> VerifyReport:
+    """``verify(snapshots=True)``: ``report`` with every snapshot compared with a replay."""
+    with tx.lock, tx.translate("cannot read the snapshots"):
+        rows: list[Any] = tx.open().execute(tx.sql.ALL_SNAPSHOTS).fetchall()
+
+    def stored(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate | None:
+        with tx.lock, tx.translate("cannot read the snapshots"):
+            conn = tx.open()
+            return latest(conn, cls, aggregate_id, version, functools.partial(keys.open_state, conn))
+
+    def replayed(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate:
+        aggregate = cls(id=aggregate_id)
+        aggregate.version = replayer.replay(aggregate_id, cls.aggregate_type, 0, version, aggregate.apply)
+        return aggregate
+
+    checked, unchecked, problem = check_all(rows, stored, replayed)
+    if problem:
+        return msgspec.structs.replace(
+            report, ok=False, reason=problem, snapshots_checked=checked, snapshots_unchecked=unchecked
+        )
+    return msgspec.structs.replace(report, snapshots_checked=checked, snapshots_unchecked=unchecked)

@@ -11,13 +11,11 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeVar
 
-import msgspec
-
-from minies import _audit, _codec, _snapshots, _upcasters
+from minies import _audit, _codec, _snapshots, _sync, _upcasters
 from minies._aggregate import Aggregate
 from minies._append import Appender
 from minies._audit import VerifyReport
-from minies._backends import Connection, device_sql, open_backend
+from minies._backends import Connection, open_backend
 from minies._device import Device
 from minies._erasure import Eraser, Erasure
 from minies._errors import (
@@ -26,16 +24,16 @@ from minies._errors import (
     MiniesError,
     NotFound,
     ProjectionError,
-    SchemaError,
     SnapshotWarning,
     StorageError,
 )
 from minies._events import ANY, AnyVersion, Event, EventRejected, Recorded, Sealed, type_names
+from minies._hub import Hub
 from minies._keyring import Keyring
-from minies._log import Opener, StoreInfo, read_aggregate, read_log
+from minies._log import Opener, StoreInfo, aggregates, read_aggregate, read_log, store_info
 from minies._processors import Processor
 from minies._projections import Projection, Projector, RebuildReport
-from minies._replay import Replayer, no_events
+from minies._replay import Replayer, check_events, no_events
 from minies._seals import KeySource, Sealer, check, public_keys
 from minies._stored_types import StoredTypes
 from minies._subscriptions import Subscription
@@ -135,12 +133,10 @@ class EventStore:
             self._replayer = Replayer(self._tx, self._read_view, self._keys.remedy)
             self._eraser = Eraser(self._tx, self._keys, self._appender, self._projector, self._db)
             self._sealer = Sealer(self._tx, self._appender, seal_key, seal_every, readonly)
-            self._device: Device | None = None
-            if self._sql is device_sql.SQL:
-                if seal_key is not None:
-                    raise ValueError("a device does not seal its log: seal the hub's, which is the history")
-                self._device = Device(self._tx, self._keys, self._appender, self._projector, self._db, self._eraser)
-                self._appender.device = self._device
+            self._device = Device.of(self._tx, self._keys, self._appender, self._projector, self._db, self._eraser)
+            if self._device is not None and seal_key is not None:
+                raise ValueError("a device does not seal its log: seal the hub's, which is the history")
+            self._hub = Hub(self._tx, self._appender, self._types, self._eraser, self._file_version)
             with self._tx.translate(f"cannot open {self._backend.where}"):
                 self._keys.check(self._conn)
                 self._types.load(self._conn)
@@ -315,14 +311,7 @@ class EventStore:
         Raises:
             StorageError: the file cannot be read.
         """
-        with self._tx.lock, self._tx.translate("cannot read"), self._backend.reading():  # one view: counts that agree
-            conn = self._tx.open()
-            counts: Any = conn.execute(self._sql.COUNTS).fetchone()
-            projections: list[Any] = conn.execute(self._sql.PROJECTIONS).fetchall()
-            subscriptions: list[Any] = conn.execute(self._sql.SUBSCRIPTIONS).fetchall()
-            schema_version = self._backend.schema_version()
-            forgotten = int(conn.execute(self._sql.FORGOTTEN_SUBJECTS).get) if self._keys.enabled else 0
-        return StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions, forgotten)
+        return store_info(self._tx, self._keys.enabled)
 
     def head(self) -> tuple[int, str]:
         """The last position and its chain hash in hex: ``(0, "")`` for an empty log."""
@@ -469,23 +458,7 @@ class EventStore:
         Returns:
             ``(position, event_type, error)`` for each event that does not upcast or decode.
         """
-        problems: list[tuple[int, str, str]] = []
-        after = 0
-        total = self.head()[0]
-        while True:
-            try:
-                for record in self.read_all(after=after):
-                    after = record.position
-                    if progress is not None and after % 10_000 == 0:
-                        progress(after, total)
-                return problems
-            except SchemaError as e:
-                if e.position is None or e.position <= after:
-                    raise
-                after = e.position
-                with self._tx.lock:
-                    event_type = self._tx.open().execute(self._sql.EVENT_TYPE_AT, (after,)).get
-                problems.append((after, str(event_type), str(e)))
+        return check_events(self._tx, lambda after: self.read_all(after=after), self.head()[0], progress)
 
     # ------------------------------------------------------------------ read models
     def rebuild(self, name: str, *, progress: Callable[[int, int], None] | None = None) -> RebuildReport:
@@ -546,15 +519,7 @@ class EventStore:
 
     def aggregates(self, aggregate_type: str | type[Aggregate] | None = None) -> list[tuple[str, str, int]]:
         """``(aggregate_id, aggregate_type, version)`` of every aggregate (of one type), by id."""
-        if aggregate_type is not None and not isinstance(aggregate_type, str):
-            aggregate_type = aggregate_type.aggregate_type
-        with self._tx.lock, self._tx.translate("cannot read"):
-            conn = self._tx.open()
-            if aggregate_type is None:
-                rows: list[Any] = conn.execute(self._sql.AGGREGATES).fetchall()
-            else:
-                rows = conn.execute(self._sql.AGGREGATES_OF_TYPE, (aggregate_type,)).fetchall()
-        return rows
+        return aggregates(self._tx, aggregate_type)
 
     # ------------------------------------------------------------------ audit
     def verify(
@@ -594,26 +559,7 @@ class EventStore:
             report = _audit.verify_origins(self._tx, report, mine)
         if not snapshots or not report.ok:
             return report
-        with self._tx.lock, self._tx.translate("cannot read the snapshots"):
-            rows: list[Any] = self._tx.open().execute(self._sql.ALL_SNAPSHOTS).fetchall()
-
-        def stored(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate | None:
-            with self._tx.lock, self._tx.translate("cannot read the snapshots"):
-                conn = self._tx.open()
-                opener = functools.partial(self._keys.open_state, conn)
-                return _snapshots.latest(conn, cls, aggregate_id, version, opener)
-
-        def replayed(cls: type[Aggregate], aggregate_id: str, version: int) -> Aggregate:
-            aggregate = cls(id=aggregate_id)
-            aggregate.version = self._replayer.replay(aggregate_id, cls.aggregate_type, 0, version, aggregate.apply)
-            return aggregate
-
-        checked, unchecked, problem = _snapshots.check_all(rows, stored, replayed)
-        if problem:
-            return msgspec.structs.replace(
-                report, ok=False, reason=problem, snapshots_checked=checked, snapshots_unchecked=unchecked
-            )
-        return msgspec.structs.replace(report, snapshots_checked=checked, snapshots_unchecked=unchecked)
+        return _snapshots.verify(self._tx, self._keys, self._replayer, report)
 
     # ------------------------------------------------------------------ local-first
     def sync(
@@ -626,29 +572,24 @@ class EventStore:
     ) -> SyncReport:
         """Meet the hub: push this device's pending events, pull the hub's log after its own.
 
-        The hub places each pending event in its log, in the device's order, or records an
+        The hub places each pending event, in this device's order, or records an
         ``EventRejected`` for it (a conflict: the aggregate moved on without this device
-        knowing). The device then holds the hub's log exactly (same positions, ids, hashes),
-        its read models rebuilt to match, plus what it wrote since the push, still pending.
+        knowing). Then this device holds the hub's log exactly, its read models rebuilt to
+        match, plus what it wrote meanwhile, still pending.
 
         Args:
-            hub: a store, a file path, a PostgreSQL URL, or an ``http(s)://`` URL that
-                ``minies serve`` answers.
-            conflicts: the policy per aggregate type when the hub rejects an event: ``"reject"``
-                (the default), ``"accept"`` (place it anyway, after the others: for events that
-                commute, like a deposit), or a function ``retry(store, rejection)`` run here
-                after the sync learns of the rejection, to redo the command on the new state
-                (its saves are pushed in the same sync).
-            rejected: called with each rejection of this device's events this sync learns of.
+            hub: a store, a file path, a PostgreSQL URL, or an ``http(s)://`` URL of ``minies serve``.
+            conflicts: per aggregate type, on a conflict: ``"reject"`` (the default), ``"accept"``
+                (placed anyway, after the others: events that commute), or ``retry(store,
+                rejection)``, run here to redo the command on the new state (pushed in this sync).
+            rejected: called with each rejection of this device's events the sync learns of.
             token: the device's token, for an http(s) hub.
 
         Raises:
-            SyncError: this store is not a device, or the hub refused the push (nothing was
-                written on either side), or the hub's log diverged from this device's.
+            SyncError: not a device; the hub refused the push (nothing written on either side);
+                or the logs diverged.
         """
-        from minies._sync import sync
-
-        return sync(self, hub, conflicts=conflicts or {}, rejected=rejected, token=token)
+        return _sync.sync(self, hub, conflicts=conflicts or {}, rejected=rejected, token=token)
 
     def pending(self) -> list[Recorded]:
         """A device's events the hub has not placed yet, in the order written (their positions
@@ -660,7 +601,7 @@ class EventStore:
         own; on a hub, every device's."""
         found = self.read_all(after=after, event_types=[EventRejected.event_type])
         mine = None if self._device is None else self._device.id
-        return [r for r in found if mine is None or r.data.device == mine]  # type: ignore[union-attr]
+        return [r for r in found if mine is None or r.data.device == mine]
 
     def seal(self, private_key: KeySource, *, note: str = "") -> Sealed:
         """Sign the head (position, hash, time, key fingerprint, ``note``) with an Ed25519 key,
@@ -705,16 +646,7 @@ class EventStore:
             ProjectionError: a read model's ``forget`` or rebuild failed; nothing was changed.
             StorageError: the file cannot be written.
         """
-        _check_str("subject", subject)
-        if not subject:
-            raise ValueError("subject must not be empty")
-        if not isinstance(reason, str):
-            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
-        return self._eraser.forget(subject, reason, _codec.encode_metadata(metadata))
-
-    def _received(self, rows: Sequence[Sequence[Any]], keys: Sequence[Sequence[Any]] = ()) -> bool:
-        """Take in a copy's ``rows`` and the keys they need, erasures applied (``Eraser.received``)."""
-        return self._eraser.received(rows, keys)
+        return self._eraser.forget(subject, reason, metadata)
 
     def backup(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent single-file copy (no ``-wal`` needed) to ``path``.

@@ -17,9 +17,9 @@ from typing import Any, Final
 
 from minies import _hub, _wire
 from minies._backends import is_url, shown
+from minies._device import Device
 from minies._errors import MiniesError, SyncError
 from minies._events import Recorded
-from minies._store import EventStore
 from minies._wire import Push, Reply, SyncReport
 
 Transport = Callable[[Push], Reply]
@@ -29,17 +29,19 @@ CONTENT_TYPE: Final = "application/vnd.minies.sync"
 
 
 def sync(
-    store: EventStore,
-    hub: str | os.PathLike[str] | EventStore,
+    store: Any,
+    hub: Any,
     *,
     conflicts: Mapping[str, Any],
     rejected: Callable[[Recorded], object] | None,
     token: str | None,
 ) -> SyncReport:
+    """``EventStore.sync`` (``store`` is the device's ``EventStore``; ``hub``, another, or
+    where one is)."""
     device = _device_of(store)
     retries, accepting = _policies(conflicts)
     pushed = placed = refused = retried = pulled = rounds = 0
-    with _transport(hub, token) as exchange:
+    with _transport(hub, token, type(store)) as exchange:
         while True:
             push = device.push(accepting)
             reply = exchange(push)
@@ -54,7 +56,7 @@ def sync(
             for rejection in rejections:
                 if rejected is not None:
                     rejected(rejection)
-                retry = retries.get(rejection.data.aggregate_type)  # type: ignore[attr-defined]
+                retry = retries.get(rejection.data.aggregate_type)
                 if retry is not None:
                     retry(store, rejection)
                     retried += 1
@@ -66,13 +68,14 @@ def sync(
     return SyncReport(pushed, placed, refused, retried, pulled, head, head_hash, left, rounds)
 
 
-def _device_of(store: EventStore) -> Any:
-    if store._device is None:
+def _device_of(store: Any) -> Device:
+    device: Device | None = store._device
+    if device is None:
         raise SyncError(
             f"{shown(store.path)!r} is not a device: open it with EventStore(path, device='a-stable-id') "
             "(or minies sync FILE HUB --device ID) to sync it"
         )
-    return store._device
+    return device
 
 
 def _policies(conflicts: Mapping[str, Any]) -> tuple[dict[str, Callable[..., object]], frozenset[str]]:
@@ -91,10 +94,12 @@ def _policies(conflicts: Mapping[str, Any]) -> tuple[dict[str, Callable[..., obj
 
 
 @contextlib.contextmanager
-def _transport(hub: str | os.PathLike[str] | EventStore, token: str | None) -> Iterator[Transport]:
-    if isinstance(hub, EventStore):
+def _transport(hub: Any, token: str | None, store_class: type) -> Iterator[Transport]:
+    if isinstance(hub, store_class):
         yield lambda push: _hub.exchange(hub, push)
         return
+    if not isinstance(hub, (str, os.PathLike)):
+        raise TypeError(f"hub must be an EventStore, a file path or a URL, got {type(hub).__name__}")
     where = os.fspath(hub) if not isinstance(hub, str) else hub
     if where.startswith(("http://", "https://")):
         yield lambda push: post(where, push, token)
@@ -104,7 +109,7 @@ def _transport(hub: str | os.PathLike[str] | EventStore, token: str | None) -> I
             f"no hub at {where!r}: give an existing minies file, a PostgreSQL URL or an http(s) URL "
             "(a new hub is any new store: EventStore(path), or `minies sync ... --new-hub`)"
         )
-    with EventStore(where) as store:
+    with store_class(where) as store:
         yield lambda push: _hub.exchange(store, push)
 
 
@@ -132,21 +137,21 @@ def post(url: str, push: Push, token: str | None) -> Reply:
 
 
 # ---------------------------------------------------------------------------- bundles
-def export_push(store: EventStore, path: str | os.PathLike[str], *, accept: frozenset[str] = frozenset()) -> Push:
+def export_push(store: Any, path: str | os.PathLike[str], *, accept: frozenset[str] = frozenset()) -> Push:
     """Write the device's push to a bundle file (for a hub reached by hand)."""
     push = _device_of(store).push(accept)
     _wire.write_bundle(path, push)
     return push
 
 
-def answer_bundle(hub: EventStore, push_path: str | os.PathLike[str], reply_path: str | os.PathLike[str]) -> Reply:
+def answer_bundle(hub: Any, push_path: str | os.PathLike[str], reply_path: str | os.PathLike[str]) -> Reply:
     """On the hub: settle a device's push bundle and write the reply bundle."""
     reply = _hub.exchange(hub, _wire.read_bundle(push_path, Push))
     _wire.write_bundle(reply_path, reply)
     return reply
 
 
-def import_reply(store: EventStore, path: str | os.PathLike[str]) -> tuple[list[Recorded], bool]:
+def import_reply(store: Any, path: str | os.PathLike[str]) -> tuple[list[Recorded], bool]:
     """On the device: take in a hub's reply bundle (idempotent: taking it twice changes nothing)."""
     return _device_of(store).receive(_wire.read_bundle(path, Reply))
 

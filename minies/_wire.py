@@ -76,7 +76,7 @@ def decode(raw: bytes, expect: type[M], where: str) -> M:
         message = _decoder.decode(memoryview(raw)[len(MAGIC) :])
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise MiniesError(f"{where} is damaged or cut short ({e}); nothing was written") from None
-    if not isinstance(message, expect):  # type: ignore[arg-type]  (a union is fine at run time)
+    if not isinstance(message, expect):  # (a union of the two is fine too)
         kind = "a device's push" if isinstance(message, Push) else "a hub's reply"
         raise MiniesError(f"{where} is {kind}, not what this side takes")
     return message

@@ -11,26 +11,28 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "minies"
 LAYERS = [
     {"_errors"},
-    {"_personal", "_events", "_aggregate", "_upcasters", "_codec"},
+    {"_personal", "_events", "_aggregate", "_upcasters", "_codec", "_origins", "_wire"},
     {
         "_backends.base",
         "_database",
         "_backends.sqlite_sql",
         "_backends.postgres_sql",
+        "_backends.device_sql",
         "_backends.sqlite",
         "_backends.postgres_connection",
         "_backends.postgres_screen",
         "_backends.postgres",
         "_backends",
     },
-    {"_transactions", "_keyring", "_stored_types", "_log", "_audit", "_snapshots", "_projections", "_append", "_replay", "_erasure", "_seals"},
-    {"_subscriptions", "_processors"},
+    {"_transactions", "_keyring", "_stored_types", "_log", "_audit", "_snapshots", "_projections", "_append", "_replay", "_erasure", "_seals", "_device"},
+    {"_subscriptions", "_processors", "_hub", "_sync"},
     {"_store", "_aio"},
-    {"_copy", "_roles", "eventsourcing", "_report", "_cli", "_demo", "testing", "__init__", "__main__"},
+    {"_copy", "_roles", "eventsourcing", "_report", "_cli", "_demo", "testing", "__init__", "__main__"}
+    | {"_cli_sync", "_serve"},
 ]
 # The debts ARCHITECTURE.md names: (importer, imported) and module sizes, as they are today.
 UPWARD_DEBTS: set[tuple[str, str]] = set()
-SIZE_DEBTS = {"_store": 718, "_backends.postgres_sql": 606}
+SIZE_DEBTS = {"_store": 717, "_backends.postgres_sql": 606}
 LIMIT = 600
 
 
