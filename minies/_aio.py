@@ -26,6 +26,7 @@ from minies._events import Event, Recorded, Sealed
 from minies._log import StoreInfo
 from minies._projections import RebuildReport
 from minies._store import EventStore
+from minies._wire import SyncReport
 
 A = TypeVar("A", bound=Aggregate)
 P = ParamSpec("P")
@@ -215,6 +216,18 @@ class AsyncEventStore:
     async def verify(self, **options: Any) -> VerifyReport:
         """``EventStore.verify``."""
         return await self._run(self.store.verify, **options)
+
+    async def sync(self, hub: Any, **options: Any) -> SyncReport:
+        """``EventStore.sync``: meet the hub (a ``retry`` policy gets the blocking store)."""
+        return await self._run(self.store.sync, hub, **options)
+
+    async def pending(self) -> list[Recorded]:
+        """``EventStore.pending``."""
+        return await self._run(self.store.pending)
+
+    async def rejections(self, **options: Any) -> list[Recorded]:
+        """``EventStore.rejections``."""
+        return await self._run(self.store.rejections, **options)
 
     # ------------------------------------------------------------------ reading
     def read(self, aggregate_id: str, **options: Any) -> AsyncIterator[Recorded]:
