@@ -16,7 +16,7 @@ import msgspec
 
 from minies import _personal
 from minies._backends import shown, swallowed
-from minies._errors import SchemaError, StorageError
+from minies._errors import SchemaError, StorageError, SyncError
 from minies._projections import Projection
 from minies._store import EventStore
 
@@ -64,6 +64,8 @@ def copy(
         ProjectionError: one of ``projections`` failed; the chunk it failed in was not copied.
     """
     with EventStore(source, readonly=True) as src, EventStore(target, projections=projections) as dst:
+        if dst._device is not None:
+            raise SyncError(f"{shown(target)!r} is a device: it takes in a hub's log by sync, not by copy")
         # the side tables as of the head: an erasure after it comes next time
         with src._tx.lock, src._backend.reading():
             conn = src._tx.open()

@@ -26,6 +26,7 @@ from minies._errors import (
     ProjectionError,
     SnapshotWarning,
     StorageError,
+    SyncError,
 )
 from minies._events import ANY, AnyVersion, Event, EventRejected, Recorded, Sealed, type_names
 from minies._hub import Hub
@@ -573,9 +574,8 @@ class EventStore:
         """Meet the hub: push this device's pending events, pull the hub's log after its own.
 
         The hub places each pending event, in this device's order, or records an
-        ``EventRejected`` for it (a conflict: the aggregate moved on without this device
-        knowing). Then this device holds the hub's log exactly, its read models rebuilt to
-        match, plus what it wrote meanwhile, still pending.
+        ``EventRejected`` for it (a conflict: the aggregate moved on unseen). Then this device
+        holds the hub's log exactly, its read models to match, plus what it wrote meanwhile.
 
         Args:
             hub: a store, a file path, a PostgreSQL URL, or an ``http(s)://`` URL of ``minies serve``.
@@ -585,23 +585,21 @@ class EventStore:
             rejected: called with each rejection of this device's events the sync learns of.
             token: the device's token, for an http(s) hub.
 
-        Raises:
-            SyncError: not a device; the hub refused the push (nothing written on either side);
-                or the logs diverged.
+        Raises SyncError if this is not a device, the logs diverged, or the hub refused the
+        push (then nothing was written on either side).
         """
         return _sync.sync(self, hub, conflicts=conflicts or {}, rejected=rejected, token=token)
 
     def pending(self) -> list[Recorded]:
-        """A device's events the hub has not placed yet, in the order written (their positions
-        and versions are provisional: the hub gives them theirs). Empty on other stores."""
+        """A device's events the hub has not placed yet, in order (positions and versions
+        provisional: the hub gives them theirs). Empty on other stores."""
         return [] if self._device is None else self._device.pending()
 
     def rejections(self, *, after: int = 0) -> list[Recorded]:
         """The ``EventRejected`` records in the log after position ``after``: on a device, its
         own; on a hub, every device's."""
         found = self.read_all(after=after, event_types=[EventRejected.event_type])
-        mine = None if self._device is None else self._device.id
-        return [r for r in found if mine is None or r.data.device == mine]
+        return [r for r in found if self._device is None or r.data.device == self._device.id]
 
     def seal(self, private_key: KeySource, *, note: str = "") -> Sealed:
         """Sign the head (position, hash, time, key fingerprint, ``note``) with an Ed25519 key,
@@ -619,6 +617,8 @@ class EventStore:
             StorageError: the file cannot be written.
         """
         _check_str("note", note)
+        if self._device is not None:
+            raise SyncError("a device does not seal its log: seal its hub's, which is the history")
         return self._sealer.seal(private_key, note)
 
     # ------------------------------------------------------------------ personal data
