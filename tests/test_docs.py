@@ -32,6 +32,7 @@ STORY = [
     "explanation/guarantees.md",
     "how-to/audit-a-file.md",
     "how-to/develop-minies.md",
+    "how-to/local-first.md",
 ]
 
 
