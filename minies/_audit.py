@@ -323,9 +323,10 @@ def parse_head(text: str) -> tuple[int | None, str]:
 
 
 ORIGIN_ROWS: Final = (
-    "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, data, CAST(metadata AS TEXT),"
-    " NULL, schema_version FROM events WHERE position > ? AND (event_type = 'minies.EventRejected'"
-    " OR CAST(metadata AS TEXT) LIKE '%\"minies.origin\"%') ORDER BY position LIMIT ?"
+    "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, CAST(data AS TEXT),"
+    " CAST(metadata AS TEXT), NULL, schema_version FROM events WHERE position > ?"
+    " AND (event_type = 'minies.EventRejected' OR CAST(metadata AS TEXT) LIKE '%\"minies.origin\"%')"
+    " ORDER BY position LIMIT ?"
 )
 _HUB_CURSORS: Final = "SELECT device, seq, origin FROM minies_origins"
 

@@ -37,8 +37,12 @@ _ADVANCE: Final = (
     "INSERT INTO minies_origins (device, seq, origin) VALUES (?, ?, ?)"
     " ON CONFLICT (device) DO UPDATE SET seq = excluded.seq, origin = excluded.origin"
 )
-_AT_VERSION: Final = "SELECT position, metadata FROM events WHERE aggregate_id = ? AND version = ?"
-_BY_ID: Final = "SELECT data, metadata, event_type FROM events WHERE event_id = ?"
+# (as text: PostgreSQL's driver would hand a JSON column over parsed)
+_AT_VERSION: Final = "SELECT position, CAST(metadata AS TEXT) FROM events WHERE aggregate_id = ? AND version = ?"
+_BY_ID: Final = (
+    "SELECT CAST(data AS TEXT), CAST(metadata AS TEXT), event_type, aggregate_id, aggregate_type, schema_version"
+    " FROM events WHERE event_id = ?"
+)
 _NAMESPACE: Final = uuid.UUID("6f0b5f8e-6c55-4c8e-9d0a-3b1c4e2f7a91")
 
 
@@ -196,7 +200,7 @@ def _fresh(conn: Any, push: Push, seq: int, origin: bytes) -> list[Pending]:
     must be the very ones it holds (else the push is a forgery or a replay of other events)."""
     fresh = [p for p in push.pending if p.seq > seq]
     for p in push.pending:
-        if p.seq <= seq and _settled_origin(conn, push.device, p) != p.origin:
+        if p.seq <= seq and not _settled_as_pushed(conn, push.device, p):
             raise SyncError(
                 f"device {push.device!r}'s event {p.seq} differs from the one the hub settled as {p.seq}: "
                 "an altered or forged bundle; nothing was written"
@@ -233,20 +237,51 @@ def _fresh(conn: Any, push: Push, seq: int, origin: bytes) -> list[Pending]:
     return fresh
 
 
-def _settled_origin(conn: Any, device: str, p: Pending) -> bytes | None:
-    for event_id in (p.event_id, rejection_id(device, p.seq)):
-        row = conn.execute(_BY_ID, (event_id,)).fetchone()
-        if row is None:
-            continue
-        data, metadata, event_type = row
-        if event_type == EventRejected.event_type:
-            rejection = msgspec.json.decode(data, type=EventRejected)
-            if rejection.device == device and rejection.seq == p.seq:
-                return bytes.fromhex(rejection.origin)
-        found = _origins.unstamped(metadata)
-        if found is not None and found[1].device == device and found[1].seq == p.seq:
-            return bytes.fromhex(found[1].hash)
-    return None
+def _settled_as_pushed(conn: Any, device: str, p: Pending) -> bool:
+    """Is ``p`` (an event of the device the hub settled already) the very event it settled?"""
+    row = conn.execute(_BY_ID, (p.event_id,)).fetchone()
+    if row is not None and row[2] != EventRejected.event_type:
+        found = _origins.unstamped(row[1])
+        if found is None:
+            return False
+        meta, o = found
+        held = (row[3], row[4], row[2], row[5], row[0], meta, o.at, o.expected, o.base, o.device, o.seq, o.hash)
+    else:
+        row = conn.execute(_BY_ID, (rejection_id(device, p.seq),)).fetchone()
+        if row is None or row[2] != EventRejected.event_type:
+            return False
+        r = msgspec.json.decode(row[0], type=EventRejected)
+        held = (
+            r.aggregate_id,
+            r.aggregate_type,
+            r.rejected_type,
+            r.rejected_schema,
+            r.data,
+            r.metadata,
+            r.created_at,
+            r.expected,
+            r.base,
+            r.device,
+            r.seq,
+            r.origin,
+        )
+        if r.event_id != p.event_id:
+            return False
+    pushed = (
+        p.aggregate_id,
+        p.aggregate_type,
+        p.event_type,
+        p.schema_version,
+        p.data,
+        p.metadata,
+        p.created_at,
+        p.expected,
+        p.base,
+        device,
+        p.seq,
+        p.origin.hex(),
+    )
+    return held == pushed
 
 
 def _conflict(conn: Any, device: str, p: Pending) -> str:
