@@ -17,9 +17,11 @@ import msgspec
 from minies import _codec, _personal
 from minies._append import Appender
 from minies._database import Database
+from minies._errors import ProjectionError, SchemaError
 from minies._events import ANY, ERASURES, SubjectForgotten
 from minies._keyring import Keyring
 from minies._projections import Projector
+from minies._stored_types import StoredTypes
 from minies._transactions import Transactions
 
 
@@ -48,8 +50,19 @@ class Erasure(msgspec.Struct, frozen=True):
 class Eraser:
     """One store's erasures."""
 
-    def __init__(self, tx: Transactions, keys: Keyring, appender: Appender, projector: Projector, db: Database) -> None:
+    def __init__(
+        self,
+        tx: Transactions,
+        keys: Keyring,
+        appender: Appender,
+        projector: Projector,
+        db: Database,
+        types: StoredTypes,
+        failed: dict[str, ProjectionError],
+    ) -> None:
         self._tx = tx
+        self._types = types
+        self._failed = failed
         self._keys = keys
         self._appender = appender
         self._projector = projector
@@ -116,9 +129,18 @@ class Eraser:
         if keys:  # (a subject forgotten and written again has a second key: it fits once the first is gone)
             conn.executemany(conn.sql.COPY_KEY, keys)
             self._keys.clear()
+        self._types.load(conn)  # (so newer events read as such from now on, not with fields dropped)
         self._projector.erased.clear()
-        for name in self._projector.projections:
-            self._projector.catch_up(conn, self._db, name)
+        for name in list(self._projector.projections):
+            try:
+                with self._tx.write():  # a savepoint
+                    self._projector.catch_up(conn, self._db, name)
+            except ProjectionError as e:
+                if not isinstance(e.__cause__, SchemaError):
+                    raise
+                # events written by newer code: the log takes them, this read model stops before them
+                self._failed[name] = e
+                del self._projector.projections[name]
         self._projector.forget()
         self._appender.tip.clear()
         return destroyed or bool(self._projector.erased)

@@ -132,7 +132,9 @@ class EventStore:
             self._types = StoredTypes(self._file_version)
             self._appender = Appender(self._tx, self._keys, self._types, self._projector, self._db)
             self._replayer = Replayer(self._tx, self._read_view, self._keys.remedy)
-            self._eraser = Eraser(self._tx, self._keys, self._appender, self._projector, self._db)
+            self._eraser = Eraser(
+                self._tx, self._keys, self._appender, self._projector, self._db, self._types, self.failed_projections
+            )
             self._sealer = Sealer(self._tx, self._appender, seal_key, seal_every, readonly)
             self._device = Device.of(self._tx, self._keys, self._appender, self._projector, self._db, self._eraser)
             if self._device is not None and seal_key is not None:
@@ -591,13 +593,11 @@ class EventStore:
         return _sync.sync(self, hub, conflicts=conflicts or {}, rejected=rejected, token=token)
 
     def pending(self) -> list[Recorded]:
-        """A device's events the hub has not placed yet, in order (positions and versions
-        provisional: the hub gives them theirs). Empty on other stores."""
+        """A device's events the hub has not placed yet, in order (their positions: provisional)."""
         return [] if self._device is None else self._device.pending()
 
     def rejections(self, *, after: int = 0) -> list[Recorded]:
-        """The ``EventRejected`` records in the log after position ``after``: on a device, its
-        own; on a hub, every device's."""
+        """The ``EventRejected`` records after position ``after``: a device's own, or a hub's all."""
         found = self.read_all(after=after, event_types=[EventRejected.event_type])
         return [r for r in found if self._device is None or r.data.device == self._device.id]
 

@@ -452,3 +452,39 @@ def test_a_device_is_not_a_copy_target_and_does_not_seal(tmp_path: Path) -> None
         minies.copy(tmp_path / "src.db", tmp_path / "a.db")
     with device(tmp_path, "a") as a, pytest.raises(minies.SyncError, match="does not seal"):
         a.seal(b"")
+
+
+class Noted(minies.Event):
+    event_type: ClassVar[str] = "sync.Noted"
+    text: str
+
+
+class Notes(minies.Projection):
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE notes (text TEXT)")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        if isinstance(event.data, Noted):
+            db.execute("INSERT INTO notes VALUES (?)", (event.data.text,))
+
+
+def test_newer_events_from_the_hub_are_stored_and_refused_at_once_not_read_wrong(tmp_path: Path) -> None:
+    hub_path = str(tmp_path / "hub.db")
+    run_python(
+        "import sys, minies\nfrom typing import ClassVar\n"
+        "class Noted(minies.Event):\n"
+        "    event_type: ClassVar[str] = 'sync.Noted'\n    schema_version: ClassVar[int] = 2\n"
+        "    text: str\n    tag: str = ''\n"
+        "with minies.EventStore(sys.argv[1]) as hub:\n"
+        "    hub.append('n1', [Noted(text='hi', tag='x')], aggregate_type='Note')\n",
+        hub_path,
+    )
+    with minies.EventStore(tmp_path / "a.db", device="a", projections=[Notes()]) as a:
+        a.append("n0", [Noted(text="mine")], aggregate_type="Note")
+        report = a.sync(hub_path)  # the sync lands: the events are stored
+        assert report.pulled == 2 and a.head()[0] == 2
+        with pytest.raises(minies.SchemaError, match="newer"):
+            list(a.read("n1"))  # in this session too: never read with a field dropped
+        assert "Notes" in a.failed_projections  # a read model that cannot read them stops before them
+        assert a.query("SELECT text FROM notes") == []  # (the hub placed the newer one first)
+        a.append("n2", [Noted(text="later")], aggregate_type="Note")  # the device goes on writing
