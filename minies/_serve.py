@@ -23,8 +23,10 @@ import hashlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -251,8 +253,8 @@ class HubApp:
         if push.device != registration.device:
             raise _Refused(
                 403,
-                f"this token is device {registration.device!r}'s, and the push is device {push.device!r}'s: "
-                "a device syncs under its own id only; nothing was written",
+                f"this token belongs to device {registration.device!r}, and the push comes from device "
+                f"{push.device!r}: a device syncs under its own id only; nothing was written",
             )
         refused = sorted({p.aggregate_type for p in push.pending if not registration.may_push(p.aggregate_type)})
         if refused:
@@ -359,10 +361,35 @@ def serve(
             url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{bound}"
             if ready is not None:
                 ready(url)
-            uvicorn.Server(config).run(sockets=[listening])
+            with _stopped_by_sigterm():
+                uvicorn.Server(config).run(sockets=[listening])
         finally:
             listening.close()
             app.close()
+
+
+class _Stopped(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """A SIGTERM ends serving cleanly: uvicorn shuts down gracefully, then raises the signal
+    again for the handler it found, and this one unwinds, so the hub store is closed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------- the command line
