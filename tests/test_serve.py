@@ -48,7 +48,7 @@ def served(hub: str, folder: Path, *options: str) -> Iterator[str]:
         url = ""
         for _ in range(600):
             said = log.read_text()
-            if " at http://" in said:
+            if " at http" in said:
                 url = said.split(" at ", 1)[1].split()[0]
                 try:
                     with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
@@ -238,7 +238,10 @@ def test_a_replayed_push_places_nothing_twice_and_a_bad_body_is_refused(tmp_path
             assert answered.value.code == status_wanted
 
 
-def test_a_postgresql_hub_served_over_http(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("role", ["pg_url", "pg_app_url"])
+def test_a_postgresql_hub_served_over_http(role: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """As the schema's owner, and as the role ``minies grant --role app`` set up."""
+    pg_url = str(request.getfixturevalue(role))
     added = cli("device", "add", pg_url, "phone", "--push", "Order", cwd=tmp_path)
     assert added.returncode == 0, added.stderr
     token = added.stdout.strip()
@@ -262,6 +265,62 @@ def test_a_postgresql_hub_served_over_http(pg_url: str, tmp_path: Path) -> None:
         # Not origins=True: on PostgreSQL it fails after any sync, HTTP or not (/tmp/sync-bugs.md).
         assert store.verify(expect_head=f"{hub_head[0]} {hub_head[1]}").ok
         assert [(r.device, r.push, r.revoked_at is not None) for r in devices(store)] == [("phone", ("Order",), True)]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1, as an operator would make with openssl."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "minies hub")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = folder / "key.pem", folder / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+def test_a_hub_served_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("cryptography")
+    key_file, cert_file = self_signed(tmp_path)
+    hub = str(tmp_path / "hub.db")
+    with minies.EventStore(hub) as store:
+        token = add_device(store, "phone")
+    write(tmp_path / "phone.db", "phone", "Order", 2)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # the devices trust the hub's certificate
+    with served(hub, tmp_path, "--ssl-keyfile", str(key_file), "--ssl-certfile", str(cert_file)) as url:
+        assert url.startswith("https://127.0.0.1:")
+        with minies.EventStore(tmp_path / "phone.db", device="phone") as phone:
+            assert phone.sync(url, token=token).placed == 2
+            with pytest.raises(minies.SyncError, match="cannot reach the hub at http://"):
+                phone.sync(url.replace("https://", "http://"), token=token)
+        write(tmp_path / "phone.db", "phone", "Order", 1, start=2)
+        synced = cli("sync", "phone.db", url, "--token", token, cwd=tmp_path)
+        assert synced.returncode == 0 and "pushed 1 (1 placed" in synced.stdout, synced.stderr
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = cli("sync", "phone.db", url, "--token", token, cwd=tmp_path)
+        assert untrusted.returncode == 2 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr, untrusted.stderr
+    assert head(hub)[0] == 3
 
 
 def test_the_registry_in_python(tmp_path: Path) -> None:
