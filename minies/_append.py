@@ -119,8 +119,8 @@ class Appender:
                 for r, e in zip(rows, events, strict=True)
             ]
             self._projector.apply(self._tx.conn, self._db, records, rows[0][0] - 1, created)
-        if self.device is not None:
-            self.device.stamp(rows, expected, session)
+        if session is not None:
+            self.device.record(rows[-1][0], session)
         if self.appended is not None:
             self.appended(rows[0][0] - 1, rows[-1][0])
         return version
@@ -191,7 +191,8 @@ class Appender:
         ]
         self._tx.appending = (aggregate_id, current, ids[0])
         try:
-            conn.executemany(conn.sql.INSERT_EVENT, rows)
+            # (a device's rows go to its pending tail, each with its place in the device's sequence)
+            conn.executemany(conn.sql.INSERT_EVENT, rows if self.device is None else self.device.stamp(rows, expected))
             # No acknowledgement without the rows: something on the table (a trigger that
             # RAISE(IGNORE)s, a rule DO INSTEAD NOTHING) may swallow an insert without an error.
             # One row: the statement's own count, free. Several: count them (a batch's one query).
@@ -271,6 +272,10 @@ class HeadCache:
             return None
         version = self._versions.get(stream)
         return None if version is None else (version, *self._head)
+
+    def unchanged(self, conn: Connection) -> bool:
+        """Has no other connection committed since this store's last append did?"""
+        return self._data_version is not None and self._data_version == conn.data_version()
 
     def stage(self, stream: tuple[str, str], version: int, position: int, digest: bytes, alone: bool) -> None:
         """Note an append in progress; ``alone``: the transaction is the append's own."""

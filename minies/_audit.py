@@ -323,7 +323,7 @@ def parse_head(text: str) -> tuple[int | None, str]:
 
 
 ORIGIN_ROWS: Final = (
-    "SELECT position, event_id, aggregate_id, aggregate_type, event_type, version, CAST(data AS TEXT),"
+    "SELECT position, CAST(event_id AS TEXT), aggregate_id, aggregate_type, event_type, version, CAST(data AS TEXT),"
     " CAST(metadata AS TEXT), NULL, schema_version FROM events WHERE position > ?"
     " AND (event_type = 'minies.EventRejected' OR CAST(metadata AS TEXT) LIKE '%\"minies.origin\"%')"
     " ORDER BY position LIMIT ?"
@@ -377,9 +377,13 @@ def _has_cursors(conn: Connection) -> bool:
 
 
 def _pending_problem(
-    devices: dict[str, tuple[int, bytes]], name: str, pending: list[Any], state: Any
+    devices: dict[str, tuple[int, bytes]], name: str, pending: list[Any], settled: Any
 ) -> tuple[int | None, str] | None:
+    """A device's pending tail must continue its sequence from where its log says the hub
+    settled it, each event as the device wrote it."""
     seq, origin = devices.get(name, (0, _origins.GENESIS))
+    if (seq, origin) != (settled[0], bytes(settled[1])):
+        return None, f"this device's sequence was settled up to event {settled[0]}; its log holds {seq}"
     for row in pending:
         _, event_id, aggregate_id, aggregate_type, event_type, _, data, meta, created, _, schema = row[:11]
         if row[11] != seq + 1:
@@ -402,6 +406,4 @@ def _pending_problem(
         if origin != bytes(row[12]):
             return None, f"this device's pending event {row[11]} differs from what it wrote"
         seq += 1
-    if (seq, origin) != (state[0], bytes(state[1])):
-        return None, f"this device numbered {state[0]} events; its log and pending tail hold {seq}"
     return None

@@ -52,6 +52,8 @@ class Device:
         self._db = db
         self._eraser = eraser
         self.id: str = tx.conn.execute(device_sql.DEVICE).fetchone()[0]
+        # (rollbacks, seq, origin, base) as this store's last append left them
+        self._head: tuple[int, int, bytes, int] | None = None
 
     @classmethod
     def of(
@@ -74,28 +76,33 @@ class Device:
         session.attach()
         return session
 
-    def stamp(self, rows: Sequence[Sequence[Any]], expected: int | AnyVersion, session: apsw.Session | None) -> None:
-        """Give an append's pending ``rows`` their places in the sequence, their origin hashes
-        and the change its read models made (inside its write)."""
+    def stamp(self, rows: Sequence[Sequence[Any]], expected: int | AnyVersion) -> list[tuple[Any, ...]]:
+        """An append's rows as its pending tail stores them: each with its place in the device's
+        sequence, its origin hash, the version it expected and the hub position it had seen."""
         conn = self._tx.conn
-        changes = None
-        if session is not None:
-            changes = session.changeset() or None
-            session.close()
-        _, seq, origin, _ = conn.execute(device_sql.DEVICE).fetchone()
-        base = conn.execute(device_sql.CONFIRMED_HEAD).get
+        key = self._tx.rollbacks
+        if self._head is not None and self._head[0] == key and self._appender.tip.unchanged(conn):
+            _, seq, origin, base = self._head
+        else:  # another connection wrote, or this one rolled back, or took in a sync
+            seq, origin, base = conn.execute(device_sql.STAMPING).fetchone()
         first = seq + 1
-        stamps = []
+        stamped = []
         for k, row in enumerate(rows):
             seq += 1
             wanted = None if expected is ANY else expected + k
             origin = _origins.digest(
                 origin, self.id, seq, row[1], row[2], row[3], row[4], row[10], row[6], row[7], row[8], wanted, base
             )
-            last = k == len(rows) - 1
-            stamps.append((seq, origin, wanted, base, first, changes if last else None, row[0]))
-        conn.executemany(device_sql.STAMP, stamps)
-        conn.execute(device_sql.ADVANCE_SEQ, (seq, origin))
+            stamped.append((*row, seq, origin, wanted, base, first, None))
+        self._head = (key, seq, origin, base)
+        return stamped
+
+    def record(self, position: int, session: apsw.Session) -> None:
+        """Keep what an append's read models did (``watch``), to undo it at the next sync."""
+        changes = session.changeset()
+        session.close()
+        if changes:
+            self._tx.conn.execute(device_sql.CHANGES, (changes, position))
 
     # ------------------------------------------------------------------ what goes up
     def push(self, accepting: frozenset[str] = frozenset(), limit: int = 10_000) -> Push:
@@ -139,14 +146,17 @@ class Device:
                 _check_chain(head, head_hash, rows)
                 settled = max(reply.acknowledged, conn.execute(device_sql.DEVICE).fetchone()[3])
                 survivors: list[Any] = conn.execute(device_sql.PENDING_AFTER, (settled,)).fetchall()
+                last = conn.execute(device_sql.ORIGIN_OF, (settled,)).fetchone()
+                if last is not None:  # the sequence's settled head: where the next append chains on
+                    conn.execute(device_sql.SETTLE, (settled, last[0]))
                 self.undo()
+                self._head = None
                 conn.execute(device_sql.DROP_PENDING)
                 conn.executemany(device_sql.INSERT_CONFIRMED, rows)
                 if conn.execute(device_sql.STORED_CONFIRMED_AFTER, (head,)).get != len(rows):
                     raise SyncError("the hub's events were not all stored; nothing was taken in")
                 conn.executemany(conn.sql.COPY_EVENT_TYPE, reply.types)
                 erased = self._eraser.received(rows, reply.keys)
-                conn.execute(device_sql.CONFIRM_SEQ, (settled,))
                 self._replace(survivors)
             if erased:
                 self._tx.backend.purge(snapshots=True)
@@ -196,21 +206,11 @@ class Device:
                     [row[10]],
                 )
                 previous = digest
-                rows.append((position + n, *row[1:5], current + n, *row[6:9], digest, row[10]))
+                rows.append((position + n, *row[1:5], current + n, *row[6:9], digest, *row[10:16], None))
             conn.executemany(conn.sql.INSERT_EVENT, rows)
             if session is not None:
                 self._projector.apply(conn, self._db, [self._record(row) for row in rows], position, _codec.now_text())
-                changes = session.changeset() or None
-                session.close()
-            else:
-                changes = None
-            conn.executemany(
-                device_sql.RESTAMP,
-                [
-                    (r[11], r[12], r[13], r[14], r[15], changes if n == len(batch) - 1 else None, rows[n][0])
-                    for n, r in enumerate(batch)
-                ],
-            )
+                self.record(rows[-1][0], session)
 
     def _record(self, row: Sequence[Any]) -> Recorded:
         data = row[6]
@@ -222,7 +222,7 @@ class Device:
 
     # ------------------------------------------------------------------ what it knows
     def audit_state(self) -> tuple[str, list[Any], Any]:
-        """(its id, its pending rows, its (seq, origin)) for ``verify(origins=True)``."""
+        """(its id, its pending rows, its settled (seq, origin)) for ``verify(origins=True)``."""
         with self._tx.lock, self._tx.translate("cannot read the pending events"):
             conn = self._tx.open()
             rows: list[Any] = conn.execute(device_sql.PENDING_ROWS, (0,)).fetchall()

@@ -22,6 +22,7 @@ from minies._events import EventRejected
 KEY: Final = "minies.origin"
 """The metadata key of a placed event's origin."""
 GENESIS: Final = bytes(32)
+_sha256 = hashlib.sha256
 
 
 class Origin(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -34,11 +35,6 @@ class Origin(msgspec.Struct, frozen=True, omit_defaults=True):
     expected: int | None
     base: int
     version: int = 0  # the version it had on the device, when the hub placed it elsewhere (accept)
-
-
-def _net(value: object) -> bytes:
-    raw = ("" if value is None else str(value)).encode()
-    return b"%d:%s," % (len(raw), raw)
 
 
 def digest(
@@ -56,10 +52,24 @@ def digest(
     expected: int | None,
     base: int,
 ) -> bytes:
-    """An event's origin hash: SHA-256 over the previous one and the event as written."""
-    fields = (device, seq, event_id, aggregate_id, aggregate_type, event_type, schema_version, data, metadata)
-    h = hashlib.sha256(previous)
-    h.update(b"".join(_net(f) for f in (*fields, created_at, expected, base)))
+    """An event's origin hash: SHA-256 over the previous one and the event as written, each
+    field as a netstring (its length, a colon, its UTF-8 bytes, a comma)."""
+    fields = (
+        device.encode(),
+        b"%d" % seq,
+        event_id.encode(),
+        aggregate_id.encode(),
+        aggregate_type.encode(),
+        event_type.encode(),
+        b"%d" % schema_version,
+        data.encode(),
+        metadata.encode(),
+        created_at.encode(),
+        b"" if expected is None else b"%d" % expected,
+        b"%d" % base,
+    )
+    h = _sha256(previous)
+    h.update(b"".join([b"%d:%s," % (len(f), f) for f in fields]))
     return h.digest()
 
 

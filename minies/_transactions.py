@@ -48,6 +48,7 @@ class Transactions:
         self.writer: int | None = None  # the thread inside a write transaction, if any
         self.appending: tuple[str, int, str] | None = None  # this transaction's latest append, for explain
         self.commits = 0  # this store's commits so far (a follower that missed a wake-up sees it)
+        self.rollbacks = 0  # and its rollbacks (of a transaction or a savepoint): what it cached may be gone
         self.changed = threading.Condition(self.lock)
         self.closed = False
         self.ended = ended
@@ -331,6 +332,7 @@ class _Write:
                     error = e
             if not conn.get_autocommit():
                 conn.execute(tx.sql.ROLLBACK_TO)
+            tx.rollbacks += 1
             tx.ended(False, False)
             if isinstance(error, conn.Error):
                 tx.raise_error(error, "cannot write")
@@ -341,6 +343,7 @@ class _Write:
             except conn.Error as e:
                 if not conn.get_autocommit():
                     conn.execute(tx.sql.ROLLBACK)
+                tx.rollbacks += 1
                 tx.ended(False, False)
                 tx.raise_error(e, "cannot commit")
             tx.ended(True, True)
@@ -349,6 +352,7 @@ class _Write:
             return
         if not conn.get_autocommit():
             conn.execute(tx.sql.ROLLBACK)
+        tx.rollbacks += 1
         tx.ended(False, False)
         if isinstance(error, conn.Error):  # minies' own SQL failed mid-write: rolled back
             tx.raise_error(error, "cannot write")

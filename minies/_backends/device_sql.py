@@ -25,6 +25,8 @@ _EVENT_COLUMNS: Final = (
     " hash, schema_version"
 )
 CREATE: Final = (
+    # The device's id, and its sequence as far as the hub settled it (placed or rejected): the
+    # next pending event chains on the last pending one, or on this.
     """
     CREATE TABLE minies_device (
         device       TEXT    NOT NULL,
@@ -49,7 +51,7 @@ CREATE: Final = (
         created_at     TEXT    NOT NULL,
         hash           BLOB    NOT NULL,
         schema_version INTEGER NOT NULL,
-        seq            INTEGER UNIQUE,
+        seq            INTEGER,
         origin         BLOB,
         expected       INTEGER,
         base           INTEGER,
@@ -63,20 +65,23 @@ CREATE: Final = (
 )
 IS_DEVICE: Final = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'minies_device')"
 DEVICE: Final = "SELECT device, seq, origin, confirmed_seq FROM minies_device"
+# What an append needs to stamp its events: the sequence's head (the last pending event's, or
+# the last the hub settled), and the confirmed log's.
+STAMPING: Final = (
+    "SELECT coalesce(p.seq, d.seq), coalesce(p.origin, d.origin), (SELECT coalesce(max(position), 0) FROM events)"
+    " FROM minies_device d LEFT JOIN (SELECT seq, origin FROM minies_pending ORDER BY position DESC LIMIT 1) p"
+)
+ORIGIN_OF: Final = "SELECT origin FROM minies_pending WHERE seq = ?"
+SETTLE: Final = "UPDATE minies_device SET seq = ?1, origin = ?2, confirmed_seq = ?1"
 ENROL: Final = (
     "INSERT INTO minies_device (device, seq, origin, confirmed_seq, created_at)"
     " VALUES (?, 0, zeroblob(32), 0, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
 )
-ADVANCE_SEQ: Final = "UPDATE minies_device SET seq = ?, origin = ?"
-CONFIRM_SEQ: Final = "UPDATE minies_device SET confirmed_seq = ?"
-STAMP: Final = (
-    "UPDATE minies_pending SET seq = ?, origin = ?, expected = ?, base = ?, batch = ?, changes = ? WHERE position = ?"
-)
+CHANGES: Final = "UPDATE minies_pending SET changes = ? WHERE position = ?"
 PENDING_ROWS: Final = (
     f"SELECT {_EVENT_COLUMNS}, seq, origin, expected, base, batch FROM minies_pending WHERE seq > ? ORDER BY seq"
 )
 PENDING_AFTER: Final = PENDING_ROWS
-RESTAMP: Final = STAMP
 CONFIRMED_HEAD: Final = sqlite_sql.HEAD_POSITION
 CONFIRMED_HEAD_ROW: Final = sqlite_sql.HEAD
 HASHES_BETWEEN: Final = "SELECT position, hash FROM events WHERE position >= ? AND position <= ?"
@@ -122,7 +127,10 @@ def dialect() -> Any:
         " UNION ALL SELECT data, event_type, version, aggregate_type FROM minies_pending"
         " WHERE aggregate_id = ?1 AND version > ?2 AND version <= ?3 ORDER BY version)"
     )
-    sql.INSERT_EVENT = sqlite_sql.INSERT_EVENT.replace("INTO events", "INTO minies_pending")
+    sql.INSERT_EVENT = (  # an event and its origin (see ``_device.Device.stamp``)
+        f"INSERT INTO minies_pending ({_EVENT_COLUMNS}, seq, origin, expected, base, batch, changes)"
+        f" VALUES ({', '.join('?' * 17)})"
+    )
     sql.STORED_AFTER = "SELECT count(*) FROM minies_pending WHERE position > ?"
     # The tail's last, else the log's: each arm by its own index, never a scan of the union.
     last = "SELECT {0} FROM minies_pending {1} UNION ALL SELECT {0} FROM events {1}"
