@@ -20,11 +20,12 @@ from typing import Any, Final
 
 import msgspec
 
-from minies import _codec, _origins, _personal
+from minies import _audit, _codec, _origins, _personal
 from minies._append import Appender
+from minies._backends import swallowed
 from minies._erasure import Eraser
-from minies._errors import SyncError
-from minies._events import ANY, REJECTIONS, EventRejected
+from minies._errors import StorageError, SyncError
+from minies._events import REJECTIONS, EventRejected
 from minies._stored_types import StoredTypes
 from minies._transactions import Transactions
 from minies._wire import Pending, Push, Reply
@@ -38,7 +39,10 @@ _ADVANCE: Final = (
     " ON CONFLICT (device) DO UPDATE SET seq = excluded.seq, origin = excluded.origin"
 )
 # (as text: PostgreSQL's driver would hand a JSON column over parsed)
-_AT_VERSION: Final = "SELECT position, CAST(metadata AS TEXT) FROM events WHERE aggregate_id = ? AND version = ?"
+_LAST_OF: Final = (
+    "SELECT version, aggregate_type, position, CAST(metadata AS TEXT) FROM events WHERE aggregate_id = ?"
+    " ORDER BY version DESC LIMIT 1"
+)
 _BY_ID: Final = (
     "SELECT CAST(data AS TEXT), CAST(metadata AS TEXT), event_type, aggregate_id, aggregate_type, schema_version"
     " FROM events WHERE event_id = ?"
@@ -98,16 +102,22 @@ class Hub:
                 fresh = _fresh(conn, push, seq, origin)
                 if fresh:
                     conn.executemany(conn.sql.COPY_EVENT_TYPE, push.types)
-                    rows: list[tuple[Any, ...]] = []
+                    placing = _Placing(conn, push.device)
                     for _, batch in itertools.groupby(fresh, key=lambda p: p.batch):
                         events = list(batch)
-                        conflict = _conflict(conn, push.device, events[0])
-                        if conflict and not events[0].accept:
-                            rows += [self._reject(push.device, p, conflict) for p in events]
+                        never = placing.refusal(events)
+                        conflict = never or placing.conflict(events[0])
+                        if never or (conflict and not events[0].accept):
+                            for p in events:
+                                placing.reject(p, conflict)
                             rejected += len(events)
                         else:
-                            rows += [self._place(push.device, p, not conflict) for p in events]
+                            for p in events:
+                                placing.place(p)
                             placed += len(events)
+                    rows = placing.insert()
+                    if rejected:
+                        self._types.note(conn, [placing.last_rejection])  # type: ignore[list-item]
                     conn.execute(conn.sql.NOTE_EVENT_TYPES, (head,))
                     conn.execute(_ADVANCE, (push.device, fresh[-1].seq, fresh[-1].origin.hex()))
                     erased = self._eraser.received(rows, push.keys)
@@ -130,51 +140,6 @@ class Hub:
                 f"device {push.device!r}'s log differs from {where!r}'s at or before position {push.after}: "
                 "it diverged (it synced with another hub, or its file was replaced)"
             )
-
-    def _place(self, device: str, p: Pending, as_written: bool) -> tuple[Any, ...]:
-        origin = _origins.Origin(device, p.seq, p.origin.hex(), p.created_at, p.expected, p.base)
-        expected = p.expected if as_written and p.expected is not None else ANY
-        _, rows, _ = self._appender.write_events(
-            p.aggregate_id,
-            p.aggregate_type,
-            expected,
-            _origins.stamped(p.metadata, origin),
-            [p.event_type],
-            [p.data],
-            [p.schema_version],
-            [p.event_id],
-        )
-        return rows[0]
-
-    def _reject(self, device: str, p: Pending, reason: str) -> tuple[Any, ...]:
-        rejection = EventRejected(
-            device=device,
-            seq=p.seq,
-            reason=reason,
-            event_id=p.event_id,
-            aggregate_id=p.aggregate_id,
-            aggregate_type=p.aggregate_type,
-            rejected_type=p.event_type,
-            rejected_schema=p.schema_version,
-            data=p.data,
-            metadata=p.metadata,
-            created_at=p.created_at,
-            expected=p.expected,
-            base=p.base,
-            origin=p.origin.hex(),
-        )
-        _, rows, _ = self._appender.write_events(
-            REJECTIONS,
-            REJECTIONS,
-            ANY,
-            "{}",
-            [EventRejected.event_type],
-            [_codec.encode_event(rejection)],
-            [1],
-            [rejection_id(device, p.seq)],
-        )
-        self._types.note(self._tx.conn, [rejection])
-        return rows[0]
 
     def _reply(self, push: Push, seq: int, placed: int, rejected: int) -> Reply:
         conn = self._tx.conn
@@ -284,25 +249,129 @@ def _settled_as_pushed(conn: Any, device: str, p: Pending) -> bool:
     return held == pushed
 
 
-def _conflict(conn: Any, device: str, p: Pending) -> str:
-    """Why the first event of a batch cannot be placed as written ("" if it can): the
-    aggregate is not at the version the device expected, or the event there is one the
-    device had not seen when it wrote (another writer's, placed after its last sync)."""
-    if p.expected is None:
+class _Placing:
+    """One push's events placed after the hub's head: checked and chained in memory, against
+    the streams as the log and the events placed before them hold them, then inserted at once."""
+
+    def __init__(self, conn: Any, device: str) -> None:
+        self._conn = conn
+        self._device = device
+        head = conn.execute(conn.sql.HEAD).fetchone()
+        self._position, self._previous = (int(head[0]), bytes(head[1])) if head else (0, _origins.GENESIS)
+        self._streams: dict[str, list[Any]] = {}  # id -> [version, type, last position, last event's device]
+        self._ids: set[str] = set()
+        self._created = _codec.now_text()
+        self.rows: list[tuple[Any, ...]] = []
+        self.last_rejection: EventRejected | None = None
+
+    def _stream(self, aggregate_id: str) -> list[Any]:
+        known = self._streams.get(aggregate_id)
+        if known is None:
+            last = self._conn.execute(_LAST_OF, (aggregate_id,)).fetchone()
+            known = [0, None, 0, None]
+            if last is not None:
+                found = _origins.unstamped(last[3])
+                known = [int(last[0]), last[1], int(last[2]), None if found is None else found[1].device]
+            self._streams[aggregate_id] = known
+        return known
+
+    def refusal(self, batch: list[Pending]) -> str:
+        """Why a batch can never be placed as it is (whatever the policy), or ""."""
+        for p in batch:
+            kind = self._stream(p.aggregate_id)[1]
+            if kind is not None and kind != p.aggregate_type:
+                return f"{p.aggregate_id!r} is a {kind} on the hub, not a {p.aggregate_type}"
+            if p.event_id in self._ids or self._conn.execute(self._conn.sql.EVENT_BY_ID, (p.event_id,)).fetchone():
+                return f"event id {p.event_id} is recorded already, for another event"
         return ""
-    current = conn.execute(conn.sql.AGGREGATE_VERSION, (p.aggregate_id,)).get or 0
-    if current != p.expected:
-        return f"{p.aggregate_id!r} is at version {current} on the hub; the device expected {p.expected}"
-    if p.expected == 0:
-        return ""
-    position, metadata = conn.execute(_AT_VERSION, (p.aggregate_id, p.expected)).fetchone()
-    found = _origins.unstamped(metadata)
-    if position <= p.base or (found is not None and found[1].device == device):
-        return ""
-    return (
-        f"version {p.expected} of {p.aggregate_id!r} on the hub (position {position}) was written by another "
-        "writer after the device's last sync"
-    )
+
+    def conflict(self, p: Pending) -> str:
+        """Why the first event of a batch cannot be placed as written ("" if it can): the
+        aggregate is not at the version the device expected, or the event there is one the
+        device had not seen when it wrote (another writer's, placed after its last sync)."""
+        if p.expected is None:
+            return ""
+        version, _, position, device = self._stream(p.aggregate_id)
+        if version != p.expected:
+            return f"{p.aggregate_id!r} is at version {version} on the hub; the device expected {p.expected}"
+        if version == 0 or position <= p.base or device == self._device:
+            return ""
+        return (
+            f"version {version} of {p.aggregate_id!r} on the hub (position {position}) was written by another "
+            "writer after the device's last sync"
+        )
+
+    def place(self, p: Pending) -> None:
+        origin = _origins.Origin(self._device, p.seq, p.origin.hex(), p.created_at, p.expected, p.base)
+        meta = _origins.stamped(p.metadata, origin)
+        self._add(p.aggregate_id, p.aggregate_type, p.event_type, p.schema_version, p.data, meta, p.event_id)
+        self._ids.add(p.event_id)
+
+    def reject(self, p: Pending, reason: str) -> None:
+        self.last_rejection = rejection = EventRejected(
+            device=self._device,
+            seq=p.seq,
+            reason=reason,
+            event_id=p.event_id,
+            aggregate_id=p.aggregate_id,
+            aggregate_type=p.aggregate_type,
+            rejected_type=p.event_type,
+            rejected_schema=p.schema_version,
+            data=p.data,
+            metadata=p.metadata,
+            created_at=p.created_at,
+            expected=p.expected,
+            base=p.base,
+            origin=p.origin.hex(),
+        )
+        data = _codec.encode_event(rejection)
+        self._add(REJECTIONS, REJECTIONS, EventRejected.event_type, 1, data, "{}", rejection_id(self._device, p.seq))
+
+    def _add(
+        self, aggregate_id: str, kind: str, event_type: str, schema: int, data: str, meta: str, event_id: str
+    ) -> None:
+        stream = self._stream(aggregate_id)
+        self._position += 1
+        version = stream[0] + 1
+        (self._previous,) = _audit.chain_batch(
+            self._previous,
+            self._position,
+            [event_id],
+            aggregate_id,
+            kind,
+            [event_type],
+            version,
+            [data],
+            meta,
+            self._created,
+            [schema],
+        )
+        self._streams[aggregate_id] = [version, kind, self._position, self._device]
+        self.rows.append(
+            (
+                self._position,
+                event_id,
+                aggregate_id,
+                kind,
+                event_type,
+                version,
+                data,
+                meta,
+                self._created,
+                self._previous,
+                schema,
+            )
+        )
+
+    def insert(self) -> list[tuple[Any, ...]]:
+        """Insert every row (no acknowledgement without them: they are counted)."""
+        if self.rows:
+            conn = self._conn
+            conn.executemany(conn.sql.INSERT_EVENT, self.rows)
+            stored = conn.execute(conn.sql.STORED_AFTER, (self.rows[0][0] - 1,)).get
+            if stored != len(self.rows):
+                raise StorageError(swallowed(stored, len(self.rows)))
+        return self.rows
 
 
 __all__: Sequence[str] = ("exchange", "rejection_id")
