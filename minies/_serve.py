@@ -92,7 +92,8 @@ def add_device(hub: EventStore, device: str, push: Iterable[str] = ("*",)) -> st
         push: the aggregate types it may push, as fnmatch patterns (``Order*``); ``*``: any.
 
     Raises:
-        SyncError: the device is registered already and not revoked (revoke it first).
+        SyncError: the device is registered already and not revoked (revoke it first), or
+            ``hub`` is a device, not a hub.
         ValueError: an empty device id or pattern.
     """
     if not isinstance(device, str) or not device or len(device) > 200:
@@ -158,10 +159,19 @@ def authorize(hub: EventStore, token: str | None) -> Registration:
 
 @contextlib.contextmanager
 def _registry(hub: EventStore, doing: str) -> Iterator[Any]:
+    _refuse_a_device(hub)
     with hub._tx.lock, hub._tx.write(), hub._tx.translate(doing):
         conn = hub._tx.conn
         conn.execute(CREATE_DEVICES)
         yield conn
+
+
+def _refuse_a_device(hub: EventStore) -> None:
+    if hub._device is not None:
+        raise SyncError(
+            f"{shown(hub.path)!r} is a device (it syncs with a hub), not a hub: serve a minies file that is "
+            "not a device, or PostgreSQL"
+        )
 
 
 def _registration(row: Sequence[Any]) -> Registration:
@@ -192,6 +202,9 @@ class HubApp:
     """
 
     def __init__(self, hub: EventStore, *, max_body: int = MAX_BODY) -> None:
+        if max_body < 1:
+            raise ValueError(f"max_body is a number of bytes, at least 1, got {max_body!r}")
+        devices(hub)  # a hub, not a device; its registry there before the first request
         self.hub = hub
         self.max_body = max_body
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minies-hub")  # one exchange at a time
@@ -348,23 +361,24 @@ def serve(
     if (ssl_keyfile is None) != (ssl_certfile is None):
         raise ValueError("TLS needs both --ssl-keyfile and --ssl-certfile")
     with EventStore(where) as store:
-        devices(store)  # the registry exists before the first request
         app = HubApp(store, max_body=max_body)
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        listening = socket.create_server((host, port), family=family)
-        config = uvicorn.Config(
-            app, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, lifespan="on", log_level="info", access_log=True
-        )
         try:
-            bound = listening.getsockname()[1]
-            scheme = "https" if ssl_certfile else "http"
-            url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{bound}"
-            if ready is not None:
-                ready(url)
-            with _stopped_by_sigterm():
-                uvicorn.Server(config).run(sockets=[listening])
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            with socket.create_server((host, port), family=family) as listening:
+                config = uvicorn.Config(
+                    app, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, lifespan="on", log_level="info"
+                )
+                try:
+                    config.load()  # the TLS files read now: a bad one is one line, before "serving"
+                except OSError as e:
+                    raise MiniesError(f"cannot serve TLS with {ssl_keyfile} and {ssl_certfile}: {e}") from None
+                bound = listening.getsockname()[1]
+                url = f"{'https' if ssl_certfile else 'http'}://{f'[{host}]' if ':' in host else host}:{bound}"
+                if ready is not None:
+                    ready(url)
+                with _stopped_by_sigterm():
+                    uvicorn.Server(config).run(sockets=[listening])
         finally:
-            listening.close()
             app.close()
 
 

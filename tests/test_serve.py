@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -139,6 +140,47 @@ def test_devices_sync_through_a_served_hub_and_every_log_verifies(tmp_path: Path
         ]
         raw = " ".join(str(v) for row in store.query("SELECT * FROM minies_devices") for v in row)
         assert phone_token not in raw and laptop_token not in raw  # only their SHA-256
+
+
+def test_devices_syncing_at_once_are_settled_one_at_a_time(tmp_path: Path) -> None:
+    """Four devices write and sync at the same time, five rounds each, on a shared stream too:
+    every event is settled once, and every device ends with the hub's log."""
+    hub = str(tmp_path / "hub.db")
+    with minies.EventStore(hub) as store:
+        tokens = {f"till-{k}": add_device(store, f"till-{k}") for k in range(4)}
+    errors: list[BaseException] = []
+
+    def till(device: str, url: str) -> None:
+        try:
+            with minies.EventStore(tmp_path / f"{device}.db", device=device) as store:
+                for round_ in range(5):
+                    store.append(
+                        f"{device}-{round_}", [ServeOrdered(sku="a"), ServeOrdered(sku="b")], aggregate_type="Order"
+                    )
+                    store.append("shared", [ServeNoted(text=f"{device} {round_}")], aggregate_type="Note")
+                    store.sync(url, token=tokens[device], conflicts={"Note": "accept"})
+        except BaseException as e:
+            errors.append(e)
+
+    with served(hub, tmp_path) as url:
+        threads = [threading.Thread(target=till, args=(device, url)) for device in tokens]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []
+        for device, token in tokens.items():
+            with minies.EventStore(tmp_path / f"{device}.db") as store:
+                store.sync(url, token=token)
+        final = head(hub)
+    assert final[0] == 4 * 5 * 3
+    for device in tokens:
+        with minies.EventStore(tmp_path / f"{device}.db") as store:
+            assert store.head() == final and store.pending() == []
+            assert store.verify(origins=True).ok
+    with minies.EventStore(hub) as store:
+        assert store.verify(origins=True).ok and store.rejections() == []
+        assert len(list(store.read("shared"))) == 20
 
 
 def test_every_refusal_is_clear_and_writes_nothing_on_the_hub(tmp_path: Path) -> None:
@@ -340,9 +382,21 @@ def test_the_registry_in_python(tmp_path: Path) -> None:
         assert hub.verify().ok
 
 
-def test_serve_refuses_a_missing_hub_in_one_line(tmp_path: Path) -> None:
+def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path: Path) -> None:
     result = cli("serve", "nowhere.db", "--port", "0", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "no hub at 'nowhere.db'" in result.stderr and not (tmp_path / "nowhere.db").exists()
     result = cli("serve", "nowhere.db", "--ssl-keyfile", "k.pem", cwd=tmp_path)
     assert result.returncode == 2 and "no hub" in result.stderr
+    write(tmp_path / "phone.db", "phone", "Order", 1)
+    minies.EventStore(tmp_path / "hub.db").close()
+    for args, said in [
+        (["phone.db"], "'phone.db' is a device (it syncs with a hub), not a hub"),
+        (["hub.db", "--ssl-keyfile", "k.pem"], "TLS needs both --ssl-keyfile and --ssl-certfile"),
+        (["hub.db", "--ssl-keyfile", "k.pem", "--ssl-certfile", "c.pem"], "cannot serve TLS with k.pem and c.pem"),
+        (["hub.db", "--max-body", "0"], "max_body is a number of bytes"),
+    ]:
+        result = cli("serve", *args, "--port", "0", cwd=tmp_path)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
+    result = cli("device", "add", "phone.db", "laptop", cwd=tmp_path)
+    assert result.returncode == 2 and "is a device" in result.stderr
