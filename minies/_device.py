@@ -205,7 +205,7 @@ class Device:
                     row[8],
                     [row[10]],
                 )
-                previous = digest
+                previous = row[9]
                 rows.append((position + n, *row[1:5], current + n, *row[6:9], digest, *row[10:16], None))
             conn.executemany(conn.sql.INSERT_EVENT, rows)
             if session is not None:
@@ -240,23 +240,10 @@ def _check_chain(head: int, previous: bytes, rows: Sequence[Sequence[Any]]) -> N
     the chain's own (so they are the hub's events, unaltered, in its order)."""
     for row in rows:
         head += 1
-        position, event_id, aggregate_id, aggregate_type, event_type, version, data, meta, created, digest, schema = row
-        (expected,) = _audit.chain_batch(
-            previous,
-            head,
-            [event_id],
-            aggregate_id,
-            aggregate_type,
-            [event_type],
-            version,
-            [data],
-            meta,
-            created,
-            [schema],
-        )
-        if position != head or expected != digest:
+        expected = _audit.chain_row(previous, row)
+        if row[0] != head or expected != row[9]:
             raise SyncError(
-                f"the hub's event at position {position} does not extend this device's log (its hash or position "
+                f"the hub's event at position {row[0]} does not extend this device's log (its hash or position "
                 "is not the chain's); nothing was taken in"
             )
-        previous = digest
+        previous = row[9]

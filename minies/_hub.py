@@ -333,35 +333,22 @@ class _Placing:
         stream = self._stream(aggregate_id)
         self._position += 1
         version = stream[0] + 1
-        (self._previous,) = _audit.chain_batch(
-            self._previous,
+        self._streams[aggregate_id] = [version, kind, self._position, self._device]
+        row = (
             self._position,
-            [event_id],
+            event_id,
             aggregate_id,
             kind,
-            [event_type],
+            event_type,
             version,
-            [data],
+            data,
             meta,
             self._created,
-            [schema],
+            b"",
+            schema,
         )
-        self._streams[aggregate_id] = [version, kind, self._position, self._device]
-        self.rows.append(
-            (
-                self._position,
-                event_id,
-                aggregate_id,
-                kind,
-                event_type,
-                version,
-                data,
-                meta,
-                self._created,
-                self._previous,
-                schema,
-            )
-        )
+        self._previous = _audit.chain_row(self._previous, row)
+        self.rows.append((*row[:9], self._previous, schema))
 
     def insert(self) -> list[tuple[Any, ...]]:
         """Insert every row (no acknowledgement without them: they are counted)."""

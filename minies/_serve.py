@@ -188,8 +188,9 @@ def _now() -> str:
 
 # ---------------------------------------------------------------------------- the ASGI app
 class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.status = status
+        self.headers = [*headers, *([(b"www-authenticate", b'Bearer realm="minies"')] if status == 401 else [])]
         super().__init__(message)
 
 
@@ -222,19 +223,21 @@ class HubApp:
         try:
             if path == "/health":
                 if method not in ("GET", "HEAD"):
-                    raise _Refused(405, "GET /health")
+                    raise _Refused(405, "GET /health says whether the hub is up", [(b"allow", b"GET, HEAD")])
                 await _answer(send, 200, b"ok\n")
             elif path == "/sync":
                 if method != "POST":
-                    raise _Refused(405, "POST /sync with a device's push")
+                    raise _Refused(405, "POST /sync takes a device's push", [(b"allow", b"POST")])
                 await _answer(send, 200, await self._sync(scope, receive), CONTENT_TYPE)
             else:
                 raise _Refused(404, "a minies hub answers POST /sync and GET /health")
         except _Refused as e:
             if e.status in (401, 403):
                 _log.warning("minies: refused %s: %s", _client(scope), e)
-            extra = [(b"www-authenticate", b'Bearer realm="minies"')] if e.status == 401 else []
-            await _answer(send, e.status, f"{e}\n".encode(), extra=extra)
+            await _answer(send, e.status, f"{e}\n".encode(), extra=e.headers)
+        except MiniesError as e:  # the hub's store cannot answer now (locked, its server gone): try again
+            _log.warning("minies: %s", e)
+            await _answer(send, 503, f"{e}\n".encode(), extra=[(b"retry-after", b"5")])
         except Exception:
             _log.exception("minies: the hub failed on a request")
             await _answer(send, 500, b"the hub failed on this request (its log says why); nothing was written\n")
