@@ -400,3 +400,11 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
     result = cli("device", "add", "phone.db", "laptop", cwd=tmp_path)
     assert result.returncode == 2 and "is a device" in result.stderr
+    without_uvicorn = "import sys; sys.modules['uvicorn'] = None; from minies._cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", without_uvicorn, "serve", "hub.db"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr == 'minies: error: minies serve needs uvicorn: pip install "minies[serve]"\n'
+    )
