@@ -87,19 +87,14 @@ def chain_row(previous: bytes, row: Sequence[Any]) -> bytes:
     """``hash(n)`` of one stored row (``INSERT_EVENT``'s columns; its own hash not read): the
     same bytes ``chain_batch`` hashes, for rows that share nothing (a hub's, a sync's)."""
     position, event_id, aggregate_id, aggregate_type, event_type, version, data, metadata, created, _, schema = row
-    fields = (
-        b"%d" % position,
-        event_id.encode(),
-        aggregate_id.encode(),
-        aggregate_type.encode(),
-        event_type.encode(),
-        b"%d" % version,
-        data.encode(),
-        metadata.encode(),
-        created.encode(),
-    )
+    p, v = b"%d" % position, b"%d" % version
+    i, a, t, e = event_id.encode(), aggregate_id.encode(), aggregate_type.encode(), event_type.encode()
+    d, m, c = data.encode(), metadata.encode(), created.encode()
     h = _sha256(previous)
-    h.update(b"".join([b"%d:%s," % (len(f), f) for f in fields]))
+    h.update(
+        b"%d:%s,%d:%s,%d:%s,%d:%s,%d:%s,%d:%s,%d:%s,%d:%s,%d:%s,"
+        % (len(p), p, len(i), i, len(a), a, len(t), t, len(e), e, len(v), v, len(d), d, len(m), m, len(c), c)
+    )
     if schema != 1:
         h.update(_net(str(schema)))
     return h.digest()

@@ -102,7 +102,7 @@ class Hub:
                 fresh = _fresh(conn, push, seq, origin)
                 if fresh:
                     conn.executemany(conn.sql.COPY_EVENT_TYPE, push.types)
-                    placing = _Placing(conn, push.device)
+                    placing = _Placing(conn, push.device, fresh)
                     for _, batch in itertools.groupby(fresh, key=lambda p: p.batch):
                         events = list(batch)
                         never = placing.refusal(events)
@@ -144,7 +144,8 @@ class Hub:
     def _reply(self, push: Push, seq: int, placed: int, rejected: int) -> Reply:
         conn = self._tx.conn
         rows: list[Any] = conn.execute(conn.sql.RAW_EVENTS, (push.after, max(1, min(push.limit, 100_000)))).fetchall()
-        rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows]
+        if rows and not isinstance(rows[0][9], bytes):  # (PostgreSQL's driver: a memoryview)
+            rows = [(*row[:9], bytes(row[9]), row[10]) for row in rows]
         needed = {key_id for row in rows for key_id in _personal.key_ids(row[6])}
         keys = [tuple(row) for row in conn.execute(conn.sql.KEY_ROWS).fetchall() if row[0] in needed] if needed else []
         named = {row[4] for row in rows}
@@ -249,13 +250,24 @@ def _settled_as_pushed(conn: Any, device: str, p: Pending) -> bool:
     return held == pushed
 
 
+def _recorded(conn: Any, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the log holds already."""
+    found: set[str] = set()
+    for k in range(0, len(ids), 500):
+        chunk = ids[k : k + 500]
+        query = f"SELECT CAST(event_id AS TEXT) FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})"
+        found.update(str(row[0]) for row in conn.execute(query, chunk).fetchall())
+    return found
+
+
 class _Placing:
     """One push's events placed after the hub's head: checked and chained in memory, against
     the streams as the log and the events placed before them hold them, then inserted at once."""
 
-    def __init__(self, conn: Any, device: str) -> None:
+    def __init__(self, conn: Any, device: str, fresh: list[Pending]) -> None:
         self._conn = conn
         self._device = device
+        self._recorded = _recorded(conn, [p.event_id for p in fresh])
         head = conn.execute(conn.sql.HEAD).fetchone()
         self._position, self._previous = (int(head[0]), bytes(head[1])) if head else (0, _origins.GENESIS)
         self._streams: dict[str, list[Any]] = {}  # id -> [version, type, last position, last event's device]
@@ -281,7 +293,7 @@ class _Placing:
             kind = self._stream(p.aggregate_id)[1]
             if kind is not None and kind != p.aggregate_type:
                 return f"{p.aggregate_id!r} is a {kind} on the hub, not a {p.aggregate_type}"
-            if p.event_id in self._ids or self._conn.execute(self._conn.sql.EVENT_BY_ID, (p.event_id,)).fetchone():
+            if p.event_id in self._ids or p.event_id in self._recorded:
                 return f"event id {p.event_id} is recorded already, for another event"
         return ""
 

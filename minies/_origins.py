@@ -23,6 +23,7 @@ KEY: Final = "minies.origin"
 """The metadata key of a placed event's origin."""
 GENESIS: Final = bytes(32)
 _sha256 = hashlib.sha256
+_NETSTRINGS: Final = b"%d:%s," * 12
 
 
 class Origin(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -54,22 +55,12 @@ def digest(
 ) -> bytes:
     """An event's origin hash: SHA-256 over the previous one and the event as written, each
     field as a netstring (its length, a colon, its UTF-8 bytes, a comma)."""
-    fields = (
-        device.encode(),
-        b"%d" % seq,
-        event_id.encode(),
-        aggregate_id.encode(),
-        aggregate_type.encode(),
-        event_type.encode(),
-        b"%d" % schema_version,
-        data.encode(),
-        metadata.encode(),
-        created_at.encode(),
-        b"" if expected is None else b"%d" % expected,
-        b"%d" % base,
-    )
+    v, i, a, t = device.encode(), event_id.encode(), aggregate_id.encode(), aggregate_type.encode()
+    e, d, m, c = event_type.encode(), data.encode(), metadata.encode(), created_at.encode()
+    n, s, x, b = b"%d" % seq, b"%d" % schema_version, b"" if expected is None else b"%d" % expected, b"%d" % base
+    fields = (len(v), v, len(n), n, len(i), i, len(a), a, len(t), t, len(e), e, len(s), s, len(d), d, len(m), m)
     h = _sha256(previous)
-    h.update(b"".join([b"%d:%s," % (len(f), f) for f in fields]))
+    h.update(_NETSTRINGS % (*fields, len(c), c, len(x), x, len(b), b))
     return h.digest()
 
 

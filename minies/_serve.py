@@ -41,6 +41,7 @@ from minies._store import EventStore
 from minies._sync import CONTENT_TYPE
 from minies._wire import Push
 
+TOKEN_PREFIX: Final = "minies_"  # a token says what it is (and secret scanners can find one)
 MAX_BODY: Final = 256 * 1024 * 1024  # bytes: a push of ~100,000 events of 2 KiB fits
 CREATE_DEVICES: Final = (
     "CREATE TABLE IF NOT EXISTS minies_devices (device TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE,"
@@ -101,7 +102,7 @@ def add_device(hub: EventStore, device: str, push: Iterable[str] = ("*",)) -> st
     patterns = tuple(push)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"give at least one aggregate-type pattern, each a non-empty str (got {patterns!r:.80})")
-    token = secrets.token_urlsafe(32)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)  # never starts with "-", which a CLI would take for an option
     now, rights = _now(), msgspec.json.encode(patterns).decode()
     with _registry(hub, f"cannot register device {device!r}") as conn:
         found = conn.execute(_BY_DEVICE, (device,)).fetchone()
