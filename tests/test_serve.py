@@ -102,6 +102,7 @@ def test_devices_sync_through_a_served_hub_and_every_log_verifies(tmp_path: Path
     assert added.returncode == 0, added.stderr
     laptop_token = added.stdout.strip()
     assert len(laptop_token) >= 40 and "registered device 'laptop'" in added.stderr
+    assert phone_token.startswith("minies_") and laptop_token.startswith("minies_")  # never "-": not an option
     write(tmp_path / "phone.db", "phone", "Order", 3)
     write(tmp_path / "laptop.db", "laptop", "Note", 2)
     with served(hub, tmp_path) as url:
