@@ -129,6 +129,12 @@ class Device:
         if reply.device != self.id:
             raise SyncError(f"this reply is for device {reply.device!r}, not {self.id!r}")
         with self._tx.lock:
+            conn = self._tx.open()
+            with self._tx.translate("cannot read this device's log"):
+                head = conn.execute(device_sql.CONFIRMED_HEAD).get
+                settled = conn.execute(device_sql.DEVICE).fetchone()[3]
+            if reply.head <= head and reply.after >= head and reply.acknowledged <= settled:
+                return [], False  # nothing new: nothing to write
             with self._tx.write(), self._tx.translate("cannot take in the hub's events"):
                 conn = self._tx.conn
                 head, head_hash = conn.execute(device_sql.CONFIRMED_HEAD_ROW).fetchone() or (0, _audit.GENESIS)

@@ -93,6 +93,14 @@ class Hub:
         erased = False
         tx = self._tx
         with tx.lock:
+            if not push.pending or push.pending[-1].seq <= _cursor(tx.open(), push.device, missing=True)[0]:
+                # nothing new to settle (a device that only pulls, or a push sent again): no write
+                with tx.reading(), tx.translate(f"cannot sync device {push.device!r}"):
+                    conn = tx.open()
+                    self._check_prefix(push, int(conn.execute(conn.sql.HEAD_POSITION).get))
+                    seq, origin = _cursor(conn, push.device, missing=True)
+                    _fresh(conn, push, seq, origin)
+                    return self._reply(push, seq, 0, 0)
             with tx.write(), tx.translate(f"cannot sync device {push.device!r}"):
                 conn = tx.conn
                 conn.execute(CREATE_ORIGINS)
@@ -156,8 +164,14 @@ class Hub:
         return Reply(push.device, push.after, rows, keys, types, seq, int(head), bytes(head_hash), placed, rejected)
 
 
-def _cursor(conn: Any, device: str) -> tuple[int, bytes]:
-    row = conn.execute(_CURSOR, (device,)).fetchone()
+def _cursor(conn: Any, device: str, missing: bool = False) -> tuple[int, bytes]:
+    """How far the hub settled ``device``'s sequence (``missing``: the table may not exist yet)."""
+    try:
+        row = conn.execute(_CURSOR, (device,)).fetchone()
+    except conn.Error:
+        if not missing:
+            raise
+        row = None
     return (0, _origins.GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))
 
 
