@@ -57,6 +57,11 @@ def rejection_id(device: str, seq: int) -> str:
 
 def exchange(store: Any, push: Push, *, may_push: Callable[[str], bool] | None = None) -> Reply:
     """Settle ``push`` on the hub ``store`` (an ``EventStore``) and answer it (see ``Hub.exchange``)."""
+    if store._device is not None:
+        raise SyncError(
+            f"{store._backend.where!r} is a device, not a hub: it would hold the pushed events as its own pending "
+            "ones; sync through the hub it syncs with"
+        )
     hub: Hub = store._hub
     return hub.exchange(push, may_push=may_push)
 
@@ -103,6 +108,9 @@ class Hub:
                     return self._reply(push, seq, 0, 0)
             with tx.write(), tx.translate(f"cannot sync device {push.device!r}"):
                 conn = tx.conn
+                # the log's write lock first, as an append takes it (PostgreSQL: an advisory
+                # lock the append state takes; SQLite: the write itself holds it)
+                conn.execute(conn.sql.APPEND_STATE, (push.pending[0].aggregate_id,)).fetchall()
                 conn.execute(CREATE_ORIGINS)
                 head = int(conn.execute(conn.sql.HEAD_POSITION).get)
                 self._check_prefix(push, head)

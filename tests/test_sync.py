@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -488,3 +489,35 @@ def test_newer_events_from_the_hub_are_stored_and_refused_at_once_not_read_wrong
         assert "Notes" in a.failed_projections  # a read model that cannot read them stops before them
         assert a.query("SELECT text FROM notes") == []  # (the hub placed the newer one first)
         a.append("n2", [Noted(text="later")], aggregate_type="Note")  # the device goes on writing
+
+
+def test_a_device_is_not_a_hub(tmp_path: Path) -> None:
+    device(tmp_path, "laptop").close()
+    with device(tmp_path, "phone") as phone:
+        phone.append("b", [Opened(owner="p")], aggregate_type="Account")
+        with pytest.raises(minies.SyncError, match="is a device, not a hub"):
+            phone.sync(tmp_path / "laptop.db")
+        assert len(phone.pending()) == 1  # nothing lost
+
+
+def test_devices_syncing_at_once_through_one_hub_take_turns(tmp_path: Path, hub_at: str) -> None:
+    minies.EventStore(hub_at).close()
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            with minies.EventStore(tmp_path / f"{name}.db", device=name) as d:
+                for k in range(15):
+                    d.append(f"{name}-{k}", [Opened(owner=name)], aggregate_type="Account")
+                    d.sync(hub_at)
+        except BaseException as e:  # (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(f"d{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with minies.EventStore(hub_at) as hub:
+        assert hub.head()[0] == 60 and hub.verify(origins=True).devices == 4
