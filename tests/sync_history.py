@@ -380,16 +380,18 @@ class DeviceRun:
     def sync(self, key: str, kind: str = "sync") -> dict[str, Any]:
         o = self.rec.invoke(key, kind, fault=self.fault)
         try:
-            if self.bundles:
-                result = self.by_bundles(key)
-            else:
-                report = self.store.sync(self.hub, conflicts=self.conflicts)
-                result = {"placed": report.placed, "rejected": report.rejected, "retried": report.retried}
+            result = self.exchange(key)
         except minies.MiniesError as e:  # the checker names it
             self.rec.complete(o, "fail", error=repr(e))
             return {"placed": 0, "rejected": 0, "error": repr(e)}
         self.rec.complete(o, "ok", **result)
         return result
+
+    def exchange(self, key: str) -> dict[str, Any]:
+        if self.bundles:
+            return self.by_bundles(key)
+        report = self.store.sync(self.hub, conflicts=self.conflicts)
+        return {"placed": report.placed, "rejected": report.rejected, "retried": report.retried}
 
     def sync_on_a_failing_disk(self, key: str, rng: random.Random) -> None:
         """A sync on a disk that loses power at a random write or sync: the process then
@@ -401,9 +403,9 @@ class DeviceRun:
             o = self.rec.invoke(key, "sync", fault="power" if not self.fault else f"power+{self.fault}")
             try:
                 self.store = self.open()
-                report = self.store.sync(self.hub, conflicts=self.conflicts)
+                result = self.exchange(key)
                 if disk.alive:
-                    self.rec.complete(o, "ok", placed=report.placed, rejected=report.rejected, power=False)
+                    self.rec.complete(o, "ok", **result)
             except PowerCut:
                 pass
             except minies.MiniesError as e:
@@ -520,7 +522,7 @@ class DeviceRun:
                 else:
                     _kill_at[0] = point
             key = f"{self.plan.seed}/{self.name}/{k}"
-            if is_sync and not self.bundles and fault > 1 - self.plan.power:
+            if is_sync and fault > 1 - self.plan.power:
                 self.sync_on_a_failing_disk(key, rng)
             elif is_sync:
                 self.sync(key)
@@ -751,15 +753,23 @@ def _check_settled(ops: list[Op], log: list[minies.Recorded]) -> dict[str, int]:
     unclaimed = [r.data.event_id for r in rejections if r.data.event_id not in written]  # type: ignore[attr-defined]
     if unclaimed:
         raise Violation(f"the hub rejected events no device recorded writing: {unclaimed[:3]}")
-    # a rejected Stock count is counted again, unless its device died in the sync that learnt of it
+    # a rejected Stock count is counted again, unless its device died in a sync after it wrote it
+    # (the retry runs after the reply's transaction: a death between the two loses it)
     redone = {op.args["of"] for op in ops if op.kind == "redo"}
-    died_syncing = {op.device for op in ops if op.kind in ("sync", "final") and op.outcome != "ok"}
+    writer = {i: op for op in writes for i in op.args["event_ids"]}
     for r in rejections:
         data: Any = r.data
         if data.aggregate_type == STOCK and data.event_id not in redone:
-            if int(data.device.rsplit("-", 1)[1]) not in died_syncing:
+            wrote = writer[data.event_id]
+            died = [
+                op
+                for op in ops
+                if op.device == wrote.device and op.kind == "sync" and op.outcome != "ok" and op.start > wrote.start
+            ]
+            if not died:
                 raise Violation(f"the rejected Stock count {data.event_id} of {data.device} was never counted again")
             counts["retries_lost_to_a_kill"] += 1
+            counts[f"retry_lost_in_a_sync_struck_by:{died[0].args.get('fault') or 'none'}"] += 1
     counts["commands"] = sum(1 for op in ops if op.kind == "cmd")
     counts["redos"] = len(redone)
     counts["syncs"] = sum(1 for op in ops if op.kind in ("sync", "final"))
