@@ -451,6 +451,11 @@ class DeviceRun:
                 again = _sync.answer_bundle(self.hub, rng.choice(self.pushes), folder / "again.reply")
                 if again.placed or again.rejected:
                     anomalies.append(f"an older push re-sent placed {again.placed} and rejected {again.rejected}")
+                try:  # its reply (perhaps with the hub's newer events) is taken in as any other
+                    taken, _ = _sync.import_reply(self.store, folder / "again.reply")
+                    rejections += taken
+                except minies.MiniesError as e:
+                    anomalies.append(f"the reply to an older push re-sent was refused: {e}")
             self.replies.append(str(reply))
             self.pushes.append(str(push))
             redone = False
