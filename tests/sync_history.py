@@ -759,6 +759,7 @@ def _check_settled(ops: list[Op], log: list[minies.Recorded]) -> dict[str, int]:
     if unclaimed:
         raise Violation(f"the hub rejected events no device recorded writing: {unclaimed[:3]}")
     # a rejected Stock count is counted again, unless its device died in a sync after it wrote it
+    # (or in the sync whose retry wrote it)
     # (the retry runs after the reply's transaction: a death between the two loses it)
     redone = {op.args["of"] for op in ops if op.kind == "redo"}
     writer = {i: op for op in writes for i in op.args["event_ids"]}
@@ -766,11 +767,9 @@ def _check_settled(ops: list[Op], log: list[minies.Recorded]) -> dict[str, int]:
         data: Any = r.data
         if data.aggregate_type == STOCK and data.event_id not in redone:
             wrote = writer[data.event_id]
-            died = [
-                op
-                for op in ops
-                if op.device == wrote.device and op.kind == "sync" and op.outcome != "ok" and op.start > wrote.start
-            ]
+            syncs = [op for op in ops if op.device == wrote.device and op.kind == "sync"]
+            during = [op for op in syncs if op.start < wrote.start][-1:] if wrote.kind == "redo" else []  # its sync
+            died = [op for op in [*during, *syncs] if op.outcome != "ok" and (op in during or op.start > wrote.start)]
             if not died:
                 raise Violation(f"the rejected Stock count {data.event_id} of {data.device} was never counted again")
             counts["retries_lost_to_a_kill"] += 1
