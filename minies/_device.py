@@ -155,7 +155,7 @@ class Device:
                 last = conn.execute(device_sql.ORIGIN_OF, (settled,)).fetchone()
                 if last is not None:  # the sequence's settled head: where the next append chains on
                     conn.execute(device_sql.SETTLE, (settled, last[0]))
-                self.undo()
+                undone = self.undo()
                 self._head = None
                 conn.execute(device_sql.DROP_PENDING)
                 conn.executemany(device_sql.INSERT_CONFIRMED, rows)
@@ -163,6 +163,9 @@ class Device:
                     raise SyncError("the hub's events were not all stored; nothing was taken in")
                 conn.executemany(conn.sql.COPY_EVENT_TYPE, reply.types)
                 erased = self._eraser.received(rows, reply.keys)
+                if not undone:  # the read models cannot be trusted to be the log's: rebuilt from it
+                    for name in self._projector.projections:
+                        self._projector.rebuild(conn, self._db, name)
                 self._replace(survivors)
             if erased:
                 self._tx.backend.purge(snapshots=True)
@@ -174,13 +177,22 @@ class Device:
         ]
         return rejected, more
 
-    def undo(self) -> None:
-        """Undo what the pending events did to the read models (inside a write)."""
+    def undo(self) -> bool:
+        """Undo what the pending events did to the read models (inside a write). False if some
+        change no longer applied (a read model was rebuilt since): then rebuild them all."""
         conn = self._tx.conn
+        missed = 0
+
+        def conflict(reason: int, change: Any) -> int:
+            nonlocal missed
+            missed += 1
+            return apsw.SQLITE_CHANGESET_OMIT
+
         changesets = [changes for (changes,) in conn.execute(device_sql.PENDING_CHANGES).fetchall()]
         for changes in changesets:
-            apsw.Changeset.apply(apsw.Changeset.invert(changes), conn)  # type: ignore[call-overload]
+            apsw.Changeset.apply(apsw.Changeset.invert(changes), conn, conflict=conflict)  # type: ignore[call-overload]
         self._projector.forget()
+        return not missed
 
     def _replace(self, survivors: Sequence[Sequence[Any]]) -> None:
         """Put pending events back on top of the confirmed log, as their appends would now

@@ -521,3 +521,15 @@ def test_devices_syncing_at_once_through_one_hub_take_turns(tmp_path: Path, hub_
     assert errors == []
     with minies.EventStore(hub_at) as hub:
         assert hub.head()[0] == 60 and hub.verify(origins=True).devices == 4
+
+
+def test_a_read_model_rebuilt_on_a_device_is_right_again_after_the_sync(tmp_path: Path, hub: minies.EventStore) -> None:
+    with device(tmp_path, "a") as a:
+        a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
+        a.sync(hub)
+        deposit(a, "acc", 5)
+        deposit(a, "acc", 6)
+        a.rebuild("balances")  # from the confirmed log: the pending deposits' changes no longer apply
+        a.sync(hub)
+        assert a.query(READ_MODEL) == hub.query(READ_MODEL) == [("acc", "ann", 11)] == rebuilt(a, tmp_path, "a")
+        assert a.query(LEDGER) == [(2, 11)]
