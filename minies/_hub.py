@@ -26,6 +26,7 @@ from minies._backends import swallowed
 from minies._erasure import Eraser
 from minies._errors import StorageError, SyncError
 from minies._events import REJECTIONS, EventRejected
+from minies._projections import hold_the_log
 from minies._stored_types import StoredTypes
 from minies._transactions import Transactions
 from minies._wire import Pending, Push, Reply
@@ -108,9 +109,7 @@ class Hub:
                     return self._reply(push, seq, 0, 0)
             with tx.write(), tx.translate(f"cannot sync device {push.device!r}"):
                 conn = tx.conn
-                # the log's write lock first, as an append takes it (PostgreSQL: an advisory
-                # lock the append state takes; SQLite: the write itself holds it)
-                conn.execute(conn.sql.APPEND_STATE, (push.pending[0].aggregate_id,)).fetchall()
+                hold_the_log(conn)  # before it reads the head, as an append does
                 conn.execute(CREATE_ORIGINS)
                 head = int(conn.execute(conn.sql.HEAD_POSITION).get)
                 self._check_prefix(push, head)

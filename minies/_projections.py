@@ -222,6 +222,7 @@ class Projector:
     def catch_up(self, conn: Connection, db: Database, name: str) -> None:
         """Bring one projection up to the head; rebuild it if it is new or its version changed."""
         projection = self.projections[name]
+        hold_the_log(conn)
         state = conn.execute(conn.sql.PROJECTION_STATE, (name,)).fetchone()
         head = conn.execute(conn.sql.HEAD_POSITION).get
         if state is None or state[0] != projection.version:
@@ -266,6 +267,7 @@ class Projector:
         """Drop what the projection created, run ``setup`` again, replay the whole log."""
         projection = self.projections[name]
         started = time.perf_counter()
+        hold_the_log(conn)
         state = conn.execute(conn.sql.PROJECTION_STATE, (name,)).fetchone()
         for kind, object_name in reversed(msgspec.json.decode(state[2]) if state else []):
             conn.execute(f'DROP {kind.upper()} IF EXISTS "{object_name}"')
@@ -321,3 +323,10 @@ class Projector:
         if progress is not None:
             progress(total, total)
         return count
+
+
+def hold_the_log(conn: Connection) -> None:
+    """Take the log's write lock before reading a checkpoint and the head, as an append does
+    before it writes: else, on PostgreSQL, an append committing meanwhile would apply events a
+    catch-up applies too. (Its state query takes it there; a SQLite write holds it already.)"""
+    conn.execute(conn.sql.APPEND_STATE, ("",)).fetchall()

@@ -1332,3 +1332,45 @@ def test_the_schema_is_taken_out_of_the_url_and_the_rest_kept() -> None:
     for bad in ("", "Shop", "1shop", "a" * 64, "shop;"):
         with pytest.raises(ValueError, match="schema must be a lowercase SQL name"):
             split_schema(f"postgresql://u@h/db?schema={bad}")
+
+
+class _Added(minies.Event):
+    amount: int
+
+
+class _Counts(minies.Projection):
+    name = "counts"
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE counts (id TEXT PRIMARY KEY, n INTEGER)")
+
+    def handle(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute(
+            "INSERT INTO counts VALUES (?, 1) ON CONFLICT (id) DO UPDATE SET n = counts.n + 1", (event.aggregate_id,)
+        )
+
+
+def test_a_store_opening_with_a_read_model_while_others_append_applies_each_event_once(pg_url: str) -> None:
+    """A catch-up takes the log's lock before it reads its checkpoint and the head, as an
+    append does (found by the sync histories: the read model counted some events twice)."""
+    minies.EventStore(pg_url, projections=[_Counts()]).close()
+    stop = threading.Event()
+
+    def writer(i: int) -> None:
+        with minies.EventStore(pg_url, projections=[_Counts()]) as store:
+            for _ in range(30):
+                store.append(f"a{i}", [_Added(amount=1)], aggregate_type="A")
+
+    def opener() -> None:
+        while not stop.is_set():
+            minies.EventStore(pg_url, projections=[_Counts()]).close()
+
+    threads = [threading.Thread(target=opener), *(threading.Thread(target=writer, args=(i,)) for i in range(4))]
+    for t in threads:
+        t.start()
+    for t in threads[1:]:
+        t.join()
+    stop.set()
+    threads[0].join()
+    with minies.EventStore(pg_url) as store:
+        assert sorted(store.query("SELECT id, n FROM counts")) == [(f"a{i}", 30) for i in range(4)]
