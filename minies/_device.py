@@ -238,6 +238,17 @@ class Device:
         metadata = _codec.decode_metadata(row[7])
         return Recorded(row[0], row[1], row[2], row[3], row[4], row[5], _codec.parse_timestamp(row[8]), event, metadata)
 
+    # ------------------------------------------------------------------ its rejections
+    def handled(self) -> int:
+        """The position up to which this device's rejections were handed to its policies."""
+        with self._tx.lock, self._tx.translate("cannot read this device's state"):
+            return int(self._tx.open().execute(device_sql.HANDLED).get)
+
+    def handle(self, position: int) -> None:
+        """Note a rejection handed over (in the caller's transaction, with what its retry saved)."""
+        with self._tx.lock, self._tx.write(), self._tx.translate("cannot write this device's state"):
+            self._tx.conn.execute(device_sql.HANDLE, (position,))
+
     # ------------------------------------------------------------------ what it knows
     def audit_state(self) -> tuple[str, list[Any], Any]:
         """(its id, its pending rows, its settled (seq, origin)) for ``verify(origins=True)``."""

@@ -28,7 +28,7 @@ from minies._errors import (
     StorageError,
     SyncError,
 )
-from minies._events import ANY, AnyVersion, Event, EventRejected, Recorded, Sealed, type_names
+from minies._events import ANY, AnyVersion, Event, Recorded, Sealed, type_names
 from minies._hub import Hub
 from minies._keyring import Keyring
 from minies._log import Opener, StoreInfo, aggregates, read_aggregate, read_log, store_info
@@ -598,8 +598,7 @@ class EventStore:
 
     def rejections(self, *, after: int = 0) -> list[Recorded]:
         """The ``EventRejected`` records after position ``after``: a device's own, or a hub's all."""
-        found = self.read_all(after=after, event_types=[EventRejected.event_type])
-        return [r for r in found if self._device is None or r.data.device == self._device.id]
+        return _sync.rejections(self, after)
 
     def seal(self, private_key: KeySource, *, note: str = "") -> Sealed:
         """Sign the head (position, hash, time, key fingerprint, ``note``) with an Ed25519 key,

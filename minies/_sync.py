@@ -15,11 +15,13 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
+import msgspec
+
 from minies import _hub, _wire
 from minies._backends import is_url, shown
 from minies._device import Device
 from minies._errors import MiniesError, SyncError
-from minies._events import Recorded
+from minies._events import EventRejected, Recorded
 from minies._wire import Push, Reply, SyncReport
 
 Transport = Callable[[Push], Reply]
@@ -50,22 +52,43 @@ def sync(
             placed += reply.placed
             refused += reply.rejected
             before = store.head()[0]
-            rejections, more = device.receive(reply)
+            _, more = device.receive(reply)
             pulled += store.head()[0] - before
-            redone = False
-            for rejection in rejections:
-                if rejected is not None:
-                    rejected(rejection)
-                retry = retries.get(rejection.data.aggregate_type)
-                if retry is not None:
-                    retry(store, rejection)
-                    retried += 1
-                    redone = True
+            redone = _hand_over(store, device, rejected, retries)
+            retried += redone
             if not more and not redone:
                 break
     head, head_hash = store.head()
     left = len(device.pending())
     return SyncReport(pushed, placed, refused, retried, pulled, head, head_hash, left, rounds)
+
+
+def _hand_over(
+    store: Any, device: Device, rejected: Callable[[Recorded], object] | None, retries: dict[str, Callable[..., object]]
+) -> int:
+    """Hand each rejection of this device not yet handed over to ``rejected`` and its type's
+    retry, each in one transaction with the note that it was: a retry's saves commit with it
+    (so a device that dies meanwhile hands it over again at its next sync, and a command is
+    never redone twice); one that raises rolls it all back, and the sync raises it."""
+    redone = 0
+    for rejection in store.rejections(after=device.handled()):
+        retry = retries.get(rejection.data.aggregate_type)
+        with store.transaction():
+            if rejected is not None:
+                rejected(rejection)
+            if retry is not None:
+                retry(store, rejection)
+                redone += 1
+            device.handle(rejection.position)
+    return redone
+
+
+def rejections(store: Any, after: int) -> list[Recorded]:
+    """``EventStore.rejections``: read as stored (minies' own type: never upcast, so a newer
+    event the store cannot read does not stand in the way)."""
+    found = store.read_all(after=after, event_types=[EventRejected.event_type], raw=True)
+    records = [msgspec.structs.replace(r, data=msgspec.convert(r.data, EventRejected)) for r in found]
+    return [r for r in records if store._device is None or r.data.device == store._device.id]
 
 
 def _device_of(store: Any) -> Device:

@@ -533,3 +533,32 @@ def test_a_read_model_rebuilt_on_a_device_is_right_again_after_the_sync(tmp_path
         a.sync(hub)
         assert a.query(READ_MODEL) == hub.query(READ_MODEL) == [("acc", "ann", 11)] == rebuilt(a, tmp_path, "a")
         assert a.query(LEDGER) == [(2, 11)]
+
+
+def test_a_retry_that_fails_is_handed_over_again_and_redone_exactly_once(
+    tmp_path: Path, hub: minies.EventStore
+) -> None:
+    a, b = device(tmp_path, "a"), device(tmp_path, "b")
+    a.append("acc", [Opened(owner="ann")], aggregate_type="Account", expected_version=0)
+    a.sync(hub), b.sync(hub)
+    deposit(a, "acc", 5)
+    deposit(b, "acc", 7)
+    a.sync(hub)
+    calls: list[int] = []
+
+    def flaky(store: minies.EventStore, rejection: minies.Recorded) -> None:
+        calls.append(rejection.position)
+        deposit(store, "acc", msgspec.json.decode(rejection.data.data)["amount"])
+        if len(calls) == 1:
+            raise RuntimeError("the app died in its retry")
+
+    with pytest.raises(RuntimeError, match="died"):
+        b.sync(hub, conflicts={"Account": flaky})
+    assert b.pending() == []  # the failed retry's save went with it
+    b.close()
+    with device(tmp_path, "b") as b:  # (a restart)
+        report = b.sync(hub, conflicts={"Account": flaky})
+        assert report.retried == 1 and calls[0] == calls[1]
+        assert b.sync(hub, conflicts={"Account": flaky}).retried == 0 and len(calls) == 2
+        assert b.query(READ_MODEL) == hub.query(READ_MODEL) == [("acc", "ann", 12)]
+    a.close()

@@ -33,7 +33,8 @@ CREATE: Final = (
         seq          INTEGER NOT NULL,
         origin       BLOB    NOT NULL,
         confirmed_seq INTEGER NOT NULL,
-        created_at   TEXT    NOT NULL
+        created_at   TEXT    NOT NULL,
+        handled      INTEGER NOT NULL DEFAULT 0
     )""",
     # Each pending event: the event's own columns, as an append wrote them, then its origin.
     # The device may rewrite this table (a sync takes out what the hub placed); the hub's
@@ -71,6 +72,10 @@ STAMPING: Final = (
     "SELECT coalesce(p.seq, d.seq), coalesce(p.origin, d.origin), (SELECT coalesce(max(position), 0) FROM events)"
     " FROM minies_device d LEFT JOIN (SELECT seq, origin FROM minies_pending ORDER BY position DESC LIMIT 1) p"
 )
+# The position up to which this device's rejections were handed to its sync's policies: a
+# retry's saves commit with its advance, so each rejection is redone exactly once.
+HANDLED: Final = "SELECT handled FROM minies_device"
+HANDLE: Final = "UPDATE minies_device SET handled = ?1 WHERE handled < ?1"
 ORIGIN_OF: Final = "SELECT origin FROM minies_pending WHERE seq = ?"
 SETTLE: Final = "UPDATE minies_device SET seq = ?1, origin = ?2, confirmed_seq = ?1"
 ENROL: Final = (
