@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Literal
 
 from minies._backends import is_url, shown
+from minies._hub import CREATE_ORIGINS
+from minies._serve import CREATE_DEVICES
 from minies._store import EventStore
 
 Access = Literal["app", "reader", "auditor"]
@@ -45,4 +47,7 @@ def grant(url: str, role: str, access: Access = "app") -> None:
     with EventStore(url) as store:
         backend = store._backend
         assert isinstance(backend, PostgresBackend)  # (a URL opens nothing else)
+        with store._tx.lock, store._tx.write():  # a hub's tables, so that they are granted too
+            store._conn.execute(CREATE_ORIGINS)
+            store._conn.execute(CREATE_DEVICES)
         backend.grant(role, access)

@@ -562,3 +562,20 @@ def test_a_retry_that_fails_is_handed_over_again_and_redone_exactly_once(
         assert b.sync(hub, conflicts={"Account": flaky}).retried == 0 and len(calls) == 2
         assert b.query(READ_MODEL) == hub.query(READ_MODEL) == [("acc", "ann", 12)]
     a.close()
+
+
+def test_an_app_role_settles_syncs_on_a_hub_whose_owner_registered_devices(
+    tmp_path: Path, pg_url: str, pg_app_role: str
+) -> None:
+    from minies import _serve
+
+    with minies.EventStore(pg_url) as owner:
+        _serve.add_device(owner, "a")  # the owner creates the hub's tables, then grants
+    minies.grant(pg_url, pg_app_role, "app")
+    app_url = pg_url.replace("postgres@", f"{pg_app_role}@", 1)
+    with minies.EventStore(app_url) as app:
+        assert _serve.add_device(app, "b")  # and the app may register devices too
+    with device(tmp_path, "a") as a:
+        a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
+        assert a.sync(app_url).placed == 1
+        assert a.verify(origins=True).ok

@@ -11,7 +11,7 @@ import contextlib
 import re
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from minies._backends import postgres_connection, postgres_sql
 from minies._backends.base import READ_ONLY_STORE, shown, swallowed, triggers_problem
@@ -21,6 +21,12 @@ from minies._database import Database
 from minies._errors import MiniesError, QueryError, SchemaError, StorageError
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+_HUB_TABLES: Final = (
+    "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+    " AND relname IN ('minies_origins', 'minies_devices')"
+)
 
 
 class PostgresBackend:
@@ -341,6 +347,11 @@ class PostgresBackend:
                 raw.execute(postgres_sql.REVOKE.format(**names))
                 for statement in postgres_sql.GRANTS[access]:
                     raw.execute(statement.format(**names))
+                # a hub's tables (``minies grant`` creates them first): an app settles syncs and
+                # registers devices; the others read them
+                rights = "SELECT, INSERT, UPDATE" if access == "app" else "SELECT"
+                for (table,) in raw.execute(_HUB_TABLES).fetchall():
+                    raw.execute(f"GRANT {rights} ON {self._schema}.{table} TO {names['role']}")
                 if access == "app":
                     for (table,) in raw.execute(postgres_sql.OTHER_TABLES).fetchall():
                         raw.execute(
