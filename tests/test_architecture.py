@@ -32,7 +32,7 @@ LAYERS = [
 ]
 # The debts ARCHITECTURE.md names: (importer, imported) and module sizes, as they are today.
 UPWARD_DEBTS: set[tuple[str, str]] = set()
-SIZE_DEBTS = {"_store": 717, "_backends.postgres_sql": 606}
+SIZE_DEBTS = {"_store": 716, "_backends.postgres_sql": 606}
 LIMIT = 600
 
 
