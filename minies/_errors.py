@@ -9,7 +9,8 @@
     ├── QueryError            store.query was given bad SQL or parameters, or SQL that writes
     ├── PersonalDataError     a sealed personal field cannot be opened or written: altered,
     │                         a wrong or missing key-encryption key, no cryptography package
-    └── StorageError          the file cannot be written: disk full, read-only, locked, damaged
+    ├── StorageError          the file cannot be written: disk full, read-only, locked, damaged
+    └── SyncError             a hub refused a device's push (nothing written), or their logs diverged
 
     SnapshotWarning           (a UserWarning) an aggregate's state would not read back as itself,
                               so its class is not snapshotted; loads replay instead

@@ -118,9 +118,14 @@ class EventRejected(Event, frozen=True, kw_only=True):
         device: the device that wrote the event.
         seq: the event's number in that device's sequence (its origin position).
         reason: why the hub did not place it (for a conflict: the version it found).
-        event_id, aggregate_id, aggregate_type, rejected_type (its event type), rejected_schema
-        (its schema version), data, metadata, created_at: the event as written (``data`` and
-        ``metadata`` as stored JSON text).
+        event_id: the rejected event's id, as written (the other fields describe it too).
+        aggregate_id: its aggregate.
+        aggregate_type: its aggregate's type.
+        rejected_type: its event type.
+        rejected_schema: its schema version.
+        data: its payload, as stored JSON text.
+        metadata: its metadata, as stored JSON text.
+        created_at: when the device wrote it.
         expected: the version the device expected the aggregate at (None: any).
         base: the last hub position the device had seen when it wrote the event.
         origin: the event's origin hash (hex), chained on the device's previous one.
