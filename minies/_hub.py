@@ -198,21 +198,7 @@ def _fresh(conn: Any, push: Push, seq: int, origin: bytes) -> list[Pending]:
                 f"device {push.device!r}'s events are out of sequence: {p.seq} after {seq} (dropped or reordered); "
                 "nothing was written"
             )
-        expected = _origins.digest(
-            origin,
-            push.device,
-            p.seq,
-            p.event_id,
-            p.aggregate_id,
-            p.aggregate_type,
-            p.event_type,
-            p.schema_version,
-            p.data,
-            p.metadata,
-            p.created_at,
-            p.expected,
-            p.base,
-        )
+        expected = _origins.digest(origin, push.device, p.seq, *p.written())
         if expected != p.origin:
             raise SyncError(
                 f"device {push.device!r}'s event {p.seq} is not the one it wrote (its origin hash differs): "
@@ -232,42 +218,16 @@ def _settled_as_pushed(conn: Any, device: str, p: Pending) -> bool:
         if found is None:
             return False
         meta, o = found
-        held = (row[3], row[4], row[2], row[5], row[0], meta, o.at, o.expected, o.base, o.device, o.seq, o.hash)
+        written: tuple[Any, ...] = (p.event_id, row[3], row[4], row[2], row[5], row[0], meta, o.at, o.expected, o.base)
+        held: tuple[Any, ...] = (o.device, o.seq, *written, o.hash)
     else:
         row = conn.execute(_BY_ID, (rejection_id(device, p.seq),)).fetchone()
         if row is None or row[2] != EventRejected.event_type:
             return False
         r = msgspec.json.decode(row[0], type=EventRejected)
-        held = (
-            r.aggregate_id,
-            r.aggregate_type,
-            r.rejected_type,
-            r.rejected_schema,
-            r.data,
-            r.metadata,
-            r.created_at,
-            r.expected,
-            r.base,
-            r.device,
-            r.seq,
-            r.origin,
-        )
-        if r.event_id != p.event_id:
-            return False
-    pushed = (
-        p.aggregate_id,
-        p.aggregate_type,
-        p.event_type,
-        p.schema_version,
-        p.data,
-        p.metadata,
-        p.created_at,
-        p.expected,
-        p.base,
-        device,
-        p.seq,
-        p.origin.hex(),
-    )
+        written = (r.event_id, r.aggregate_id, r.aggregate_type, r.rejected_type, r.rejected_schema, r.data)
+        held = (r.device, r.seq, *written, r.metadata, r.created_at, r.expected, r.base, r.origin)
+    pushed = (device, p.seq, *p.written(), p.origin.hex())
     return held == pushed
 
 

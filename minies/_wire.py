@@ -36,6 +36,13 @@ class Pending(msgspec.Struct, frozen=True, array_like=True):
     origin: bytes
     accept: bool = False  # its aggregate type's policy on conflict is to place it anyway
 
+    def written(self) -> tuple[Any, ...]:
+        """The event as the device wrote it, in ``_origins.digest``'s order after the seq."""
+        return (
+            self.event_id, self.aggregate_id, self.aggregate_type, self.event_type, self.schema_version, self.data,
+            self.metadata, self.created_at, self.expected, self.base,
+        )  # fmt: skip
+
 
 class Push(msgspec.Struct, frozen=True, tag="push"):
     device: str
