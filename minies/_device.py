@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import apsw
+import msgspec
 
 from minies import _audit, _codec, _origins, _personal
 from minies._append import Appender
@@ -132,8 +133,7 @@ class Device:
             conn = self._tx.open()
             with self._tx.translate("cannot read this device's log"):
                 head = conn.execute(device_sql.CONFIRMED_HEAD).get
-                settled = conn.execute(device_sql.DEVICE).fetchone()[3]
-            if reply.head <= head and reply.after >= head and reply.acknowledged <= settled:
+            if reply.head <= head and reply.after >= head:
                 return [], False  # nothing new: nothing to write
             with self._tx.write(), self._tx.translate("cannot take in the hub's events"):
                 conn = self._tx.conn
@@ -150,11 +150,12 @@ class Device:
                     if any(mine.get(row[0]) != row[9] for row in reply.rows if row[0] <= head):
                         raise SyncError("this reply's events differ from the ones this device holds: it diverged")
                 _check_chain(head, head_hash, rows)
-                settled = max(reply.acknowledged, conn.execute(device_sql.DEVICE).fetchone()[3])
-                survivors: list[Any] = conn.execute(device_sql.PENDING_AFTER, (settled,)).fetchall()
-                last = conn.execute(device_sql.ORIGIN_OF, (settled,)).fetchone()
-                if last is not None:  # the sequence's settled head: where the next append chains on
-                    conn.execute(device_sql.SETTLE, (settled, last[0]))
+                # A pending event leaves the tail when its placement (or rejection) arrives in
+                # the confirmed log, not before: the device's reads never lose sight of it.
+                settled = self._settled(rows)
+                if settled is not None:
+                    conn.execute(device_sql.SETTLE, settled)
+                survivors: list[Any] = conn.execute(device_sql.PENDING_AFTER, (self._settled_seq(conn),)).fetchall()
                 undone = self.undo()
                 self._head = None
                 conn.execute(device_sql.DROP_PENDING)
@@ -176,6 +177,24 @@ class Device:
             if r[4] == EventRejected.event_type and (rejection := _codec.decoders()[r[4]](r[6])).device == self.id
         ]
         return rejected, more
+
+    def _settled(self, rows: Sequence[Sequence[Any]]) -> tuple[int, bytes] | None:
+        """(seq, origin hash) of this device's last event that ``rows`` place or reject."""
+        last = None
+        for row in rows:
+            if row[4] == EventRejected.event_type:
+                rejection = msgspec.json.decode(row[6], type=EventRejected)
+                if rejection.device == self.id:
+                    last = (rejection.seq, bytes.fromhex(rejection.origin))
+            elif _origins.KEY in row[7]:
+                found = _origins.unstamped(row[7])
+                if found is not None and found[1].device == self.id:
+                    last = (found[1].seq, bytes.fromhex(found[1].hash))
+        return last
+
+    @staticmethod
+    def _settled_seq(conn: Any) -> int:
+        return int(conn.execute(device_sql.DEVICE).fetchone()[3])
 
     def undo(self) -> bool:
         """Undo what the pending events did to the read models (inside a write). False if some

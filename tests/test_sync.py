@@ -579,3 +579,17 @@ def test_an_app_role_settles_syncs_on_a_hub_whose_owner_registered_devices(
         a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
         assert a.sync(app_url).placed == 1
         assert a.verify(origins=True).ok
+
+
+def test_a_pending_event_stays_in_sight_until_its_placement_arrives(tmp_path: Path, hub: minies.EventStore) -> None:
+    for k in range(25):
+        hub.append(f"h{k}", [Opened(owner="hub")], aggregate_type="Account")
+    with device(tmp_path, "a") as a:
+        a.append("mine", [Opened(owner="ann")], aggregate_type="Account")
+        reply = minies._hub.exchange(hub, a._device.push(frozenset(), limit=10))  # type: ignore[union-attr]
+        assert reply.acknowledged == 1 and len(reply.rows) == 10  # placed at 26: not in this page
+        a._device.receive(reply)  # type: ignore[union-attr]
+        assert a.head()[0] == 10 and a.version("mine") == 1 and len(a.pending()) == 1
+        assert a.query("SELECT id FROM balances WHERE id = 'mine'") == [("mine",)]
+        assert a.sync(hub).pushed == 0  # (settled already: not placed twice)
+        assert a.pending() == [] and a.head() == hub.head() and a.verify(origins=True).ok

@@ -76,7 +76,6 @@ STAMPING: Final = (
 # retry's saves commit with its advance, so each rejection is redone exactly once.
 HANDLED: Final = "SELECT handled FROM minies_device"
 HANDLE: Final = "UPDATE minies_device SET handled = ?1 WHERE handled < ?1"
-ORIGIN_OF: Final = "SELECT origin FROM minies_pending WHERE seq = ?"
 SETTLE: Final = "UPDATE minies_device SET seq = ?1, origin = ?2, confirmed_seq = ?1"
 ENROL: Final = (
     "INSERT INTO minies_device (device, seq, origin, confirmed_seq, created_at)"
