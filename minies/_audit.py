@@ -26,7 +26,7 @@ from typing import Any, Final
 import msgspec
 
 from minies import _origins, _personal
-from minies._backends import Connection, is_url, open_backend
+from minies._backends import Connection, has_table, is_url, open_backend
 from minies._errors import StorageError
 from minies._transactions import Transactions
 
@@ -370,7 +370,7 @@ def verify_origins(tx: Transactions, report: VerifyReport, device: tuple[str, li
     if problem is None:
         with tx.lock:
             conn = tx.open()
-            cursors: list[Any] = conn.execute(_HUB_CURSORS).fetchall() if _has_cursors(conn) else []
+            cursors: list[Any] = conn.execute(_HUB_CURSORS).fetchall() if has_table(conn, "minies_origins") else []
         for name, seq, origin in cursors:
             if devices.get(name, (0, _origins.GENESIS)) != (seq, bytes.fromhex(origin)):
                 held = devices.get(name, (0,))[0]
@@ -383,14 +383,6 @@ def verify_origins(tx: Transactions, report: VerifyReport, device: tuple[str, li
         return msgspec.structs.replace(report, devices=counted)
     position, what = problem
     return msgspec.structs.replace(report, ok=False, first_bad_position=position, reason=what, devices=counted)
-
-
-def _has_cursors(conn: Connection) -> bool:
-    try:
-        conn.execute("SELECT 1 FROM minies_origins LIMIT 1").fetchall()
-    except conn.Error:
-        return False
-    return True
 
 
 def _pending_problem(

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
-from minies import _personal
+from minies import _hub, _personal
 from minies._backends import shown, swallowed
 from minies._errors import SchemaError, StorageError, SyncError
 from minies._projections import Projection
@@ -39,8 +39,8 @@ def copy(
     progress: Callable[[int, int], None] | None = None,
     projections: Iterable[Projection] = (),
 ) -> CopyReport:
-    """Copy the event log (events, event type schemas, snapshots, personal data keys) from
-    ``source`` to ``target``.
+    """Copy the event log (events, event type schemas, snapshots, personal data keys, and a
+    hub's record of its devices' sequences) from ``source`` to ``target``.
 
     Positions, event ids, timestamps, payloads, metadata, schema versions and hashes are kept
     byte for byte, so both have the same head hash. Projections are not copied: a store
@@ -73,6 +73,7 @@ def copy(
             types: list[Any] = conn.execute(src._sql.EVENT_TYPE_ROWS[src._file_version]).fetchall()
             snapshots: list[Any] = conn.execute(src._sql.SNAPSHOT_ROWS, (head,)).fetchall()
             keys: list[Any] = conn.execute(src._sql.KEY_ROWS).fetchall() if src._file_version >= 4 else []
+            cursors = _hub.cursors(conn)  # a hub's: how far it settled each device's sequence
         at = dst.head()[0]
         differs = _first_difference(src, dst, min(at, head))
         if differs is not None or at > head:
@@ -113,6 +114,7 @@ def copy(
             dst._conn.executemany(dst._sql.COPY_EVENT_TYPE, types)
             dst._conn.execute(dst._sql.NOTE_EVENT_TYPES, (skipped,))  # versions the source never described
             dst._conn.executemany(dst._sql.COPY_SNAPSHOT, snapshots)
+            _hub.keep_cursors(dst._conn, cursors)
         if stale:
             dst._backend.purge(snapshots=bool(dropped))
         report = dst.verify(expect_head=f"{head} {head_hash}" if head else None)

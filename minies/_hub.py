@@ -22,7 +22,7 @@ import msgspec
 
 from minies import _audit, _codec, _origins, _personal
 from minies._append import Appender
-from minies._backends import swallowed
+from minies._backends import has_table, swallowed
 from minies._erasure import Eraser
 from minies._errors import StorageError, SyncError
 from minies._events import REJECTIONS, EventRejected
@@ -171,14 +171,23 @@ class Hub:
         return Reply(push.device, push.after, rows, keys, types, seq, int(head), bytes(head_hash), placed, rejected)
 
 
+def cursors(conn: Any) -> list[tuple[str, int, str]]:
+    """Every device's cursor (none if this store was never a hub)."""
+    if not has_table(conn, "minies_origins"):
+        return []
+    return [tuple(row) for row in conn.execute("SELECT device, seq, origin FROM minies_origins").fetchall()]
+
+
+def keep_cursors(conn: Any, rows: list[tuple[str, int, str]]) -> None:
+    """Store ``cursors`` (a copy of a hub's log goes on serving its devices), in a write."""
+    if rows:
+        conn.execute(CREATE_ORIGINS)
+        conn.executemany(_ADVANCE, rows)
+
+
 def _cursor(conn: Any, device: str, missing: bool = False) -> tuple[int, bytes]:
     """How far the hub settled ``device``'s sequence (``missing``: the table may not exist yet)."""
-    try:
-        row = conn.execute(_CURSOR, (device,)).fetchone()
-    except conn.Error:
-        if not missing:
-            raise
-        row = None
+    row = None if missing and not has_table(conn, "minies_origins") else conn.execute(_CURSOR, (device,)).fetchone()
     return (0, _origins.GENESIS) if row is None else (int(row[0]), bytes.fromhex(row[1]))
 
 

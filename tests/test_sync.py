@@ -593,3 +593,20 @@ def test_a_pending_event_stays_in_sight_until_its_placement_arrives(tmp_path: Pa
         assert a.query("SELECT id FROM balances WHERE id = 'mine'") == [("mine",)]
         assert a.sync(hub).pushed == 0  # (settled already: not placed twice)
         assert a.pending() == [] and a.head() == hub.head() and a.verify(origins=True).ok
+
+
+def test_a_hub_copied_elsewhere_goes_on_serving_its_devices_and_keeps_its_seals(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    with minies.EventStore(tmp_path / "hub.db") as hub, device(tmp_path, "a") as a:
+        a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
+        a.sync(hub)
+        hub.seal(key)
+        a.sync(hub)
+        assert a.verify(trust=[key.public_key()]).sealed_position == 1  # the hub's seal reached the device
+    minies.copy(tmp_path / "hub.db", tmp_path / "moved.db")  # e.g. to a team's PostgreSQL
+    with minies.EventStore(tmp_path / "moved.db") as moved, device(tmp_path, "a") as a:
+        assert moved.verify(origins=True).devices == 1
+        deposit(a, "acc", 5)
+        assert a.sync(moved).placed == 1 and moved.verify(origins=True).ok

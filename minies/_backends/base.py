@@ -133,6 +133,12 @@ def swallowed(stored: int, n: int) -> str:
     )
 
 
+def has_table(conn: Connection, name: str) -> bool:
+    """Does the log's schema hold this table? (A query that never fails: on PostgreSQL a failed
+    statement would end the transaction it is in.)"""
+    return ("table", name) in {tuple(row) for row in conn.execute(conn.sql.SCHEMA_OBJECTS).fetchall()}
+
+
 def is_url(where: str | os.PathLike[str]) -> bool:
     return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
 
