@@ -381,16 +381,17 @@ def test_bundles_twice_and_out_of_order_change_nothing(
 
 
 def test_a_power_cut_inside_a_reply_then_the_device_syncs_on(tmp_path: Path) -> None:
-    """Every write and sync of one device's sync, cut in turn (lost writes): the reopened
-    device syncs again and holds the hub's log, nothing lost, nothing twice."""
-    from crashdisk import CrashDisk, PowerCut
+    """Every write and sync of one device's sync (its file opened, the push, the reply taken
+    in), cut in turn, in each of the disk's modes: the reopened device syncs again and holds
+    the hub's log, its read model the log's, its events on the hub once each."""
+    from crashdisk import MODES, CrashDisk, PowerCut
 
     hub_path = str(tmp_path / "hub.db")
     with minies.EventStore(hub_path) as hub, minies.EventStore(str(tmp_path / "other.db"), device="other") as other:
         other.append("t", [sh.Deposited(op="o", amount=2, before=0)], aggregate_type=sh.TILL, expected_version=0)
         other.sync(hub)
     cuts = 0
-    for cut_at in range(1, 400, 7):
+    for cut_at in range(1, 1000):
         run = tmp_path / f"cut-{cut_at}"
         run.mkdir()
         path = str(run / "dev.db")
@@ -399,7 +400,7 @@ def test_a_power_cut_inside_a_reply_then_the_device_syncs_on(tmp_path: Path) -> 
                 device.append(f"j{k}", [sh.Added(op=f"a{k}", amount=k)], aggregate_type=sh.JAR, expected_version=0)
         shutil.copy(hub_path, run / "hub.db")
         hub = minies.EventStore(str(run / "hub.db"), projections=[sh.Ledger()])
-        with CrashDisk(cut_at=cut_at, mode="torn", seed=cut_at) as disk:
+        with CrashDisk(cut_at=cut_at, mode=MODES[cut_at % len(MODES)], seed=cut_at) as disk:
             try:
                 device = minies.EventStore(path, device="dev", projections=[sh.Ledger()])
                 device.sync(hub)
@@ -418,4 +419,4 @@ def test_a_power_cut_inside_a_reply_then_the_device_syncs_on(tmp_path: Path) -> 
             assert device.verify(origins=True).ok and hub.verify(origins=True).ok, cut_at
             assert sorted(r.data.op for r in hub.read_all() if r.aggregate_type == sh.JAR) == ["a0", "a1", "a2", "a3"]
         hub.close()
-    assert cuts >= 3, cuts
+    assert cuts >= 20, cuts
