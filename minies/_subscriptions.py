@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from minies import _codec
-from minies._errors import MiniesError, NotFound
+from minies._errors import MiniesError, NotFound, StorageError
 from minies._events import Event, Recorded, type_names
 from minies._transactions import Transactions
 
@@ -154,6 +154,8 @@ class Subscription:
             try:
                 handler(record)
                 return None
+            except StorageError:  # the store failed, not this event: the page stops, retried next run
+                raise
             except Exception as e:
                 if attempt == attempts + self.max_attempts:
                     error = "".join(traceback.format_exception_only(e)).strip()

@@ -91,6 +91,24 @@ def test_an_interrupted_page_commits_nothing_and_is_processed_again(store: minie
     assert shipped(store) == [f"shipment-order-{k}" for k in range(4)]
 
 
+def test_a_store_that_fails_stops_the_page_at_once_and_parks_nothing(store: minies.EventStore) -> None:
+    place(store, 3)
+    calls: list[str] = []
+
+    def unlucky(record: minies.Recorded, s: minies.EventStore) -> None:
+        calls.append(record.aggregate_id)
+        ship(record, s)
+        if len(calls) == 2:
+            raise minies.StorageError("the disk is full")  # the store's fault, not this input's
+
+    processor = store.processor("shipping", unlucky, event_types=[OrderPlaced])
+    with pytest.raises(minies.StorageError, match="disk is full"):
+        processor.run()
+    assert calls == ["order-0", "order-1"]  # no retry of the same input, no waiting inside the page
+    assert processor.position == 0 and processor.dead_letters() == [] and shipped(store) == []
+    assert processor.run() == 3 and len(shipped(store)) == 3
+
+
 def test_a_processor_refuses_to_run_inside_a_transaction_and_checks_its_handler(store: minies.EventStore) -> None:
     processor = store.processor("shipping", ship)
     with (
