@@ -127,7 +127,7 @@ class Eraser:
                 self.drop_sealed_snapshots(gone)
                 destroyed = destroyed or bool(gone)
         if keys:  # (a subject forgotten and written again has a second key: it fits once the first is gone)
-            conn.executemany(conn.sql.COPY_KEY, keys)
+            conn.executemany(conn.sql.COPY_KEY, [self._keys.fitting(conn, row) for row in keys])
             self._keys.clear()
         self._types.load(conn)  # (so newer events read as such from now on, not with fields dropped)
         self._projector.erased.clear()

@@ -306,18 +306,35 @@ class Keyring:
         ``SubjectForgotten`` event at that position destroyed where it was written; a key
         made later, for data recorded after the erasure, stays).
         """
-        rows: list[Any] = conn.execute(conn.sql.KEYS_OF_SUBJECT, (subject,)).fetchall()
+        rows: list[Any] = conn.execute(
+            conn.sql.KEYS_OF_SUBJECT, (subject, len(subject) + 1, subject + _ALSO)
+        ).fetchall()
         keys = [key_id for (key_id,) in rows]
         if before is not None:
             keys = [k for k in keys if conn.execute(conn.sql.SEALS_BEFORE, (before, sealed_by(k))).get]
         self.destroy(conn, keys, now)
         return keys
 
+    @staticmethod
+    def fitting(conn: Connection, row: Sequence[Any]) -> tuple[Any, ...]:
+        """A key row received from another store (a sync's), as this one keeps it: a subject
+        has one live key per store, so a second live key (made for the same subject on another
+        device, offline) is kept under ``subject + "\x1f" + key_id``, which ``forget`` finds too."""
+        key_id, subject, key, created, forgotten = row
+        if key is not None:
+            live = conn.execute(conn.sql.KEY_OF_SUBJECT, (subject,)).fetchone()
+            if live is not None and live[0] != key_id:
+                subject = f"{subject}{_ALSO}{key_id}"
+        return key_id, subject, key, created, forgotten
+
     def destroy(self, conn: Connection, keys: Sequence[str], now: str) -> None:
         """Destroy these keys (in the caller's write)."""
         for key_id in keys:
             conn.execute(conn.sql.FORGET_KEY, (now, key_id))
         self.clear()
+
+
+_ALSO: Final = "\x1f"  # (a subject's other live keys: see fitting)
 
 
 class _Unopenable:

@@ -610,3 +610,23 @@ def test_a_hub_copied_elsewhere_goes_on_serving_its_devices_and_keeps_its_seals(
         assert moved.verify(origins=True).devices == 1
         deposit(a, "acc", 5)
         assert a.sync(moved).placed == 1 and moved.verify(origins=True).ok
+
+
+def test_one_subject_sealed_on_the_hub_and_on_two_devices_offline_reads_everywhere_and_is_forgotten_everywhere(
+    tmp_path: Path, hub: minies.EventStore
+) -> None:
+    a, b = device(tmp_path, "a"), device(tmp_path, "b")
+    hub.append("p0", [Signed(person="ann", email="hub@example.com")], aggregate_type="Person")
+    a.append("p1", [Signed(person="ann", email="a@example.com")], aggregate_type="Person")  # a key of a's own
+    b.append("p2", [Signed(person="ann", email="b@example.com")], aggregate_type="Person")  # and of b's
+    a.sync(hub), b.sync(hub), a.sync(hub)
+    for store in (hub, a, b):
+        assert [r.data.email for r in store.read_all()] == ["hub@example.com", "a@example.com", "b@example.com"]
+    a.forget("ann")  # every key of ann's, whichever store made it, on every store
+    a.sync(hub), b.sync(hub)
+    for store in (hub, a, b):
+        assert [r.data.email for r in store.read_all() if isinstance(r.data, Signed)] == ["", "", ""]
+        assert store.query("SELECT 1") == [(1,)]
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        assert conn.execute("SELECT count(*) FROM minies_keys WHERE key IS NOT NULL").fetchone() == (0,)
+    a.close(), b.close()

@@ -336,7 +336,10 @@ ALL_SNAPSHOTS: Final = "SELECT aggregate_id, version, aggregate_type, fingerprin
 ANY_KEY: Final = "SELECT EXISTS (SELECT 1 FROM minies_keys)"
 SOME_KEY: Final = "SELECT key_id, key FROM minies_keys WHERE key IS NOT NULL LIMIT 1"
 KEY_OF_SUBJECT: Final = "SELECT key_id, key FROM minies_keys WHERE subject = ? AND key IS NOT NULL"
-KEYS_OF_SUBJECT: Final = "SELECT key_id FROM minies_keys WHERE subject = ? AND key IS NOT NULL"
+# (with the keys another store made for the subject, which a sync brought: see Keyring.fitting)
+KEYS_OF_SUBJECT: Final = (
+    "SELECT key_id FROM minies_keys WHERE (subject = ? OR substr(subject, 1, ?) = ?) AND key IS NOT NULL"
+)
 KEY_BY_ID: Final = "SELECT key FROM minies_keys WHERE key_id = ?"
 ADD_KEY: Final = "INSERT INTO minies_keys (key_id, subject, key, created_at) VALUES (?, ?, ?, ?)"
 FORGET_KEY: Final = "UPDATE minies_keys SET key = NULL, forgotten_at = ? WHERE key_id = ?"
