@@ -14,7 +14,7 @@ a rebuild from the hub's log once nothing is pending.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 import apsw
 import msgspec
@@ -31,13 +31,11 @@ from minies._projections import Projector
 from minies._transactions import Transactions
 from minies._wire import Pending, Push, Reply
 
-# What a pending append's changeset records: the read models and their checkpoints, never
-# the log, the device's own tables or anything a sync must keep (keys, event types).
-_WATCHED_MINIES: Final = frozenset({"minies_projections"})
-
 
 def _watched(table: str) -> bool:
-    return table in _WATCHED_MINIES or not (table == "events" or table.lower().startswith(("minies_", "sqlite_")))
+    """What a pending append's changeset records: the read models' own tables, never the log,
+    minies' tables (their checkpoints go back to the confirmed head by themselves) or SQLite's."""
+    return not (table == "events" or table.lower().startswith(("minies_", "sqlite_")))
 
 
 class Device:
@@ -210,6 +208,8 @@ class Device:
         changesets = [changes for (changes,) in conn.execute(device_sql.PENDING_CHANGES).fetchall()]
         for changes in changesets:
             apsw.Changeset.apply(apsw.Changeset.invert(changes), conn, conflict=conflict)  # type: ignore[call-overload]
+        if changesets:  # each read model is where it was before the first of them: at the confirmed head
+            conn.execute(device_sql.CHECKPOINTS_BACK)
         self._projector.forget()
         return not missed
 

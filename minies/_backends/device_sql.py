@@ -81,6 +81,10 @@ ENROL: Final = (
     "INSERT INTO minies_device (device, seq, origin, confirmed_seq, created_at)"
     " VALUES (?, 0, zeroblob(32), 0, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
 )
+CHECKPOINTS_BACK: Final = (
+    "UPDATE minies_projections SET position = (SELECT coalesce(max(position), 0) FROM events)"
+    " WHERE position > (SELECT coalesce(max(position), 0) FROM events)"
+)
 CHANGES: Final = "UPDATE minies_pending SET changes = ? WHERE position = ?"
 PENDING_ROWS: Final = (
     f"SELECT {_EVENT_COLUMNS}, seq, origin, expected, base, batch FROM minies_pending WHERE seq > ? ORDER BY seq"
