@@ -630,3 +630,28 @@ def test_one_subject_sealed_on_the_hub_and_on_two_devices_offline_reads_everywhe
     with sqlite3.connect(tmp_path / "b.db") as conn:
         assert conn.execute("SELECT count(*) FROM minies_keys WHERE key IS NOT NULL").fetchone() == (0,)
     a.close(), b.close()
+
+
+class Receipted(minies.Event):
+    event_type: ClassVar[str] = "sync.Receipted"
+    of: str
+
+
+def test_a_processor_on_a_device_processes_confirmed_events_once_and_its_outputs_travel(
+    tmp_path: Path, hub: minies.EventStore
+) -> None:
+    def receipt(record: minies.Recorded, store: minies.EventStore) -> None:
+        store.append(f"receipt-{record.event_id}", [Receipted(of=record.event_id)], aggregate_type="Receipt")
+
+    with device(tmp_path, "a") as a:
+        processor = a.processor("receipts", receipt, event_types=[Deposited])
+        a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
+        deposit(a, "acc", 5)
+        assert processor.run() == 0  # pending: the hub may still reject it
+        a.sync(hub)
+        assert processor.run() == 1 and processor.run() == 0
+        assert [type(r.data) for r in a.pending()] == [Receipted]  # its output, pending in turn
+        a.sync(hub)
+        receipts = [r for r in hub.read_all() if isinstance(r.data, Receipted)]
+        assert len(receipts) == 1 and receipts[0].metadata["minies.origin"]["device"] == "a"
+        assert receipts[0].metadata["causation_id"] == next(r.event_id for r in hub.read("acc", after=1))
