@@ -109,6 +109,18 @@ def rebuilt(store: minies.EventStore, tmp_path: Path, name: str) -> list[Any]:
         return fresh.query(READ_MODEL)
 
 
+def conflicting(tmp_path: Path, hub: minies.EventStore) -> tuple[minies.EventStore, minies.EventStore]:
+    """Two devices that both deposited to one account while apart; a's deposit reached the hub
+    first, so b's (7, expecting version 1) conflicts with it (5, now version 2)."""
+    a, b = device(tmp_path, "a"), device(tmp_path, "b")
+    a.append("acc", [Opened(owner="ann")], aggregate_type="Account", expected_version=0)
+    a.sync(hub), b.sync(hub)
+    deposit(a, "acc", 5)
+    deposit(b, "acc", 7)
+    a.sync(hub)
+    return a, b
+
+
 # ---------------------------------------------------------------------------- offline
 def test_a_device_writes_offline_and_reads_its_pending_events_back(tmp_path: Path) -> None:
     with device(tmp_path, "pos-1") as pos:
@@ -227,12 +239,7 @@ def test_an_event_built_on_a_rejected_one_is_rejected_too(tmp_path: Path, hub: m
 
 
 def test_accept_places_commuting_events_after_the_others(tmp_path: Path, hub: minies.EventStore) -> None:
-    a, b = device(tmp_path, "a"), device(tmp_path, "b")
-    a.append("acc", [Opened(owner="ann")], aggregate_type="Account", expected_version=0)
-    a.sync(hub), b.sync(hub)
-    deposit(a, "acc", 5)
-    deposit(b, "acc", 7)
-    a.sync(hub)
+    a, b = conflicting(tmp_path, hub)
     report = b.sync(hub, conflicts={"Account": "accept"})
     assert (report.placed, report.rejected) == (1, 0)
     assert b.query(READ_MODEL) == hub.query(READ_MODEL) == [("acc", "ann", 12)]
@@ -241,12 +248,7 @@ def test_accept_places_commuting_events_after_the_others(tmp_path: Path, hub: mi
 
 
 def test_retry_redoes_the_command_on_the_new_state_in_the_same_sync(tmp_path: Path, hub: minies.EventStore) -> None:
-    a, b = device(tmp_path, "a"), device(tmp_path, "b")
-    a.append("acc", [Opened(owner="ann")], aggregate_type="Account", expected_version=0)
-    a.sync(hub), b.sync(hub)
-    deposit(a, "acc", 5)
-    deposit(b, "acc", 7)
-    a.sync(hub)
+    a, b = conflicting(tmp_path, hub)
     seen: list[int] = []
 
     def again(store: minies.EventStore, rejection: minies.Recorded) -> None:
@@ -538,12 +540,7 @@ def test_a_read_model_rebuilt_on_a_device_is_right_again_after_the_sync(tmp_path
 def test_a_retry_that_fails_is_handed_over_again_and_redone_exactly_once(
     tmp_path: Path, hub: minies.EventStore
 ) -> None:
-    a, b = device(tmp_path, "a"), device(tmp_path, "b")
-    a.append("acc", [Opened(owner="ann")], aggregate_type="Account", expected_version=0)
-    a.sync(hub), b.sync(hub)
-    deposit(a, "acc", 5)
-    deposit(b, "acc", 7)
-    a.sync(hub)
+    a, b = conflicting(tmp_path, hub)
     calls: list[int] = []
 
     def flaky(store: minies.EventStore, rejection: minies.Recorded) -> None:
