@@ -41,6 +41,8 @@ def sync(
     """``EventStore.sync`` (``store`` is the device's ``EventStore``; ``hub``, another, or
     where one is)."""
     device = _device_of(store)
+    if store._tx.depth:
+        raise SyncError("cannot sync inside store.transaction(): what it takes in would roll back with it; sync after")
     retries, accepting = _policies(conflicts)
     pushed = placed = refused = retried = pulled = rounds = 0
     with _transport(hub, token, type(store)) as exchange:

@@ -652,3 +652,11 @@ def test_a_processor_on_a_device_processes_confirmed_events_once_and_its_outputs
         receipts = [r for r in hub.read_all() if isinstance(r.data, Receipted)]
         assert len(receipts) == 1 and receipts[0].metadata["minies.origin"]["device"] == "a"
         assert receipts[0].metadata["causation_id"] == next(r.event_id for r in hub.read("acc", after=1))
+
+
+def test_a_sync_inside_a_transaction_is_refused(tmp_path: Path, hub: minies.EventStore) -> None:
+    with device(tmp_path, "a") as a, pytest.raises(minies.SyncError, match="inside store.transaction"):
+        with a.transaction():
+            a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
+            a.sync(hub)
+    assert hub.head() == (0, "")
