@@ -655,8 +655,9 @@ def test_a_processor_on_a_device_processes_confirmed_events_once_and_its_outputs
 
 
 def test_a_sync_inside_a_transaction_is_refused(tmp_path: Path, hub: minies.EventStore) -> None:
-    with device(tmp_path, "a") as a, pytest.raises(minies.SyncError, match="inside store.transaction"):
-        with a.transaction():
+    with device(tmp_path, "a") as a:
+        with pytest.raises(minies.SyncError, match="inside store.transaction"), a.transaction():
             a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
             a.sync(hub)
+        assert a.pending() == []  # (the block rolled back)
     assert hub.head() == (0, "")
