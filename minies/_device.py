@@ -259,14 +259,14 @@ class Device:
 
     # ------------------------------------------------------------------ its rejections
     def handled(self) -> int:
-        """The position up to which this device's rejections were handed to its policies."""
+        """The version of the stream of rejections up to which this device's were handed over."""
         with self._tx.lock, self._tx.translate("cannot read this device's state"):
             return int(self._tx.open().execute(device_sql.HANDLED).get)
 
-    def handle(self, position: int) -> None:
+    def handle(self, version: int) -> None:
         """Note a rejection handed over (in the caller's transaction, with what its retry saved)."""
         with self._tx.lock, self._tx.write(), self._tx.translate("cannot write this device's state"):
-            self._tx.conn.execute(device_sql.HANDLE, (position,))
+            self._tx.conn.execute(device_sql.HANDLE, (version,))
 
     # ------------------------------------------------------------------ what it knows
     def audit_state(self) -> tuple[str, list[Any], Any]:

@@ -21,7 +21,7 @@ from minies import _hub, _wire
 from minies._backends import is_url, shown
 from minies._device import Device
 from minies._errors import MiniesError, SyncError
-from minies._events import EventRejected, Recorded
+from minies._events import REJECTIONS, EventRejected, Recorded
 from minies._wire import Push, Reply, SyncReport
 
 Transport = Callable[[Push], Reply]
@@ -73,7 +73,7 @@ def _hand_over(
     (so a device that dies meanwhile hands it over again at its next sync, and a command is
     never redone twice); one that raises rolls it all back, and the sync raises it."""
     redone = 0
-    for rejection in store.rejections(after=device.handled()):
+    for rejection in _rejections(store, version=device.handled()):
         retry = retries.get(rejection.data.aggregate_type)
         with store.transaction():
             if rejected is not None:
@@ -81,14 +81,19 @@ def _hand_over(
             if retry is not None:
                 retry(store, rejection)
                 redone += 1
-            device.handle(rejection.position)
+            device.handle(rejection.version)
     return redone
 
 
 def rejections(store: Any, after: int) -> list[Recorded]:
-    """``EventStore.rejections``: read as stored (minies' own type: never upcast, so a newer
-    event the store cannot read does not stand in the way)."""
-    found = store.read_all(after=after, event_types=[EventRejected.event_type], raw=True)
+    """``EventStore.rejections``: the stream of rejections, read as stored (minies' own type:
+    never upcast, so an event of newer code the store cannot read does not stand in the way)."""
+    return [r for r in _rejections(store) if r.position > after]
+
+
+def _rejections(store: Any, version: int = 0) -> list[Recorded]:
+    """The rejections after ``version`` of their stream: on a device, its own."""
+    found = store.read(REJECTIONS, after=version, raw=True)
     records = [msgspec.structs.replace(r, data=msgspec.convert(r.data, EventRejected)) for r in found]
     return [r for r in records if store._device is None or r.data.device == store._device.id]
 

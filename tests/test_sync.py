@@ -661,3 +661,26 @@ def test_a_sync_inside_a_transaction_is_refused(tmp_path: Path, hub: minies.Even
             a.sync(hub)
         assert a.pending() == []  # (the block rolled back)
     assert hub.head() == (0, "")
+
+
+def test_a_sync_with_nothing_new_reads_the_same_few_rows_however_long_the_log(tmp_path: Path) -> None:
+    """O(1) in the log's size, counted in rows SQLite hands back on both sides (no clock)."""
+
+    def rows_read(events: int) -> int:
+        with minies.EventStore(tmp_path / f"hub{events}.db") as hub, device(tmp_path, f"d{events}") as d:
+            with hub.transaction():
+                for k in range(events):
+                    hub.append(f"x{k}", [Opened(owner="o")], aggregate_type="Account")
+            d.append("mine", [Opened(owner="m")], aggregate_type="Account")
+            d.sync(hub)
+            read = [0]
+
+            def count(cursor: Any, row: Any) -> Any:
+                read[0] += 1
+                return row
+
+            d._conn.row_trace = hub._conn.row_trace = count  # type: ignore[attr-defined]
+            assert d.sync(hub).round_trips == 1
+            return read[0]
+
+    assert rows_read(10) == rows_read(3000)

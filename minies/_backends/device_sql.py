@@ -72,8 +72,8 @@ STAMPING: Final = (
     "SELECT coalesce(p.seq, d.seq), coalesce(p.origin, d.origin), (SELECT coalesce(max(position), 0) FROM events)"
     " FROM minies_device d LEFT JOIN (SELECT seq, origin FROM minies_pending ORDER BY position DESC LIMIT 1) p"
 )
-# The position up to which this device's rejections were handed to its sync's policies: a
-# retry's saves commit with its advance, so each rejection is redone exactly once.
+# How far (a version of the stream of rejections) this device's rejections were handed to its
+# sync's policies: a retry's saves commit with its advance, so each is redone exactly once.
 HANDLED: Final = "SELECT handled FROM minies_device"
 HANDLE: Final = "UPDATE minies_device SET handled = ?1 WHERE handled < ?1"
 SETTLE: Final = "UPDATE minies_device SET seq = ?1, origin = ?2, confirmed_seq = ?1"
