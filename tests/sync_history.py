@@ -11,7 +11,8 @@ Three aggregate types, one per conflict policy:
 - ``sync.Till`` (*reject*, the default): deposits, withdrawals (declined below zero) and
   two-event deposits (one append, a batch the hub places whole or not at all);
 - ``sync.Jar`` (*accept*): commutative additions, placed even when the jar moved on;
-- ``sync.Stock`` (a *retry* function): a rejected count is redone on the new state.
+- ``sync.Stock`` (a *retry* function): a rejected count is redone on the new state, exactly
+  once (a device that dies before its retry commits hands the rejection over again).
 
 Each Till and Stock event carries the value its decision saw (``before``), so an event the hub
 placed on top of a state its device had not seen shows as a lost update.
@@ -296,8 +297,8 @@ def reintroduce(bug: str) -> None:
 
 def _hand_over_at_most_once(store: minies.EventStore, device: Device, rejected: Any, retries: dict[str, Any]) -> int:
     redone = 0
-    for rejection in store.rejections(after=device.handled()):
-        device.handle(rejection.position)  # committed on its own: a death after it loses the retry
+    for rejection in _sync._rejections(store, version=device.handled()):  # type: ignore[attr-defined]
+        device.handle(rejection.version)  # committed on its own: a death after it loses the retry
         retry = retries.get(rejection.data.aggregate_type)  # type: ignore[attr-defined]
         if retry is not None:
             retry(store, rejection)
@@ -687,8 +688,8 @@ def check(plan: Plan, ops: list[Op]) -> dict[str, int]:
     - every rejection is justified (the aggregate was not at the version the device expected,
       or the event there was another writer's, placed after the device's base), names a type
       whose policy rejects, and every placed event of such a type is not a conflict;
-    - a rejected Stock count was counted again (a retry) unless its device died during the
-      sync that brought the rejection.
+    - a rejected Stock count is counted again (a retry) exactly once, so each Stock count that
+      reached the hub counts there once, as written or redone.
     """
     counts: collections.Counter[str] = collections.Counter()
     refused = [op for op in ops if op.kind in ("sync", "final") and op.outcome == "fail"]
