@@ -317,6 +317,8 @@ def _info(args: argparse.Namespace) -> int:
         out(f"schema version  {info.schema_version}\n")
         out(f"events          {_plural(info.events, 'event')} in {_plural(info.aggregates, 'aggregate')}\n")
         out(f"head            {position} {digest or '-'}\n")
+        if info.device is not None:  # (a device's own events wait in its pending tail)
+            out(f"device          {info.device}: {_plural(info.pending, 'event')} pending its hub\n")
         out(f"forgotten       {_plural(info.forgotten_subjects, 'data subject')}\n")
         out("event types\n")
         for event_type, version, count in store.event_types():

@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 
 from minies import _codec, _events, _personal, _upcasters
-from minies._backends import Connection
+from minies._backends import Connection, device_sql, has_table
 from minies._errors import SchemaError
 from minies._events import Recorded
 from minies._transactions import Transactions
@@ -238,6 +238,8 @@ class StoreInfo(msgspec.Struct, frozen=True):
         projections: ``(name, version, position, updated_at)`` of each projection's checkpoint.
         subscriptions: ``(name, position, updated_at)`` of each subscription's checkpoint.
         forgotten_subjects: how many data subjects ``forget`` has forgotten.
+        device: the device this file is (see ``EventStore.sync``), or None.
+        pending: a device's events its hub has not placed yet (not counted in ``events``).
     """
 
     schema_version: int
@@ -246,6 +248,8 @@ class StoreInfo(msgspec.Struct, frozen=True):
     projections: list[tuple[str, int, int, str]]
     subscriptions: list[tuple[str, int, str]]
     forgotten_subjects: int = 0
+    device: str | None = None
+    pending: int = 0
 
 
 def store_info(tx: Transactions, forgetting: bool) -> StoreInfo:
@@ -257,7 +261,9 @@ def store_info(tx: Transactions, forgetting: bool) -> StoreInfo:
         subscriptions: list[Any] = conn.execute(conn.sql.SUBSCRIPTIONS).fetchall()
         schema_version = tx.backend.schema_version()
         forgotten = int(conn.execute(conn.sql.FORGOTTEN_SUBJECTS).get) if forgetting else 0
-    return StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions, forgotten)
+        device = conn.execute(device_sql.DEVICE_STATE).fetchone() if has_table(conn, "minies_device") else None
+    info = StoreInfo(schema_version, counts[0], counts[1], projections, subscriptions, forgotten)
+    return info if device is None else msgspec.structs.replace(info, device=device[0], pending=device[1])
 
 
 def aggregates(tx: Transactions, aggregate_type: Any) -> list[tuple[str, str, int]]:

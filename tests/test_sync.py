@@ -684,3 +684,14 @@ def test_a_sync_with_nothing_new_reads_the_same_few_rows_however_long_the_log(tm
             return read[0]
 
     assert rows_read(10) == rows_read(3000)
+
+
+def test_info_names_the_device_and_its_pending_events(tmp_path: Path) -> None:
+    with device(tmp_path, "till-1") as d:
+        d.append("acc", [Opened(owner="ann")], aggregate_type="Account")
+        info = d.info()
+        assert (info.device, info.pending, info.events) == ("till-1", 1, 0)
+    with minies.EventStore(tmp_path / "plain.db") as plain:
+        assert (plain.info().device, plain.info().pending) == (None, 0)
+    shown = run_python("import sys, minies._cli; minies._cli.main(['info', sys.argv[1]])", str(tmp_path / "till-1.db"))
+    assert "device          till-1: 1 event pending its hub" in shown.stdout

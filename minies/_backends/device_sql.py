@@ -100,6 +100,9 @@ DROP_PENDING: Final = "DELETE FROM minies_pending"
 INSERT_CONFIRMED: Final = sqlite_sql.INSERT_EVENT  # a row the hub placed: into the log itself
 
 
+DEVICE_STATE: Final = "SELECT device, (SELECT count(*) FROM minies_pending) FROM minies_device"  # (info)
+
+
 def enrol(conn: Any, device: object) -> None:
     """Make the file behind ``conn`` (inside a write) the device ``device``; a file that is a
     device already must be that one."""
