@@ -282,7 +282,7 @@ class _Placing:
         for p in batch:
             kind = self._stream(p.aggregate_id)[1]
             if kind is not None and kind != p.aggregate_type:
-                return f"{p.aggregate_id!r} is a {kind} on the hub, not a {p.aggregate_type}"
+                return f"{p.aggregate_id!r} holds {kind} events on the hub, not {p.aggregate_type} ones"
             if p.event_id in self._ids or p.event_id in self._recorded:
                 return f"event id {p.event_id} is recorded already, for another event"
         return ""

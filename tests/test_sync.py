@@ -695,3 +695,35 @@ def test_info_names_the_device_and_its_pending_events(tmp_path: Path) -> None:
         assert (plain.info().device, plain.info().pending) == (None, 0)
     shown = run_python("import sys, minies._cli; minies._cli.main(['info', sys.argv[1]])", str(tmp_path / "till-1.db"))
     assert "device          till-1: 1 event pending its hub" in shown.stdout
+
+
+def test_a_tampered_or_misaddressed_reply_is_refused_and_nothing_is_taken_in(tmp_path: Path) -> None:
+    with minies.EventStore(tmp_path / "hub.db") as hub:
+        hub.append("h", [Opened(owner="hub")], aggregate_type="Account")
+        hub.append("h", [Renamed(owner="hub2")], aggregate_type="Account")
+        with device(tmp_path, "a") as a:
+            _sync.export_push(a, tmp_path / "push")
+            reply = _sync.answer_bundle(hub, tmp_path / "push", tmp_path / "reply")
+            rows = [list(row) for row in reply.rows]
+            rows[1][6] = '{"owner":"mallory"}'  # the payload changed on the way: its hash no longer fits
+            for bad, message in (
+                (msgspec.structs.replace(reply, rows=[tuple(r) for r in rows]), "does not extend this device's log"),
+                (msgspec.structs.replace(reply, rows=reply.rows[1:]), "does not extend this device's log"),
+                (msgspec.structs.replace(reply, device="b"), "is for device 'b'"),
+            ):
+                with pytest.raises(minies.SyncError, match=message):
+                    a._device.receive(bad)  # type: ignore[union-attr]
+                assert a.head() == (0, "")
+            a._device.receive(reply)  # type: ignore[union-attr]
+            assert a.head() == hub.head()
+
+
+def test_a_batch_for_a_stream_of_another_type_is_rejected_whatever_the_policy(
+    tmp_path: Path, hub: minies.EventStore
+) -> None:
+    hub.append("x", [Opened(owner="hub")], aggregate_type="Account")
+    with device(tmp_path, "a") as a:
+        a.append("x", [Opened(owner="me")], aggregate_type="Ledger")  # offline, "x" is free here
+        report = a.sync(hub, conflicts={"Ledger": "accept"})
+        assert (report.placed, report.rejected) == (0, 1)
+        assert "'x' holds Account events on the hub, not Ledger ones" in a.rejections()[0].data.reason
