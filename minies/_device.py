@@ -3,12 +3,12 @@
 Its own appends go to its pending tail (see ``_backends.device_sql``), each stamped with its
 place in the device's sequence and its origin hash, and with the change it made to the read
 models, recorded by SQLite's session extension (https://sqlite.org/sessionintro.html). A sync
-takes the reply of the hub in one transaction: it undoes the pending changes to the read
-models (their inverse changesets, newest first), takes out what the hub settled, appends the
-hub's events to the confirmed log exactly as the hub stores them (checking that they extend
-its chain), brings the read models up to them, and puts back on top what the hub has not yet
-seen. So the read models always show the confirmed log plus the pending tail, and are exactly
-a rebuild from the hub's log once nothing is pending.
+takes the reply of the hub in one transaction: it checks that the hub's rows extend its chain,
+undoes the pending changes to the read models (their inverse changesets, newest first),
+appends the hub's rows to the confirmed log exactly as the hub stores them, brings the read
+models up to them, takes out the pending events whose placement or rejection they carry, and
+puts the others back on top. So the read models always show the confirmed log plus the
+pending tail, and are exactly a rebuild from the hub's log once nothing is pending.
 """
 
 from __future__ import annotations
