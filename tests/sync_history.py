@@ -403,10 +403,14 @@ class DeviceRun:
         return result
 
     def exchange(self, key: str) -> dict[str, Any]:
+        """One sync, directly or by bundles; with where the device's confirmed log ends after it
+        (the checker finds it in the hub's log)."""
         if self.bundles:
-            return self.by_bundles(key)
-        report = self.store.sync(self.hub, conflicts=self.conflicts)
-        return {"placed": report.placed, "rejected": report.rejected, "retried": report.retried}
+            result = self.by_bundles(key)
+        else:
+            report = self.store.sync(self.hub, conflicts=self.conflicts)
+            result = {"placed": report.placed, "rejected": report.rejected, "retried": report.retried}
+        return {**result, "head": list(self.store.head())}
 
     def sync_on_a_failing_disk(self, key: str, rng: random.Random) -> None:
         """A sync on a disk that loses power at a random write or sync: the process then
@@ -706,6 +710,13 @@ def check(plan: Plan, ops: list[Op]) -> dict[str, int]:
                 f"the hub's read model differs from a fold of its log: {_diff(hub.query(LEDGER), fold(log))}"
             )
         counts["devices_on_hub"] = report.devices
+        hashes = dict(hub._conn.execute("SELECT position, hash FROM events").fetchall())
+    for op in ops:  # after every sync, the device's confirmed log was a prefix of the hub's
+        if op.outcome == "ok" and op.result.get("head", [0])[0]:
+            position, digest = op.result["head"]
+            if bytes(hashes.get(position, b"")).hex() != digest:
+                raise Violation(f"after sync {op.key} the device's log ended at {position} with a hash the hub's lacks")
+            counts["heads_checked"] += 1
     for n in range(plan.devices):
         with minies.EventStore(plan.path(n), device=plan.device(n), projections=[Ledger()]) as device:
             mine = list(device.read_all())
