@@ -166,6 +166,7 @@ class Plan:
     kills: float = 0.0  # chance that a step kills its device
     power: float = 0.0  # chance that a sync runs on a disk whose power goes out
     bundles: bool = False  # the last device syncs by bundle files, with their faults
+    audits: float = 0.0  # chance that a step is followed by a look at the device's read model
     offline: tuple[int, ...] = (2, 6, 15, 40, 10)  # mean commands between syncs, per device
 
     def device(self, n: int) -> str:
@@ -551,7 +552,19 @@ class DeviceRun:
                 self.command(k, rng)
             if timer is not None:
                 timer.cancel()
+            _kill_at[0] = ""
+            if self.plan.audits and (k == start or random.Random(f"{key}/audit").random() < self.plan.audits):
+                self.audit(f"{key}/audit")  # (after a restart always: what the crash left)
         _kill_at[0] = ""
+
+    def audit(self, key: str) -> None:
+        """The device's read model shows its confirmed log plus its pending tail, at any time."""
+        o = self.rec.invoke(key, "audit")
+        shown, folded = self.store.query(LEDGER), fold([*self.store.read_all(), *self.store.pending()])
+        if shown != folded:
+            self.rec.complete(o, "fail", error=_diff(shown, folded))
+        else:
+            self.rec.complete(o, "ok")
 
 
 def hub_cursor(hub: minies.EventStore, device: str) -> Any:
@@ -699,6 +712,13 @@ def check(plan: Plan, ops: list[Op]) -> dict[str, int]:
     refused = [op for op in ops if op.kind in ("sync", "final") and op.outcome == "fail"]
     if refused:
         raise Violation(f"sync {refused[0].key} failed: {refused[0].result.get('error')}")
+    wrong = [op for op in ops if op.kind == "audit" and op.outcome == "fail"]
+    if wrong:
+        raise Violation(
+            f"at {wrong[0].key} the read model differed from the device's confirmed log plus its pending tail: "
+            f"{wrong[0].result['error']}"
+        )
+    counts["audits"] = sum(1 for op in ops if op.kind == "audit")
     with minies.EventStore(plan.hub) as hub:
         log = list(hub.read_all())
         head = hub.head()

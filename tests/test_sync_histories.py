@@ -55,6 +55,7 @@ def test_ten_thousand_device_events_through_a_hub_file(tmp_path: Path) -> None:
         shared=12,
         kills=0.003,
         power=0.02,
+        audits=0.002,
         bundles=True,
     )
     counts, run = history(plan, "ten_thousand")
@@ -67,7 +68,9 @@ def test_ten_thousand_device_events_through_a_hub_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_dense_faults_through_a_hub_file(tmp_path: Path, seed: int) -> None:
-    plan = sh.Plan(seed, str(tmp_path / "hub.db"), str(tmp_path), commands=200, kills=0.05, power=0.1, bundles=True)
+    plan = sh.Plan(
+        seed, str(tmp_path / "hub.db"), str(tmp_path), commands=200, kills=0.05, power=0.1, bundles=True, audits=0.2
+    )
     counts, run = history(plan, f"dense_faults_through_a_hub_file and {seed}")
     with sh.replayable(plan, f"{THIS} -k 'dense_faults_through_a_hub_file and {seed}'"):
         assert run.kills > 0 and counts["rejections"] > 0, (run, counts)
@@ -77,7 +80,7 @@ def test_dense_faults_through_a_hub_file(tmp_path: Path, seed: int) -> None:
 def test_dense_faults_through_postgres(pg_url: str, tmp_path: Path, seed: int) -> None:
     """The hub a PostgreSQL log, five processes settling their pushes at once (before a97e0ca
     two syncs at once took the same positions, and one failed)."""
-    plan = sh.Plan(seed, pg_url, str(tmp_path), commands=150, kills=0.04, power=0.1, bundles=True)
+    plan = sh.Plan(seed, pg_url, str(tmp_path), commands=150, kills=0.04, power=0.1, bundles=True, audits=0.2)
     counts, run = history(plan, f"dense_faults_through_postgres and {seed}")
     with sh.replayable(plan, f"{THIS} -k 'dense_faults_through_postgres and {seed}'"):
         assert run.kills > 0 and counts["rejections"] > 0, (run, counts)
