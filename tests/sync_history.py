@@ -751,6 +751,16 @@ def check(plan: Plan, ops: list[Op]) -> dict[str, int]:
                 raise Violation(
                     f"device {n}'s read model differs from a fold of its log: {_diff(device.query(LEDGER), fold(mine))}"
                 )
+            shown = device.query(LEDGER)
+        copy = os.path.join(plan.folder, f"rebuilt-{n}.db")  # and from minies' own rebuild, on a copy
+        with minies.EventStore(plan.path(n), device=plan.device(n)) as device:
+            device.backup(copy)
+        with minies.EventStore(copy, device=plan.device(n), projections=[Ledger()]) as rebuilt:
+            rebuilt.rebuild("ledger")
+            if rebuilt.query(LEDGER) != shown:
+                raise Violation(
+                    f"device {n}'s read model differs from its rebuild: {_diff(shown, rebuilt.query(LEDGER))}"
+                )
     anomalies = [(op.key, a) for op in ops for a in op.result.get("anomalies", [])]
     if anomalies:
         raise Violation(f"a bundle fault went wrong at {anomalies[0][0]}: {anomalies[0][1]}")
