@@ -381,6 +381,12 @@ def test_verify_origins_on_a_device_checks_its_pending_tail(tmp_path: Path) -> N
         a.append("acc", [Opened(owner="ann")], aggregate_type="Account")
         deposit(a, "acc", 1)
         assert a.verify(origins=True).ok
+    with sqlite3.connect(tmp_path / "a.db") as conn:  # a pending event edited
+        conn.execute("UPDATE minies_pending SET data = '{\"amount\":500}' WHERE seq = 2")
+    with minies.EventStore(tmp_path / "a.db") as a:
+        assert "pending event 2 differs from what it wrote" in a.verify(origins=True).reason
+        with minies.EventStore(tmp_path / "hub0.db") as hub, pytest.raises(minies.SyncError, match="not the one"):
+            a.sync(hub)
     with sqlite3.connect(tmp_path / "a.db") as conn:
         conn.execute("DELETE FROM minies_pending WHERE seq = 1")  # a pending event lost
     with minies.EventStore(tmp_path / "a.db") as a:
