@@ -3,7 +3,8 @@
 In the style of ``history``: five devices (processes, each a minies file opened with
 ``device=``) run a seeded workload of load-decide-append commands on aggregates they share
 (so conflicts happen) and on their own, offline for many commands between syncs, against a
-hub (a SQLite file, or PostgreSQL). Every command and every sync is recorded with its
+hub (a SQLite file, or PostgreSQL; reached directly, or served over HTTP by ``minies serve``
+with a token per device). Every command and every sync is recorded with its
 invocation and completion (``ok``, ``fail``, or ``unknown``: the process died first).
 
 Three aggregate types, one per conflict policy:
@@ -167,6 +168,8 @@ class Plan:
     power: float = 0.0  # chance that a sync runs on a disk whose power goes out
     bundles: bool = False  # the last device syncs by bundle files, with their faults
     audits: float = 0.0  # chance that a step is followed by a look at the device's read model
+    url: str = ""  # the hub served over HTTP (``serve``): the devices sync through it, with their tokens
+    tokens: dict[str, str] = field(default_factory=dict)
     offline: tuple[int, ...] = (2, 6, 15, 40, 10)  # mean commands between syncs, per device
 
     def device(self, n: int) -> str:
@@ -179,7 +182,7 @@ class Plan:
         return os.path.join(self.folder, f"dev-{n}.jsonl")
 
     def describe(self) -> str:
-        kind = "postgres" if self.hub.startswith("postgres") else "sqlite"
+        kind = ("postgres" if self.hub.startswith("postgres") else "sqlite") + (" over http" if self.url else "")
         return (
             f"sync history: seed={self.seed} hub={kind} devices={self.devices} commands={self.commands} "
             f"kills={self.kills} power={self.power} bundles={self.bundles}"
@@ -263,10 +266,20 @@ _REAL_EXCHANGE = _hub.exchange
 _REAL_UNDO = Device.undo
 
 
+_REAL_POST = _sync.post
+
+
 def _exchange(hub: minies.EventStore, push: Any, **options: Any) -> Any:
     _at("before-exchange")
     reply = _REAL_EXCHANGE(hub, push, **options)
     _at("after-exchange")
+    return reply
+
+
+def _post(url: str, push: Any, token: str | None) -> Any:
+    _at("before-exchange")
+    reply = _REAL_POST(url, push, token)
+    _at("after-exchange")  # the hub settled the push; the reply is lost with the process
     return reply
 
 
@@ -278,6 +291,7 @@ def _undo(self: Device) -> Any:
 
 def install_faults() -> None:
     _hub.exchange = _exchange  # type: ignore[assignment]  # _sync looks it up at each round trip
+    _sync.post = _post  # type: ignore[assignment]
     Device.undo = _undo  # type: ignore[method-assign]
 
 
@@ -409,7 +423,8 @@ class DeviceRun:
         if self.bundles:
             result = self.by_bundles(key)
         else:
-            report = self.store.sync(self.hub, conflicts=self.conflicts)
+            hub: Any = self.plan.url or self.hub
+            report = self.store.sync(hub, conflicts=self.conflicts, token=self.plan.tokens.get(self.name))
             result = {"placed": report.placed, "rejected": report.rejected, "retried": report.retried}
         return {**result, "head": list(self.store.head())}
 
@@ -683,6 +698,38 @@ def run(plan: Plan, timeout: float = 600.0) -> tuple[list[Op], Run]:
     return ops, stats
 
 
+@contextlib.contextmanager
+def serve(plan: Plan) -> Iterator[None]:
+    """Serve the hub over HTTP (``minies serve``) with a token for each device, for ``run``."""
+    from minies._serve import add_device
+
+    os.makedirs(plan.folder, exist_ok=True)
+    with minies.EventStore(plan.hub, projections=[Ledger()]) as hub:
+        plan.tokens = {plan.device(n): add_device(hub, plan.device(n)) for n in range(plan.devices)}
+    log = Path(plan.folder) / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "minies", "serve", plan.hub, "--port", "0"], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        for _ in range(1500):
+            said = log.read_text()
+            if " at http" in said:
+                plan.url = said.split(" at ", 1)[1].split()[0]
+                break
+            if server.poll() is not None:
+                break
+            time.sleep(0.02)
+        if not plan.url:
+            raise AssertionError(f"minies serve did not come up: {log.read_text()}")
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    if "Traceback" in log.read_text() or server.returncode != 0:
+        raise AssertionError(f"minies serve failed ({plan.describe()}): {log.read_text()[-3000:]}")
+
+
 # ------------------------------------------------------------------ the checker
 
 
@@ -719,7 +766,8 @@ def check(plan: Plan, ops: list[Op]) -> dict[str, int]:
             f"{wrong[0].result['error']}"
         )
     counts["audits"] = sum(1 for op in ops if op.kind == "audit")
-    with minies.EventStore(plan.hub) as hub:
+    # (a served hub's server keeps no read model: it catches up as the hub opens with it)
+    with minies.EventStore(plan.hub, projections=[Ledger()] if plan.url else ()) as hub:
         log = list(hub.read_all())
         head = hub.head()
         report = hub.verify(origins=True)

@@ -3,7 +3,9 @@ the promises of sync, tested by five devices at once, killed, cut off from power
 bundles duplicated, out of order, cut short and forged.
 
 CI runs one history of over 10,000 device events through a hub file, two seeds of dense
-faults through a hub file and through PostgreSQL, the checker's bug hunt, and the forgeries;
+faults through a hub file, through PostgreSQL and through a hub served over HTTP (one seed on
+PostgreSQL), five devices syncing at once on PostgreSQL, the checker's bug hunt, a power cut
+at every write of a sync, and the forgeries of hub logs and bundles;
 ``MINIES_STRESS=1`` runs 20 seeds of each history (and a longer big one),
 ``MINIES_SYNC_SEED=N`` one chosen seed.
 """
@@ -34,6 +36,11 @@ THIS = "tests/test_sync_histories.py"
 def history(plan: sh.Plan, test: str) -> tuple[dict[str, int], sh.Run]:
     with sh.replayable(plan, f"{THIS} -k '{test}'"):
         ops, run = sh.run(plan)
+    return history_checked(plan, ops, run, test)
+
+
+def history_checked(plan: sh.Plan, ops: list[sh.Op], run: sh.Run, test: str) -> tuple[dict[str, int], sh.Run]:
+    with sh.replayable(plan, f"{THIS} -k '{test}'"):
         counts = sh.check(plan, ops)
     print(plan.describe(), run, counts)  # the numbers, with -s
     return counts, run
@@ -84,6 +91,25 @@ def test_dense_faults_through_postgres(pg_url: str, tmp_path: Path, seed: int) -
     counts, run = history(plan, f"dense_faults_through_postgres and {seed}")
     with sh.replayable(plan, f"{THIS} -k 'dense_faults_through_postgres and {seed}'"):
         assert run.kills > 0 and counts["rejections"] > 0, (run, counts)
+
+
+@pytest.mark.parametrize(
+    ("backend", "seed"),
+    [("sqlite", seed) for seed in SEEDS] + [("postgres", seed) for seed in SEEDS[: 20 if STRESS else 1]],
+)
+def test_dense_faults_through_a_served_hub(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, seed: int
+) -> None:
+    """The hub served over HTTP (``minies serve``, each device with its token): killed after
+    the server settled a push and before the reply arrived, among the other faults."""
+    hub = str(tmp_path / "hub.db") if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    plan = sh.Plan(seed, hub, str(tmp_path), commands=150, kills=0.05, power=0.1, bundles=True, audits=0.1)
+    test = f"dense_faults_through_a_served_hub and {backend} and {seed}"
+    with sh.replayable(plan, f"{THIS} -k '{test}'"), sh.serve(plan):
+        ops, run = sh.run(plan)
+    counts, _ = history_checked(plan, ops, run, test)
+    with sh.replayable(plan, f"{THIS} -k '{test}'"):
+        assert run.kills > 0 and counts["rejections"] > 0 and counts["heads_checked"] > 0, (run, counts)
 
 
 def test_syncs_at_once_through_postgres(pg_url: str, tmp_path: Path) -> None:
