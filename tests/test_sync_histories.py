@@ -112,11 +112,12 @@ def test_dense_faults_through_a_served_hub(
         assert run.kills > 0 and counts["rejections"] > 0 and counts["heads_checked"] > 0, (run, counts)
 
 
-def test_syncs_at_once_through_postgres(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", SEEDS[: 20 if STRESS else 1])
+def test_syncs_at_once_through_postgres(pg_url: str, tmp_path: Path, seed: int) -> None:
     """Five processes syncing as often as they write, on one PostgreSQL hub, no faults (before
     d62c17f a store opening with a read model while others appended applied events twice)."""
-    plan = sh.Plan(SEEDS[0], pg_url, str(tmp_path), commands=150, offline=(2, 2, 3, 2, 2))
-    counts, _ = history(plan, "syncs_at_once_through_postgres")
+    plan = sh.Plan(seed, pg_url, str(tmp_path), commands=150, offline=(2, 2, 3, 2, 2))
+    counts, _ = history(plan, f"syncs_at_once_through_postgres and {seed}")
     assert counts["syncs"] > 200, counts
 
 
