@@ -450,3 +450,54 @@ def test_a_power_cut_inside_a_reply_then_the_device_syncs_on(tmp_path: Path) -> 
             assert sorted(r.data.op for r in hub.read_all() if r.aggregate_type == sh.JAR) == ["a0", "a1", "a2", "a3"]
         hub.close()
     assert cuts >= 20, cuts
+
+
+def test_a_power_cut_on_the_hub_during_a_sync(tmp_path: Path) -> None:
+    """Every write and sync of the hub's side of a sync (its file opened, the push settled),
+    cut in turn: what the hub acknowledged survives (the device that took the reply in is
+    never ahead of the rebuilt hub), and the device syncs again: each event settled once."""
+    from crashdisk import MODES, CrashDisk, PowerCut
+
+    base = tmp_path / "base"
+    base.mkdir()
+    with minies.EventStore(str(base / "hub.db"), projections=[sh.Ledger()]) as hub:
+        with minies.EventStore(str(base / "other.db"), device="other") as other:
+            other.append("t", [sh.Deposited(op="o", amount=2, before=0)], aggregate_type=sh.TILL, expected_version=0)
+            other.sync(hub)
+        with minies.EventStore(str(base / "dev.db"), device="dev", projections=[sh.Ledger()]) as device:
+            device.sync(hub)
+            for k in range(4):
+                device.append(f"j{k}", [sh.Added(op=f"a{k}", amount=k)], aggregate_type=sh.JAR, expected_version=0)
+            device.append("t", [sh.Deposited(op="d", amount=1, before=2)], aggregate_type=sh.TILL, expected_version=1)
+    cuts = acknowledged_cuts = 0
+    for cut_at in range(1, 1000):
+        run = tmp_path / f"cut-{cut_at}"
+        shutil.copytree(base, run)
+        device = minies.EventStore(str(run / "dev.db"), device="dev", projections=[sh.Ledger()])  # not on the disk
+        acknowledged = False
+        with CrashDisk(cut_at=cut_at, mode=MODES[cut_at % len(MODES)], seed=cut_at) as disk:
+            try:
+                hub = minies.EventStore(str(run / "hub.db"), projections=[sh.Ledger()])
+                device.sync(hub)
+                acknowledged = disk.alive
+                hub.close()
+            except (PowerCut, minies.MiniesError):
+                pass
+        if disk.rebuilt is None:
+            device.close()
+            break
+        cuts += 1
+        acknowledged_cuts += acknowledged
+        disk.write_rebuilt(str(run / "after"))
+        with minies.EventStore(str(run / "after" / "hub.db"), projections=[sh.Ledger()]) as hub:
+            position, digest = device.head()
+            assert hub.head()[0] >= position, (cut_at, "the hub lost events the device took in")
+            device.sync(hub)
+            assert device.pending() == [] and device.head() == hub.head(), cut_at
+            assert hub.verify(origins=True).ok and device.verify(origins=True).ok, cut_at
+            for store in (hub, device):
+                assert store.query(sh.LEDGER) == sh.fold(store.read_all()), cut_at
+            ops = sorted(r.data.op for r in hub.read_all() if r.event_type in sh.DELTA_TYPES)  # type: ignore[attr-defined]
+            assert ops == ["a0", "a1", "a2", "a3", "d", "o"], (cut_at, ops)
+        device.close()
+    assert cuts >= 10 and acknowledged_cuts >= 1, (cuts, acknowledged_cuts)
