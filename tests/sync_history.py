@@ -170,6 +170,7 @@ class Plan:
     audits: float = 0.0  # chance that a step is followed by a look at the device's read model
     url: str = ""  # the hub served over HTTP (``serve``): the devices sync through it, with their tokens
     tokens: dict[str, str] = field(default_factory=dict)
+    server_kills: bool = False  # the server is killed -9 now and then: a sync that cannot reach it fails
     offline: tuple[int, ...] = (2, 6, 15, 40, 10)  # mean commands between syncs, per device
 
     def device(self, n: int) -> str:
@@ -617,6 +618,7 @@ class Run:
     power_cuts: int = 0
     restarts: int = 0
     final_rounds: int = 0
+    server_kills: int = 0
     seconds: float = 0.0
 
 
@@ -642,14 +644,17 @@ def _power_restored(plan: Plan, n: int) -> None:
     shutil.rmtree(rebuilt)
 
 
-def run(plan: Plan, timeout: float = 600.0) -> tuple[list[Op], Run]:
+def run(plan: Plan, timeout: float = 600.0, server: Server | None = None) -> tuple[list[Op], Run]:
     """Run the devices' processes to the end of their workloads (restarting the dead ones),
-    then every device's last syncs, until a whole round settles and pulls nothing."""
+    then every device's last syncs, until a whole round settles and pulls nothing. With
+    ``server`` and ``plan.server_kills``, the server is killed (-9) and started again now and then."""
     started = time.monotonic()
     os.makedirs(plan.folder, exist_ok=True)
     with minies.EventStore(plan.hub, projections=[Ledger()]):  # the hub exists before anyone syncs
         pass
     stats = Run()
+    rng = random.Random(f"{plan.seed}/server")
+    next_kill = time.monotonic() + rng.uniform(0.4, 1.2)
     generation = dict.fromkeys(range(plan.devices), 0)
     procs = {n: _spawn(plan, n, 0) for n in range(plan.devices)}
     deadline = time.monotonic() + timeout
@@ -676,6 +681,11 @@ def run(plan: Plan, timeout: float = 600.0) -> tuple[list[Op], Run]:
             stats.restarts += 1
             generation[n] += 1
             procs[n] = _spawn(plan, n, generation[n])
+        if server is not None and plan.server_kills and time.monotonic() > next_kill:
+            server.kill()
+            server.start()
+            stats.server_kills += 1
+            next_kill = time.monotonic() + rng.uniform(0.4, 1.2)
         time.sleep(0.005)
     # the last syncs, in the parent (no faults): until a round places, rejects and pulls nothing
     devices = [DeviceRun(plan, n, generation[n] + 1) for n in range(plan.devices)]
@@ -698,36 +708,66 @@ def run(plan: Plan, timeout: float = 600.0) -> tuple[list[Op], Run]:
     return ops, stats
 
 
+class Server:
+    """``minies serve`` on a port of its own, killed (-9) and started again on demand."""
+
+    def __init__(self, plan: Plan) -> None:
+        import socket
+
+        self.plan = plan
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.starts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return Path(self.plan.folder) / f"serve-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        command = [sys.executable, "-m", "minies", "serve", self.plan.hub, "--port", str(self.port)]
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        for _ in range(1500):
+            said = self.log.read_text()
+            if " at http" in said:
+                self.plan.url = said.split(" at ", 1)[1].split()[0]
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"minies serve did not come up ({self.plan.describe()}): {self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        said = self.log.read_text()
+        if "Traceback" in said or self.process.returncode != 0:
+            raise AssertionError(f"minies serve failed ({self.plan.describe()}): {said[-3000:]}")
+
+
 @contextlib.contextmanager
-def serve(plan: Plan) -> Iterator[None]:
+def serve(plan: Plan) -> Iterator[Server]:
     """Serve the hub over HTTP (``minies serve``) with a token for each device, for ``run``."""
     from minies._serve import add_device
 
     os.makedirs(plan.folder, exist_ok=True)
     with minies.EventStore(plan.hub, projections=[Ledger()]) as hub:
         plan.tokens = {plan.device(n): add_device(hub, plan.device(n)) for n in range(plan.devices)}
-    log = Path(plan.folder) / "serve.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "minies", "serve", plan.hub, "--port", "0"], stdout=out, stderr=subprocess.STDOUT
-        )
+    server = Server(plan)
+    server.start()
     try:
-        for _ in range(1500):
-            said = log.read_text()
-            if " at http" in said:
-                plan.url = said.split(" at ", 1)[1].split()[0]
-                break
-            if server.poll() is not None:
-                break
-            time.sleep(0.02)
-        if not plan.url:
-            raise AssertionError(f"minies serve did not come up: {log.read_text()}")
-        yield
+        yield server
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    if "Traceback" in log.read_text() or server.returncode != 0:
-        raise AssertionError(f"minies serve failed ({plan.describe()}): {log.read_text()[-3000:]}")
+        server.stop()
 
 
 # ------------------------------------------------------------------ the checker
@@ -756,7 +796,16 @@ def check(plan: Plan, ops: list[Op]) -> dict[str, int]:
       reached the hub counts there once, as written or redone.
     """
     counts: collections.Counter[str] = collections.Counter()
-    refused = [op for op in ops if op.kind in ("sync", "final") and op.outcome == "fail"]
+    refused = [
+        op
+        for op in ops
+        if op.kind in ("sync", "final")
+        and op.outcome == "fail"
+        and not (plan.server_kills and op.kind == "sync" and "cannot reach the hub" in op.result.get("error", ""))
+    ]
+    counts["syncs_that_found_no_server"] = sum(1 for op in ops if op.outcome == "fail" and op.kind == "sync") - len(
+        refused
+    )
     if refused:
         raise Violation(f"sync {refused[0].key} failed: {refused[0].result.get('error')}")
     wrong = [op for op in ops if op.kind == "audit" and op.outcome == "fail"]

@@ -100,16 +100,20 @@ def test_dense_faults_through_postgres(pg_url: str, tmp_path: Path, seed: int) -
 def test_dense_faults_through_a_served_hub(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, seed: int
 ) -> None:
-    """The hub served over HTTP (``minies serve``, each device with its token): killed after
-    the server settled a push and before the reply arrived, among the other faults."""
+    """The hub served over HTTP (``minies serve``, each device with its token): devices killed
+    after the server settled a push and before the reply arrived, among the other faults, and
+    the server itself killed (-9) and started again every few tenths of a second."""
     hub = str(tmp_path / "hub.db") if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
-    plan = sh.Plan(seed, hub, str(tmp_path), commands=150, kills=0.05, power=0.1, bundles=True, audits=0.1)
+    plan = sh.Plan(
+        seed, hub, str(tmp_path), commands=150, kills=0.05, power=0.1, bundles=True, audits=0.1, server_kills=True
+    )
     test = f"dense_faults_through_a_served_hub and {backend} and {seed}"
-    with sh.replayable(plan, f"{THIS} -k '{test}'"), sh.serve(plan):
-        ops, run = sh.run(plan)
+    with sh.replayable(plan, f"{THIS} -k '{test}'"), sh.serve(plan) as server:
+        ops, run = sh.run(plan, server=server)
     counts, _ = history_checked(plan, ops, run, test)
     with sh.replayable(plan, f"{THIS} -k '{test}'"):
         assert run.kills > 0 and counts["rejections"] > 0 and counts["heads_checked"] > 0, (run, counts)
+        assert run.server_kills > 0, run
 
 
 @pytest.mark.parametrize("seed", SEEDS[: 20 if STRESS else 1])
