@@ -780,9 +780,14 @@ class Violation(AssertionError):
 def check(plan: Plan, ops: list[Op]) -> dict[str, int]:
     """Raise ``Violation`` naming the first broken promise; return counts of what was checked.
 
+    - no sync failed (but one that found no server while it was killed);
+    - after every sync, the device's confirmed log ended at a position and hash of the hub's
+      log (a prefix of it); at every look mid-run (``audits``), the device's read model was
+      its confirmed log plus its pending tail;
     - the hub and every device verify, origins too; every device holds the hub's log exactly
       (its head hash) and nothing pending;
-    - every store's read model equals a fold of its log;
+    - every store's read model equals a fold of its log (and a device's, minies' rebuild);
+    - every bundle fault went as it must (see ``DeviceRun.by_bundles``);
     - every event a command or a retry wrote is settled exactly once: placed once on the hub
       (by event id) or rejected once (an ``EventRejected`` naming it), never both, never
       neither; an append's events all the same way; a command killed before its commit
