@@ -20,12 +20,11 @@ import msgspec
 from minies import _hub, _wire
 from minies._backends import is_url, shown
 from minies._device import Device
-from minies._errors import MiniesError, SyncError
+from minies._errors import SyncError
 from minies._events import REJECTIONS, EventRejected, Recorded
 from minies._wire import Push, Reply, SyncReport
 
 Transport = Callable[[Push], Reply]
-_POLICIES: Final = ("reject", "accept")
 _HTTP_TIMEOUT: Final = 60.0
 CONTENT_TYPE: Final = "application/vnd.minies.sync"
 
@@ -186,4 +185,4 @@ def import_reply(store: Any, path: str | os.PathLike[str]) -> tuple[list[Recorde
     return _device_of(store).receive(_wire.read_bundle(path, Reply))
 
 
-__all__ = ("MiniesError", "answer_bundle", "export_push", "import_reply", "post", "sync")
+__all__ = ("answer_bundle", "export_push", "import_reply", "post", "rejections", "sync")
