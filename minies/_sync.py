@@ -180,9 +180,21 @@ def answer_bundle(hub: Any, push_path: str | os.PathLike[str], reply_path: str |
     return reply
 
 
-def import_reply(store: Any, path: str | os.PathLike[str]) -> tuple[list[Recorded], bool]:
-    """On the device: take in a hub's reply bundle (idempotent: taking it twice changes nothing)."""
-    return _device_of(store).receive(_wire.read_bundle(path, Reply))
+def import_reply(
+    store: Any,
+    path: str | os.PathLike[str],
+    *,
+    conflicts: Mapping[str, Any] | None = None,
+    rejected: Callable[[Recorded], object] | None = None,
+) -> tuple[list[Recorded], bool]:
+    """On the device: take in a hub's reply bundle (idempotent: taking it twice changes
+    nothing); with ``conflicts`` or ``rejected``, hand its rejections over as ``sync`` does.
+    Returns the device's rejections the bundle brought, and whether the hub has more."""
+    device = _device_of(store)
+    taken = device.receive(_wire.read_bundle(path, Reply))
+    if conflicts or rejected is not None:
+        _hand_over(store, device, rejected, _policies(conflicts or {})[0])
+    return taken
 
 
 __all__ = ("answer_bundle", "export_push", "import_reply", "post", "rejections", "sync")

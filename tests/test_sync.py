@@ -733,3 +733,19 @@ def test_a_batch_for_a_stream_of_another_type_is_rejected_whatever_the_policy(
         report = a.sync(hub, conflicts={"Ledger": "accept"})
         assert (report.placed, report.rejected) == (0, 1)
         assert "'x' holds Account events on the hub, not Ledger ones" in a.rejections()[0].data.reason
+
+
+def test_a_reply_bundle_hands_its_rejections_over_as_sync_does(tmp_path: Path, hub: minies.EventStore) -> None:
+    a, b = conflicting(tmp_path, hub)
+    _sync.export_push(b, tmp_path / "push")
+    _sync.answer_bundle(hub, tmp_path / "push", tmp_path / "reply")
+    redone: list[int] = []
+
+    def again(store: minies.EventStore, rejection: minies.Recorded) -> None:
+        redone.append(rejection.data.seq)
+        deposit(store, "acc", 7)
+
+    for _ in range(2):  # (twice: handed over once)
+        _sync.import_reply(b, tmp_path / "reply", conflicts={"Account": again})
+    assert redone == [1] and [type(r.data) for r in b.pending()] == [Deposited]
+    a.close(), b.close()
