@@ -51,6 +51,7 @@ class Device:
         self._db = db
         self._eraser = eraser
         self.id: str = tx.conn.execute(device_sql.DEVICE).fetchone()[0]
+        self._mine = f'"{_origins.KEY}":{{"device":{msgspec.json.encode(self.id).decode()},'  # (how its origin starts)
         # (rollbacks, seq, origin, base) as this store's last append left them
         self._head: tuple[int, int, bytes, int] | None = None
 
@@ -177,18 +178,18 @@ class Device:
         return rejected, more
 
     def _settled(self, rows: Sequence[Sequence[Any]]) -> tuple[int, bytes] | None:
-        """(seq, origin hash) of this device's last event that ``rows`` place or reject."""
-        last = None
-        for row in rows:
+        """(seq, origin hash) of this device's last event that ``rows`` place or reject (its
+        sequence grows with the hub's positions: the last one found from the end)."""
+        for row in reversed(rows):
             if row[4] == EventRejected.event_type:
                 rejection = msgspec.json.decode(row[6], type=EventRejected)
                 if rejection.device == self.id:
-                    last = (rejection.seq, bytes.fromhex(rejection.origin))
-            elif _origins.KEY in row[7]:
+                    return rejection.seq, bytes.fromhex(rejection.origin)
+            elif self._mine in row[7]:  # (a cheap look before the decode)
                 found = _origins.unstamped(row[7])
                 if found is not None and found[1].device == self.id:
-                    last = (found[1].seq, bytes.fromhex(found[1].hash))
-        return last
+                    return found[1].seq, bytes.fromhex(found[1].hash)
+        return None
 
     @staticmethod
     def _settled_seq(conn: Any) -> int:
