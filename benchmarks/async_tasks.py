@@ -111,14 +111,25 @@ def main() -> None:
     parser.add_argument("--fsync-ms", type=float, default=2.0)
     args = parser.parse_args()
     disk = slow_disk(args.fsync_ms)
-    rows: dict[str, list[float]] = {"seq": [], "con": [], "per": [], "ratio": [], "tx": [], "opt": [], "txc": [], "optc": []}
+    rows: dict[str, list[float]] = {
+        "seq": [],
+        "con": [],
+        "per": [],
+        "ratio": [],
+        "tx": [],
+        "opt": [],
+        "txc": [],
+        "optc": [],
+    }
     with tempfile.TemporaryDirectory() as folder:
         for r in range(args.rounds):
             seq = asyncio.run(sequential(str(Path(folder) / f"s{r}.db")))
             con, per_commit = asyncio.run(concurrent(str(Path(folder) / f"c{r}.db")))
             tx, tx_conflicts = asyncio.run(decide(str(Path(folder) / f"t{r}.db"), inside=True))
             opt, opt_conflicts = asyncio.run(decide(str(Path(folder) / f"o{r}.db"), inside=False))
-            for key, value in zip(rows, (seq, con, per_commit, con / seq, tx, opt, tx_conflicts, opt_conflicts), strict=True):
+            for key, value in zip(
+                rows, (seq, con, per_commit, con / seq, tx, opt, tx_conflicts, opt_conflicts), strict=True
+            ):
                 rows[key].append(value)
     del disk
     med = {key: statistics.median(values) for key, values in rows.items()}
@@ -127,8 +138,12 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     print(f"| sequential awaits (one task) | {med['seq']:,.0f} | 1.0× | 1 | |")
     print(f"| {TASKS} concurrent tasks | {med['con']:,.0f} | {med['ratio']:.1f}× | {med['per']:.1f} | ≥ 4× |")
-    print(f"| load-decide-save, 100 tasks on 10 accounts, in `async with store.transaction()` | {med['tx']:,.0f} | {med['tx'] / med['opt']:.1f}× optimistic | | conflicts: {med['txc']:.0f} |")
-    print(f"| the same, optimistic load then save, retried on ConcurrencyError | {med['opt']:,.0f} | 1.0× | | conflicts: {med['optc']:.0f} |")
+    print(
+        f"| load-decide-save, 100 tasks on 10 accounts, in `async with store.transaction()` | {med['tx']:,.0f} | {med['tx'] / med['opt']:.1f}× optimistic | | conflicts: {med['txc']:.0f} |"
+    )
+    print(
+        f"| the same, optimistic load then save, retried on ConcurrencyError | {med['opt']:,.0f} | 1.0× | | conflicts: {med['optc']:.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -29,15 +29,7 @@ VERIFY: Final = 200_000
 LONG: Final = 1_000_000
 
 
-class Totals(minies.Projection):
-    def setup(self, db: minies.Database) -> None:
-        db.execute("CREATE TABLE totals (account_id TEXT PRIMARY KEY, total INTEGER NOT NULL)")
-
-    def on_Deposited(self, db: minies.Database, event: minies.Recorded) -> None:
-        db.execute(UPSERT, (event.aggregate_id, event.data.amount))
-
-
-class BatchedTotals(Totals):
+class BatchedTotals(w.Totals):
     """The same read model, writing each batch with one executemany."""
 
     name = "Totals"
@@ -253,7 +245,7 @@ def in_tmp(run: Callable[[str], Any]) -> Any:
 def main() -> None:
     print("| what | measured | ratio | goal |")
     print("|---|---:|---:|---|")
-    plain, inline = best(singles([]), singles([Totals()]))
+    plain, inline = best(singles([]), singles([w.Totals()]))
     row(
         "inline projection on a single-event append",
         f"{inline / SINGLE * 1e6:.0f} µs vs {plain / SINGLE * 1e6:.0f} µs",
@@ -275,7 +267,7 @@ def main() -> None:
         f"{(with_chain / without - 1) * 100:+.0f}%",
         "< +15%",
     )
-    mine, batched, raw = best(rebuild(Totals()), rebuild(BatchedTotals()), raw_upserts)
+    mine, batched, raw = best(rebuild(w.Totals()), rebuild(BatchedTotals()), raw_upserts)
     row(
         f"rebuild, one UPSERT per event in `on_Deposited` ({REBUILD:,})",
         f"{REBUILD / mine:,.0f} vs raw {REBUILD / raw:,.0f} ev/s",

@@ -46,17 +46,6 @@ SINGLES: Final = 1_000  # single-event appends, timed together
 APPEND_ROUNDS: Final = 15  # an fsync's time swings on a shared VM: more rounds for the appends
 
 
-class Totals(minies.Projection):
-    def setup(self, db: minies.Database) -> None:
-        db.execute("CREATE TABLE totals (account_id TEXT PRIMARY KEY, total INTEGER NOT NULL)")
-
-    def on_Deposited(self, db: minies.Database, event: minies.Recorded) -> None:
-        db.execute(
-            "INSERT INTO totals VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET total = total + excluded.total",
-            (event.aggregate_id, event.data.amount),
-        )
-
-
 def check(what: str, got: object, expected: object) -> None:
     if got != expected:
         raise AssertionError(f"{what}: got {got!r}, expected {expected!r}")
@@ -211,7 +200,7 @@ def main() -> None:
         f"| {large * 1e3:.2f} vs {small * 1e3:.2f} ms | {large / small:.2f}x | ~1x (O(1)) |"
     )
     for durability in ("full", "normal"):
-        for label, projections in (("no projection", []), ("one inline projection", [Totals()])):
+        for label, projections in (("no projection", []), ("one inline projection", [w.Totals()])):
             on_device, plain = append_ratios(projections, durability)
             print(
                 f"| (c) single-event append on a device (pending) vs a plain file, {durability}, {label} "
@@ -259,7 +248,7 @@ def test_sync_with_nothing_new(benchmark: Any, folder: str, events: int) -> None
 @pytest.mark.parametrize("projection", [False, True], ids=["no projection", "one projection"])
 @pytest.mark.parametrize("kind", ["plain", "device"])
 def test_append_single(benchmark: Any, folder: str, kind: str, projection: bool) -> None:
-    projections = [Totals()] if projection else []
+    projections = [w.Totals()] if projection else []
     path = os.path.join(folder, "till.db")
     with minies.EventStore(path, projections=projections, device="till-1" if kind == "device" else None) as store:
         versions = itertools.count()

@@ -39,17 +39,6 @@ def store(path: str) -> Iterator[minies.EventStore]:
         yield s
 
 
-class Totals(minies.Projection):
-    def setup(self, db: minies.Database) -> None:
-        db.execute("CREATE TABLE totals (account_id TEXT PRIMARY KEY, total INTEGER NOT NULL)")
-
-    def on_Deposited(self, db: minies.Database, event: minies.Recorded) -> None:
-        db.execute(
-            "INSERT INTO totals VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET total = total + excluded.total",
-            (event.aggregate_id, event.data.amount),
-        )
-
-
 class Snapshotted(w.Account):
     snapshot_every: ClassVar[int | None] = 100
 
@@ -64,7 +53,7 @@ def test_append_single(benchmark: Any, store: minies.EventStore) -> None:
 
 @pytest.mark.benchmark(group="append single (FULL)")
 def test_append_single_with_inline_projection(benchmark: Any, path: str) -> None:
-    with minies.EventStore(path, projections=[Totals()]) as store:
+    with minies.EventStore(path, projections=[w.Totals()]) as store:
         versions = itertools.count()
         benchmark(
             lambda: store.append(
@@ -164,7 +153,7 @@ def test_report(benchmark: Any, store: minies.EventStore, tmp_path: Path) -> Non
 
 @pytest.mark.benchmark(group="rebuild 100,000 (one UPSERT per event)")
 def test_rebuild(benchmark: Any, path: str) -> None:
-    with minies.EventStore(path, projections=[Totals()], durability="normal") as store:
+    with minies.EventStore(path, projections=[w.Totals()], durability="normal") as store:
         for i in range(REBUILD // BATCH):
             store.append(f"acc-{i % 10}", w.deposits(BATCH), aggregate_type="Account")
         benchmark(store.rebuild, "Totals")

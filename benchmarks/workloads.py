@@ -35,6 +35,19 @@ class Deposited(minies.Event):
     amount: int
 
 
+class Totals(minies.Projection):
+    """An inline read model: a running total per account (one UPSERT per deposit)."""
+
+    def setup(self, db: minies.Database) -> None:
+        db.execute("CREATE TABLE totals (account_id TEXT PRIMARY KEY, total INTEGER NOT NULL)")
+
+    def on_Deposited(self, db: minies.Database, event: minies.Recorded) -> None:
+        db.execute(
+            "INSERT INTO totals VALUES (?, ?) ON CONFLICT (account_id) DO UPDATE SET total = total + excluded.total",
+            (event.aggregate_id, event.data.amount),
+        )
+
+
 class Account(minies.Aggregate):
     owner: str = ""
     balance: int = 0
